@@ -1,0 +1,49 @@
+# The two set-up commands are `make test` and `make demo`; both install what they need.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := docker-registry skopeo podman
+PYTEST_ARGS ?=
+
+.PHONY: all deps venv test test-all lint format demo bench clean
+
+all: test
+
+# System packages the test bed drives as independent peers (registry, skopeo, podman).
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: deps venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: deps venv
+	$(PY) -m pytest -m '' $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+demo: deps venv
+	$(PY) -m tests.demo
+
+bench: deps venv
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) demo-archive bench/results

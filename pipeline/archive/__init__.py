@@ -1,0 +1,1 @@
+"""The archive format: content-addressed registry layout, per-image tars, records."""

@@ -1,0 +1,1 @@
+"""Batch runs: spec files, scheduling, sharding, reports."""

@@ -1,0 +1,83 @@
+"""The one exception tree of bale.
+
+Every error a user can see is a `BaleError`; its message is one line that names the thing at
+fault (image, registry, store key) and never contains a secret. `exit_code` maps the error to
+the CLI contract: 2 for bad input (nothing was written), 1 for a runtime failure.
+
+    BaleError
+    ├── UsageError (exit 2)          bad input: references, URLs, specs, options, archives
+    │   ├── InvalidReference
+    │   ├── InvalidStoreURL
+    │   └── InvalidArchive
+    ├── RegistryError                the registry answered with an error, or could not be reached
+    │   ├── AuthError                401/403, or the token service refused us
+    │   └── NotFound                 404 for a manifest, blob or repository
+    ├── DigestMismatch               bytes that do not hash to the digest they were asked for
+    ├── ManifestError                a manifest we cannot parse, or cannot archive (schema1)
+    ├── StoreError                   the object store failed
+    │   └── StoreNotFound            a key that is not there
+    └── TransferError                a stream broke and could not be resumed
+"""
+
+from __future__ import annotations
+
+
+class BaleError(Exception):
+    """Base of every error bale reports to a user."""
+
+    exit_code: int = 1
+
+
+class UsageError(BaleError):
+    """Bad input: the command cannot start. Nothing has been written."""
+
+    exit_code = 2
+
+
+class InvalidReference(UsageError):
+    """An image reference that does not parse."""
+
+
+class InvalidStoreURL(UsageError):
+    """A store URL that does not parse or lacks a bucket."""
+
+
+class InvalidArchive(UsageError):
+    """A docker-archive / oci-archive tar that is malformed or unsafe."""
+
+
+class RegistryError(BaleError):
+    """A registry error, carrying the registry host and HTTP status where there is one."""
+
+    def __init__(self, message: str, *, registry: str = "", status: int | None = None) -> None:
+        super().__init__(message)
+        self.registry = registry
+        self.status = status
+
+
+class AuthError(RegistryError):
+    """The registry or its token service refused our credentials (or lack of them)."""
+
+
+class NotFound(RegistryError):
+    """The registry has no such manifest, blob or repository."""
+
+
+class DigestMismatch(BaleError):
+    """Received bytes do not match the digest they were requested by."""
+
+
+class ManifestError(BaleError):
+    """A manifest that cannot be parsed, or one bale cannot archive."""
+
+
+class StoreError(BaleError):
+    """The object store failed an operation."""
+
+
+class StoreNotFound(StoreError):
+    """The object store has no object at the key."""
+
+
+class TransferError(BaleError):
+    """A transfer broke and could not be resumed or retried."""

@@ -1,0 +1,1 @@
+"""Operations behind the commands: archive, restore, copy, sync, inspect, verify, gc."""

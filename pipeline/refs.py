@@ -1,0 +1,148 @@
+"""Image references, parsed and normalised the way docker/distribution does.
+
+One place decides what a reference means, so that keys in the store (built from the repository
+and tag) can only ever come from validated names: no `..`, no absolute paths, no surprises.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from pipeline.errors import InvalidReference
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
+_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}
+
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+_DOMAIN_RE = re.compile(
+    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+    r"|\[[0-9a-fA-F:]+\])(?::[0-9]+)?$"
+)
+TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$|^sha512:[a-f0-9]{128}$")
+_MAX_NAME = 255
+
+
+def is_valid_tag(tag: str) -> bool:
+    return bool(TAG_RE.match(tag))
+
+
+def is_valid_digest(digest: str) -> bool:
+    return bool(DIGEST_RE.match(digest))
+
+
+def is_valid_repository(path: str) -> bool:
+    return len(path) <= _MAX_NAME and bool(_PATH_RE.match(path))
+
+
+def _looks_like_domain(component: str) -> bool:
+    return (
+        "." in component
+        or ":" in component
+        or component == "localhost"
+        or (component.startswith("["))
+    )
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A parsed image reference: `registry/repository[:tag][@digest]`.
+
+    `registry` is the domain as users write it (`docker.io`, `127.0.0.1:5000`); `api_host` is
+    where the HTTP API lives (`registry-1.docker.io` for Docker Hub).
+    """
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @classmethod
+    def parse(cls, text: str, *, default_tag: str | None = "latest") -> Reference:
+        """Parse `[docker://]name[:tag][@digest]`; a name with neither gets `default_tag`."""
+        original = text
+        if text.startswith("docker://"):
+            text = text[len("docker://") :]
+        if not text or text != text.strip() or any(c.isspace() for c in text):
+            raise InvalidReference(f"invalid image reference {original!r}: empty or has spaces")
+        digest: str | None = None
+        if "@" in text:
+            text, digest = text.split("@", 1)
+            if not is_valid_digest(digest):
+                raise InvalidReference(f"invalid image reference {original!r}: bad digest")
+        tag: str | None = None
+        slash = text.rfind("/")
+        colon = text.rfind(":")
+        if colon > slash:
+            text, tag = text[:colon], text[colon + 1 :]
+            if not is_valid_tag(tag):
+                raise InvalidReference(f"invalid image reference {original!r}: bad tag {tag!r}")
+        first, _, rest = text.partition("/")
+        if rest and _looks_like_domain(first):
+            registry, path = first, rest
+            if not _DOMAIN_RE.match(registry):
+                raise InvalidReference(
+                    f"invalid image reference {original!r}: bad registry {registry!r}"
+                )
+        else:
+            registry, path = DOCKER_HUB, text
+        if registry.lower() in _HUB_ALIASES:
+            registry = DOCKER_HUB
+            if "/" not in path:
+                path = f"library/{path}"
+        if not is_valid_repository(path):
+            raise InvalidReference(
+                f"invalid image reference {original!r}: repository {path!r} must be lower-case "
+                "components of letters, digits and separators"
+            )
+        if tag is None and digest is None:
+            tag = default_tag
+        return cls(registry=registry, repository=path, tag=tag, digest=digest)
+
+    @property
+    def api_host(self) -> str:
+        return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
+
+    @property
+    def name(self) -> str:
+        """`registry/repository`, as skopeo prints it in `Name`."""
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def identifier(self) -> str:
+        """What to ask the registry for: the digest when pinned, else the tag."""
+        return self.digest or self.tag or "latest"
+
+    @property
+    def store_repo(self) -> str:
+        """The repository path inside the store: host lower-cased, `:` → `-`, then the path."""
+        host = self.registry.lower().replace(":", "-").replace("[", "").replace("]", "")
+        return f"{host}/{self.repository}"
+
+    def with_tag(self, tag: str | None) -> Reference:
+        return replace(self, tag=tag, digest=None)
+
+    def with_digest(self, digest: str | None) -> Reference:
+        return replace(self, digest=digest)
+
+    def in_repository(self, registry: str, repository: str) -> Reference:
+        return replace(self, registry=registry, repository=repository)
+
+    def __str__(self) -> str:
+        out = self.name
+        if self.tag:
+            out += f":{self.tag}"
+        if self.digest:
+            out += f"@{self.digest}"
+        return out
+
+
+def parse_repository(text: str) -> Reference:
+    """A repository without tag or digest (`docker://host/repo`), as `list-tags` takes."""
+    ref = Reference.parse(text, default_tag=None)
+    if ref.tag or ref.digest:
+        raise InvalidReference(f"expected a repository without tag or digest, got {text!r}")
+    return ref

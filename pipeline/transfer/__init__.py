@@ -1,0 +1,1 @@
+"""Moving bytes: verified streams, rate limiting, retry policy, progress."""
