@@ -1,0 +1,1 @@
+"""Registry test bed fixtures (filled by the test-bed work)."""

@@ -1,0 +1,1 @@
+"""Store test bed fixtures: moto_server and the OSS protocol server."""
