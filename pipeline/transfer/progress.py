@@ -1,0 +1,58 @@
+"""Progress as events, so operations report bytes without knowing how (or whether) they are shown.
+
+Operations take a `TransferEvents` and call it; the CLI decides whether that becomes a rich
+progress bar, JSON log lines or nothing. Same idea as s3transfer's subscribers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+from pipeline.store.base import Readable
+
+
+@runtime_checkable
+class TransferEvents(Protocol):
+    """Receives byte counts as they move; `key` names the transfer (a blob digest, a tar key).
+
+    Called from worker threads: implementations must be thread-safe and quick.
+    """
+
+    def on_bytes(self, key: str, n: int) -> None: ...
+
+
+class NullEvents:
+    """Reports nowhere."""
+
+    def on_bytes(self, key: str, n: int) -> None:
+        pass
+
+
+class CountingReader:
+    """Calls `callback(n)` with the length of every non-empty read."""
+
+    def __init__(self, source: Readable, callback: Callable[[int], None]) -> None:
+        self._source = source
+        self._callback = callback
+        self.count = 0
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self._source.read(n)
+        if data:
+            self.count += len(data)
+            self._callback(len(data))
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        close = getattr(self._source, "close", None)
+        if close is not None:
+            close()
+
+
+def counting(source: Readable, events: TransferEvents, key: str) -> CountingReader:
+    """`source`, reporting each read to `events` under `key`."""
+    return CountingReader(source, lambda n: events.on_bytes(key, n))

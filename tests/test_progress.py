@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import io
+import threading
+
+from pipeline.transfer.progress import CountingReader, NullEvents, TransferEvents, counting
+
+
+class Recording:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: list[tuple[str, int]] = []
+
+    def on_bytes(self, key: str, n: int) -> None:
+        with self.lock:
+            self.seen.append((key, n))
+
+
+def test_counting_reader_reports_each_non_empty_read() -> None:
+    counts: list[int] = []
+    reader = CountingReader(io.BytesIO(b"x" * 2500), counts.append)
+    assert reader.read(1000) == b"x" * 1000
+    assert reader.read(-1) == b"x" * 1500
+    assert reader.read(10) == b""
+    assert counts == [1000, 1500]
+    assert reader.count == 2500
+    assert reader.readable()
+
+
+def test_counting_reader_closes_its_source() -> None:
+    source = io.BytesIO(b"abc")
+    CountingReader(source, lambda n: None).close()
+    assert source.closed
+
+
+def test_events_protocol_and_counting_helper() -> None:
+    events = Recording()
+    assert isinstance(events, TransferEvents)
+    assert isinstance(NullEvents(), TransferEvents)
+    NullEvents().on_bytes("k", 5)
+    reader = counting(io.BytesIO(b"y" * 10), events, "sha256:ab")
+    while reader.read(4):
+        pass
+    assert events.seen == [("sha256:ab", 4), ("sha256:ab", 4), ("sha256:ab", 2)]
