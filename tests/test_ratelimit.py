@@ -6,7 +6,13 @@ import time
 
 import pytest
 
-from pipeline.transfer.ratelimit import MIN_BURST, LimitedReader, RateLimiter, limited
+from pipeline.transfer.ratelimit import (
+    MIN_BURST,
+    LimitedReader,
+    RateLimiter,
+    limited,
+    make_limiter,
+)
 
 MiB = 1024 * 1024
 
@@ -130,6 +136,10 @@ def test_limited_reader_closes_source_and_limited_helper() -> None:
     assert source.closed
     plain = io.BytesIO(b"abc")
     assert limited(plain, None) is plain
+    assert make_limiter(None) is None and make_limiter(0) is None
+    made = make_limiter(50 * MiB)
+    assert made is not None and made.rate == 50 * MiB
+    assert LimitedReader(io.BytesIO(b"abc"), made).read(n=2) == b"ab"  # keyword n works too
 
 
 def _run_threads(

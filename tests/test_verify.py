@@ -337,7 +337,8 @@ def test_read_zero_reads_nothing() -> None:
     reader = VerifyingReader(source, digest_of(b"abc"), 3, what="blob")
     assert reader.read(0) == b""
     assert source.pos == 0
-    assert reader.read(3) == b"abc"
+    assert reader.read(n=2) == b"ab"  # keyword works as well as positional
+    assert reader.read(3) == b"c"
 
 
 def test_bad_arguments() -> None:

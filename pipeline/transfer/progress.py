@@ -37,7 +37,7 @@ class CountingReader:
         self._callback = callback
         self.count = 0
 
-    def read(self, n: int = -1, /) -> bytes:
+    def read(self, n: int = -1) -> bytes:
         data = self._source.read(n)
         if data:
             self.count += len(data)

@@ -94,7 +94,7 @@ class LimitedReader:
         self._source = source
         self._limiter = limiter
 
-    def read(self, n: int = -1, /) -> bytes:
+    def read(self, n: int = -1) -> bytes:
         data = self._source.read(n)
         if data:
             self._limiter.acquire(len(data))
@@ -107,6 +107,11 @@ class LimitedReader:
         close = getattr(self._source, "close", None)
         if close is not None:
             close()
+
+
+def make_limiter(rate: float | None) -> RateLimiter | None:
+    """The process-wide limiter for `--limit-rate`: None (no cap) for an absent or zero rate."""
+    return RateLimiter(rate) if rate else None
 
 
 def limited(source: Readable, limiter: RateLimiter | None) -> Readable:

@@ -163,7 +163,7 @@ class VerifyingReader:
     def verified(self) -> bool:
         return self._verified
 
-    def read(self, n: int = -1, /) -> bytes:
+    def read(self, n: int = -1) -> bytes:
         if self._failure is not None:
             raise self._failure
         if self._verified:
