@@ -12,7 +12,6 @@ gives the same tar bytes, so an archived tar can be re-verified by rebuilding it
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,9 +29,11 @@ from pipeline.oci import (
     Platform,
     RawManifest,
     digest_hex,
+    verify_digest,
 )
 from pipeline.refs import Reference
 from pipeline.store.base import CopyRange, Inline, Readable
+from pipeline.transfer.verify import VerifyingReader
 
 BLOCK = 512
 END_OF_ARCHIVE = bytes(2 * BLOCK)
@@ -430,10 +431,9 @@ def plan_image_tar(
 
 
 def _check_held(desc: Descriptor, data: bytes) -> None:
-    algorithm = desc.digest.split(":", 1)[0]
-    actual = f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
-    if len(data) != desc.size or actual != desc.digest:
-        raise ManifestError(f"bytes given for blob {desc.digest} do not match its descriptor")
+    if len(data) != desc.size:
+        raise ManifestError(f"bytes given for blob {desc.digest} are not {desc.size} long")
+    verify_digest(data, desc.digest, f"bytes given for blob {desc.digest}")
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -456,8 +456,8 @@ def write_tar(
     """Stream the planned tar to `sink`; returns the bytes written (always `plan.total_size`).
 
     Each blob is read from `open_blob(descriptor)` and must deliver exactly its size; with
-    `verify` its digest is checked too (pass False when `open_blob` already verifies). A short
-    or long blob raises TransferError: a tar whose headers promise bytes it lacks is corrupt.
+    `verify` its digest is checked too (DigestMismatch; pass False when `open_blob` already
+    verifies). A short or long blob raises TransferError: the headers already promised its size.
     """
     written = 0
     for piece in plan.pieces():
@@ -466,8 +466,10 @@ def write_tar(
             written += len(piece)
             continue
         desc = piece.descriptor
-        reader = open_blob(desc)
-        hasher = hashlib.new(desc.digest.split(":", 1)[0]) if verify else None
+        raw = open_blob(desc)
+        reader: Readable = raw
+        if verify:
+            reader = VerifyingReader(raw, desc.digest, desc.size, what=f"blob {desc.digest}")
         remaining = desc.size
         try:
             while remaining:
@@ -477,19 +479,15 @@ def write_tar(
                         f"blob {desc.digest} ended after {desc.size - remaining} of "
                         f"{desc.size} bytes"
                     )
-                if hasher is not None:
-                    hasher.update(data)
                 sink.write(data)
                 remaining -= len(data)
                 written += len(data)
-            if reader.read(1):
+            if raw.read(1):
                 raise TransferError(f"blob {desc.digest} is longer than its {desc.size} bytes")
         finally:
-            close = getattr(reader, "close", None)
+            close = getattr(raw, "close", None)
             if close is not None:
                 close()
-        if hasher is not None and f"{hasher.name}:{hasher.hexdigest()}" != desc.digest:
-            raise TransferError(f"blob {desc.digest} does not match its digest")
     return written
 
 
