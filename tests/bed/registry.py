@@ -14,13 +14,17 @@ router before any auth) and waits for its line. Lines under `/_bed/` are never r
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import http.client
 import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,6 +45,12 @@ _LOG_RE = re.compile(
     r' (?P<proto>[^"]+)" (?P<status>\d{3}) (?P<size>\d+|-) "(?P<referer>[^"]*)"'
     r' "(?P<agent>[^"]*)"'
 )
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: a registry must not outlive a killed test run."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -281,6 +291,10 @@ class RegistryServer:
                     stdin=subprocess.DEVNULL,
                     env=env,
                     start_new_session=True,
+                    # PDEATHSIG fires when the forking *thread* ends: main thread only.
+                    preexec_fn=_die_with_parent
+                    if threading.current_thread() is threading.main_thread()
+                    else None,
                 )
             if self._wait_ready(timeout):
                 return self
