@@ -104,8 +104,8 @@ class BuiltImage:
     """An image (or index) in an OCI layout; `reference` is set once it has been pushed.
 
     For an index, `config` is None, `layers`/`diff_ids` are empty and `children` holds one
-    BuiltImage per platform (same layout). Blobs are shared between every image a factory
-    builds: copy a blob before corrupting it in a test.
+    BuiltImage per platform (same layout, so a child's `oci_ref` names the whole index).
+    Blobs are shared between every image a factory builds: copy a blob before corrupting it.
     """
 
     layout: Path

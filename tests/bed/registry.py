@@ -9,7 +9,8 @@ whether a token was reused. Lines look like
 
 Distribution writes a line after the handler returns, so just after a response a line may be
 missing: `requests()` first sends a marker request (`GET /_bed/sync/N`, answered 404 by the
-router before any auth) and waits for its line. Lines under `/_bed/` are never reported.
+router before any auth), waits for its line and then for the log to stay quiet for 50 ms.
+Lines under `/_bed/` are never reported.
 """
 
 from __future__ import annotations
@@ -365,8 +366,14 @@ class RegistryServer:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def sync(self, timeout: float = 5.0) -> None:
-        """Wait until every request answered so far is in the access log."""
+    def sync(self, timeout: float = 5.0, settle: float = 0.05) -> None:
+        """Wait until every request answered so far is (almost surely) in the access log.
+
+        The marker's line proves the registry has caught up with requests that finished
+        before it on the same goroutine only; a body larger than Go's write buffer reaches
+        the client before its handler returns and logs. So after the marker, the log must
+        also stay unchanged for `settle` seconds.
+        """
         if not self.running:
             return
         self._sync_n += 1
@@ -377,11 +384,16 @@ class RegistryServer:
         conn.close()
         needle = f"GET {marker} ".encode()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if needle in self.access_log_path.read_bytes():
-                return
+        while needle not in self.access_log_path.read_bytes():
+            if time.monotonic() > deadline:
+                raise TimeoutError("registry access log did not catch up")
             time.sleep(0.005)
-        raise TimeoutError("registry access log did not catch up")
+        size, quiet_since = self.access_log_path.stat().st_size, time.monotonic()
+        while time.monotonic() - quiet_since < settle and time.monotonic() < deadline:
+            time.sleep(0.005)
+            now = self.access_log_path.stat().st_size
+            if now != size:
+                size, quiet_since = now, time.monotonic()
 
     def _entries(self) -> list[AccessLogEntry]:
         out = []
