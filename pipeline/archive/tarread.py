@@ -277,7 +277,10 @@ def parse_number(raw: bytes) -> int:
 
 
 def _check_checksum(block: bytes) -> None:
-    stored = parse_number(block[148:156])
+    try:
+        stored = parse_number(block[148:156])
+    except InvalidArchive:
+        stored = -1
     unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
     signed = unsigned - sum(b for b in block[:148] + block[156:] if b > 127) * 2
     if stored not in (unsigned, signed):
@@ -460,13 +463,12 @@ def _blob_name(digest: str) -> str:
 
 
 def _same_name(a: str, b: str) -> bool:
-    """Names match literally, or as references once normalised (`nginx:1` = `docker.io/...`)."""
+    """Names match literally, or as references once normalised the way skopeo's docker-archive
+    does (`nginx` = `docker.io/library/nginx:latest`)."""
     if a == b:
         return True
     try:
-        return str(Reference.parse(a, default_tag=None)) == str(
-            Reference.parse(b, default_tag=None)
-        )
+        return str(Reference.parse(a)) == str(Reference.parse(b))
     except InvalidReference:
         return False
 
