@@ -16,13 +16,13 @@ DOCKER_HUB_API = "registry-1.docker.io"
 _HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io"}
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+_PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*\Z", re.ASCII)
 _DOMAIN_RE = re.compile(
     r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
     r"|\[[0-9a-fA-F:]+\])(?::[0-9]+)?$"
 )
-TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$|^sha512:[a-f0-9]{128}$")
+TAG_RE = re.compile(r"^[\w][\w.-]{0,127}\Z", re.ASCII)
+DIGEST_RE = re.compile(r"^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})\Z")
 _MAX_NAME = 255
 
 

@@ -42,3 +42,10 @@ def test_parse_repository_rejects_tag() -> None:
     assert parse_repository("docker://127.0.0.1:5000/a").tag is None
     with pytest.raises(InvalidReference):
         parse_repository("docker://127.0.0.1:5000/a:tag")
+
+
+@pytest.mark.parametrize("tag", ["é", "v1\n", "a" * 129])
+def test_tags_are_ascii_and_bounded(tag: str) -> None:
+    from pipeline.refs import is_valid_tag
+
+    assert not is_valid_tag(tag)
