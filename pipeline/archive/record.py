@@ -226,6 +226,7 @@ def _from_obj(obj: Any) -> ImageRecord:
     sizes = obj["sizes"]
     if not isinstance(sizes, dict):
         raise TypeError("sizes must be an object")
+    tar_size = _int(sizes, "tar")
     tar_key = _str(obj, "tar_key")
     if tar_key != layout.tar_key_for(ref):
         raise ValueError(f"tar key {tar_key!r} is not where {source} is archived")
@@ -257,7 +258,7 @@ def _from_obj(obj: Any) -> ImageRecord:
         tar_key=tar_key,
         tar_digest=_digest(obj, "tar_digest"),
         tar_media_type=_str(obj, "tar_media_type"),
-        tar_size=_int(sizes, "tar"),
+        tar_size=tar_size,
         archived_at=parse_time(_str(obj, "archived_at")),
         version=version,
         platforms=_platforms(obj, "platforms"),
