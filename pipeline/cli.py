@@ -230,3 +230,222 @@ def list_tags_command(
         out = ops.render_json(ops.tag_list(ref, client))
     sys.stdout.write(out)
     sys.stdout.flush()
+
+
+# ---- shared option groups ------------------------------------------------------------------
+
+
+def _apply(func: F, decorators: list[Callable[[F], F]]) -> F:
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def transfer_options(func: F) -> F:
+    """--jobs, --limit-rate, --retries: how hard one process may push the network."""
+    from pipeline.units import SIZE
+
+    return _apply(
+        func,
+        [
+            option(
+                "--jobs", type=click.IntRange(min=1), default=4, help="Parallel blob transfers."
+            ),
+            option(
+                "--limit-rate",
+                type=SIZE,
+                default=None,
+                help="Total bytes/s across all transfers (50M, 1.5G).",
+            ),
+            option(
+                "--retries",
+                "--retry-times",
+                "retries",
+                type=click.IntRange(min=0),
+                default=5,
+                help="Retries for failed requests.",
+            ),
+        ],
+    )
+
+
+def src_registry_options(func: F) -> F:
+    """skopeo's spelling for the source registry: --src-creds, --authfile, --src-tls-verify."""
+    return _apply(
+        func,
+        [
+            option("--src-creds", metavar="USER:PASS", help="Credentials for the source registry."),
+            option("--authfile", metavar="PATH", help="auth.json / config.json to read."),
+            option(
+                "--src-tls-verify/--no-src-tls-verify",
+                default=True,
+                help="Verify TLS; --src-tls-verify=false also allows plain HTTP.",
+            ),
+        ],
+    )
+
+
+def platform_options(func: F) -> F:
+    return _apply(
+        func,
+        [
+            option(
+                "--platform", callback=_platform, help="os/arch[/variant] (default linux/amd64)."
+            ),
+            option("--all-platforms", is_flag=True, help="Every platform of an index in the tar."),
+        ],
+    )
+
+
+def report_options(func: F) -> F:
+    return _apply(
+        func,
+        [
+            option("--report", "report_path", metavar="FILE", help="Write a JSON report."),
+            option("--junit", "junit_path", metavar="FILE", help="Write a JUnit XML report."),
+        ],
+    )
+
+
+def _session(jobs: int, limit_rate: int | None, retries: int) -> Any:
+    from pipeline.ops.session import Session, TransferOptions
+    from pipeline.transfer.retry import RetryPolicy
+
+    return Session(
+        TransferOptions(jobs=jobs, retry=RetryPolicy(retries=retries), limit_rate=limit_rate)
+    )
+
+
+def _open_bucket(url: str, endpoint_url: str | None, retries: int = 5) -> Any:
+    from pipeline.archive.bucket import ArchiveBucket
+    from pipeline.store.url import open_store
+    from pipeline.transfer.retry import RetryPolicy
+
+    return ArchiveBucket(
+        open_store(url, endpoint_url=endpoint_url, retry=RetryPolicy(retries=retries))
+    )
+
+
+def _write_reports(
+    report: Any, report_path: str | None, junit_path: str | None, secrets: list[str]
+) -> None:
+    from pathlib import Path
+
+    if report_path:
+        Path(report_path).write_text(report.to_json(secrets=secrets))
+    if junit_path:
+        Path(junit_path).write_text(report.to_junit(secrets=secrets))
+
+
+def _render_results(report: Any) -> None:
+    for r in report.results:
+        if r.status == "failed":
+            click.echo(f"failed    {r.source}: {r.error}", err=True)
+        else:
+            click.echo(f"{r.status:<9} {r.source} {r.digest} -> {r.tar_key}")
+    totals = report.totals()
+    click.echo(
+        f"{totals['images']} image(s): "
+        + ", ".join(f"{totals[s]} {s}" for s in ("archived", "skipped", "failed") if totals.get(s))
+        + f" in {report.seconds:.1f}s",
+        err=True,
+    )
+
+
+# ---- archive, ls ---------------------------------------------------------------------------
+
+
+@main.command("archive", cls=SkopeoCommand)
+@click.argument("images", nargs=-1)
+@option(
+    "--to", "store_url", required=True, metavar="STORE", help="s3://, oss://, file:// or a path."
+)
+@option("--from-file", metavar="LIST", help="Images one per line (# comments, - for stdin).")
+@option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint.")
+@option("--force", is_flag=True, help="Rewrite the tar and record even if already archived.")
+@option("--fail-fast/--keep-going", default=False, help="Stop at the first failed image.")
+@platform_options
+@src_registry_options
+@transfer_options
+@report_options
+@handles_errors
+def archive_command(
+    images: tuple[str, ...],
+    store_url: str,
+    from_file: str | None,
+    endpoint_url: str | None,
+    force: bool,
+    fail_fast: bool,
+    platform: Any,
+    all_platforms: bool,
+    src_creds: str | None,
+    authfile: str | None,
+    src_tls_verify: bool,
+    jobs: int,
+    limit_rate: int | None,
+    retries: int,
+    report_path: str | None,
+    junit_path: str | None,
+) -> None:
+    """Archive IMAGE... into STORE: blobs by digest, a per-image tar, a record."""
+    from pipeline.batch.imagelist import read_image_list
+    from pipeline.errors import UsageError
+    from pipeline.ops.archive import ArchiveOptions, Archiver, archive_many
+    from pipeline.ops.session import RegistryOptions
+    from pipeline.refs import Reference
+    from pipeline.registry.credentials import parse_creds
+
+    refs = [Reference.parse(i) for i in images]
+    if from_file:
+        refs += read_image_list(from_file)
+    if not refs:
+        raise UsageError("no images given (IMAGE... or --from-file)")
+    credentials = parse_creds(src_creds) if src_creds else None
+    registry = RegistryOptions(
+        credentials=credentials, authfile=authfile, tls_verify=src_tls_verify
+    )
+    bucket = _open_bucket(store_url, endpoint_url, retries)
+    options = ArchiveOptions(platform=platform, all_platforms=all_platforms, force=force)
+    with _session(jobs, limit_rate, retries) as session:
+        report = archive_many(
+            Archiver(bucket, session), [(r, registry) for r in refs], options, fail_fast=fail_fast
+        )
+    secrets = [credentials.password] if credentials else []
+    _write_reports(report, report_path, junit_path, secrets)
+    _render_results(report)
+    sys.exit(report.exit_code())
+
+
+@main.command("ls")
+@click.argument("store_url", metavar="STORE")
+@option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint.")
+@option("--json", "as_json", is_flag=True, help="One JSON array of records.")
+@handles_errors
+def ls_command(store_url: str, endpoint_url: str | None, as_json: bool) -> None:
+    """The archived images in STORE: ref, digest, platforms, sizes, tar key, date."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.archive.record import format_time
+    from pipeline.units import format_size
+
+    records = sorted(_open_bucket(store_url, endpoint_url).records(), key=lambda r: r.source)
+    if as_json:
+        click.echo(json.dumps([json.loads(r.to_json()) for r in records], indent=2))
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("IMAGE", "DIGEST", "PLATFORMS", "BLOBS", "TAR", "TAR KEY", "ARCHIVED"):
+        table.add_column(column, no_wrap=True, overflow="fold")
+    for r in records:
+        table.add_row(
+            r.source,
+            r.digest[:19],
+            ",".join(r.platforms) or "-",
+            format_size(r.blob_bytes),
+            format_size(r.tar_size),
+            r.tar_key,
+            format_time(r.archived_at),
+        )
+    Console(width=None if sys.stdout.isatty() else 400, soft_wrap=True).print(table)

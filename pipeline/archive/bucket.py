@@ -1,0 +1,104 @@
+"""The archive bucket: the registry's own storage layout plus per-image tars and records.
+
+Writes follow the registry's order (blobs, layer links, manifests, revision links, tags, tar,
+record) so a crash leaves only unreferenced blobs. Blobs are content-addressed and written
+create-if-absent, which is what makes concurrent writers (shards) safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+from pipeline.archive import layout
+from pipeline.archive.record import ImageRecord
+from pipeline.errors import StoreNotFound
+from pipeline.oci import Descriptor, RawManifest, verify_digest
+from pipeline.refs import Reference
+from pipeline.store.base import ObjectStore, Piece, Readable, WriteResult
+from pipeline.transfer.verify import VerifyingReader
+
+
+class ArchiveBucket:
+    """An `ObjectStore` seen as an archive: what is stored where, and in which order."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    @property
+    def url(self) -> str:
+        return self.store.url
+
+    # -- blobs ---------------------------------------------------------------------------
+    def has_blob(self, descriptor: Descriptor) -> bool:
+        info = self.store.head(layout.blob_key(descriptor.digest))
+        return info is not None and info.size == descriptor.size
+
+    def put_blob(self, descriptor: Descriptor, stream: Readable) -> WriteResult:
+        """Stream a blob in; `stream` must verify itself (the read reaching its size fails)."""
+        return self.store.put_stream(
+            layout.blob_key(descriptor.digest), stream, descriptor.size, if_absent=True
+        )
+
+    def put_manifest(self, raw: RawManifest) -> WriteResult:
+        return self.store.put(layout.blob_key(raw.digest), raw.data, if_absent=True)
+
+    def read_blob(self, descriptor: Descriptor) -> bytes:
+        data = self.store.read(layout.blob_key(descriptor.digest))
+        verify_digest(data, descriptor.digest, f"{self.url} blob {descriptor.digest}")
+        return data
+
+    def open_blob(self, descriptor: Descriptor) -> Readable:
+        stream = self.store.open(layout.blob_key(descriptor.digest))
+        return VerifyingReader(
+            stream, descriptor.digest, descriptor.size, what=f"{self.url} blob {descriptor.digest}"
+        )
+
+    def read_manifest(self, digest: str) -> RawManifest:
+        data = self.store.read(layout.blob_key(digest))
+        verify_digest(data, digest, f"{self.url} manifest {digest}")
+        return RawManifest.from_bytes(data)
+
+    # -- links and tags ------------------------------------------------------------------
+    def _link(self, key: str, digest: str) -> None:
+        self.store.put(key, layout.link_body(digest))
+
+    def link_layers(self, repo: str, digests: Iterable[str]) -> None:
+        for digest in digests:
+            self._link(layout.layer_link_key(repo, digest), digest)
+
+    def link_revisions(self, repo: str, digests: Iterable[str]) -> None:
+        for digest in digests:
+            self._link(layout.revision_link_key(repo, digest), digest)
+
+    def tag(self, repo: str, tag: str, digest: str) -> None:
+        self._link(layout.tag_index_link_key(repo, tag, digest), digest)
+        self._link(layout.tag_current_link_key(repo, tag), digest)
+
+    def tag_digest(self, repo: str, tag: str) -> str | None:
+        """What the tag points at, or None when the bucket has no such tag."""
+        try:
+            body = self.store.read(layout.tag_current_link_key(repo, tag))
+        except StoreNotFound:
+            return None
+        return body.decode("ascii").strip()
+
+    # -- tars and records ----------------------------------------------------------------
+    def compose_tar(self, key: str, pieces: Sequence[Piece]) -> WriteResult:
+        return self.store.compose(key, pieces)
+
+    def write_record(self, record: ImageRecord) -> None:
+        self.store.put(record.record_key, record.to_json())
+
+    def read_record(self, ref: Reference) -> ImageRecord | None:
+        key = layout.record_key(
+            ref.store_repo, tag=ref.tag if not ref.digest else None, digest=ref.digest
+        )
+        try:
+            return ImageRecord.from_json(self.store.read(key))
+        except StoreNotFound:
+            return None
+
+    def records(self) -> Iterator[ImageRecord]:
+        for info in self.store.list(layout.IMAGES_PREFIX):
+            if info.key.endswith(".json"):
+                yield ImageRecord.from_json(self.store.read(info.key))

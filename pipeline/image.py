@@ -1,0 +1,166 @@
+"""Images as sources: the one shape every transport produces, and platform selection.
+
+A registry, an archive bucket and a tar each yield the same `ImageSource`; operations
+(archive, restore, copy, sync, inspect) resolve it once into a `ResolvedImage` and never ask
+which transport it came from. Manifests stay as exact bytes throughout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pipeline.errors import ManifestError
+from pipeline.oci import (
+    Descriptor,
+    ImageIndex,
+    ImageManifest,
+    Platform,
+    RawManifest,
+    Schema1Manifest,
+)
+from pipeline.refs import Reference
+from pipeline.store.base import Readable
+
+DEFAULT_PLATFORM = Platform("linux", "amd64")
+
+
+class ImageSource(Protocol):
+    """Where an image's manifests and blobs are read from."""
+
+    @property
+    def reference(self) -> Reference: ...
+
+    def manifest(self, digest: str | None = None) -> RawManifest:
+        """The top-level manifest (`digest=None`) or a child manifest by digest, exact bytes."""
+        ...
+
+    def blob(self, descriptor: Descriptor) -> bytes:
+        """A small blob (a config), verified."""
+        ...
+
+    def open_blob(self, descriptor: Descriptor) -> Readable:
+        """A verified stream of a blob: the read reaching its size fails on a bad digest."""
+        ...
+
+
+@dataclass(frozen=True)
+class PlatformImage:
+    """One image manifest, with the platform the index gave it (None for a lone manifest)."""
+
+    raw: RawManifest
+    manifest: ImageManifest
+    platform: Platform | None
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """Everything an operation needs to move an image: manifests as bytes, blobs as descriptors.
+
+    `images` are the platform manifests that will be stored; `selected` is the subset that goes
+    into a tar (one platform unless all were asked for). For a lone manifest both hold it.
+    """
+
+    reference: Reference
+    top: RawManifest
+    images: tuple[PlatformImage, ...]
+    selected: tuple[PlatformImage, ...]
+    index: ImageIndex | None = None
+    extra_manifests: tuple[RawManifest, ...] = field(default=())
+
+    @property
+    def digest(self) -> str:
+        return self.top.digest
+
+    @property
+    def is_index(self) -> bool:
+        return self.index is not None
+
+    def blobs(self, images: Iterable[PlatformImage] | None = None) -> list[Descriptor]:
+        """Config and layer descriptors of `images` (default: all stored), each digest once."""
+        seen: dict[str, Descriptor] = {}
+        for image in self.images if images is None else images:
+            for desc in image.manifest.blobs:
+                seen.setdefault(desc.digest, desc)
+        return list(seen.values())
+
+    @property
+    def platforms(self) -> list[str]:
+        return [str(i.platform) for i in self.images if i.platform is not None]
+
+
+def _describe(ref: Reference) -> str:
+    return str(ref)
+
+
+def select_platforms(index: ImageIndex, wanted: Platform | None, *, what: str) -> list[Descriptor]:
+    """The index entries to use: the wanted platform, else linux/amd64, else the only/first.
+
+    Entries without a platform (attestations, signatures stored in an index) are never picked
+    as the platform image.
+    """
+    candidates = [
+        d for d in index.manifests if d.platform is not None and d.platform.os != "unknown"
+    ] or list(index.manifests)
+    if not candidates:
+        raise ManifestError(f"{what}: index lists no manifests")
+    if wanted is not None:
+        hits = [d for d in candidates if d.platform is not None and d.platform.matches(wanted)]
+        if not hits:
+            have = ", ".join(str(d.platform) for d in candidates if d.platform) or "none"
+            raise ManifestError(f"{what}: no manifest for platform {wanted} (has {have})")
+        return hits[:1]
+    hits = [
+        d for d in candidates if d.platform is not None and d.platform.matches(DEFAULT_PLATFORM)
+    ]
+    return hits[:1] or candidates[:1]
+
+
+def resolve_image(
+    source: ImageSource,
+    *,
+    platform: Platform | None = None,
+    all_platforms: bool = False,
+    store_all: bool = True,
+) -> ResolvedImage:
+    """Fetch the top manifest and the child manifests an operation needs.
+
+    For an index: with `store_all` every child is fetched (archive keeps the whole index);
+    `selected` is `platform` (or the default) unless `all_platforms`. With `platform` given and
+    `store_all=False`, the index is dropped and the result is that platform's manifest alone.
+    """
+    what = _describe(source.reference)
+    top = source.manifest()
+    parsed = top.parse()
+    if isinstance(parsed, Schema1Manifest):
+        raise ManifestError(
+            f"{what}: Docker schema1 manifests cannot be archived (push the image again with a "
+            "current client to get schema2 or OCI)"
+        )
+    if isinstance(parsed, ImageManifest):
+        only = PlatformImage(top, parsed, None)
+        return ResolvedImage(source.reference, top, (only,), (only,))
+
+    index = parsed
+    chosen = {d.digest for d in select_platforms(index, platform, what=what)}
+    images: list[PlatformImage] = []
+    extra: list[RawManifest] = []
+    for desc in index.manifests:
+        wanted_here = all_platforms or desc.digest in chosen or store_all
+        if not wanted_here:
+            continue
+        raw = source.manifest(desc.digest)
+        child = raw.parse()
+        if isinstance(child, ImageManifest):
+            images.append(PlatformImage(raw, child, desc.platform))
+        else:
+            # Nested indexes or other artifacts are kept as bytes so the index stays whole.
+            extra.append(raw)
+    if all_platforms:
+        selected = tuple(i for i in images if i.platform is not None) or tuple(images)
+    else:
+        selected = tuple(i for i in images if i.raw.digest in chosen)
+    if platform is not None and not store_all:
+        return ResolvedImage(source.reference, selected[0].raw, selected, selected)
+    return ResolvedImage(source.reference, top, tuple(images), selected, index, tuple(extra))

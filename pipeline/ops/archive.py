@@ -1,0 +1,223 @@
+"""`bale archive`: registry → content-addressed bucket → per-image tar → record.
+
+The order of writes is the registry's own and is what makes a crash harmless: blobs first
+(each verified before it becomes visible), then layer links, manifests (children before the
+index), revision links, tags, the tar, and the record last. A tag or record therefore never
+points at data that is not there.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from pipeline.archive import layout
+from pipeline.archive.bucket import ArchiveBucket
+from pipeline.archive.record import ImageRecord
+from pipeline.archive.tarplan import plan_image_tar, to_compose_pieces
+from pipeline.batch.report import ImageResult, RunReport
+from pipeline.errors import BaleError
+from pipeline.image import ImageSource, ResolvedImage, resolve_image
+from pipeline.oci import Descriptor, Platform
+from pipeline.ops.session import RegistryOptions, Session
+from pipeline.refs import Reference
+from pipeline.registry.source import RegistrySource
+from pipeline.transfer.progress import NullEvents, TransferEvents, counting
+
+
+@dataclass(frozen=True)
+class ArchiveOptions:
+    platform: Platform | None = None
+    """Tar this platform (and, when given, store only it); default linux/amd64 or the first."""
+    all_platforms: bool = False
+    force: bool = False
+    """Rewrite the tar and record even when the digest is already archived."""
+
+
+@dataclass
+class _Counts:
+    downloaded: int = 0
+    uploaded: int = 0
+    already: int = 0
+    copied: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **amounts: int) -> None:
+        with self.lock:
+            for name, n in amounts.items():
+                setattr(self, name, getattr(self, name) + n)
+
+
+class Archiver:
+    """Archives images into one bucket, sharing transfers of common blobs between images."""
+
+    def __init__(
+        self, bucket: ArchiveBucket, session: Session, events: TransferEvents | None = None
+    ) -> None:
+        self.bucket = bucket
+        self.session = session
+        self.events = events or NullEvents()
+
+    def archive(
+        self,
+        ref: Reference,
+        registry: RegistryOptions | None = None,
+        options: ArchiveOptions | None = None,
+    ) -> ImageResult:
+        """Archive one image; failures are returned in the result, not raised."""
+        options = options or ArchiveOptions()
+        started = time.monotonic()
+        counts = _Counts()
+        digest: str | None = None
+        try:
+            source = RegistrySource(self.session.client(ref.registry, registry), ref)
+            digest = source.manifest().digest
+            record = self._archive(source, options, counts)
+            status = "archived" if record is not None else "skipped"
+            tar_key = record.tar_key if record else layout.tar_key_for(ref)
+            error = None
+        except BaleError as exc:
+            status, error, tar_key = "failed", str(exc).splitlines()[0], None
+        return ImageResult(
+            source=str(ref),
+            digest=digest,
+            status=status,
+            error=error,
+            bytes_downloaded=counts.downloaded,
+            bytes_uploaded=counts.uploaded,
+            bytes_already_stored=counts.already,
+            bytes_copied_server_side=counts.copied,
+            seconds=round(time.monotonic() - started, 3),
+            tar_key=tar_key,
+        )
+
+    # -- steps -----------------------------------------------------------------------------
+    def _archive(
+        self, source: ImageSource, options: ArchiveOptions, counts: _Counts
+    ) -> ImageRecord | None:
+        ref = source.reference
+        top = source.manifest()
+        if not options.force and self._already_archived(ref, top.digest):
+            return None
+        resolved = resolve_image(
+            source,
+            platform=options.platform,
+            all_platforms=options.all_platforms,
+            store_all=options.platform is None or options.all_platforms,
+        )
+        blobs = resolved.blobs()
+        self._store_blobs(source, blobs, counts)
+        repo = ref.store_repo
+        self.bucket.link_layers(repo, (b.digest for b in blobs))
+        manifests = [i.raw for i in resolved.images] + list(resolved.extra_manifests)
+        if resolved.top.digest not in {m.digest for m in manifests}:
+            manifests.append(resolved.top)
+        for raw in manifests:  # children first, the index last
+            self.bucket.put_manifest(raw)
+        self.bucket.link_revisions(repo, (m.digest for m in manifests))
+        if ref.tag and not ref.digest:
+            self.bucket.tag(repo, ref.tag, resolved.top.digest)
+        return self._write_tar_and_record(resolved, options, counts)
+
+    def _already_archived(self, ref: Reference, digest: str) -> bool:
+        record = self.bucket.read_record(ref)
+        if record is None or record.digest != digest:
+            return False
+        return self.bucket.store.head(record.tar_key) is not None
+
+    def _store_blobs(self, source: ImageSource, blobs: list[Descriptor], counts: _Counts) -> None:
+        futures = [
+            self.session.once(
+                f"{self.bucket.url}|{desc.digest}", lambda d=desc: self._store_blob(source, d)
+            )
+            for desc in blobs
+        ]
+        errors: list[BaseException] = []
+        for desc, fut in zip(blobs, futures, strict=True):
+            try:
+                moved = fut.result()
+            except BaleError as exc:
+                errors.append(exc)
+                continue
+            if moved is None:
+                counts.add(already=desc.size)
+            else:
+                counts.add(downloaded=moved[0], uploaded=moved[1])
+        if errors:
+            raise errors[0]
+
+    def _store_blob(self, source: ImageSource, desc: Descriptor) -> tuple[int, int] | None:
+        """Stream one blob in unless the bucket has it; returns (downloaded, uploaded)."""
+        if self.bucket.has_blob(desc):
+            return None
+        key = f"{source.reference.name}@{desc.digest}"
+        stream = counting(source.open_blob(desc), self.events, key)
+        try:
+            result = self.bucket.put_blob(desc, stream)
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        return stream.count, result.sent
+
+    def _write_tar_and_record(
+        self, resolved: ResolvedImage, options: ArchiveOptions, counts: _Counts
+    ) -> ImageRecord:
+        ref = resolved.reference
+        if options.all_platforms:
+            in_tar = [i.raw for i in resolved.images] + list(resolved.extra_manifests)
+        elif resolved.is_index:
+            in_tar = [resolved.selected[0].raw]
+        else:
+            in_tar = []
+        plan = plan_image_tar(ref, resolved.top, in_tar, all_platforms=options.all_platforms)
+        tar_key = layout.tar_key_for(ref)
+        result = self.bucket.compose_tar(tar_key, to_compose_pieces(plan, layout.blob_key_for))
+        counts.add(uploaded=result.sent, copied=result.copied)
+        stored = [*resolved.blobs(), *(i.raw.descriptor() for i in resolved.images)]
+        stored += [m.descriptor() for m in resolved.extra_manifests]
+        record = ImageRecord.build(
+            ref, resolved.top, plan, stored=stored, stored_platforms=resolved.platforms
+        )
+        self.bucket.write_record(record)
+        return record
+
+
+def archive_many(
+    archiver: Archiver,
+    images: list[tuple[Reference, RegistryOptions | None]],
+    options: ArchiveOptions | None = None,
+    *,
+    fail_fast: bool = False,
+    on_result: Callable[[ImageResult], None] | None = None,
+) -> RunReport:
+    """Archive images in parallel (blob transfers stay bounded by the session's `--jobs`).
+
+    With `fail_fast`, images not yet started after a failure are not attempted.
+    """
+    report = RunReport(started=datetime.now(UTC))
+    stop = threading.Event()
+
+    def one(ref: Reference, registry: RegistryOptions | None) -> ImageResult | None:
+        if stop.is_set():
+            return None
+        result = archiver.archive(ref, registry, options)
+        if result.status == "failed" and fail_fast:
+            stop.set()
+        if on_result is not None:
+            on_result(result)
+        return result
+
+    workers = max(1, min(len(images), archiver.session.transfer.jobs))
+    with ThreadPoolExecutor(workers, thread_name_prefix="bale-image") as pool:
+        futures = [pool.submit(one, ref, reg) for ref, reg in images]
+        for fut in futures:
+            result = fut.result()
+            if result is not None:
+                report.add(result)
+    report.finish()
+    return report

@@ -1,0 +1,97 @@
+"""What one invocation shares across images: options, registry clients, the blob pool.
+
+A run of many images keeps one client per registry (connection pools and tokens are reused),
+one bounded pool of blob transfers (`--jobs` is a global bound, not per image) and one rate
+limiter (`--limit-rate` caps the whole process).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from pipeline.registry.client import RegistryClient
+from pipeline.registry.credentials import Credentials
+from pipeline.transfer.ratelimit import make_limiter
+from pipeline.transfer.retry import RetryPolicy
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    """How to reach one registry: credentials and TLS, as skopeo's flags spell them."""
+
+    credentials: Credentials | None = None
+    authfile: str | None = None
+    tls_verify: bool = True
+
+
+@dataclass(frozen=True)
+class TransferOptions:
+    jobs: int = 4
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    limit_rate: int | None = None
+    """Total bytes per second across all transfers of the process; None for no cap."""
+
+
+class Session:
+    """Shared machinery for one command: clients per registry, blob pool, rate limiter."""
+
+    def __init__(self, transfer: TransferOptions | None = None) -> None:
+        self.transfer = transfer or TransferOptions()
+        if self.transfer.jobs < 1:
+            raise ValueError("jobs must be at least 1")
+        self.limiter = make_limiter(self.transfer.limit_rate)
+        self.pool = ThreadPoolExecutor(self.transfer.jobs, thread_name_prefix="bale-blob")
+        self._clients: dict[tuple[str, RegistryOptions], RegistryClient] = {}
+        self._lock = threading.Lock()
+        self._once: dict[str, Future[object]] = {}
+
+    def client(self, registry: str, options: RegistryOptions | None = None) -> RegistryClient:
+        options = options or RegistryOptions()
+        key = (registry, options)
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = RegistryClient(
+                    registry,
+                    credentials=options.credentials,
+                    authfile=options.authfile,
+                    tls_verify=options.tls_verify,
+                    retry=self.transfer.retry,
+                    limiter=self.limiter,
+                    pool_size=max(16, self.transfer.jobs * 2),
+                )
+                self._clients[key] = client
+            return client
+
+    def once(self, key: str, fn: Callable[[], T]) -> Future[T]:
+        """Run `fn` in the blob pool at most once per key at a time; failures are forgotten.
+
+        Two images sharing a layer wait on the same transfer instead of both downloading it;
+        a failed transfer is dropped so that a later image (or a retry) tries again.
+        """
+        with self._lock:
+            fut = self._once.get(key)
+            if fut is not None and not (fut.done() and fut.exception() is not None):
+                return fut  # type: ignore[return-value]
+            fut = self.pool.submit(fn)
+            self._once[key] = fut  # type: ignore[assignment]
+        return fut
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
