@@ -39,7 +39,7 @@ from pipeline.archive.tarplan import (
 )
 from pipeline.archive.tarread import parse_number
 from pipeline.errors import DigestMismatch, ManifestError, TransferError
-from pipeline.oci import OCI_INDEX, Descriptor, Platform, RawManifest
+from pipeline.oci import OCI_INDEX, OCI_MANIFEST, Descriptor, Platform, RawManifest, sha256_digest
 from pipeline.refs import Reference
 from pipeline.store.base import CopyRange, Inline, Readable
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec, Skopeo
@@ -421,3 +421,45 @@ def test_podman_loads_the_tar(
     (image,) = json.loads(images.stdout)
     assert "127.0.0.1:5000/team/app:1.0" in image["Names"]
     assert image["Digest"] == docker_image.digest
+
+
+def test_attestations_stay_out_of_manifest_json(image_factory: ImageFactory) -> None:
+    """A buildx-style index: arm64 first, amd64 second, plus an attestation manifest."""
+    base = image_factory.index(["linux/arm64", "linux/amd64"], [LayerSpec(600, seed=501)])
+    statement = b'{"_type":"https://in-toto.io/Statement/v0.1"}'
+    config = b"{}"
+    attestation = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": Descriptor(
+                "application/vnd.oci.image.config.v1+json", sha256_digest(config), len(config)
+            ).to_json(),
+            "layers": [
+                Descriptor(
+                    "application/vnd.in-toto+json", sha256_digest(statement), len(statement)
+                ).to_json()
+            ],
+        }
+    ).encode()
+    att_desc = Descriptor(
+        OCI_MANIFEST,
+        sha256_digest(attestation),
+        len(attestation),
+        Platform("unknown", "unknown"),
+        {"vnd.docker.reference.type": "attestation-manifest"},
+    ).to_json()
+    index_obj = json.loads(base.manifest)
+    index_obj["manifests"].append(att_desc)
+    top = RawManifest.from_bytes(json.dumps(index_obj).encode())
+    kids = [raw_of(c) for c in base.children] + [RawManifest.from_bytes(attestation)]
+    plan = plan_image_tar(REF, top, kids, all_platforms=True)
+    entries = {e.name: e.source for e in plan.entries}
+    docker = json.loads(entries["manifest.json"])  # type: ignore[arg-type]
+    amd64 = base.child("linux/amd64").config_descriptor
+    assert amd64 is not None
+    assert [d["RepoTags"] for d in docker] == [[], ["127.0.0.1:5000/team/app:1.0"]]
+    assert docker[1]["Config"] == blob_path(amd64.digest)
+    assert plan.platforms == ("linux/arm64", "linux/amd64")
+    for blob in (attestation, config, statement):
+        assert blob_path(sha256_digest(blob)) in entries

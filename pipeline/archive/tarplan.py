@@ -43,6 +43,8 @@ USTAR_MAX_SIZE = 8**11 - 1
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 ANNOTATION_CONTAINERD_NAME = "io.containerd.image.name"
+ANNOTATION_REFERENCE_TYPE = "vnd.docker.reference.type"
+_DEFAULT_PLATFORM = Platform("linux", "amd64")
 BLOBS_DIR = "blobs/"
 
 _PAX_NAME = "././@PaxHeader"
@@ -271,16 +273,30 @@ class _Graph:
 
     manifests: dict[str, RawManifest] = field(default_factory=dict)
     images: list[ImageManifest] = field(default_factory=list)
+    runnable: list[tuple[ImageManifest, Platform | None]] = field(default_factory=list)
+    """Images a `docker load` can run: not attestations, not other artifacts."""
     platforms: list[str] = field(default_factory=list)
     order: list[RawManifest] = field(default_factory=list)
 
 
+def _is_runnable(image: ImageManifest, desc: Descriptor | None) -> bool:
+    """An image `docker load` can take: buildx attestations (platform unknown/unknown, in-toto
+    layers) and artifacts with other config types would fail or mislead it."""
+    if image.config.media_type not in _IMAGE_CONFIG_TYPES:
+        return False
+    if desc is None:
+        return True
+    if desc.annotations.get(ANNOTATION_REFERENCE_TYPE) == "attestation-manifest":
+        return False
+    return desc.platform is None or desc.platform.os != "unknown"
+
+
 def _walk(
-    root: RawManifest, available: Mapping[str, RawManifest], platform: Platform | None
+    root: RawManifest, available: Mapping[str, RawManifest], root_desc: Descriptor | None
 ) -> _Graph:
     graph = _Graph()
 
-    def visit(raw: RawManifest, plat: Platform | None, depth: int) -> None:
+    def visit(raw: RawManifest, desc: Descriptor | None, depth: int) -> None:
         if raw.digest in graph.manifests:
             return
         if depth > 4:
@@ -290,8 +306,11 @@ def _walk(
         parsed = raw.parse()
         if isinstance(parsed, ImageManifest):
             graph.images.append(parsed)
-            if plat is not None and str(plat) not in graph.platforms:
-                graph.platforms.append(str(plat))
+            plat = desc.platform if desc is not None else None
+            if _is_runnable(parsed, desc):
+                graph.runnable.append((parsed, plat))
+                if plat is not None and str(plat) not in graph.platforms:
+                    graph.platforms.append(str(plat))
         elif isinstance(parsed, ImageIndex):
             for child in parsed.manifests:
                 found = available.get(child.digest)
@@ -304,11 +323,11 @@ def _walk(
                         f"index {raw.digest}: child {child.digest} is {len(found.data)} bytes, "
                         f"the index says {child.size}"
                     )
-                visit(found, child.platform, depth + 1)
+                visit(found, child, depth + 1)
         else:
             raise ManifestError(f"manifest {raw.digest}: schema1 images cannot be archived")
 
-    visit(root, platform, 0)
+    visit(root, root_desc, 0)
     return graph
 
 
@@ -328,14 +347,15 @@ def plan_image_tar(
     `images` must hold every manifest it reaches (children, and grandchildren of nested
     indexes); without, `images` is the one selected child, and index.json points at it with
     its platform. `blob_bytes` holds bytes the caller already has (configs, say): those go in
-    inline instead of as a `BlobSource`. manifest.json gets one entry per image whose config
-    is an image config (attestations and other artifacts are left out of it); only the first
-    carries RepoTags, as two entries with one tag would make `docker load` re-tag.
+    inline instead of as a `BlobSource`. manifest.json gets one entry per runnable image
+    (attestations and other artifacts are left out of it, their blobs still in the layout);
+    only one entry carries RepoTags, linux/amd64 when there is one, else the first, since
+    two entries with one tag would make `docker load` re-tag.
     """
     available = {m.digest: m for m in images}
     available.setdefault(top.digest, top)
     top_parsed = top.parse()
-    platform: Platform | None = None
+    listed_desc: Descriptor | None = None
     if isinstance(top_parsed, ImageIndex) and not all_platforms:
         chosen = [m for m in images if m.digest != top.digest]
         if len(chosen) != 1:
@@ -346,10 +366,11 @@ def plan_image_tar(
         listed = {d.digest: d for d in top_parsed.manifests}
         if root.digest not in listed:
             raise ManifestError(f"image {ref}: {root.digest} is not listed in {top.digest}")
-        platform = listed[root.digest].platform
+        listed_desc = listed[root.digest]
     else:
         root = top
-    graph = _walk(root, available, platform)
+    platform = listed_desc.platform if listed_desc is not None else None
+    graph = _walk(root, available, listed_desc)
     if not graph.images:
         raise ManifestError(f"image {ref}: no image manifest under {root.digest}")
 
@@ -368,17 +389,17 @@ def plan_image_tar(
         {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [root_desc.to_json()]}
     )
 
-    docker_entries: list[dict[str, object]] = []
-    for image in graph.images:
-        if image.config.media_type not in _IMAGE_CONFIG_TYPES:
-            continue
-        docker_entries.append(
-            {
-                "Config": blob_path(image.config.digest),
-                "RepoTags": [tagged] if tagged and not docker_entries else [],
-                "Layers": [blob_path(layer.digest) for layer in image.layers],
-            }
-        )
+    tag_holder = next(
+        (i for i, (_, p) in enumerate(graph.runnable) if p and p.matches(_DEFAULT_PLATFORM)), 0
+    )
+    docker_entries = [
+        {
+            "Config": blob_path(image.config.digest),
+            "RepoTags": [tagged] if tagged and i == tag_holder else [],
+            "Layers": [blob_path(layer.digest) for layer in image.layers],
+        }
+        for i, (image, _) in enumerate(graph.runnable)
+    ]
     manifest_json = _dumps(docker_entries)
 
     # Blobs: manifests first, then configs, then layers, so the small metadata sits at the
