@@ -554,3 +554,17 @@ def test_index_tar_reads_gzip_media_types_from_descriptors(
     with pytest.raises(InvalidArchive, match="no manifest"):
         image.manifest("sha256:" + "0" * 64)
     assert isinstance(RawManifest.from_bytes(child.manifest), RawManifest)
+
+
+def test_signed_checksums_are_accepted() -> None:
+    """Some old writers summed header bytes as signed chars; readers accept both sums."""
+    plain = make_tar([file_entry("ünï", b"x")], tarfile.USTAR_FORMAT)
+    block = bytearray(plain[:512])
+    block[148:156] = b" " * 8
+    signed = sum(b - 256 if b > 127 else b for b in block)
+    assert signed != sum(block)
+    block[148:156] = f"{signed:06o}\0 ".encode()
+    assert index_tar(BytesSource(bytes(block) + plain[512:]))["ünï"].size == 1
+    block[148:156] = f"{signed + 1:06o}\0 ".encode()
+    with pytest.raises(InvalidArchive, match="checksum"):
+        index_tar(BytesSource(bytes(block) + plain[512:]))

@@ -213,11 +213,10 @@ class _Window:
 class RangeReader:
     """A `Readable` over `length` bytes of a source from `offset`."""
 
-    def __init__(self, source: RandomAccess, offset: int, length: int, chunk: int = 1 << 20):
+    def __init__(self, source: RandomAccess, offset: int, length: int) -> None:
         self._source = source
         self._pos = offset
         self._end = offset + length
-        self._chunk = chunk
 
     def read(self, n: int = -1, /) -> bytes:
         left = self._end - self._pos
@@ -282,7 +281,7 @@ def _check_checksum(block: bytes) -> None:
     except InvalidArchive:
         stored = -1
     unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
-    signed = unsigned - sum(b for b in block[:148] + block[156:] if b > 127) * 2
+    signed = unsigned - 256 * sum(1 for b in block[:148] + block[156:] if b > 127)
     if stored not in (unsigned, signed):
         raise InvalidArchive("tar header checksum mismatch (not a tar, or corrupt)")
 
