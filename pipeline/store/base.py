@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 
@@ -87,37 +87,66 @@ class ObjectStore(Protocol):
     url: str
     """The store's URL for display (never contains secrets)."""
 
-    def head(self, key: str) -> ObjectInfo | None: ...
+    def head(self, key: str) -> ObjectInfo | None:
+        """Size and date of the object at `key`, None when there is none."""
+        ...
 
     def read(self, key: str, start: int = 0, length: int | None = None) -> bytes:
-        """Read a whole small object, or a byte range of any object. Raises StoreNotFound."""
+        """Read a whole small object, or a byte range of any object. Raises StoreNotFound.
+
+        Ranges follow HTTP: a range running past the end returns what is there; one starting
+        past the end (of a non-empty object) raises StoreError.
+        """
         ...
 
     def open(self, key: str, start: int = 0, length: int | None = None) -> Readable:
         """A streaming reader over an object (or a range of it), for large objects."""
         ...
 
-    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> WriteResult: ...
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> WriteResult:
+        """Write a small object in one request."""
+        ...
 
     def put_stream(
         self, key: str, stream: Readable, size: int | None = None, *, if_absent: bool = False
     ) -> WriteResult:
         """Stream an object of known or unknown size with bounded memory.
 
-        If `stream.read` raises, the write is abandoned and the error propagates.
+        The stream is read sequentially on the calling thread and the write commits only after
+        its last byte was read: if `stream.read` raises (a verifying reader's DigestMismatch on
+        its final read), the write is abandoned and the error propagates. With `size`, a stream
+        that ends early or runs longer is a TransferError.
         """
         ...
 
     def compose(self, key: str, pieces: Sequence[Piece], *, if_absent: bool = False) -> WriteResult:
-        """Write the concatenation of `pieces`, copying ranges in place where the store can."""
+        """Write the concatenation of `pieces`, copying ranges in place where the store can.
+
+        `CopyRange` keys are in this store. The result's `sent` counts bytes that went up from
+        the client (inline pieces, and range bytes fetched to fill parts), `copied` bytes the
+        store copied itself.
+        """
         ...
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
-
-    def delete(self, key: str) -> None: ...
-
-    def list_uploads(self, prefix: str = "") -> Iterator[MultipartUpload]:
-        """Multipart uploads still open under `prefix` (for gc)."""
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix` (a string prefix, not a directory), in
+        key order, fetched page by page."""
         ...
 
-    def abort_upload(self, upload: MultipartUpload) -> None: ...
+    def delete(self, key: str) -> None:
+        """Remove the object at `key`; no object there is fine."""
+        ...
+
+    def list_uploads(
+        self, prefix: str = "", *, older_than: timedelta | None = None
+    ) -> Iterator[MultipartUpload]:
+        """Multipart uploads still open under `prefix` (for gc), only those initiated more than
+        `older_than` ago when given: a younger one may belong to a write still running.
+
+        The local store reports its temporary files of unfinished writes the same way.
+        """
+        ...
+
+    def abort_upload(self, upload: MultipartUpload) -> None:
+        """Abort (or for local files, remove) an unfinished write; gone already is fine."""
+        ...

@@ -1,1 +1,358 @@
-"""Store test bed fixtures: moto_server and the OSS protocol server."""
+"""Store test bed fixtures: moto_server (S3 over HTTP), the OSS protocol server, local dirs.
+
+    moto_server      session: `moto_server` on a free loopback port (tests/bed/moto.py)
+    oss_server       session: the OSS protocol server (tests/bed/oss_server.py)
+    s3_bucket        a fresh, empty bucket on moto_server
+    oss_bucket       a fresh, empty bucket on oss_server
+    store_bed        factory: a fresh store of one kind ("local", "s3", "oss") with a prefix,
+                     plus inspection that bypasses the store code (boto3 client, server state,
+                     a directory walk) so tests can check what the server really holds
+    any_store_bed    parametrized over all three kinds: the contract suite runs on it
+
+Credentials are fixed test values given to each store explicitly; the process environment is
+not changed (tests of `open_store` set variables with monkeypatch).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.bed.moto import ACCESS_KEY, SECRET_KEY, MotoServer, start_moto_server
+from tests.bed.oss_server import OssServer
+
+OSS_ACCESS_KEY_ID = "bale-test-ak"
+OSS_ACCESS_KEY_SECRET = "bale-test-secret"
+OSS_REGION = "cn-test"
+
+KINDS = ("local", "s3", "oss", "live-s3", "live-oss")
+
+
+def fast_retry() -> Any:
+    """A retry policy that does not make tests wait."""
+    from pipeline.transfer.retry import RetryPolicy
+
+    return RetryPolicy(retries=3, initial=0.01, maximum=0.05)
+
+
+@dataclass
+class StoreBed:
+    """A store under test and an independent view of what its server holds."""
+
+    kind: str
+    store: Any
+    prefix: str
+    open_uploads: Callable[[], list[tuple[str, str]]]
+    """(full name, upload id) of every unfinished upload, as the server lists them."""
+    parts_of: Callable[[str, str], int | None]
+    """Parts the server holds for (full name, upload id); None when the upload is gone."""
+    names: Callable[[], list[str]]
+    """Full names of every object in the bucket (or file under the directory)."""
+    start_stale_upload: Callable[[str], str]
+    """Begin an upload of `key` and leave it unfinished (a crashed writer); its upload id."""
+    cleanup: Callable[[], None] = lambda: None
+
+    def full(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    server = start_moto_server(tmp_path_factory.mktemp("moto"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def oss_server() -> Iterator[OssServer]:
+    server = OssServer(access_key_id=OSS_ACCESS_KEY_ID, region=OSS_REGION)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_server: MotoServer) -> str:
+    return moto_server.create_bucket()
+
+
+@pytest.fixture
+def oss_bucket(oss_server: OssServer) -> str:
+    return oss_server.create_bucket()
+
+
+def _s3_bed(server: MotoServer, prefix: str, **tuning: Any) -> StoreBed:
+    from pipeline.store.multipart import S3_LIMITS
+    from pipeline.store.s3 import S3Store
+
+    bucket = server.create_bucket()
+    tuning.setdefault("part_size", S3_LIMITS.min_part)
+    tuning.setdefault("retry", fast_retry())
+    store = S3Store(
+        bucket,
+        prefix,
+        endpoint_url=server.endpoint_url,
+        access_key=ACCESS_KEY,
+        secret_key=SECRET_KEY,
+        **tuning,
+    )
+    client = server.client()
+
+    def open_uploads() -> list[tuple[str, str]]:
+        r = client.list_multipart_uploads(Bucket=bucket)
+        return [(u["Key"], u["UploadId"]) for u in r.get("Uploads", [])]
+
+    def parts_of(name: str, upload_id: str) -> int | None:
+        try:
+            r = client.list_parts(Bucket=bucket, Key=name, UploadId=upload_id)
+        except client.exceptions.NoSuchUpload:
+            return None
+        return len(r.get("Parts", []))
+
+    def names() -> list[str]:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+    def start_stale_upload(key: str) -> str:
+        name = f"{prefix}/{key}" if prefix else key
+        upload_id = client.create_multipart_upload(Bucket=bucket, Key=name)["UploadId"]
+        client.upload_part(Bucket=bucket, Key=name, UploadId=upload_id, PartNumber=1, Body=b"x")
+        return str(upload_id)
+
+    def cleanup() -> None:
+        for name, upload_id in open_uploads():
+            client.abort_multipart_upload(Bucket=bucket, Key=name, UploadId=upload_id)
+        for name in names():
+            client.delete_object(Bucket=bucket, Key=name)
+        client.delete_bucket(Bucket=bucket)
+
+    return StoreBed("s3", store, prefix, open_uploads, parts_of, names, start_stale_upload, cleanup)
+
+
+def _oss_bed(server: OssServer, prefix: str, **tuning: Any) -> StoreBed:
+    from pipeline.store.oss import OSSStore
+
+    bucket = server.create_bucket()
+    tuning.setdefault("part_size", 1024 * 1024)
+    tuning.setdefault("retry", fast_retry())
+    store = OSSStore(
+        bucket,
+        prefix,
+        endpoint=server.endpoint,
+        access_key_id=OSS_ACCESS_KEY_ID,
+        access_key_secret=OSS_ACCESS_KEY_SECRET,
+        region=OSS_REGION,
+        **tuning,
+    )
+
+    def open_uploads() -> list[tuple[str, str]]:
+        return [(u.key, u.upload_id) for u in server.uploads(bucket)]
+
+    def parts_of(name: str, upload_id: str) -> int | None:
+        for u in server.uploads(bucket):
+            if u.upload_id == upload_id:
+                return len(u.parts)
+        return None
+
+    def names() -> list[str]:
+        return sorted(server.objects(bucket))
+
+    def start_stale_upload(key: str) -> str:
+        name = f"{prefix}/{key}" if prefix else key
+        upload_id = store.bucket.init_multipart_upload(name).upload_id  # oss2 itself
+        store.bucket.upload_part(name, upload_id, 1, b"x")
+        return str(upload_id)
+
+    def cleanup() -> None:
+        server.drop_bucket(bucket)
+
+    return StoreBed(
+        "oss", store, prefix, open_uploads, parts_of, names, start_stale_upload, cleanup
+    )
+
+
+def _local_bed(root: Path, **tuning: Any) -> StoreBed:
+    from pipeline.store.local import TMP_DIR, LocalStore
+
+    store = LocalStore(root, fsync=False)
+    tmp = root / TMP_DIR
+
+    def open_uploads() -> list[tuple[str, str]]:
+        if not tmp.exists():
+            return []
+        found = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()]
+        return [(upload_id.rsplit(".", 2)[0], upload_id) for upload_id in found]
+
+    def parts_of(name: str, upload_id: str) -> int | None:
+        return 1 if (tmp / upload_id).exists() else None
+
+    def names() -> list[str]:
+        found = []
+        for dirpath, _dirs, files in os.walk(root):
+            for f in files:
+                found.append((Path(dirpath) / f).relative_to(root).as_posix())
+        return sorted(found)
+
+    def start_stale_upload(key: str) -> str:
+        upload_id = f"{key}.0123456789ab.tmp"
+        path = tmp / upload_id
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        return upload_id
+
+    return StoreBed("local", store, "", open_uploads, parts_of, names, start_stale_upload)
+
+
+LIVE_S3_URL = "BALE_LIVE_S3_URL"
+LIVE_OSS_URL = "BALE_LIVE_OSS_URL"
+
+
+def live_skip_reason(kind: str) -> str | None:
+    """Why a live test of `kind` cannot run here, or None when its credentials are set."""
+    if kind == "live-s3":
+        if not os.environ.get(LIVE_S3_URL):
+            return f"{LIVE_S3_URL} (s3://bucket/prefix) is not set"
+        import boto3
+
+        if boto3.session.Session().get_credentials() is None:
+            return "no AWS credentials in the environment or profile"
+        return None
+    if not os.environ.get(LIVE_OSS_URL):
+        return f"{LIVE_OSS_URL} (oss://bucket/prefix) is not set"
+    needed = ("OSS_ENDPOINT", "OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET")
+    missing = [v for v in needed if not os.environ.get(v)]
+    return f"{', '.join(missing)} not set" if missing else None
+
+
+def _live_bed(kind: str, **tuning: Any) -> StoreBed:
+    """A store on a real cloud under a fresh sub-prefix, emptied afterwards."""
+    import uuid
+
+    from pipeline.store.url import open_store, parse_store_url
+
+    reason = live_skip_reason(kind)
+    if reason:
+        pytest.skip(f"live {kind[5:]} test: {reason}")
+    base = parse_store_url(os.environ[LIVE_S3_URL if kind == "live-s3" else LIVE_OSS_URL])
+    sub = f"bale-test-{uuid.uuid4().hex[:12]}"
+    prefix = f"{base.prefix}/{sub}" if base.prefix else sub
+    store: Any = open_store(
+        f"{base.scheme}://{base.bucket}/{prefix}",
+        part_size=tuning.get("part_size"),
+        parallel=tuning.get("parallel"),
+    )
+
+    if kind == "live-s3":
+        client, bucket = store.client, base.bucket
+
+        def open_uploads() -> list[tuple[str, str]]:
+            r = client.list_multipart_uploads(Bucket=bucket, Prefix=prefix + "/")
+            return [(u["Key"], u["UploadId"]) for u in r.get("Uploads", [])]
+
+        def parts_of(name: str, upload_id: str) -> int | None:
+            try:
+                r = client.list_parts(Bucket=bucket, Key=name, UploadId=upload_id)
+            except client.exceptions.NoSuchUpload:
+                return None
+            return len(r.get("Parts", []))
+
+        def names() -> list[str]:
+            pages = client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix + "/"
+            )
+            return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+        def start_stale_upload(key: str) -> str:
+            r = client.create_multipart_upload(Bucket=bucket, Key=f"{prefix}/{key}")
+            return str(r["UploadId"])
+
+        def drop_upload(name: str, upload_id: str) -> None:
+            client.abort_multipart_upload(Bucket=bucket, Key=name, UploadId=upload_id)
+
+        def drop(name: str) -> None:
+            client.delete_object(Bucket=bucket, Key=name)
+
+    else:
+        import oss2
+
+        oss = store.bucket
+
+        def open_uploads() -> list[tuple[str, str]]:
+            r = oss.list_multipart_uploads(prefix=prefix + "/")
+            return [(u.key, u.upload_id) for u in r.upload_list]
+
+        def parts_of(name: str, upload_id: str) -> int | None:
+            try:
+                return len(oss.list_parts(name, upload_id).parts)
+            except oss2.exceptions.NoSuchUpload:
+                return None
+
+        def names() -> list[str]:
+            return [o.key for o in oss2.ObjectIteratorV2(oss, prefix=prefix + "/")]
+
+        def start_stale_upload(key: str) -> str:
+            return str(oss.init_multipart_upload(f"{prefix}/{key}").upload_id)
+
+        def drop_upload(name: str, upload_id: str) -> None:
+            oss.abort_multipart_upload(name, upload_id)
+
+        def drop(name: str) -> None:
+            oss.delete_object(name)
+
+    def cleanup() -> None:
+        for name, upload_id in open_uploads():
+            drop_upload(name, upload_id)
+        for name in names():
+            drop(name)
+
+    return StoreBed(kind, store, prefix, open_uploads, parts_of, names, start_stale_upload, cleanup)
+
+
+@pytest.fixture
+def store_bed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., StoreBed]]:
+    """`store_bed(kind, prefix="pfx", **tuning)`: a fresh store; servers start on first use.
+
+    Kinds: "local", "s3" (moto_server), "oss" (the OSS protocol server), and "live-s3" /
+    "live-oss" (real clouds, skipped unless their credentials are set).
+    """
+    beds: list[StoreBed] = []
+
+    def make(kind: str, prefix: str = "pfx", **tuning: Any) -> StoreBed:
+        if kind == "s3":
+            bed = _s3_bed(request.getfixturevalue("moto_server"), prefix, **tuning)
+        elif kind == "oss":
+            bed = _oss_bed(request.getfixturevalue("oss_server"), prefix, **tuning)
+        elif kind == "local":
+            bed = _local_bed(tmp_path / f"store-{len(beds)}", **tuning)
+        elif kind in ("live-s3", "live-oss"):
+            bed = _live_bed(kind, **tuning)
+        else:
+            raise ValueError(kind)
+        beds.append(bed)
+        return bed
+
+    yield make
+    for bed in beds:
+        bed.cleanup()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("local"),
+        pytest.param("s3", marks=pytest.mark.integration),
+        pytest.param("oss", marks=pytest.mark.integration),
+        pytest.param("live-s3", marks=pytest.mark.live),
+        pytest.param("live-oss", marks=pytest.mark.live),
+    ]
+)
+def any_store_bed(request: pytest.FixtureRequest, store_bed: Callable[..., StoreBed]) -> StoreBed:
+    """Every backend in turn; the contract suite (tests/test_store_contract.py) runs on it."""
+    return store_bed(request.param)

@@ -1,0 +1,361 @@
+"""A local directory as an object store (`file:///dir` or a plain path).
+
+Objects are files at `<root>/<key>`. Every write goes to a temporary file under the reserved
+`<root>/.bale-tmp/` first (same filesystem, so the final step is atomic) and becomes visible in
+one step: `os.replace`, or for create-if-absent `os.link`, which fails if the key exists. A
+crashed write leaves only a file under `.bale-tmp/`, which `list` never shows and
+`list_uploads` reports (like a stale multipart upload) so that gc can remove it.
+
+One difference from S3/OSS that a filesystem imposes: a key cannot also be a "directory" of
+other keys (`a` and `a/b`). bale's layout never does that.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import BinaryIO
+
+from pipeline.errors import StoreError, StoreNotFound
+from pipeline.store import keys
+from pipeline.store.base import (
+    CopyRange,
+    Inline,
+    MultipartUpload,
+    ObjectInfo,
+    Piece,
+    Readable,
+    WriteResult,
+)
+from pipeline.store.source import READ_CHUNK, expect_end, read_exactly, read_up_to
+
+TMP_DIR = ".bale-tmp"
+"""Reserved top-level directory for writes in progress; never a key."""
+
+_TMP_SUFFIX = ".tmp"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _FileRange:
+    """A byte range of an open file as a `Readable`."""
+
+    def __init__(self, f: BinaryIO, length: int | None) -> None:
+        self._f = f
+        self._left = length
+
+    def read(self, n: int = -1, /) -> bytes:
+        if self._left is None:
+            return self._f.read(n)
+        want = self._left if n is None or n < 0 else min(n, self._left)
+        data = self._f.read(want) if want else b""
+        self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> _FileRange:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LocalStore:
+    """A directory of files (see ObjectStore for the contract)."""
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.fsync = fsync
+        self.url = self.root.as_uri()
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+    # -- paths -----------------------------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        keys.check_key(key)
+        if key == TMP_DIR or key.startswith(TMP_DIR + "/"):
+            raise StoreError(f"invalid object key {key!r}: {TMP_DIR}/ is reserved")
+        return self.root / key
+
+    def describe(self, key: str) -> str:
+        return str(self.root / key)
+
+    def _error(self, exc: OSError, key: str) -> StoreError:
+        what = self.describe(key)
+        if isinstance(exc, FileNotFoundError | NotADirectoryError | IsADirectoryError):
+            return StoreNotFound(f"{what}: not found")
+        if isinstance(exc, PermissionError):
+            return StoreError(f"{what}: permission denied")
+        if exc.errno == errno.ENOSPC:
+            return StoreError(f"{what}: no space left on device")
+        return StoreError(f"{what}: {exc.strerror or exc}")
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def head(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise self._error(exc, key) from exc
+        if not path.is_file():
+            return None
+        return ObjectInfo(
+            key=key, size=st.st_size, modified=datetime.fromtimestamp(st.st_mtime, UTC)
+        )
+
+    def _open_range(self, key: str, start: int, length: int | None) -> _FileRange:
+        path = self._path(key)
+        if start < 0 or (length is not None and length < 0):
+            raise StoreError(f"invalid range {start}+{length}")
+        try:
+            f = path.open("rb")
+        except OSError as exc:
+            raise self._error(exc, key) from exc
+        try:
+            size = os.fstat(f.fileno()).st_size
+            if start > 0 and start >= size and length != 0:
+                raise StoreError(f"{self.describe(key)}: range not satisfiable")
+            f.seek(start)
+        except BaseException:
+            f.close()
+            raise
+        return _FileRange(f, length)
+
+    def read(self, key: str, start: int = 0, length: int | None = None) -> bytes:
+        with self._open_range(key, start, length) as f:
+            return f.read()
+
+    def open(self, key: str, start: int = 0, length: int | None = None) -> Readable:
+        return self._open_range(key, start, length)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        head, _, _ = prefix.rpartition("/")
+        top = self.root / head if head else self.root
+        found: list[tuple[str, os.stat_result]] = []
+        for dirpath, dirnames, filenames in os.walk(top):
+            here = Path(dirpath)
+            if here == self.root:
+                dirnames[:] = [d for d in dirnames if d != TMP_DIR]
+            for name in filenames:
+                path = here / name
+                key = path.relative_to(self.root).as_posix()
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    found.append((key, path.stat()))
+                except FileNotFoundError:  # deleted while we walked
+                    continue
+        for key, st in sorted(found, key=lambda item: item[0]):
+            yield ObjectInfo(
+                key=key, size=st.st_size, modified=datetime.fromtimestamp(st.st_mtime, UTC)
+            )
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _write(self, key: str, fill: Callable[[BinaryIO], None], *, if_absent: bool) -> bool:
+        """Write through a temporary file, then publish it at `key` in one atomic step."""
+        final = self._path(key)
+        tmp = self.root / TMP_DIR / f"{key}.{uuid.uuid4().hex[:12]}{_TMP_SUFFIX}"
+        try:
+            with self._create(tmp) as f:
+                fill(f)
+                f.flush()
+                if self.fsync:
+                    os.fsync(f.fileno())
+            if final.is_dir():
+                raise StoreError(f"{self.describe(key)}: a directory of other keys is there")
+            for attempt in range(3):
+                final.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    if if_absent:
+                        os.link(tmp, final)
+                    else:
+                        os.replace(tmp, final)
+                    break
+                except FileExistsError:
+                    return False
+                except FileNotFoundError:
+                    if attempt == 2:  # a concurrent delete keeps pruning our parent
+                        raise
+            if self.fsync:
+                _fsync_dir(final.parent)
+            return True
+        except OSError as exc:
+            raise self._error(exc, key) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+            self._prune(tmp.parent, self.root)
+
+    @staticmethod
+    def _create(path: Path) -> BinaryIO:
+        """Create a new file, its directories too (again if a concurrent prune removed them)."""
+        for attempt in range(3):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                return path.open("xb")
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> WriteResult:
+        def fill(f: BinaryIO) -> None:
+            f.write(data)
+
+        written = self._write(key, fill, if_absent=if_absent)
+        return WriteResult(key=key, size=len(data), written=written, sent=len(data))
+
+    def put_stream(
+        self, key: str, stream: Readable, size: int | None = None, *, if_absent: bool = False
+    ) -> WriteResult:
+        what = self.describe(key)
+        total = 0
+
+        def fill(f: BinaryIO) -> None:
+            nonlocal total
+            while size is None or total < size:
+                if size is None:
+                    chunk = read_up_to(stream, READ_CHUNK)
+                    if not chunk:
+                        return
+                else:
+                    want = min(READ_CHUNK, size - total)
+                    chunk = read_exactly(stream, want, what=what, offset=total, size=size)
+                f.write(chunk)
+                total += len(chunk)
+            expect_end(stream, what=what, size=total)
+
+        written = self._write(key, fill, if_absent=if_absent)
+        return WriteResult(key=key, size=total, written=written, sent=total)
+
+    def compose(self, key: str, pieces: Sequence[Piece], *, if_absent: bool = False) -> WriteResult:
+        sent = copied = 0
+
+        def fill(f: BinaryIO) -> None:
+            nonlocal sent, copied
+            for piece in pieces:
+                if isinstance(piece, Inline):
+                    f.write(piece.data)
+                    sent += piece.size
+                else:
+                    self._copy_range(piece, f)
+                    copied += piece.size
+
+        written = self._write(key, fill, if_absent=if_absent)
+        return WriteResult(key=key, size=sent + copied, written=written, sent=sent, copied=copied)
+
+    def _copy_range(self, piece: CopyRange, out: BinaryIO) -> None:
+        """Copy in the kernel where it can (copy_file_range), else through a buffer."""
+        path = self._path(piece.key)
+        if piece.start < 0 or piece.length < 0:
+            raise StoreError(f"invalid range {piece}")
+        try:
+            src = path.open("rb")
+        except OSError as exc:
+            raise self._error(exc, piece.key) from exc
+        with src:
+            if piece.start + piece.length > os.fstat(src.fileno()).st_size:
+                raise StoreError(
+                    f"{self.describe(piece.key)}: range {piece.start}+{piece.length} "
+                    "is past the end of the object"
+                )
+            out.flush()
+            offset, left = piece.start, piece.length
+            copy_file_range = getattr(os, "copy_file_range", None)
+            while left and copy_file_range is not None:
+                try:
+                    n = copy_file_range(src.fileno(), out.fileno(), left, offset)
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                        raise
+                    copy_file_range = None
+                    break
+                if n == 0:
+                    break
+                offset += n
+                left -= n
+            out.seek(0, os.SEEK_END)
+            if left:
+                src.seek(offset)
+                shutil.copyfileobj(_FileRange(src, left), out, READ_CHUNK)  # type: ignore[misc]
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except IsADirectoryError:
+            return
+        except OSError as exc:
+            raise self._error(exc, key) from exc
+        self._prune(path.parent, self.root)
+
+    def _prune(self, directory: Path, stop: Path) -> None:
+        """Remove directories left empty, up to (not including) `stop`."""
+        while directory != stop and stop in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:
+                return
+            directory = directory.parent
+
+    # -- stale writes ----------------------------------------------------------------------
+
+    def list_uploads(
+        self, prefix: str = "", *, older_than: timedelta | None = None
+    ) -> Iterator[MultipartUpload]:
+        """Temporary files of writes in progress or crashed, oldest activity as `initiated`
+        (their modification time: a slow write that is still going looks young)."""
+        tmp_root = self.root / TMP_DIR
+        cutoff = datetime.now(UTC) - older_than if older_than is not None else None
+        found = []
+        for dirpath, _dirnames, filenames in os.walk(tmp_root):
+            for name in filenames:
+                path = Path(dirpath) / name
+                upload_id = path.relative_to(tmp_root).as_posix()
+                key = upload_id.rsplit(".", 2)[0] if name.endswith(_TMP_SUFFIX) else upload_id
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+                except FileNotFoundError:
+                    continue
+                if cutoff is not None and modified > cutoff:
+                    continue
+                found.append(MultipartUpload(key=key, upload_id=upload_id, initiated=modified))
+        yield from sorted(found, key=lambda u: (u.key, u.upload_id))
+
+    def abort_upload(self, upload: MultipartUpload) -> None:
+        keys.check_key(upload.upload_id)
+        path = self.root / TMP_DIR / upload.upload_id
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise self._error(exc, upload.key) from exc
+        self._prune(path.parent, self.root)

@@ -1,0 +1,230 @@
+"""Store URLs and object locations, parsed in one place, exactly as DESIGN's Stores table says.
+
+    s3://bucket[/prefix]     boto3; the standard AWS credential chain; `--endpoint-url` or
+                             AWS_ENDPOINT_URL (AWS_ENDPOINT_URL_S3) for S3-compatible servers
+    oss://bucket[/prefix]    oss2; OSS_ENDPOINT (or `--endpoint-url`), OSS_ACCESS_KEY_ID,
+                             OSS_ACCESS_KEY_SECRET, OSS_SESSION_TOKEN, OSS_REGION (V4 signing)
+    file:///dir, or a path   a local directory
+
+A single object (`bale copy … docker-archive:s3://bucket/key`) is a LOCATION: the same schemes,
+where everything after the bucket is the key, or a local file path.
+Bad URLs are `InvalidStoreURL` (exit 2) before anything is contacted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from pipeline.errors import InvalidStoreURL, StoreError
+from pipeline.store import keys
+from pipeline.store.base import ObjectStore
+from pipeline.transfer.retry import RetryPolicy
+
+SCHEMES = ("s3", "oss", "file")
+
+_BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+
+
+@dataclass(frozen=True)
+class StoreURL:
+    """A parsed store URL. For `file`, `bucket` is empty and `prefix` is the absolute directory."""
+
+    scheme: str
+    bucket: str
+    prefix: str
+
+    def __str__(self) -> str:
+        if self.scheme == "file":
+            return Path(self.prefix).as_uri()
+        tail = f"/{self.prefix}" if self.prefix else ""
+        return f"{self.scheme}://{self.bucket}{tail}"
+
+
+@dataclass(frozen=True)
+class ObjectLocation:
+    """One object: the store that holds it and its key there."""
+
+    store: StoreURL
+    key: str
+
+    def __str__(self) -> str:
+        if self.store.scheme == "file":
+            return str(Path(self.store.prefix) / self.key)
+        return f"{self.store}/{self.key}"
+
+
+_USERINFO_RE = re.compile(r"//[^/@]*@")
+
+
+def _shown(text: str) -> str:
+    """`text` fit for a message: any `user:secret@` taken out."""
+    return _USERINFO_RE.sub("//***@", text)
+
+
+def _split_remote(text: str, scheme: str) -> tuple[str, str]:
+    """Bucket and path of `s3://bucket/path`, refusing what a bucket URL cannot contain."""
+    parts = urlsplit(text)
+    if parts.query or parts.fragment or "@" in parts.netloc or ":" in parts.netloc:
+        raise InvalidStoreURL(
+            f"invalid store URL {_shown(text)!r}: only {scheme}://bucket[/prefix]"
+        )
+    bucket = parts.netloc
+    if not bucket:
+        raise InvalidStoreURL(f"store URL {_shown(text)!r} has no bucket")
+    if not _BUCKET_RE.match(bucket):
+        raise InvalidStoreURL(f"store URL {_shown(text)!r}: invalid bucket name {bucket!r}")
+    return bucket, unquote(parts.path)
+
+
+def _local_dir(text: str) -> str:
+    if text.startswith("file:"):
+        parts = urlsplit(text)
+        if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+            raise InvalidStoreURL(f"invalid file URL {_shown(text)!r}: use file:///absolute/dir")
+        path = unquote(parts.path)
+        if not path:
+            raise InvalidStoreURL(f"file URL {_shown(text)!r} has no directory")
+    else:
+        path = text
+    return str(Path(path).expanduser().absolute())
+
+
+def _scheme(text: str) -> str | None:
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):(//)?", text)
+    if m is None:
+        return None
+    scheme = m.group(1).lower()
+    if scheme in ("s3", "oss") and not m.group(2):
+        raise InvalidStoreURL(f"invalid store URL {_shown(text)!r}: use {scheme}://bucket[/prefix]")
+    if scheme != "file" and not m.group(2):
+        return None  # a plain path that happens to contain ':'
+
+    if scheme not in SCHEMES:
+        raise InvalidStoreURL(
+            f"unsupported store URL {_shown(text)!r}: use s3://, oss://, file:// or a path"
+        )
+    return scheme
+
+
+def parse_store_url(url: str) -> StoreURL:
+    """Parse a store URL (`s3://bucket[/prefix]`, `oss://…`, `file:///dir`, or a path)."""
+    text = url.strip()
+    if not text:
+        raise InvalidStoreURL("empty store URL")
+    scheme = _scheme(text)
+    if scheme in ("s3", "oss"):
+        bucket, path = _split_remote(text, scheme)
+        try:
+            prefix = keys.normalize_prefix(path)
+        except StoreError:
+            raise InvalidStoreURL(f"store URL {_shown(url)!r}: invalid prefix {path!r}") from None
+        return StoreURL(scheme, bucket, prefix)
+    return StoreURL("file", "", _local_dir(text))
+
+
+def parse_location(location: str) -> ObjectLocation:
+    """Parse one object's LOCATION: `s3://bucket/key`, `oss://bucket/key`, `file:///path` or a
+    local path. `-` (stdin/stdout) is the caller's business and is refused here."""
+    text = location.strip()
+    if not text or text == "-":
+        raise InvalidStoreURL(f"invalid object location {_shown(location)!r}")
+    scheme = _scheme(text)
+    if scheme in ("s3", "oss"):
+        bucket, path = _split_remote(text, scheme)
+        key = path.lstrip("/")
+        if not key:
+            raise InvalidStoreURL(
+                f"object location {_shown(location)!r} has no key after the bucket"
+            )
+        try:
+            keys.check_key(key)
+        except StoreError:
+            raise InvalidStoreURL(
+                f"object location {_shown(location)!r}: invalid key {key!r}"
+            ) from None
+        return ObjectLocation(StoreURL(scheme, bucket, ""), key)
+    if text.endswith("/"):
+        raise InvalidStoreURL(f"object location {_shown(location)!r} is a directory, not a file")
+    path = Path(_local_dir(text))
+    return ObjectLocation(StoreURL("file", "", str(path.parent)), path.name)
+
+
+def open_store(
+    url: str | StoreURL,
+    *,
+    endpoint_url: str | None = None,
+    retry: RetryPolicy | None = None,
+    parallel: int | None = None,
+    part_size: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ObjectStore:
+    """The store for `url`, configured from the arguments and the environment as DESIGN's Stores
+    table says. Nothing is contacted yet.
+
+    `env` (default `os.environ`) supplies the endpoint and OSS variables; S3 credentials always
+    come from boto3's standard chain (environment, profiles, instance roles).
+    """
+    parsed = url if isinstance(url, StoreURL) else parse_store_url(url)
+    env = os.environ if env is None else env
+    tuning: dict[str, int] = {}
+    if parallel is not None:
+        tuning["parallel"] = parallel
+    if part_size is not None:
+        tuning["part_size"] = part_size
+
+    if parsed.scheme == "s3":
+        from pipeline.store.s3 import S3Store
+
+        endpoint = endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+        return S3Store(
+            parsed.bucket, parsed.prefix, endpoint_url=endpoint or None, retry=retry, **tuning
+        )
+
+    if parsed.scheme == "oss":
+        from pipeline.store.oss import OSSStore
+
+        endpoint = endpoint_url or env.get("OSS_ENDPOINT")
+        if not endpoint:
+            raise InvalidStoreURL(f"{parsed} needs an endpoint: set OSS_ENDPOINT or --endpoint-url")
+        return OSSStore(
+            parsed.bucket,
+            parsed.prefix,
+            endpoint=endpoint,
+            access_key_id=env.get("OSS_ACCESS_KEY_ID") or None,
+            access_key_secret=env.get("OSS_ACCESS_KEY_SECRET") or None,
+            security_token=env.get("OSS_SESSION_TOKEN") or None,
+            region=env.get("OSS_REGION") or None,
+            retry=retry,
+            **tuning,
+        )
+
+    from pipeline.store.local import LocalStore
+
+    return LocalStore(parsed.prefix)
+
+
+def open_location(
+    location: str | ObjectLocation,
+    *,
+    endpoint_url: str | None = None,
+    retry: RetryPolicy | None = None,
+    parallel: int | None = None,
+    part_size: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[ObjectStore, str]:
+    """The store holding one object LOCATION, and the object's key in it."""
+    parsed = location if isinstance(location, ObjectLocation) else parse_location(location)
+    store = open_store(
+        parsed.store,
+        endpoint_url=endpoint_url,
+        retry=retry,
+        parallel=parallel,
+        part_size=part_size,
+        env=env,
+    )
+    return store, parsed.key
