@@ -449,3 +449,66 @@ def ls_command(store_url: str, endpoint_url: str | None, as_json: bool) -> None:
             format_time(r.archived_at),
         )
     Console(width=None if sys.stdout.isatty() else 400, soft_wrap=True).print(table)
+
+
+# ---- copy ----------------------------------------------------------------------------------
+
+
+@main.command("copy", cls=SkopeoCommand)
+@click.argument("src")
+@click.argument("dst")
+@option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint for s3:// / oss://.")
+@platform_options
+@src_registry_options
+@transfer_options
+@handles_errors
+def copy_command(
+    src: str,
+    dst: str,
+    endpoint_url: str | None,
+    platform: Any,
+    all_platforms: bool,
+    src_creds: str | None,
+    authfile: str | None,
+    src_tls_verify: bool,
+    jobs: int,
+    limit_rate: int | None,
+    retries: int,
+) -> None:
+    """Copy an image between transports: docker://REF, docker-archive:LOC[:REF], oci-archive:LOC[:REF].
+
+    LOC is a local path, - (stdin/stdout), s3://bucket/key or oss://bucket/key; tars are
+    streamed, never staged on disk.
+    """
+    from pipeline.errors import UsageError
+    from pipeline.ops.copy import copy_to_archive
+    from pipeline.ops.session import RegistryOptions
+    from pipeline.registry.credentials import parse_creds
+    from pipeline.registry.source import RegistrySource
+    from pipeline.transports import ArchiveTransport, RegistryTransport, parse_transport
+
+    source, dest = parse_transport(src), parse_transport(dst)
+    if not (isinstance(source, RegistryTransport) and isinstance(dest, ArchiveTransport)):
+        raise UsageError(
+            f"copy from {src.split(':')[0]} to {dst.split(':')[0]} is not supported yet"
+        )
+    registry = RegistryOptions(
+        credentials=parse_creds(src_creds) if src_creds else None,
+        authfile=authfile,
+        tls_verify=src_tls_verify,
+    )
+    with _session(jobs, limit_rate, retries) as session:
+        image = RegistrySource(
+            session.client(source.reference.registry, registry), source.reference
+        )
+        result = copy_to_archive(
+            image,
+            dest,
+            platform=platform,
+            all_platforms=all_platforms,
+            endpoint_url=endpoint_url,
+            retry=session.transfer.retry,
+        )
+    click.echo(
+        f"copied {source} -> {result.destination} ({result.digest}, {result.size} bytes)", err=True
+    )

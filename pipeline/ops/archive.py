@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket
 from pipeline.archive.record import ImageRecord
-from pipeline.archive.tarplan import plan_image_tar, to_compose_pieces
+from pipeline.archive.tarplan import to_compose_pieces
+from pipeline.archive.tarstream import plan_resolved
 from pipeline.batch.report import ImageResult, RunReport
 from pipeline.errors import BaleError
 from pipeline.image import ImageSource, ResolvedImage, resolve_image
@@ -168,13 +169,7 @@ class Archiver:
         self, resolved: ResolvedImage, options: ArchiveOptions, counts: _Counts
     ) -> ImageRecord:
         ref = resolved.reference
-        if options.all_platforms:
-            in_tar = [i.raw for i in resolved.images] + list(resolved.extra_manifests)
-        elif resolved.is_index:
-            in_tar = [resolved.selected[0].raw]
-        else:
-            in_tar = []
-        plan = plan_image_tar(ref, resolved.top, in_tar, all_platforms=options.all_platforms)
+        plan = plan_resolved(resolved, all_platforms=options.all_platforms)
         tar_key = layout.tar_key_for(ref)
         result = self.bucket.compose_tar(tar_key, to_compose_pieces(plan, layout.blob_key_for))
         counts.add(uploaded=result.sent, copied=result.copied)
