@@ -190,6 +190,14 @@ class _Handler(BaseHTTPRequestHandler):
         *,
         content_length: int | None = None,
     ) -> None:
+        # Logged and counted as finished before the client can see the answer, so a test that
+        # inspects the log right after a call sees the call.
+        bucket, key, query, body_bytes = self._request
+        with self.state.lock:
+            self.state.active -= 1
+            self.state.log.append(
+                LoggedRequest(self.command, bucket, key, query, status, self._auth, body_bytes)
+            )
         self.send_response(status)
         self.send_header("x-oss-request-id", self._request_id)
         for name, value in (headers or {}).items():
@@ -201,7 +209,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if body and self.command != "HEAD":
             self.wfile.write(body)
-        self._status = status
 
     def _send_error(self, err: OssError) -> None:
         root = ET.Element("Error")
@@ -222,19 +229,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         self._request_id = uuid.uuid4().hex[:24].upper()
-        self._status = 0
         split = urlsplit(self.path)
         query = {k: v[0] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         segments = split.path.split("/", 2)
         bucket = unquote(segments[1]) if len(segments) > 1 else ""
         key = unquote(segments[2]) if len(segments) > 2 else ""
         body = self._read_body()
-        auth = "none"
+        self._request = (bucket, key, query, len(body))
+        self._auth = "none"
         with self.state.lock:
             self.state.active += 1
             self.state.max_active = max(self.state.max_active, self.state.active)
         try:
-            auth = self._check_auth()
+            self._auth = self._check_auth()
             self._check_faults(bucket, key, query)
             latency = self.state.latency
             if latency is not None:
@@ -244,12 +251,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(err)
         except Exception as exc:  # a bug in this server: say so rather than hang the client
             self._send_error(OssError(500, "InternalError", f"test server error: {exc!r}"))
-        finally:
-            with self.state.lock:
-                self.state.active -= 1
-                self.state.log.append(
-                    LoggedRequest(self.command, bucket, key, query, self._status, auth, len(body))
-                )
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
