@@ -78,6 +78,11 @@ def _status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
 
+def _unquote(etag: str | None) -> str | None:
+    """ETags without their quotes, as oss2 reports them, so backends agree."""
+    return etag.strip('"') if etag else etag
+
+
 def is_transient(exc: BaseException) -> bool:
     """Throttling, timeouts and 5xx from S3, and transient network errors."""
     if isinstance(exc, ClientError):
@@ -237,7 +242,7 @@ class S3Store:
                 key=key,
                 size=int(r["ContentLength"]),
                 modified=r.get("LastModified"),
-                etag=r.get("ETag"),
+                etag=_unquote(r.get("ETag")),
             )
 
         return self._call("HEAD", self.describe(key), head)
@@ -300,7 +305,7 @@ class S3Store:
                     key=keys.strip(self.prefix, item["Key"]),
                     size=int(item["Size"]),
                     modified=item.get("LastModified"),
-                    etag=item.get("ETag"),
+                    etag=_unquote(item.get("ETag")),
                 )
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
