@@ -352,6 +352,42 @@ def _render_results(report: Any) -> None:
     )
 
 
+def _display(secrets: list[str]) -> Any:
+    """Progress bars, log lines or JSON events, from `main`'s --log-format / -q."""
+    from pipeline.display import open_display
+
+    root = click.get_current_context().find_root().params
+    return open_display(
+        root.get("log_format") or "text", quiet=bool(root.get("quiet")), secrets=secrets
+    )
+
+
+def _archive_plan(
+    session: Any,
+    bucket: Any,
+    plan: Any,
+    options: Any,
+    dry_run: bool,
+    fail_fast: bool,
+    secrets: list[str],
+    what: str = "",
+) -> Any:
+    """Archive (or with `dry_run`, plan) a `RunPlan`'s images, showing progress; the report."""
+    from pipeline.batch.run import run_plan
+    from pipeline.ops.archive import Archiver
+    from pipeline.ops.dryrun import Planner
+
+    with _display(secrets) as display:
+        display.on_run_start(len(plan.images) + len(plan.failures), what=what, dry_run=dry_run)
+        for failure in plan.failures:
+            display.on_image_done(failure)
+        worker = (Planner if dry_run else Archiver)(bucket, session, display)
+        report = run_plan(plan, worker, options, fail_fast=fail_fast)
+        display.on_run_done(report)
+    display.summary(report)
+    return report
+
+
 # ---- archive, ls ---------------------------------------------------------------------------
 
 
@@ -364,6 +400,11 @@ def _render_results(report: Any) -> None:
 @option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint.")
 @option("--force", is_flag=True, help="Rewrite the tar and record even if already archived.")
 @option("--fail-fast/--keep-going", default=False, help="Stop at the first failed image.")
+@option(
+    "--dry-run",
+    is_flag=True,
+    help="Show what would move (manifests and HEADs only); write nothing.",
+)
 @platform_options
 @src_registry_options
 @transfer_options
@@ -376,6 +417,7 @@ def archive_command(
     endpoint_url: str | None,
     force: bool,
     fail_fast: bool,
+    dry_run: bool,
     platform: Any,
     all_platforms: bool,
     src_creds: str | None,
@@ -389,8 +431,9 @@ def archive_command(
 ) -> None:
     """Archive IMAGE... into STORE: blobs by digest, a per-image tar, a record."""
     from pipeline.batch.imagelist import read_image_list
+    from pipeline.batch.run import RunPlan, check_output_paths
     from pipeline.errors import UsageError
-    from pipeline.ops.archive import ArchiveOptions, Archiver, archive_many
+    from pipeline.ops.archive import ArchiveOptions
     from pipeline.ops.session import RegistryOptions
     from pipeline.refs import Reference
     from pipeline.registry.credentials import parse_creds
@@ -404,15 +447,84 @@ def archive_command(
     registry = RegistryOptions(
         credentials=credentials, authfile=authfile, tls_verify=src_tls_verify
     )
+    check_output_paths((report_path, junit_path))
     bucket = _open_bucket(store_url, endpoint_url, retries)
     options = ArchiveOptions(platform=platform, all_platforms=all_platforms, force=force)
-    with _session(jobs, limit_rate, retries) as session:
-        report = archive_many(
-            Archiver(bucket, session), [(r, registry) for r in refs], options, fail_fast=fail_fast
-        )
     secrets = [credentials.password] if credentials else []
+    with _session(jobs, limit_rate, retries) as session:
+        plan = RunPlan(images=[(r, registry) for r in refs])
+        report = _archive_plan(session, bucket, plan, options, dry_run, fail_fast, secrets)
     _write_reports(report, report_path, junit_path, secrets)
-    _render_results(report)
+    sys.exit(report.exit_code())
+
+
+@main.command("run", cls=SkopeoCommand)
+@click.argument("spec_path", metavar="SPEC.yaml")
+@option(
+    "--to", "store_url", required=True, metavar="STORE", help="s3://, oss://, file:// or a path."
+)
+@option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint.")
+@option(
+    "--shard",
+    metavar="I/N",
+    help="Only slice I of N (0-based); N alone takes I from $JOB_COMPLETION_INDEX.",
+)
+@option(
+    "--dry-run",
+    is_flag=True,
+    help="Show what would move (manifests and HEADs only); write nothing.",
+)
+@option("--force", is_flag=True, help="Rewrite the tar and record even if already archived.")
+@option(
+    "--fail-fast/--keep-going", default=False, help="Stop at the first failure (default: go on)."
+)
+@platform_options
+@src_registry_options
+@transfer_options
+@report_options
+@handles_errors
+def run_command(
+    spec_path: str,
+    store_url: str,
+    endpoint_url: str | None,
+    shard: str | None,
+    dry_run: bool,
+    force: bool,
+    fail_fast: bool,
+    platform: Any,
+    all_platforms: bool,
+    src_creds: str | None,
+    authfile: str | None,
+    src_tls_verify: bool,
+    jobs: int,
+    limit_rate: int | None,
+    retries: int,
+    report_path: str | None,
+    junit_path: str | None,
+) -> None:
+    """Archive every image SPEC.yaml selects (skopeo sync's YAML, see manifests/) into STORE."""
+    from pipeline.batch.run import check_output_paths, expand_spec, spec_secrets
+    from pipeline.batch.shard import parse_shard
+    from pipeline.batch.spec import load_spec
+    from pipeline.ops.archive import ArchiveOptions
+    from pipeline.ops.session import RegistryOptions
+    from pipeline.registry.credentials import parse_creds
+
+    spec = load_spec(spec_path)
+    where = parse_shard(shard) if shard else None
+    credentials = parse_creds(src_creds) if src_creds else None
+    defaults = RegistryOptions(
+        credentials=credentials, authfile=authfile, tls_verify=src_tls_verify
+    )
+    check_output_paths((report_path, junit_path))
+    bucket = _open_bucket(store_url, endpoint_url, retries)
+    options = ArchiveOptions(platform=platform, all_platforms=all_platforms, force=force)
+    secrets = spec_secrets(spec) + ([credentials.password] if credentials else [])
+    with _session(jobs, limit_rate, retries) as session:
+        plan = expand_spec(spec, session, defaults, shard=where)
+        what = spec_path if where is None else f"{spec_path} shard {where[0]}/{where[1]}"
+        report = _archive_plan(session, bucket, plan, options, dry_run, fail_fast, secrets, what)
+    _write_reports(report, report_path, junit_path, secrets)
     sys.exit(report.exit_code())
 
 
@@ -512,3 +624,107 @@ def copy_command(
     click.echo(
         f"copied {source} -> {result.destination} ({result.digest}, {result.size} bytes)", err=True
     )
+
+
+# ---- verify, gc ----------------------------------------------------------------------------
+
+
+@main.command("verify")
+@click.argument("store_url", metavar="STORE")
+@click.argument("images", nargs=-1, metavar="[IMAGE]...")
+@option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint.")
+@option("--deep", is_flag=True, help="Also decompress layers (gzip, zstd) and check diff_ids.")
+@option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of lines.")
+@transfer_options
+@handles_errors
+def verify_command(
+    store_url: str,
+    images: tuple[str, ...],
+    endpoint_url: str | None,
+    deep: bool,
+    as_json: bool,
+    jobs: int,
+    limit_rate: int | None,
+    retries: int,
+) -> None:
+    """Re-hash blobs and tars in STORE and check links, tags and records (all, or IMAGE...).
+
+    Prints one line per fault (kind, key, detail) and exits 1 on any fault, 0 when clean.
+    """
+    from pipeline.ops.verify import verify_store
+    from pipeline.refs import Reference
+    from pipeline.transfer.ratelimit import make_limiter
+
+    refs = [Reference.parse(i) for i in images]
+    bucket = _open_bucket(store_url, endpoint_url, retries)
+    report = verify_store(bucket, refs, jobs=jobs, deep=deep, limiter=make_limiter(limit_rate))
+    if as_json:
+        click.echo(report.to_json(), nl=False)
+    for fault in [] if as_json else report.faults:
+        click.echo(str(fault))
+    click.echo(report.summary(), err=True)
+    sys.exit(0 if report.ok else 1)
+
+
+def _older_than_option(func: F) -> F:
+    from pipeline.units import DURATION
+
+    return option(
+        "--older-than",
+        type=DURATION,
+        default="24h",
+        show_default=True,
+        help="Only remove blobs, links and uploads older than this (0s, 90m, 24h). A concurrent "
+        "archive may be writing links for a younger blob right now, so it is never removed.",
+    )(func)
+
+
+@main.command("gc")
+@click.argument("store_url", metavar="STORE")
+@option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint.")
+@option("--dry-run", is_flag=True, help="List what would be removed, with sizes; remove nothing.")
+@_older_than_option
+@option("--jobs", type=click.IntRange(min=1), default=4, help="Parallel reads and deletes.")
+@option(
+    "--retries",
+    "--retry-times",
+    "retries",
+    type=click.IntRange(min=0),
+    default=5,
+    help="Retries for failed requests.",
+)
+@handles_errors
+def gc_command(
+    store_url: str,
+    endpoint_url: str | None,
+    dry_run: bool,
+    older_than: float,
+    jobs: int,
+    retries: int,
+) -> None:
+    """Remove blobs no tag or record reaches, and multipart uploads older than --older-than.
+
+    Marks from every tag, every record and every link younger than --older-than; never removes
+    anything younger than --older-than (a concurrent archive may be linking it right now).
+    """
+    from datetime import timedelta
+
+    from pipeline.ops.gc import collect_garbage
+    from pipeline.units import format_size
+
+    bucket = _open_bucket(store_url, endpoint_url, retries)
+    report = collect_garbage(
+        bucket, older_than=timedelta(seconds=older_than), dry_run=dry_run, jobs=jobs
+    )
+    verb = "would remove" if dry_run else "removed"
+    for blob in report.blobs:
+        click.echo(f"{verb} blob {blob.digest} {format_size(blob.size)} {blob.key}")
+    for key in report.links:
+        click.echo(f"{verb} link {key}")
+    for upload in report.uploads:
+        when = upload.initiated.isoformat() if upload.initiated else "unknown time"
+        verb_upload = "would abort" if dry_run else "aborted"
+        click.echo(f"{verb_upload} upload {upload.key} {upload.upload_id} (started {when})")
+    for link in report.dangling:
+        click.echo(f"dangling link {link.key} -> {link.digest} (blob missing)")
+    click.echo(report.summary(), err=True)

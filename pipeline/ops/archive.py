@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket
@@ -24,10 +25,11 @@ from pipeline.batch.report import ImageResult, RunReport
 from pipeline.errors import BaleError
 from pipeline.image import ImageSource, ResolvedImage, resolve_image
 from pipeline.oci import Descriptor, Platform
+from pipeline.ops.events import image_events
 from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
 from pipeline.registry.source import RegistrySource
-from pipeline.transfer.progress import NullEvents, TransferEvents, counting
+from pipeline.transfer.progress import CountingReader, TransferEvents
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class Archiver:
     ) -> None:
         self.bucket = bucket
         self.session = session
-        self.events = events or NullEvents()
+        self.events = image_events(events)
 
     def archive(
         self,
@@ -74,6 +76,7 @@ class Archiver:
         started = time.monotonic()
         counts = _Counts()
         digest: str | None = None
+        self.events.on_image_start(str(ref))
         try:
             source = RegistrySource(self.session.client(ref.registry, registry), ref)
             digest = source.manifest().digest
@@ -83,7 +86,7 @@ class Archiver:
             error = None
         except BaleError as exc:
             status, error, tar_key = "failed", str(exc).splitlines()[0], None
-        return ImageResult(
+        result = ImageResult(
             source=str(ref),
             digest=digest,
             status=status,
@@ -95,6 +98,8 @@ class Archiver:
             seconds=round(time.monotonic() - started, 3),
             tar_key=tar_key,
         )
+        self.events.on_image_done(result)
+        return result
 
     # -- steps -----------------------------------------------------------------------------
     def _archive(
@@ -111,6 +116,7 @@ class Archiver:
             store_all=options.platform is None or options.all_platforms,
         )
         blobs = resolved.blobs()
+        self.events.on_image_size(str(ref), sum(b.size for b in blobs))
         self._store_blobs(source, blobs, counts)
         repo = ref.store_repo
         self.bucket.link_layers(repo, (b.digest for b in blobs))
@@ -131,12 +137,23 @@ class Archiver:
         return self.bucket.store.head(record.tar_key) is not None
 
     def _store_blobs(self, source: ImageSource, blobs: list[Descriptor], counts: _Counts) -> None:
+        """Store every blob; a digest shared by several images of a run moves once.
+
+        Only the image whose call started a transfer counts its bytes; an image that finds the
+        blob stored, or waits on another image's transfer of it, counts it as already stored.
+        So a run's byte totals are what actually moved, not that times the sharing images.
+        """
+        owned: set[str] = set()
+
+        def store(desc: Descriptor) -> tuple[int, int] | None:
+            owned.add(desc.digest)  # runs only when this image's call started the transfer
+            return self._store_blob(source, desc)
+
         futures = [
-            self.session.once(
-                f"{self.bucket.url}|{desc.digest}", lambda d=desc: self._store_blob(source, d)
-            )
+            self.session.once(f"{self.bucket.url}|{desc.digest}", lambda d=desc: store(d))
             for desc in blobs
         ]
+        name = str(source.reference)
         errors: list[BaseException] = []
         for desc, fut in zip(blobs, futures, strict=True):
             try:
@@ -144,8 +161,9 @@ class Archiver:
             except BaleError as exc:
                 errors.append(exc)
                 continue
-            if moved is None:
+            if moved is None or desc.digest not in owned:
                 counts.add(already=desc.size)
+                self.events.on_image_bytes(name, skipped=desc.size)
             else:
                 counts.add(downloaded=moved[0], uploaded=moved[1])
         if errors:
@@ -156,7 +174,13 @@ class Archiver:
         if self.bucket.has_blob(desc):
             return None
         key = f"{source.reference.name}@{desc.digest}"
-        stream = counting(source.open_blob(desc), self.events, key)
+        name = str(source.reference)
+
+        def report(n: int) -> None:
+            self.events.on_bytes(key, n)
+            self.events.on_image_bytes(name, moved=n)
+
+        stream = CountingReader(source.open_blob(desc), report)
         try:
             result = self.bucket.put_blob(desc, stream)
         finally:
@@ -182,8 +206,21 @@ class Archiver:
         return record
 
 
+class ImageWorker(Protocol):
+    """What `archive_many` drives: `Archiver`, or `dryrun.Planner` for `--dry-run`."""
+
+    session: Session
+
+    def archive(
+        self,
+        ref: Reference,
+        registry: RegistryOptions | None = None,
+        options: ArchiveOptions | None = None,
+    ) -> ImageResult: ...
+
+
 def archive_many(
-    archiver: Archiver,
+    archiver: ImageWorker,
     images: list[tuple[Reference, RegistryOptions | None]],
     options: ArchiveOptions | None = None,
     *,

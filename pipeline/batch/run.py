@@ -1,0 +1,148 @@
+"""`bale run`: a spec becomes a list of images (tag listing), a shard of it, one parallel archive.
+
+    plan = expand_spec(spec, session, defaults, shard=(0, 2))   # reads only: tag lists
+    report = run_plan(plan, Archiver(bucket, session), options)  # or dryrun.Planner
+
+Options per registry: a spec entry's `credentials` and `tls-verify` override the command line's
+`--src-creds` / `--src-tls-verify` for that registry's images (as in `skopeo sync`); what the
+entry leaves out comes from the command line. `cert-dir` is not supported yet: the entry's
+images are fetched with the system's CAs, and a warning says so.
+
+A repository whose tags cannot be listed does not stop the run: it becomes a failed entry of
+the report, named by the repository (`host/repo`), and the run exits 1. Every shard lists every
+repository (listing is cheap, and an image's shard is only known from its tag), so each shard
+that fails to list one reports it: its own slice of that repository is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pipeline.batch.report import ImageResult, RunReport
+from pipeline.batch.shard import select
+from pipeline.batch.spec import RegistrySpec, RepoSelector, Spec, SpecImage, expand
+from pipeline.errors import BaleError, UsageError
+from pipeline.ops.archive import ArchiveOptions, ImageWorker, archive_many
+from pipeline.ops.session import RegistryOptions, Session
+from pipeline.refs import Reference
+
+log = logging.getLogger("bale.run")
+
+
+@dataclass
+class RunPlan:
+    """The images one run (one shard) archives, and the repositories that could not be listed."""
+
+    images: list[tuple[Reference, RegistryOptions]] = field(default_factory=list)
+    failures: list[ImageResult] = field(default_factory=list)
+    selected: int = 0
+    """Images the whole spec selects, before sharding."""
+    shard: tuple[int, int] | None = None
+
+
+def registry_options(entry: RegistrySpec | SpecImage, defaults: RegistryOptions) -> RegistryOptions:
+    """The command line's options with what a spec entry says for its registry on top."""
+    return RegistryOptions(
+        credentials=entry.credentials or defaults.credentials,
+        authfile=defaults.authfile,
+        tls_verify=defaults.tls_verify if entry.tls_verify is None else entry.tls_verify,
+    )
+
+
+def spec_secrets(spec: Spec) -> list[str]:
+    """Passwords and tokens written in a spec, to scrub from reports and logs."""
+    out: list[str] = []
+    for registry in spec.registries:
+        if registry.credentials is not None:
+            out.append(registry.credentials.password)
+            if registry.credentials.identity_token:
+                out.append(registry.credentials.identity_token)
+    return [s for s in out if s]
+
+
+def expand_spec(
+    spec: Spec,
+    session: Session,
+    defaults: RegistryOptions,
+    *,
+    shard: tuple[int, int] | None = None,
+) -> RunPlan:
+    """List tags where the spec asks for it, select the shard, attach per-registry options."""
+    failures: list[ImageResult] = []
+
+    def list_tags(registry: str, repository: str, entry: RegistrySpec) -> list[str]:
+        client = session.client(registry, registry_options(entry, defaults))
+        return client.list_tags(repository)
+
+    def on_error(selector: RepoSelector, entry: RegistrySpec, exc: BaleError) -> None:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        failures.append(
+            ImageResult(
+                str(selector.repository),
+                "failed",
+                error=f"cannot list tags ({selector.kind}, {spec.source}:{selector.line}): "
+                f"{message}",
+            )
+        )
+
+    warned: set[str] = set()
+    for entry in spec.registries:
+        if entry.cert_dir and entry.name not in warned:
+            warned.add(entry.name)
+            log.warning(
+                "%s:%d: cert-dir is not supported yet; %s is reached with the system CAs",
+                spec.source,
+                entry.line,
+                entry.name,
+            )
+    images = expand(spec, list_tags, on_error=on_error)
+    chosen = select(images, *shard) if shard is not None else images
+    return RunPlan(
+        images=[(i.ref, registry_options(i, defaults)) for i in chosen],
+        failures=failures,
+        selected=len(images),
+        shard=shard,
+    )
+
+
+def run_plan(
+    plan: RunPlan,
+    worker: ImageWorker,
+    options: ArchiveOptions | None = None,
+    *,
+    fail_fast: bool = False,
+    on_result: Callable[[ImageResult], None] | None = None,
+) -> RunReport:
+    """Archive (or plan) the images in parallel; listing failures lead the report.
+
+    With `fail_fast`, a listing failure stops the run before any image starts.
+    """
+    started = datetime.now(UTC)
+    if fail_fast and plan.failures:
+        report = RunReport(started=started, results=list(plan.failures))
+        report.finish()
+        return report
+    report = archive_many(
+        worker, list(plan.images), options, fail_fast=fail_fast, on_result=on_result
+    )
+    report.started = started
+    report.results[:0] = plan.failures
+    return report
+
+
+def check_output_paths(paths: Iterable[str | None]) -> None:
+    """Report files must be writable where they are asked for: checked before any transfer,
+    so a typo in `--report` cannot waste a night's run."""
+    for path in paths:
+        if not path:
+            continue
+        target = Path(path)
+        if target.is_dir():
+            raise UsageError(f"report path {path!r} is a directory")
+        parent = target.parent if str(target.parent) else Path(".")
+        if not parent.is_dir():
+            raise UsageError(f"report path {path!r}: directory {str(parent)!r} does not exist")

@@ -1,0 +1,122 @@
+"""`--dry-run`: what `bale archive` / `bale run` would do, found with reads only.
+
+The registry is asked for manifests (never blobs) and the store for HEADs and records; nothing
+is written anywhere. Each image's result has status `planned` (or `skipped` when the real run
+would skip it: already archived with the same digest) and these byte counts:
+
+    bytes_downloaded          blob bytes that would come from the registry
+    bytes_already_stored      blob bytes the store has, or that another image of this run
+                              would bring (a blob shared by images moves once, as in a real run)
+    bytes_uploaded            blob bytes that would go up, plus the tar bytes the client sends
+                              (headers, index.json, manifest.json)
+    bytes_copied_server_side  tar bytes composed from blobs already in the store
+
+The tar figures assume the store composes ranges in place (local files, S3, OSS). On S3/OSS a
+blob below the part-copy minimum is read and sent instead: a real run may move a little more.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from pipeline.archive import layout
+from pipeline.archive.bucket import ArchiveBucket
+from pipeline.archive.tarplan import to_compose_pieces
+from pipeline.archive.tarstream import plan_resolved
+from pipeline.batch.report import ImageResult
+from pipeline.errors import BaleError
+from pipeline.image import resolve_image
+from pipeline.ops.archive import ArchiveOptions
+from pipeline.ops.events import image_events
+from pipeline.ops.session import RegistryOptions, Session
+from pipeline.refs import Reference
+from pipeline.registry.source import RegistrySource
+from pipeline.store.base import CopyRange
+from pipeline.transfer.progress import TransferEvents
+
+
+class Planner:
+    """Plans images into one bucket; shares `Archiver.archive`'s signature for `archive_many`."""
+
+    def __init__(
+        self, bucket: ArchiveBucket, session: Session, events: TransferEvents | None = None
+    ) -> None:
+        self.bucket = bucket
+        self.session = session
+        self.events = image_events(events)
+        self._claimed: set[str] = set()
+        self._lock = threading.Lock()
+
+    def archive(
+        self,
+        ref: Reference,
+        registry: RegistryOptions | None = None,
+        options: ArchiveOptions | None = None,
+    ) -> ImageResult:
+        """Plan one image; failures (a missing image, an unreachable registry) are returned."""
+        options = options or ArchiveOptions()
+        started = time.monotonic()
+        self.events.on_image_start(str(ref))
+        try:
+            result = self._plan(ref, registry, options)
+        except BaleError as exc:
+            result = ImageResult(str(ref), "failed", error=str(exc).splitlines()[0])
+        result.seconds = round(time.monotonic() - started, 3)
+        self.events.on_image_done(result)
+        return result
+
+    def _plan(
+        self, ref: Reference, registry: RegistryOptions | None, options: ArchiveOptions
+    ) -> ImageResult:
+        source = RegistrySource(self.session.client(ref.registry, registry), ref)
+        top = source.manifest()
+        tar_key = layout.tar_key_for(ref)
+        if not options.force and self._already_archived(ref, top.digest):
+            return ImageResult(str(ref), "skipped", digest=top.digest, tar_key=tar_key)
+        resolved = resolve_image(
+            source,
+            platform=options.platform,
+            all_platforms=options.all_platforms,
+            store_all=options.platform is None or options.all_platforms,
+        )
+        blobs = resolved.blobs()
+        present = [
+            self.session.once(
+                f"dry-run|{self.bucket.url}|{desc.digest}",
+                lambda d=desc: self.bucket.has_blob(d),  # type: ignore[misc]
+            )
+            for desc in blobs
+        ]
+        to_move = already = 0
+        for desc, fut in zip(blobs, present, strict=True):
+            if fut.result():
+                already += desc.size
+                continue
+            with self._lock:
+                first = desc.digest not in self._claimed
+                self._claimed.add(desc.digest)
+            if first:
+                to_move += desc.size
+            else:
+                already += desc.size
+        plan = plan_resolved(resolved, all_platforms=options.all_platforms)
+        pieces = to_compose_pieces(plan, layout.blob_key_for)
+        copied = sum(p.size for p in pieces if isinstance(p, CopyRange))
+        inline = sum(p.size for p in pieces if not isinstance(p, CopyRange))
+        return ImageResult(
+            str(ref),
+            "planned",
+            digest=top.digest,
+            bytes_downloaded=to_move,
+            bytes_uploaded=to_move + inline,
+            bytes_already_stored=already,
+            bytes_copied_server_side=copied,
+            tar_key=tar_key,
+        )
+
+    def _already_archived(self, ref: Reference, digest: str) -> bool:
+        record = self.bucket.read_record(ref)
+        if record is None or record.digest != digest:
+            return False
+        return self.bucket.store.head(record.tar_key) is not None
