@@ -102,3 +102,46 @@ class ArchiveBucket:
         for info in self.store.list(layout.IMAGES_PREFIX):
             if info.key.endswith(".json"):
                 yield ImageRecord.from_json(self.store.read(info.key))
+
+    def tags(self, repo: str) -> list[str]:
+        """Tags the bucket holds for `repo` (store repo path), sorted."""
+        keys = (info.key for info in self.store.list(layout.tags_prefix(repo)))
+        return sorted(layout.tags_from_keys(repo, keys))
+
+    def image(self, ref: Reference) -> BucketImage:
+        return BucketImage(self, ref)
+
+
+class BucketImage:
+    """An archived image as an `ImageSource`: what `restore` and `inspect --from` read."""
+
+    def __init__(self, bucket: ArchiveBucket, reference: Reference) -> None:
+        self.bucket = bucket
+        self._reference = reference
+        self._top: RawManifest | None = None
+
+    @property
+    def reference(self) -> Reference:
+        return self._reference
+
+    def manifest(self, digest: str | None = None) -> RawManifest:
+        if digest is not None:
+            return self.bucket.read_manifest(digest)
+        if self._top is None:
+            ref = self._reference
+            top_digest = ref.digest or self.bucket.tag_digest(ref.store_repo, ref.tag or "latest")
+            if top_digest is None:
+                raise StoreNotFound(f"{ref} is not archived in {self.bucket.url}")
+            try:
+                self._top = self.bucket.read_manifest(top_digest)
+            except StoreNotFound:
+                raise StoreNotFound(
+                    f"{ref}: manifest {top_digest} is missing from {self.bucket.url}"
+                ) from None
+        return self._top
+
+    def blob(self, descriptor: Descriptor) -> bytes:
+        return self.bucket.read_blob(descriptor)
+
+    def open_blob(self, descriptor: Descriptor) -> Readable:
+        return self.bucket.open_blob(descriptor)
