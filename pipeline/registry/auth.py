@@ -310,7 +310,9 @@ class RegistryAuth:
             response = yield AuthRequest(
                 "POST",
                 realm,
-                {"Content-Type": "application/x-www-form-urlencoded"},
+                # A realm that answers 404 without reading the form would leave it on a
+                # kept-alive connection, to be misread as the next request.
+                {"Content-Type": "application/x-www-form-urlencoded", "Connection": "close"},
                 urllib.parse.urlencode(form).encode(),
                 token_request=True,
             )
@@ -324,9 +326,10 @@ class RegistryAuth:
             headers: dict[str, str] = {}
             if creds is not None and creds.username:
                 query.append(("account", creds.username))
-            if creds is not None and (creds.username or creds.password or creds.identity_token):
-                secret = creds.password or creds.identity_token or ""
-                headers["Authorization"] = basic_header(creds.username or "<token>", secret)
+            if creds is not None and creds.username and not creds.identity_token:
+                # An identity token alone is not a password: without OAuth2 the realm gets
+                # an anonymous request rather than a refresh token it would not understand.
+                headers["Authorization"] = basic_header(creds.username, creds.password)
             sep = "&" if "?" in realm else "?"
             url = realm + (sep + urllib.parse.urlencode(query) if query else "")
             response = yield AuthRequest("GET", url, headers, token_request=True)

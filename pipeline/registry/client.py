@@ -70,6 +70,8 @@ MAX_ERROR_BODY = 64 * 1024
 MAX_TAGS_PAGE = 64 * 1024 * 1024
 MAX_REDIRECTS = 10
 CONNECT_TIMEOUT = 30.0
+PROBE_TIMEOUT = 10.0
+"""How long the https-or-http probe of an insecure registry waits for each scheme."""
 READ_TIMEOUT = 120.0
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -231,18 +233,26 @@ class RegistryClient:
         return f"{self._scheme}://{self.host}"
 
     def _probe_scheme(self) -> str:
-        try:
-            resp = self._pool.request(
-                "GET",
-                f"https://{self.host}/v2/",
-                preload_content=False,
-                redirect=False,
-                retries=False,
-            )
-        except (urllib3.exceptions.SSLError, urllib3.exceptions.ProtocolError) as exc:
-            log.debug("%s: https failed (%s); using plain http", self.host, describe_error(exc))
-            return "http"
-        _discard(resp)
+        """skopeo's order for an insecure registry: https if it answers, else http if that
+        answers, else https again (so the real request reports the https failure)."""
+        timeout = urllib3.Timeout(connect=PROBE_TIMEOUT, read=PROBE_TIMEOUT)
+        for scheme in ("https", "http"):
+            try:
+                resp = self._pool.request(
+                    "GET",
+                    f"{scheme}://{self.host}/v2/",
+                    preload_content=False,
+                    redirect=False,
+                    retries=False,
+                    timeout=timeout,
+                )
+            except urllib3.exceptions.NameResolutionError:
+                return "https"
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                log.debug("%s: %s probe failed: %s", self.host, scheme, describe_error(exc))
+                continue
+            _discard(resp)
+            return scheme
         return "https"
 
     # ---- the request machinery ---------------------------------------------------------------
