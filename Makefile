@@ -40,7 +40,7 @@ format: venv
 	$(VENV)/bin/ruff check --fix .
 
 demo: deps venv
-	$(PY) -m tests.demo
+	$(PY) demo/run_demo.py
 
 bench: deps venv
 	$(PY) -m bench

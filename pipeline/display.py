@@ -124,40 +124,42 @@ class Display(NullImageEvents):
             self.stdout.flush()
 
     def _table(self, report: RunReport) -> None:
-        failures = any(r.failed for r in report.results)
+        """One row per image, totals in the footer; errors below, where they have room.
+
+        Bytes uploaded and copied are left to `--report`: on a terminal, what came down and
+        what was already there are the numbers people look for.
+        """
         table = Table(box=None, pad_edge=False, show_footer=True)
         totals = report.totals()
-        table.add_column("IMAGE", footer=f"{totals['images']} image(s)", overflow="fold")
+        longest = max((len(r.source) for r in report.results), default=5)
+        table.add_column(
+            "IMAGE",
+            footer="total",
+            overflow="fold",
+            min_width=min(longest, 40),
+        )
         table.add_column("STATUS", no_wrap=True)
         table.add_column("DIGEST", no_wrap=True)
-        for title, name in (
-            ("DOWNLOADED", "bytes_downloaded"),
-            ("UPLOADED", "bytes_uploaded"),
-            ("ALREADY STORED", "bytes_already_stored"),
-        ):
+        for title, name in (("DOWN", "bytes_downloaded"), ("STORED", "bytes_already_stored")):
             table.add_column(
                 title, justify="right", no_wrap=True, footer=format_size(int(totals[name]))
             )
-        table.add_column("SECONDS", justify="right", footer=f"{report.seconds:.1f}")
-        if failures:
-            table.add_column("ERROR", overflow="fold")
+        table.add_column("TIME", justify="right", no_wrap=True, footer=f"{report.seconds:.1f}s")
         style = {"failed": "red", "archived": "green", "planned": "cyan"}
         for r in report.results:
-            row = [
+            table.add_row(
                 escape(r.source),
                 f"[{style.get(r.status, 'default')}]{r.status}[/]",
-                _short(r.digest),
+                r.digest.split(":")[-1][:12] if r.digest else "-",
                 format_size(r.bytes_downloaded),
-                format_size(r.bytes_uploaded),
                 format_size(r.bytes_already_stored),
-                f"{r.seconds:.1f}",
-            ]
-            if failures:
-                row.append(escape(self.scrub(r.error or "")))
-            table.add_row(*row)
-        console = Console(file=self.stdout, soft_wrap=False, highlight=False)
+                f"{r.seconds:.1f}s",
+            )
+        console = Console(file=self.stdout, highlight=False)
         console.print(table)
-        console.print(_totals_text(report), highlight=False)
+        for r in report.failures:
+            console.print(f"[red]failed[/] {escape(r.source)}: {escape(self.scrub(r.error or ''))}")
+        console.print(_totals_text(report))
 
 
 class TextLog(Display):
