@@ -120,3 +120,27 @@ def test_compose_range_past_the_end_is_refused(tmp_path: Path) -> None:
         store.compose("out", [CopyRange("src", 5, 10)])
     assert store.head("out") is None
     assert list(store.list_uploads()) == []
+
+
+def test_concurrent_writers_in_sibling_directories(tmp_path: Path) -> None:
+    """Writers' clean-up must not pull directories from under each other (a real race once:
+    one writer pruned the temporary tree while another was creating its part of it)."""
+    store = LocalStore(tmp_path, fsync=False)
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        for i in range(150):
+            h = f"{t:02x}{i:062x}"
+            try:
+                store.put(f"blobs/sha256/{h[:2]}/{h}/data", b"x", if_absent=True)
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(list(store.list("blobs/"))) == 8 * 150
+    assert not (tmp_path / TMP_DIR).exists()

@@ -13,13 +13,16 @@ other keys (`a` and `a/b`). bale's layout never does that.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import quote, unquote
 
 from pipeline.errors import StoreError, StoreNotFound
 from pipeline.store import keys
@@ -38,6 +41,22 @@ TMP_DIR = ".bale-tmp"
 """Reserved top-level directory for writes in progress; never a key."""
 
 _TMP_SUFFIX = ".tmp"
+_MAX_STEM = 200
+
+
+def _tmp_stem(key: str) -> str:
+    """The key, %-encoded into one file name so that the temporary area stays flat (no
+    directories to create and prune under concurrent writers) and gc can tell what a leftover
+    was. Very long keys are cut and tagged with a hash: their reported key is then a best effort.
+    """
+    stem = quote(key, safe="")
+    if len(stem) > _MAX_STEM:
+        stem = stem[:160] + "~" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    return stem
+
+
+_ATTEMPTS = 10
+"""Tries at creating a directory chain that concurrent writers' clean-up may be pruning."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -178,7 +197,7 @@ class LocalStore:
     def _write(self, key: str, fill: Callable[[BinaryIO], None], *, if_absent: bool) -> bool:
         """Write through a temporary file, then publish it at `key` in one atomic step."""
         final = self._path(key)
-        tmp = self.root / TMP_DIR / f"{key}.{uuid.uuid4().hex[:12]}{_TMP_SUFFIX}"
+        tmp = self.root / TMP_DIR / f"{_tmp_stem(key)}.{uuid.uuid4().hex[:12]}{_TMP_SUFFIX}"
         try:
             with self._create(tmp) as f:
                 fill(f)
@@ -187,18 +206,20 @@ class LocalStore:
                     os.fsync(f.fileno())
             if final.is_dir():
                 raise StoreError(f"{self.describe(key)}: a directory of other keys is there")
-            for attempt in range(3):
-                final.parent.mkdir(parents=True, exist_ok=True)
+            for attempt in range(_ATTEMPTS):
                 try:
+                    final.parent.mkdir(parents=True, exist_ok=True)
                     if if_absent:
                         os.link(tmp, final)
                     else:
                         os.replace(tmp, final)
                     break
                 except FileExistsError:
-                    return False
+                    if final.parent.is_dir():
+                        return False
+                    raise  # a file where a directory of the key should be
                 except FileNotFoundError:
-                    if attempt == 2:  # a concurrent delete keeps pruning our parent
+                    if attempt == _ATTEMPTS - 1:  # a concurrent delete keeps pruning our parent
                         raise
             if self.fsync:
                 _fsync_dir(final.parent)
@@ -211,13 +232,16 @@ class LocalStore:
 
     @staticmethod
     def _create(path: Path) -> BinaryIO:
-        """Create a new file, its directories too (again if a concurrent prune removed them)."""
-        for attempt in range(3):
-            path.parent.mkdir(parents=True, exist_ok=True)
+        """Create a new file and its directories, again if a concurrent writer's clean-up pruned
+        a directory between our mkdir and our open (or inside mkdir's own parent chain)."""
+        for attempt in range(_ATTEMPTS):
             try:
+                path.parent.mkdir(parents=True, exist_ok=True)
                 return path.open("xb")
-            except FileNotFoundError:
-                if attempt == 2:
+            except (FileNotFoundError, FileExistsError):
+                # mkdir's "exists" can be a directory pruned right after; open's "not found"
+                # one pruned right before. Both mean: try again.
+                if attempt == _ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
 
@@ -333,24 +357,30 @@ class LocalStore:
         tmp_root = self.root / TMP_DIR
         cutoff = datetime.now(UTC) - older_than if older_than is not None else None
         found = []
-        for dirpath, _dirnames, filenames in os.walk(tmp_root):
-            for name in filenames:
-                path = Path(dirpath) / name
-                upload_id = path.relative_to(tmp_root).as_posix()
-                key = upload_id.rsplit(".", 2)[0] if name.endswith(_TMP_SUFFIX) else upload_id
-                if not key.startswith(prefix):
-                    continue
-                try:
-                    modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-                except FileNotFoundError:
-                    continue
-                if cutoff is not None and modified > cutoff:
-                    continue
-                found.append(MultipartUpload(key=key, upload_id=upload_id, initiated=modified))
+        try:
+            names = sorted(os.listdir(tmp_root))
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
+        for name in names:
+            path = tmp_root / name
+            key = unquote(name.rsplit(".", 2)[0]) if name.endswith(_TMP_SUFFIX) else name
+            if not key.startswith(prefix):
+                continue
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            modified = datetime.fromtimestamp(st.st_mtime, UTC)
+            if cutoff is not None and modified > cutoff:
+                continue
+            found.append(MultipartUpload(key=key, upload_id=name, initiated=modified))
         yield from sorted(found, key=lambda u: (u.key, u.upload_id))
 
     def abort_upload(self, upload: MultipartUpload) -> None:
-        keys.check_key(upload.upload_id)
+        if "/" in upload.upload_id or upload.upload_id in ("", ".", ".."):
+            raise StoreError(f"invalid upload id {upload.upload_id!r}")
         path = self.root / TMP_DIR / upload.upload_id
         try:
             path.unlink()

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import pytest
 
@@ -188,8 +189,7 @@ def _local_bed(root: Path, **tuning: Any) -> StoreBed:
     def open_uploads() -> list[tuple[str, str]]:
         if not tmp.exists():
             return []
-        found = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()]
-        return [(upload_id.rsplit(".", 2)[0], upload_id) for upload_id in found]
+        return [(unquote(p.name.rsplit(".", 2)[0]), p.name) for p in tmp.rglob("*") if p.is_file()]
 
     def parts_of(name: str, upload_id: str) -> int | None:
         return 1 if (tmp / upload_id).exists() else None
@@ -202,10 +202,9 @@ def _local_bed(root: Path, **tuning: Any) -> StoreBed:
         return sorted(found)
 
     def start_stale_upload(key: str) -> str:
-        upload_id = f"{key}.0123456789ab.tmp"
-        path = tmp / upload_id
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"x")
+        upload_id = f"{quote(key, safe='')}.0123456789ab.tmp"  # as LocalStore names them
+        tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / upload_id).write_bytes(b"x")
         return upload_id
 
     return StoreBed("local", store, "", open_uploads, parts_of, names, start_stale_upload)
