@@ -728,3 +728,107 @@ def gc_command(
     for link in report.dangling:
         click.echo(f"dangling link {link.key} -> {link.digest} (blob missing)")
     click.echo(report.summary(), err=True)
+
+
+# ---- verify, gc ----------------------------------------------------------------------------
+
+
+@main.command("verify")
+@click.argument("store_url", metavar="STORE")
+@click.argument("images", nargs=-1, metavar="[IMAGE]...")
+@option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint.")
+@option("--deep", is_flag=True, help="Also decompress layers (gzip, zstd) and check diff_ids.")
+@option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of lines.")
+@transfer_options
+@handles_errors
+def verify_command(
+    store_url: str,
+    images: tuple[str, ...],
+    endpoint_url: str | None,
+    deep: bool,
+    as_json: bool,
+    jobs: int,
+    limit_rate: int | None,
+    retries: int,
+) -> None:
+    """Re-hash blobs and tars in STORE and check links, tags and records (all, or IMAGE...).
+
+    Prints one line per fault (kind, key, detail) and exits 1 on any fault, 0 when clean.
+    """
+    from pipeline.ops.verify import verify_store
+    from pipeline.refs import Reference
+    from pipeline.transfer.ratelimit import make_limiter
+
+    refs = [Reference.parse(i) for i in images]
+    bucket = _open_bucket(store_url, endpoint_url, retries)
+    report = verify_store(bucket, refs, jobs=jobs, deep=deep, limiter=make_limiter(limit_rate))
+    if as_json:
+        click.echo(report.to_json(), nl=False)
+    for fault in [] if as_json else report.faults:
+        click.echo(str(fault))
+    click.echo(report.summary(), err=True)
+    sys.exit(0 if report.ok else 1)
+
+
+def _older_than_option(func: F) -> F:
+    from pipeline.units import DURATION
+
+    return option(
+        "--older-than",
+        type=DURATION,
+        default="24h",
+        show_default=True,
+        help="Only remove blobs, links and uploads older than this (0s, 90m, 24h). A concurrent "
+        "archive may be writing links for a younger blob right now, so it is never removed.",
+    )(func)
+
+
+@main.command("gc")
+@click.argument("store_url", metavar="STORE")
+@option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint.")
+@option("--dry-run", is_flag=True, help="List what would be removed, with sizes; remove nothing.")
+@_older_than_option
+@option("--jobs", type=click.IntRange(min=1), default=4, help="Parallel reads and deletes.")
+@option(
+    "--retries",
+    "--retry-times",
+    "retries",
+    type=click.IntRange(min=0),
+    default=5,
+    help="Retries for failed requests.",
+)
+@handles_errors
+def gc_command(
+    store_url: str,
+    endpoint_url: str | None,
+    dry_run: bool,
+    older_than: float,
+    jobs: int,
+    retries: int,
+) -> None:
+    """Remove blobs no tag or record reaches, and multipart uploads older than --older-than.
+
+    Marks from every tag, every record and every link younger than --older-than; never removes
+    anything younger than --older-than (a concurrent archive may be linking it right now).
+    """
+    from datetime import timedelta
+
+    from pipeline.ops.gc import collect_garbage
+    from pipeline.units import format_size
+
+    bucket = _open_bucket(store_url, endpoint_url, retries)
+    report = collect_garbage(
+        bucket, older_than=timedelta(seconds=older_than), dry_run=dry_run, jobs=jobs
+    )
+    verb = "would remove" if dry_run else "removed"
+    for blob in report.blobs:
+        click.echo(f"{verb} blob {blob.digest} {format_size(blob.size)} {blob.key}")
+    for key in report.links:
+        click.echo(f"{verb} link {key}")
+    for upload in report.uploads:
+        when = upload.initiated.isoformat() if upload.initiated else "unknown time"
+        verb_upload = "would abort" if dry_run else "aborted"
+        click.echo(f"{verb_upload} upload {upload.key} {upload.upload_id} (started {when})")
+    for link in report.dangling:
+        click.echo(f"dangling link {link.key} -> {link.digest} (blob missing)")
+    click.echo(report.summary(), err=True)

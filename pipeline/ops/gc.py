@@ -1,0 +1,293 @@
+"""`bale gc`: remove blobs nothing refers to, and uploads nobody will finish.
+
+A crash (or a deleted image) leaves blobs under `blobs/` that no tag or record reaches, and
+multipart uploads that were never completed (which cloud stores bill for). gc marks from the
+roots and sweeps the rest, as distribution's own garbage collector does:
+
+- roots: every tag's current link, every record (its digest and the `blobs` it lists, which
+  covers the revision and layer links the record relies on), and every link written less than
+  `older_than` ago;
+- marked: the roots and everything their manifests reach (index children, configs, layers);
+- swept: blobs under `docker/registry/v2/blobs/` that are not marked and are older than
+  `older_than`, together with the layer, revision and tag-history links that point at them
+  (links first, so a crash in between leaves an unreferenced blob, never a dangling link);
+- aborted: multipart uploads (and the local store's temporary files) initiated more than
+  `older_than` ago.
+
+Links that already point at missing blobs are reported, not removed: that is damage for
+`bale verify` to explain, not garbage.
+
+Running next to `bale archive`: archive writes a new blob, then its links, tag, tar and
+record. A blob or link younger than `older_than` is never removed and a young link is a root,
+so an archive that started less than `older_than` ago keeps what it wrote. What gc cannot see
+is an archive that found an *old* unreferenced blob already stored and has not yet linked it:
+if gc removes that blob, the archive fails when it composes its tar (before it writes its
+record) and a rerun stores the blob again. Run gc when no archive is writing, or keep
+`older_than` above the longest archive run, for none of this to matter.
+
+A manifest that a root reaches but that cannot be read or parsed stops gc before anything is
+deleted: its blobs cannot be marked, and sweeping without them would lose data.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pipeline.archive import layout
+from pipeline.archive.bucket import ArchiveBucket
+from pipeline.archive.links import LinkKey, parse_link_key
+from pipeline.archive.record import ImageRecord
+from pipeline.errors import InvalidArchive, ManifestError, StoreError, StoreNotFound
+from pipeline.oci import MANIFEST_TYPES, MAX_MANIFEST_BYTES, ImageIndex, ImageManifest, RawManifest
+from pipeline.store.base import MultipartUpload, ObjectInfo, ObjectStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OLDER_THAN = timedelta(hours=24)
+
+
+class GcStopped(StoreError):
+    """gc found something it cannot mark safely and deleted nothing."""
+
+
+@dataclass(frozen=True)
+class SweptBlob:
+    digest: str
+    key: str
+    size: int
+    modified: datetime | None
+
+
+@dataclass(frozen=True)
+class DanglingLink:
+    key: str
+    digest: str
+    what: str
+    """How the link is described: `layer link in docker.io/library/nginx`."""
+
+
+@dataclass
+class GcReport:
+    """What gc removed (or, with `dry_run`, would remove)."""
+
+    dry_run: bool
+    older_than: timedelta
+    blobs: list[SweptBlob] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+    uploads: list[MultipartUpload] = field(default_factory=list)
+    dangling: list[DanglingLink] = field(default_factory=list)
+    live_blobs: int = 0
+    young_blobs: int = 0
+    """Unreferenced blobs spared because they are younger than `older_than`."""
+    seconds: float = 0.0
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(b.size for b in self.blobs)
+
+    def summary(self) -> str:
+        from pipeline.units import format_size
+
+        verb = "would be removed" if self.dry_run else "removed"
+        text = (
+            f"gc: {len(self.blobs)} blob(s) ({format_size(self.bytes_freed)}), "
+            f"{len(self.links)} link(s), {len(self.uploads)} upload(s) {verb}; "
+            f"{self.live_blobs} blob(s) in use"
+        )
+        if self.young_blobs:
+            text += f", {self.young_blobs} unreferenced but recent blob(s) kept"
+        if self.dangling:
+            text += f"; {len(self.dangling)} dangling link(s)"
+        return text + f" in {self.seconds:.1f}s"
+
+
+def collect_garbage(
+    bucket: ArchiveBucket,
+    *,
+    older_than: timedelta = DEFAULT_OLDER_THAN,
+    dry_run: bool = False,
+    jobs: int = 4,
+    now: datetime | None = None,
+) -> GcReport:
+    """Mark from tags, records and recent links; sweep unreferenced blobs and stale uploads.
+
+    Nothing younger than `older_than` is removed (blobs, links, uploads): a concurrent archive
+    may be writing links for it right now. See the module docstring for the one race left.
+    """
+    if older_than < timedelta(0):
+        raise ValueError("older_than must not be negative")
+    started = time.monotonic()
+    cutoff = (now or datetime.now(UTC)) - older_than
+    report = GcReport(dry_run=dry_run, older_than=older_than)
+    store = bucket.store
+    with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="bale-gc") as pool:
+        blobs = _list_blobs(store)
+        links = [
+            (link, info)
+            for info in store.list(layout.REPOSITORIES_PREFIX)
+            if (link := parse_link_key(info.key)) is not None
+        ]
+        records = _records(store, pool)
+        marker = _Marker(store, pool, blobs)
+        targets = _link_targets(store, pool, links)
+
+        for link, info in links:
+            digest = targets.get(link.key)
+            if digest is None:
+                continue
+            if link.kind == "tag-current" or _is_young(info.modified, cutoff):
+                marker.mark(digest, walk=link.kind != "layer")
+            if digest not in blobs:
+                report.dangling.append(DanglingLink(link.key, digest, link.describe))
+        for record in records:
+            marker.mark(record.digest, walk=True)
+            for blob in record.blobs:
+                marker.mark(blob.digest, walk=blob.media_type in MANIFEST_TYPES)
+        marker.finish()
+
+        for digest, info in sorted(blobs.items()):
+            if digest in marker.marked:
+                report.live_blobs += 1
+            elif not _is_young(info.modified, cutoff):
+                report.blobs.append(SweptBlob(digest, info.key, info.size, info.modified))
+            else:
+                report.young_blobs += 1
+        swept = {b.digest for b in report.blobs}
+        report.links = sorted(
+            link.key
+            for link, _ in links
+            if link.kind != "tag-current" and targets.get(link.key) in swept
+        )
+        report.uploads = list(store.list_uploads(older_than=older_than))
+
+        if not dry_run:
+            _each(pool, store.delete, report.links)
+            _each(pool, store.delete, [b.key for b in report.blobs])
+            _each(pool, store.abort_upload, report.uploads)
+    log.info("gc of %s: %s", bucket.url, report.summary())
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _is_young(modified: datetime | None, cutoff: datetime) -> bool:
+    """An object of unknown age counts as young: gc never removes what it cannot date."""
+    return modified is None or modified > cutoff
+
+
+def _list_blobs(store: ObjectStore) -> dict[str, ObjectInfo]:
+    blobs = {}
+    for info in store.list(layout.BLOBS_PREFIX):
+        digest = layout.digest_from_blob_key(info.key)
+        if digest is not None:
+            blobs[digest] = info
+    return blobs
+
+
+def _records(store: ObjectStore, pool: ThreadPoolExecutor) -> list[ImageRecord]:
+    """Every record; one that cannot be read stops gc (its blobs could not be marked)."""
+    keys = [
+        info.key
+        for info in store.list(layout.IMAGES_PREFIX)
+        if (parsed := layout.parse_image_key(info.key)) is not None and parsed.kind == "record"
+    ]
+
+    def read(key: str) -> ImageRecord | None:
+        try:
+            return ImageRecord.from_json(store.read(key), key=key)
+        except StoreNotFound:
+            return None  # removed since the listing: it no longer keeps anything alive
+        except InvalidArchive as exc:
+            raise GcStopped(f"gc stopped, nothing deleted: {exc}") from None
+
+    return [r for r in pool.map(read, keys) if r is not None]
+
+
+def _link_targets(
+    store: ObjectStore, pool: ThreadPoolExecutor, links: list[tuple[LinkKey, ObjectInfo]]
+) -> dict[str, str]:
+    """What each link points at. Layer, revision and history links name it in their path (their
+    body must say the same; verify checks that); only a tag's current link has to be read."""
+    targets = {link.key: link.digest for link, _ in links if link.digest is not None}
+    current = [link.key for link, _ in links if link.kind == "tag-current"]
+
+    def read(key: str) -> tuple[str, str | None]:
+        try:
+            body = store.read(key)
+        except StoreNotFound:
+            return key, None
+        digest = layout.parse_link_body(body)
+        if digest is None:
+            raise GcStopped(f"gc stopped, nothing deleted: tag link {key} holds no digest")
+        return key, digest
+
+    for key, digest in pool.map(read, current):
+        if digest is not None:
+            targets[key] = digest
+    return targets
+
+
+class _Marker:
+    """The set of live digests, with manifests walked to everything they reach."""
+
+    def __init__(
+        self, store: ObjectStore, pool: ThreadPoolExecutor, blobs: dict[str, ObjectInfo]
+    ) -> None:
+        self.store = store
+        self.pool = pool
+        self.blobs = blobs
+        self.marked: set[str] = set()
+        self._walked: set[str] = set()
+        self._to_walk: list[str] = []
+
+    def mark(self, digest: str, *, walk: bool) -> None:
+        self.marked.add(digest)
+        if walk and digest not in self._walked:
+            self._walked.add(digest)
+            self._to_walk.append(digest)
+
+    def finish(self) -> None:
+        """Walk every manifest marked so far, level by level, reading each once."""
+        while self._to_walk:
+            batch = [d for d in self._to_walk if d in self.blobs]
+            self._to_walk = []
+            for children in self.pool.map(self._children, batch):
+                for digest, is_manifest in children:
+                    self.mark(digest, walk=is_manifest)
+
+    def _children(self, digest: str) -> list[tuple[str, bool]]:
+        info = self.blobs[digest]
+        what = f"manifest {digest}"
+        if info.size > MAX_MANIFEST_BYTES:
+            raise GcStopped(f"gc stopped, nothing deleted: {what} is {info.size} bytes")
+        try:
+            data = self.store.read(info.key)
+        except StoreNotFound:
+            return []
+        try:
+            raw = RawManifest.from_bytes(data)
+            if raw.digest != digest:
+                raise ManifestError(f"bytes hash to {raw.digest}")
+            parsed = raw.parse()
+        except ManifestError as exc:
+            raise GcStopped(
+                f"gc stopped, nothing deleted: {what} cannot be read ({exc}); run bale verify"
+            ) from None
+        out: list[tuple[str, bool]] = []
+        if isinstance(parsed, ImageManifest):
+            out += [(d.digest, False) for d in parsed.blobs]
+        elif isinstance(parsed, ImageIndex):
+            out += [(d.digest, True) for d in parsed.manifests]
+        if parsed.subject is not None:
+            out.append((parsed.subject.digest, True))
+        return out
+
+
+def _each(pool: ThreadPoolExecutor, fn: Callable[[Any], None], items: Iterable[Any]) -> None:
+    for _ in pool.map(fn, items):
+        pass
