@@ -1,0 +1,146 @@
+"""deploy/: the Kubernetes and CI examples parse, fit together, and run valid `bale` commands.
+
+No cluster or CI runner here, so what can be checked offline is: every file is YAML; the Job,
+CronJob, ConfigMap and Secrets reference each other by the right names and paths; the spec in
+the ConfigMap is a valid spec; and every `bale` command line parses with bale's own CLI.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+
+from pipeline.batch.shard import parse_shard
+from pipeline.batch.spec import parse_spec
+from pipeline.cli import main
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+def _docs(path: Path) -> list[Any]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def _by_kind() -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        for doc in _docs(path):
+            out.setdefault(doc["kind"], []).append(doc)
+    return out
+
+
+def parse_bale(args: list[str]) -> tuple[str, dict[str, Any]]:
+    """Parse a `bale` command line the way the real CLI does, without running it."""
+    ctx = main.make_context("bale", list(args))
+    protected = ctx._protected_args if hasattr(ctx, "_protected_args") else ctx.protected_args
+    rest = [*protected, *ctx.args]
+    name, command, sub_args = main.resolve_command(ctx, rest)
+    assert name is not None and command is not None
+    sub = command.make_context(name, sub_args, parent=ctx)
+    return name, sub.params
+
+
+def test_every_deploy_file_is_yaml() -> None:
+    files = sorted(DEPLOY.rglob("*.yml")) + sorted(DEPLOY.rglob("*.yaml"))
+    assert len(files) == 6
+    for path in files:
+        assert _docs(path), path
+
+
+def _job_specs() -> list[tuple[str, dict[str, Any]]]:
+    kinds = _by_kind()
+    (job,) = kinds["Job"]
+    (cron,) = kinds["CronJob"]
+    return [("Job", job["spec"]), ("CronJob", cron["spec"]["jobTemplate"]["spec"])]
+
+
+@pytest.mark.parametrize("kind", ["Job", "CronJob"])
+def test_indexed_job_runs_a_shard_of_the_configmap_spec(kind: str) -> None:
+    spec = dict(_job_specs())[kind]
+    kinds = _by_kind()
+    assert spec["completionMode"] == "Indexed"
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    shards = int(env["SHARDS"])
+    assert spec["completions"] == shards
+
+    # $(SHARDS) is Kubernetes' own expansion of the container's env into args.
+    args = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in container["args"]]
+    name, params = parse_bale(args)
+    assert name == "run"
+    assert params["store_url"].startswith("oss://")
+    for index in range(shards):
+        assert parse_shard(params["shard"], {"JOB_COMPLETION_INDEX": str(index)}) == (
+            index,
+            shards,
+        )
+
+    # The spec file is the ConfigMap's key, where the volume puts it.
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    spec_path = Path(params["spec_path"])
+    (configmap,) = [v for v in volumes.values() if "configMap" in v]
+    assert spec_path.parent == Path(mounts[configmap["name"]])
+    (cm,) = [
+        c for c in kinds["ConfigMap"] if c["metadata"]["name"] == configmap["configMap"]["name"]
+    ]
+    parsed = parse_spec(cm["data"][spec_path.name], "configmap")
+    assert parsed.registries
+
+    # Credentials: auth.json from a Secret volume, store keys from a Secret as env.
+    secrets = {s["metadata"]["name"]: s for s in kinds["Secret"]}
+    (auth,) = [v for v in volumes.values() if "secret" in v]
+    auth_file = Path(env["REGISTRY_AUTH_FILE"])
+    assert auth_file.parent == Path(mounts[auth["name"]])
+    assert auth_file.name in secrets[auth["secret"]["secretName"]]["stringData"]
+    (store,) = container["envFrom"]
+    keys = secrets[store["secretRef"]["name"]]["stringData"]
+    assert {"OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET"} <= set(keys)
+    assert "OSS_ENDPOINT" in env
+    # A bad spec (exit 2) fails its index at once instead of being retried.
+    (rule,) = spec["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailIndex" and rule["onExitCodes"]["values"] == [2]
+
+
+def _bale_line(script: str) -> list[str]:
+    (line,) = [ln for ln in script.splitlines() if ln.strip().startswith("bale ")]
+    return shlex.split(line)[1:]
+
+
+def _check_archive_step(args: list[str], artifacts: list[str]) -> None:
+    name, params = parse_bale(args)
+    assert name == "archive"
+    assert params["from_file"] == "pushed.txt"
+    assert params["report_path"] in artifacts and params["junit_path"] in artifacts
+
+
+def test_github_actions_archives_the_pushed_list_and_keeps_reports() -> None:
+    flow = yaml.safe_load((DEPLOY / "ci" / "github-actions.yml").read_text())
+    steps = flow["jobs"]["archive"]["steps"]
+    (run,) = [s for s in steps if "bale archive" in s.get("run", "")]
+    (upload,) = [s for s in steps if str(s.get("uses", "")).startswith("actions/upload-artifact")]
+    assert upload["if"] == "always()"
+    _check_archive_step(_bale_line(run["run"]), upload["with"]["path"].split())
+    assert "pushed.txt" in next(s["run"] for s in steps if "> pushed.txt" in s.get("run", ""))
+
+
+def test_gitlab_ci_archives_the_pushed_list_and_keeps_reports() -> None:
+    config = yaml.safe_load((DEPLOY / "ci" / "gitlab-ci.yml").read_text())
+    job = config["archive-pushed"]
+    artifacts = job["artifacts"]
+    assert artifacts["when"] == "always"
+    assert artifacts["reports"]["junit"] == "junit.xml"
+    _check_archive_step(_bale_line("\n".join(job["script"])), artifacts["paths"])
+
+
+def test_parse_bale_rejects_an_unknown_option() -> None:
+    with pytest.raises(click.UsageError):
+        parse_bale(["run", "spec.yaml", "--to", "x", "--shards", "4"])
