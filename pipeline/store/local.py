@@ -215,12 +215,21 @@ class LocalStore:
                         os.replace(tmp, final)
                     break
                 except FileExistsError:
-                    if final.parent.is_dir():
-                        return False
-                    raise  # a file where a directory of the key should be
+                    if os.path.lexists(final):
+                        return False  # create-if-absent: the key is taken
+                    if os.path.lexists(final.parent) and not final.parent.is_dir():
+                        raise StoreError(
+                            f"{self.describe(key)}: an object is in the way of its directory"
+                        ) from None
+                    if attempt == _ATTEMPTS - 1:  # mkdir met a directory a delete then pruned
+                        raise
                 except FileNotFoundError:
                     if attempt == _ATTEMPTS - 1:  # a concurrent delete keeps pruning our parent
                         raise
+                except NotADirectoryError:
+                    raise StoreError(
+                        f"{self.describe(key)}: an object is in the way of its directory"
+                    ) from None
             if self.fsync:
                 _fsync_dir(final.parent)
             return True
