@@ -207,3 +207,28 @@ def test_orphan_and_stray_keys_survive(store_bed: Any, tmp_path: Path) -> None:
     assert bed.store.head("docker/registry/v2/blobs/README") is not None
     assert bed.store.head("docker/registry/v2/repositories/x/_uploads/abc/data") is not None
     shutil.rmtree(tmp_path / "unused", ignore_errors=True)
+
+
+def test_link_keys_parse_only_what_layout_builds() -> None:
+    from pipeline.archive.links import parse_link_key
+
+    d = "sha256:" + "12" * 32
+    for key, kind in (
+        (layout.layer_link_key("docker.io/library/nginx", d), "layer"),
+        (layout.revision_link_key("127.0.0.1-5000/a/b", d), "revision"),
+        (layout.tag_current_link_key("a/b", "v1.0"), "tag-current"),
+        (layout.tag_index_link_key("a/b", "v1.0", d), "tag-index"),
+    ):
+        link = parse_link_key(key)
+        assert link is not None and link.kind == kind and link.key == key
+    assert parse_link_key(layout.tag_current_link_key("a/b", "v1.0")).tag == "v1.0"  # type: ignore[union-attr]
+    for key in (
+        "docker/registry/v2/repositories/a/_uploads/x/data",
+        "docker/registry/v2/repositories/_layers/sha256/" + "12" * 32 + "/link",
+        "docker/registry/v2/repositories/a/../b/_layers/sha256/" + "12" * 32 + "/link",
+        "docker/registry/v2/repositories/a/_layers/sha256/" + "AB" * 32 + "/link",
+        "docker/registry/v2/repositories/a/_layers/sha512/" + "12" * 32 + "/link",
+        "docker/registry/v2/repositories/a/_manifests/tags/bad tag/current/link",
+        "docker/registry/v2/blobs/sha256/12/" + "12" * 32 + "/data",
+    ):
+        assert parse_link_key(key) is None, key

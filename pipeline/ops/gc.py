@@ -119,6 +119,7 @@ def collect_garbage(
 
     Nothing younger than `older_than` is removed (blobs, links, uploads): a concurrent archive
     may be writing links for it right now. See the module docstring for the one race left.
+    `now` moves the clock for blobs and links (tests); uploads are dated by the store.
     """
     if older_than < timedelta(0):
         raise ValueError("older_than must not be negative")
