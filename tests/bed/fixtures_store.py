@@ -243,9 +243,11 @@ def _live_bed(kind: str, **tuning: Any) -> StoreBed:
     base = parse_store_url(os.environ[LIVE_S3_URL if kind == "live-s3" else LIVE_OSS_URL])
     sub = f"bale-test-{uuid.uuid4().hex[:12]}"
     prefix = f"{base.prefix}/{sub}" if base.prefix else sub
+    # The same part sizes as the local test servers, so the suite means the same thing here.
+    part_size = tuning.get("part_size", 5 * 1024 * 1024 if kind == "live-s3" else 1024 * 1024)
     store: Any = open_store(
         f"{base.scheme}://{base.bucket}/{prefix}",
-        part_size=tuning.get("part_size"),
+        part_size=part_size,
         parallel=tuning.get("parallel"),
     )
 

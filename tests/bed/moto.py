@@ -7,7 +7,10 @@ client explicitly; nothing here touches the process environment.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +31,12 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: moto_server must not outlive a killed test run."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _moto_server_binary() -> str:
@@ -97,6 +106,7 @@ def start_moto_server(workdir: Path, *, timeout: float = 30.0) -> MotoServer:
         stderr=subprocess.STDOUT,
         env=env,
         cwd=workdir,
+        preexec_fn=_die_with_parent,
     )
     log.close()
     endpoint = f"http://127.0.0.1:{port}"
