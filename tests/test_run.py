@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -440,3 +441,34 @@ def test_fail_fast_stops_on_a_listing_failure(fleet: Fleet, tmp_path: Path) -> N
     assert [r.status for r in report.results] == ["failed"]
     assert report.exit_code() == 1
     assert not (tmp_path / "bucket").exists()
+
+
+def test_expansion_matches_what_skopeo_sync_copies(
+    fleet: Fleet, image_factory: ImageFactory, tmp_path: Path
+) -> None:
+    """The same spec through `skopeo sync --src yaml` and through bale: the same images.
+
+    (skopeo 1.9 has no images-by-semver, and copies an image twice when two entries select it,
+    so this spec avoids both.)"""
+    host, prefix = fleet.registry.host, fleet.prefix
+    pinned = fleet.images[f"{host}/{prefix}/app1:1.4"].digest
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"""\
+{host}:
+  tls-verify: false
+  images:
+    {prefix}/app0: []
+    {prefix}/app1: ["1.0", "1.3", "{pinned}"]
+  images-by-tag-regex:
+    {prefix}/app2: ^1\\.[0-2]$
+"""
+    )
+    proc = image_factory.skopeo.run(
+        "sync", "--src", "yaml", "--dest", "dir", "--scoped", str(spec), str(tmp_path / "out")
+    )
+    copied = set(re.findall(r'from="docker://([^"]+)"', proc.stderr.decode()))
+    with Session() as session:
+        plan = expand_spec(parse_spec(spec.read_text()), session, RegistryOptions())
+    assert {str(ref) for ref, _ in plan.images} == copied
+    assert len(copied) == 5 + 3 + 3
