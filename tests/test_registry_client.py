@@ -22,6 +22,7 @@ from pipeline.errors import (
     AuthError,
     BaleError,
     DigestMismatch,
+    ManifestError,
     NotFound,
     RegistryError,
     TransferError,
@@ -29,6 +30,7 @@ from pipeline.errors import (
 from pipeline.oci import OCI_INDEX, Descriptor
 from pipeline.registry.client import BlobBody, RegistryClient
 from pipeline.registry.credentials import Credentials
+from pipeline.transfer.ratelimit import RateLimiter
 from pipeline.transfer.retry import RetryPolicy
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
 from tests.bed.proxy import DropAfter, FaultProxy, Respond, StripHeader
@@ -455,9 +457,36 @@ class _Stub(BaseHTTPRequestHandler):
                 {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests},
                 content_type=OCI_INDEX,
             )
+        if self.path.startswith("/v2/p/manifests/"):
+            body = HUGE if self.path.endswith("/huge") else BARE
+            self.send_response(200)
+            self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+            return None
         self.send_response(404)
         self.send_header("Content-Length", "0")
         self.end_headers()
+        return None
+
+    do_HEAD = do_GET
+
+
+BARE = json.dumps(
+    {
+        "schemaVersion": 2,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": "sha256:" + "c" * 64,
+            "size": 2,
+        },
+        "layers": [],
+    }
+).encode()
+"""An OCI manifest without `mediaType` (as older writers make them)."""
+HUGE = b'{"layers": [], "x": "' + b"x" * (4 * 1024 * 1024) + b'"}'
 
 
 @pytest.fixture
@@ -499,3 +528,58 @@ def test_referrers_fall_back_to_the_digest_tag(
         assert [d.digest for d in found] == [c.digest for c in listing.children]
         assert client.referrers("client/oci", subject, artifact_type="application/x") == []
         assert client.referrers("client/docker", images["none"]["docker"].digest) == []
+
+
+def test_manifest_type_from_content_type_and_digest_checks(stub: str) -> None:
+    with connect(stub) as client:
+        raw = client.get_manifest("p", "bare")
+        assert raw.media_type == "application/vnd.oci.image.manifest.v1+json"
+        assert raw.data == BARE and raw.digest == "sha256:" + hashlib.sha256(BARE).hexdigest()
+        # No Docker-Content-Digest on HEAD: the digest comes from the bytes.
+        assert client.head_manifest("p", "bare") == raw.descriptor()
+        wrong = "sha256:" + "e" * 64
+        with pytest.raises(DigestMismatch, match=rf"^{stub}/p@{wrong}: manifest: expected"):
+            client.get_manifest("p", wrong)
+        with pytest.raises(ManifestError, match=r"p:huge: manifest is over the 4194304 byte limit"):
+            client.get_manifest("p", "huge")
+
+
+def test_rate_limit_applies_to_blob_bytes(
+    registry: RegistryServer, big_image: dict[str, BuiltImage]
+) -> None:
+    layer = big_image["none"].layers[0]
+    limiter = RateLimiter(4 << 20)  # 4 MiB/s over a 4 MiB blob, 0.4 MiB burst: about 0.9 s
+    with client_for(registry, limiter=limiter) as client:
+        start = time.monotonic()
+        data = client.open_blob("client/big", layer).read()
+        elapsed = time.monotonic() - start
+    assert len(data) == layer.size
+    assert 0.7 < elapsed < 5
+
+
+def test_many_threads_share_one_client_and_one_token(
+    make_registry: Any, make_token_issuer: Any, image_factory: ImageFactory
+) -> None:
+    issuer: TokenIssuer = make_token_issuer()
+    server = make_registry("token", token_issuer=issuer)
+    image = image_factory.image(layers=[LayerSpec(200_000, seed=60 + i) for i in range(8)])
+    built = image_factory.push(image, "t/many:1", server)
+    issuer.reset()
+    errors: list[BaseException] = []
+    with client_for(server) as client:
+        client.get_manifest("t/many", "1")
+
+        def pull(layer: Descriptor) -> None:
+            try:
+                reader = client.open_blob("t/many", layer)
+                assert hashlib.sha256(reader.read()).hexdigest() == layer.hex
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=pull, args=(layer,)) for layer in built.layers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert issuer.count() == 1
