@@ -283,6 +283,11 @@ def test_dry_run_reads_only_and_counts_what_would_move(fleet: Fleet, tmp_path: P
     data = json.loads(report.read_text())
     assert {i["status"] for i in data["images"]} == {"planned"}
     assert data["totals"]["bytes_downloaded"] == sum(fleet.blobs.values())
+    one = next(iter(fleet.images))
+    proc = _run(tmp_path, "archive", one, "--to", str(store), "--dry-run", "--src-tls-verify=false")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"planned   {one} {fleet.images[one].digest} -> images/")
+    assert "would download" in proc.stderr and not store.exists()
 
     # Archive one repository; the dry run then sees its blobs (and the shared base) as stored.
     app0 = [r for r in fleet.images if "/app0:" in r]

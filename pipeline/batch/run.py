@@ -42,6 +42,8 @@ class RunPlan:
     selected: int = 0
     """Images the whole spec selects, before sharding."""
     shard: tuple[int, int] | None = None
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    """When the run began: tag listing is part of it."""
 
 
 def registry_options(entry: RegistrySpec | SpecImage, defaults: RegistryOptions) -> RegistryOptions:
@@ -72,6 +74,7 @@ def expand_spec(
     shard: tuple[int, int] | None = None,
 ) -> RunPlan:
     """List tags where the spec asks for it, select the shard, attach per-registry options."""
+    started = datetime.now(UTC)
     failures: list[ImageResult] = []
 
     def list_tags(registry: str, repository: str, entry: RegistrySpec) -> list[str]:
@@ -106,6 +109,7 @@ def expand_spec(
         failures=failures,
         selected=len(images),
         shard=shard,
+        started=started,
     )
 
 
@@ -121,15 +125,14 @@ def run_plan(
 
     With `fail_fast`, a listing failure stops the run before any image starts.
     """
-    started = datetime.now(UTC)
     if fail_fast and plan.failures:
-        report = RunReport(started=started, results=list(plan.failures))
+        report = RunReport(started=plan.started, results=list(plan.failures))
         report.finish()
         return report
     report = archive_many(
         worker, list(plan.images), options, fail_fast=fail_fast, on_result=on_result
     )
-    report.started = started
+    report.started = plan.started
     report.results[:0] = plan.failures
     return report
 
