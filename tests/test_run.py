@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from pipeline.batch.shard import shard_of
 from pipeline.batch.spec import parse_spec
 from pipeline.ops.archive import ArchiveOptions, Archiver
 from pipeline.ops.events import NullImageEvents
-from pipeline.ops.session import RegistryOptions, Session
+from pipeline.ops.session import RegistryOptions, Session, TransferOptions
 from pipeline.refs import Reference
 from pipeline.store.local import LocalStore
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
@@ -394,9 +395,11 @@ class Recorder(NullImageEvents):
         self.skipped: dict[str, int] = {}
         self.done: list[ImageResult] = []
         self.blob_bytes = 0
+        self.threads: set[str] = set()
 
     def on_bytes(self, key: str, n: int) -> None:
         self.blob_bytes += n
+        self.threads.add(threading.current_thread().name)
 
     def on_image_start(self, source: str) -> None:
         self.started.append(source)
@@ -416,7 +419,7 @@ def test_library_run_events_account_for_every_byte(fleet: Fleet, tmp_path: Path)
     spec = parse_spec(fleet.spec, "fleet.yaml")
     events = Recorder()
     bucket = ArchiveBucket(LocalStore(tmp_path / "bucket"))
-    with Session() as session:
+    with Session(TransferOptions(jobs=2)) as session:
         plan = expand_spec(spec, session, RegistryOptions(tls_verify=True), shard=(1, 3))
         assert plan.selected == 20 and not plan.failures
         assert sorted(str(r) for r, _ in plan.images) == sorted(
@@ -431,6 +434,8 @@ def test_library_run_events_account_for_every_byte(fleet: Fleet, tmp_path: Path)
         assert events.moved.get(r.source, 0) == r.bytes_downloaded
         assert events.moved.get(r.source, 0) + events.skipped[r.source] == events.size[r.source]
     assert events.blob_bytes == report.totals()["bytes_downloaded"]
+    # Every blob byte moved on one of the session's --jobs threads, whatever the image count.
+    assert events.threads <= {"bale-blob_0", "bale-blob_1"}
 
 
 def test_fail_fast_stops_on_a_listing_failure(fleet: Fleet, tmp_path: Path) -> None:
