@@ -322,9 +322,15 @@ class RegistryClient:
         _release(resp)
         if status in RETRYABLE_STATUS:
             raise Retryable(f"HTTP {status}", parse_retry_after(resp.headers.get("Retry-After")))
-        message = _error_message(body, status, resp.reason)
+        message = f"{_error_message(body, status, resp.reason)} ({status})"
+        if status in (401, 403) and not self._has_credentials():
+            message += f"; no credentials found for {self.registry} (--creds or --authfile)"
         cls = AuthError if status in (401, 403) else NotFound if status == 404 else RegistryError
-        raise cls(f"{what}: {message} ({status})", registry=self.registry, status=status)
+        raise cls(f"{what}: {message}", registry=self.registry, status=status)
+
+    def _has_credentials(self) -> bool:
+        with self._lock:
+            return self._credentials is not None or any(self._found.values())
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         """`fn` under the retry policy, network failures turned into one-line errors."""
