@@ -33,7 +33,7 @@ from pipeline.registry.credentials import Credentials
 from pipeline.transfer.ratelimit import RateLimiter
 from pipeline.transfer.retry import RetryPolicy
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
-from tests.bed.proxy import DropAfter, FaultProxy, Respond, StripHeader
+from tests.bed.proxy import Delay, DropAfter, FaultProxy, Respond, StripHeader
 from tests.bed.registry import RegistryServer
 from tests.bed.token_issuer import TokenIssuer
 
@@ -585,3 +585,13 @@ def test_many_threads_share_one_client_and_one_token(
             t.join()
     assert errors == []
     assert issuer.count() == 1
+
+
+def test_proxy_delay_hook(registry: RegistryServer, images: Any, proxy_for: Any) -> None:
+    proxy: FaultProxy = proxy_for("none")
+    proxy.add(Delay(path="/manifests/", seconds=0.3))
+    with client_for(proxy) as client:
+        start = time.monotonic()
+        assert client.get_manifest("client/oci", "1.0").data
+        assert time.monotonic() - start >= 0.3
+    assert [r.fault for r in proxy.find("GET", "/manifests/")] == ["Delay"]

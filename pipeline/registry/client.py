@@ -45,7 +45,13 @@ from pipeline.oci import (
     verify_digest,
 )
 from pipeline.refs import DOCKER_HUB, DOCKER_HUB_API, is_valid_digest, is_valid_tag
-from pipeline.registry.auth import AuthRequest, AuthResponse, RegistryAuth, pull_scope
+from pipeline.registry.auth import (
+    MAX_TOKEN_RESPONSE,
+    AuthRequest,
+    AuthResponse,
+    RegistryAuth,
+    pull_scope,
+)
 from pipeline.registry.credentials import Credentials, find_credentials
 from pipeline.transfer.ratelimit import RateLimiter, limited
 from pipeline.transfer.retry import (
@@ -294,7 +300,8 @@ class RegistryClient:
                     ) from None
                 continue
             resp = self._urlopen(request, preload=False)
-            answer = AuthResponse(resp.status, dict(resp.headers.items()))
+            # dict(HTTPHeaderDict) joins repeated headers (two WWW-Authenticate lines) with ", ".
+            answer = AuthResponse(resp.status, dict(resp.headers))
             try:
                 next_request = flow.send(answer)
             except StopIteration:
@@ -307,8 +314,8 @@ class RegistryClient:
 
     def _token_exchange(self, request: AuthRequest) -> AuthResponse:
         resp = self._urlopen(request, preload=False)
-        body = _read_capped(resp, 1024 * 1024) or b""
-        return AuthResponse(resp.status, dict(resp.headers.items()), body)
+        body = _read_capped(resp, MAX_TOKEN_RESPONSE) or b""
+        return AuthResponse(resp.status, dict(resp.headers), body)
 
     def _check(self, resp: urllib3.BaseHTTPResponse, what: str) -> None:
         """Raise the error a non-2xx response stands for (after reading its small body)."""
