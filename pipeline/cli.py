@@ -181,6 +181,8 @@ def _registry_client(
 @option("--config", "show_config", is_flag=True, help="Print the image's config.")
 @option("-n", "--no-tags", is_flag=True, help="Do not list the repository's tags.")
 @option("--platform", callback=_platform, help="os/arch[/variant] to pick from an index.")
+@option("--from", "from_store", metavar="STORE", help="Inspect the image as archived in STORE.")
+@option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint (with --from).")
 @registry_options
 @handles_errors
 def inspect_command(
@@ -189,25 +191,44 @@ def inspect_command(
     show_config: bool,
     no_tags: bool,
     platform: Any,
+    from_store: str | None,
+    endpoint_url: str | None,
     creds: str | None,
     authfile: str | None,
     tls_verify: bool,
     retries: int | None,
 ) -> None:
-    """skopeo inspect's JSON for IMAGE (docker://host/repo:tag, or a bare reference)."""
+    """skopeo inspect's JSON for IMAGE (docker://host/repo:tag, or a bare reference).
+
+    With --from STORE the image is read from the archive (its tags are the archived ones).
+    """
+    from contextlib import nullcontext
+
     from pipeline.ops import inspect as ops
     from pipeline.refs import Reference
+    from pipeline.registry.source import RegistrySource
 
     ref = Reference.parse(image)
-    with _registry_client(ref.registry, creds, authfile, tls_verify, retries) as client:
+    if from_store:
+        bucket = _open_bucket(from_store, endpoint_url)
+        context: Any = nullcontext()
+        source: Any = bucket.image(ref)
+        tags = lambda: bucket.tags(ref.store_repo)  # noqa: E731
+    else:
+        context = client = _registry_client(ref.registry, creds, authfile, tls_verify, retries)
+        source = RegistrySource(client, ref)
+        tags = lambda: client.list_tags(ref.repository)  # noqa: E731
+    with context:
         if raw and not show_config:
-            out: bytes | str = ops.raw_manifest(ref, client)
+            out: bytes | str = ops.raw_manifest(source)
         elif raw:
-            out = ops.raw_config(ref, client, platform=platform)
+            out = ops.raw_config(source, platform=platform)
         elif show_config:
-            out = ops.render_json(ops.image_config(ref, client, platform=platform))
+            out = ops.render_json(ops.image_config(source, platform=platform))
         else:
-            info = ops.inspect_image(ref, client, platform=platform, list_tags=not no_tags)
+            info = ops.inspect_source(
+                source, name=ref.name, tags=None if no_tags else tags, platform=platform
+            )
             out = ops.render_json(info)
     stream = sys.stdout.buffer
     stream.write(out if isinstance(out, bytes) else out.encode())

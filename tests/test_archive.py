@@ -101,3 +101,21 @@ def test_cli_bad_input_exit_2(tmp_path):
     assert not (tmp_path / "s").exists()
     proc = _bale("archive", "nginx:1", "--to", "s3://")
     assert proc.returncode == 2, proc.stderr
+
+
+def test_inspect_from_store_matches_registry(registry, image_factory, unique_repo, tmp_path):
+    index = image_factory.index(
+        platforms=("linux/amd64", "linux/arm64"), layers=(LayerSpec(2000, seed=31),)
+    )
+    image_factory.push(index, f"{registry.host}/{unique_repo}:m", registry)
+    store = tmp_path / "store"
+    ref = f"docker://{registry.host}/{unique_repo}:m"
+    _bale("archive", ref, "--to", str(store), "--src-tls-verify=false", check=True)
+    live = json.loads(_bale("inspect", "--tls-verify=false", ref, check=True).stdout)
+    archived = json.loads(_bale("inspect", "--from", str(store), ref, check=True).stdout)
+    assert archived == live | {"RepoTags": ["m"]}
+    raw_live = _bale("inspect", "--raw", "--tls-verify=false", ref, check=True).stdout
+    raw_archived = _bale("inspect", "--raw", "--from", str(store), ref, check=True).stdout
+    assert raw_live == raw_archived
+    missing = _bale("inspect", "--from", str(store), f"{ref[:-2]}:nope")
+    assert missing.returncode == 1 and "not archived" in missing.stderr

@@ -46,6 +46,7 @@ from pipeline.oci import (
 )
 from pipeline.refs import Reference
 from pipeline.registry.client import RegistryClient
+from pipeline.registry.source import RegistrySource
 
 log = logging.getLogger("bale.inspect")
 
@@ -76,25 +77,6 @@ class ManifestSource(Protocol):
     def manifest(self, digest: str | None = None) -> RawManifest: ...
 
     def blob(self, descriptor: Descriptor) -> bytes: ...
-
-
-class _RegistryImage:
-    """A registry image as a `ManifestSource` (the top manifest is fetched once)."""
-
-    def __init__(self, client: RegistryClient, ref: Reference) -> None:
-        self.client = client
-        self.ref = ref
-        self._top: RawManifest | None = None
-
-    def manifest(self, digest: str | None = None) -> RawManifest:
-        if digest is not None:
-            return self.client.get_manifest(self.ref.repository, digest)
-        if self._top is None:
-            self._top = self.client.get_manifest(self.ref.repository, self.ref.identifier)
-        return self._top
-
-    def blob(self, descriptor: Descriptor) -> bytes:
-        return self.client.get_blob(self.ref.repository, descriptor)
 
 
 # ---- platform choice (containers/image internal/pkg/platform) ---------------------------------
@@ -461,29 +443,23 @@ def inspect_image(
     list_tags: bool = True,
 ) -> dict[str, Any]:
     """`skopeo inspect docker://REF` as a dict with skopeo's keys, in skopeo's order."""
-    source = _RegistryImage(client, ref)
+    source = RegistrySource(client, ref)
     tags = (lambda: client.list_tags(ref.repository)) if list_tags else None
     return inspect_source(source, name=ref.name, tags=tags, platform=platform)
 
 
-def raw_manifest(ref: Reference, client: RegistryClient) -> bytes:
+def raw_manifest(source: ManifestSource) -> bytes:
     """The top manifest's exact bytes (`--raw`)."""
-    return _RegistryImage(client, ref).manifest().data
+    return source.manifest().data
 
 
-def raw_config(
-    ref: Reference, client: RegistryClient, *, platform: Platform | None = None
-) -> bytes:
+def raw_config(source: ManifestSource, *, platform: Platform | None = None) -> bytes:
     """The chosen image's config blob, exact bytes (`--raw --config`)."""
-    source = _RegistryImage(client, ref)
     return config_bytes(source, resolve(source, platform=platform))
 
 
-def image_config(
-    ref: Reference, client: RegistryClient, *, platform: Platform | None = None
-) -> dict[str, Any]:
+def image_config(source: ManifestSource, *, platform: Platform | None = None) -> dict[str, Any]:
     """The config as skopeo's `--config` shows it (decoded into OCI's `Image`, re-encoded)."""
-    source = _RegistryImage(client, ref)
     return oci_config(config_bytes(source, resolve(source, platform=platform)))
 
 

@@ -279,8 +279,13 @@ class RegistryServer:
             if not keep_port:
                 self.port = free_port()
             self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
-            env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
-            env.pop("REGISTRY_HTTP_ADDR", None)
+            # docker-registry reads any REGISTRY_* variable as configuration (a test's
+            # REGISTRY_AUTH_FILE would break it), and its S3 driver crashes on AWS_CA_BUNDLE.
+            env = {
+                k: v
+                for k, v in os.environ.items()
+                if k != "AWS_CA_BUNDLE" and not k.startswith("REGISTRY_")
+            }
             with (
                 self.access_log_path.open("ab") as out,
                 self.app_log_path.open("ab") as err,
