@@ -584,26 +584,71 @@ def ls_command(store_url: str, endpoint_url: str | None, as_json: bool) -> None:
     Console(width=None if sys.stdout.isatty() else 400, soft_wrap=True).print(table)
 
 
-# ---- copy ----------------------------------------------------------------------------------
+# ---- copy, restore -------------------------------------------------------------------------
+
+
+def dest_registry_options(func: F) -> F:
+    """skopeo's spelling for the destination registry: --dest-creds, --dest-tls-verify."""
+    return _apply(
+        func,
+        [
+            option(
+                "--dest-creds",
+                metavar="USER:PASS",
+                help="Credentials for the destination registry.",
+            ),
+            option(
+                "--dest-tls-verify/--no-dest-tls-verify",
+                default=True,
+                help="Verify TLS; --dest-tls-verify=false also allows plain HTTP.",
+            ),
+        ],
+    )
+
+
+def _size_type() -> Any:
+    from pipeline.units import SIZE
+
+    return SIZE
+
+
+def _registry_options(creds: str | None, authfile: str | None, tls_verify: bool) -> Any:
+    from pipeline.ops.session import RegistryOptions
+    from pipeline.registry.credentials import parse_creds
+
+    return RegistryOptions(
+        credentials=parse_creds(creds) if creds else None, authfile=authfile, tls_verify=tls_verify
+    )
 
 
 @main.command("copy", cls=SkopeoCommand)
 @click.argument("src")
 @click.argument("dst")
 @option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint for s3:// / oss://.")
+@option(
+    "--stdin-memory",
+    type=_size_type(),
+    default="512M",
+    show_default=True,
+    help="Largest tar read from a pipe (LOCATION -), held in memory: bale never stages on disk.",
+)
 @platform_options
 @src_registry_options
+@dest_registry_options
 @transfer_options
 @handles_errors
 def copy_command(
     src: str,
     dst: str,
     endpoint_url: str | None,
+    stdin_memory: int,
     platform: Any,
     all_platforms: bool,
     src_creds: str | None,
     authfile: str | None,
     src_tls_verify: bool,
+    dest_creds: str | None,
+    dest_tls_verify: bool,
     jobs: int,
     limit_rate: int | None,
     retries: int,
@@ -611,40 +656,96 @@ def copy_command(
     """Copy an image between transports: docker://REF, docker-archive:LOC[:REF], oci-archive:LOC[:REF].
 
     LOC is a local path, - (stdin/stdout), s3://bucket/key or oss://bucket/key; tars are
-    streamed, never staged on disk.
+    streamed, never staged on disk. Into a registry, an index is copied whole (digest kept)
+    unless --platform picks one image.
     """
-    from pipeline.errors import UsageError
-    from pipeline.ops.copy import copy_to_archive
-    from pipeline.ops.session import RegistryOptions
-    from pipeline.registry.credentials import parse_creds
-    from pipeline.registry.source import RegistrySource
-    from pipeline.transports import ArchiveTransport, RegistryTransport, parse_transport
+    from pipeline.ops.copy import copy_transports
+    from pipeline.transports import parse_transport
 
     source, dest = parse_transport(src), parse_transport(dst)
-    if not (isinstance(source, RegistryTransport) and isinstance(dest, ArchiveTransport)):
-        raise UsageError(
-            f"copy from {src.split(':')[0]} to {dst.split(':')[0]} is not supported yet"
-        )
-    registry = RegistryOptions(
-        credentials=parse_creds(src_creds) if src_creds else None,
-        authfile=authfile,
-        tls_verify=src_tls_verify,
-    )
     with _session(jobs, limit_rate, retries) as session:
-        image = RegistrySource(
-            session.client(source.reference.registry, registry), source.reference
-        )
-        result = copy_to_archive(
-            image,
+        result = copy_transports(
+            source,
             dest,
+            session=session,
+            src_registry=_registry_options(src_creds, authfile, src_tls_verify),
+            dest_registry=_registry_options(dest_creds, authfile, dest_tls_verify),
             platform=platform,
             all_platforms=all_platforms,
             endpoint_url=endpoint_url,
-            retry=session.transfer.retry,
+            stdin_limit=stdin_memory,
         )
     click.echo(
         f"copied {source} -> {result.destination} ({result.digest}, {result.size} bytes)", err=True
     )
+
+
+@main.command("restore", cls=SkopeoCommand)
+@click.argument("image")
+@click.argument("dest")
+@option(
+    "--from", "store_url", required=True, metavar="STORE", help="s3://, oss://, file:// or a path."
+)
+@option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint.")
+@option("--all-tags", is_flag=True, help="Restore every archived tag of IMAGE's repository.")
+@option(
+    "--platform",
+    callback=_platform,
+    help="Restore only this os/arch[/variant] of an archived index (under its own digest).",
+)
+@option("--fail-fast/--keep-going", default=False, help="Stop at the first failed image.")
+@option("--authfile", metavar="PATH", help="auth.json / config.json to read.")
+@dest_registry_options
+@transfer_options
+@report_options
+@handles_errors
+def restore_command(
+    image: str,
+    dest: str,
+    store_url: str,
+    endpoint_url: str | None,
+    all_tags: bool,
+    platform: Any,
+    fail_fast: bool,
+    authfile: str | None,
+    dest_creds: str | None,
+    dest_tls_verify: bool,
+    jobs: int,
+    limit_rate: int | None,
+    retries: int,
+    report_path: str | None,
+    junit_path: str | None,
+) -> None:
+    """Push IMAGE, as it was archived in STORE, to DEST (docker://host/repo[:tag]), digests
+    unchanged. DEST's tag defaults to IMAGE's; with --all-tags both name repositories."""
+    from pipeline.batch.run import check_output_paths
+    from pipeline.ops.restore import Restorer, restore_many, restore_targets
+    from pipeline.refs import Reference
+
+    source = Reference.parse(image, default_tag=None if all_tags else "latest")
+    target = Reference.parse(dest, default_tag=None)
+    options = _registry_options(dest_creds, authfile, dest_tls_verify)
+    check_output_paths((report_path, junit_path))
+    bucket = _open_bucket(store_url, endpoint_url, retries)
+    targets = restore_targets(bucket, source, target, all_tags=all_tags)
+    secrets = [options.credentials.password] if options.credentials else []
+
+    def show(item: Any, result: Any) -> None:
+        if result.failed:
+            return
+        click.echo(f"restored  {result.source} {result.digest} -> docker://{item.dest}")
+
+    with _session(jobs, limit_rate, retries) as session, _display(secrets) as display:
+        display.on_run_start(len(targets), what=str(bucket.url))
+        restorer = Restorer(bucket, session, options, display)
+        report = restore_many(
+            restorer, targets, platform=platform, fail_fast=fail_fast, on_result=show
+        )
+        display.on_run_done(report)
+    for failure in report.failures:
+        click.echo(f"failed    {failure.source}: {failure.error}", err=True)
+    _write_reports(report, report_path, junit_path, secrets)
+    sys.exit(report.exit_code())
 
 
 # ---- verify, gc ----------------------------------------------------------------------------

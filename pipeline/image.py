@@ -7,9 +7,9 @@ which transport it came from. Manifests stay as exact bytes throughout.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from pipeline.errors import ManifestError
 from pipeline.oci import (
@@ -43,6 +43,51 @@ class ImageSource(Protocol):
     def open_blob(self, descriptor: Descriptor) -> Readable:
         """A verified stream of a blob: the read reaching its size fails on a bad digest."""
         ...
+
+
+BlobOutcome = Literal["exists", "mounted", "uploaded"]
+
+
+@dataclass(frozen=True)
+class BlobWrite:
+    """What writing one blob to a destination did, and how many bytes went up for it."""
+
+    outcome: BlobOutcome
+    sent: int = 0
+    """Bytes sent, every attempt counted (0 when the blob was there already or mounted)."""
+
+
+class ImageDestination(Protocol):
+    """Where an image's blobs and manifests are written: the copy engine's other end.
+
+    Contract every implementation honours:
+    - `put_blob` leaves a blob the destination already holds alone (outcome `exists`), and
+      commits a new one only when all `descriptor.size` bytes arrived and hash to its digest;
+      a stream that fails leaves nothing visible. `open_stream` opens the source afresh (a
+      failed attempt starts over with a new stream, never a half-read one).
+    - `put_manifest` stores the exact bytes under their digest (and `tag` when given), with
+      their media type; everything they reference must already be there.
+    """
+
+    @property
+    def reference(self) -> Reference: ...
+
+    def put_blob(
+        self,
+        descriptor: Descriptor,
+        open_stream: Callable[[], Readable],
+        *,
+        mount_from: Reference | None = None,
+    ) -> BlobWrite:
+        """Write a blob unless present; `mount_from` names where the same bytes may already
+        live (a repository the destination can link the blob from instead of receiving it)."""
+        ...
+
+    def has_manifest(self, digest: str, tag: str | None = None) -> bool:
+        """True when the manifest `digest` is there (and `tag` names it, when given)."""
+        ...
+
+    def put_manifest(self, raw: RawManifest, tag: str | None = None) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,146 @@
+"""`bale restore`: archived images back into a registry, every digest unchanged.
+
+The bucket holds each image's exact manifest bytes and blobs, so a restore is the copy engine
+with the bucket (`BucketImage`) as its source: blobs stream from the store to the registry
+(what the registry has is skipped, what the same registry holds in the image's original
+repository is mounted), then the manifests as stored, children before the index, then the tag.
+An image archived with all its platforms comes back as the whole index; one archived for a
+single platform comes back as that platform's manifest (what the bucket's tag points at).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from pipeline.archive.bucket import ArchiveBucket
+from pipeline.batch.report import ImageResult, RunReport
+from pipeline.errors import BaleError, StoreNotFound, UsageError
+from pipeline.oci import Platform
+from pipeline.ops.copy import copy_image
+from pipeline.ops.events import image_events
+from pipeline.ops.session import RegistryOptions, Session
+from pipeline.refs import Reference
+from pipeline.registry.destination import RegistryDestination
+from pipeline.transfer.progress import TransferEvents
+
+
+@dataclass(frozen=True)
+class RestoreTarget:
+    """One image to restore: as it was archived, and where it goes."""
+
+    source: Reference
+    dest: Reference
+    """Repository, and the tag to write (None: by digest only)."""
+
+    @property
+    def tag(self) -> str | None:
+        return self.dest.tag
+
+
+def restore_targets(
+    bucket: ArchiveBucket, image: Reference, dest: Reference, *, all_tags: bool = False
+) -> list[RestoreTarget]:
+    """What `bale restore IMAGE DEST [--all-tags]` restores.
+
+    DEST's tag defaults to the archived tag (a digest-only IMAGE is restored by digest).
+    With `all_tags`, IMAGE and DEST name repositories and every archived tag comes back.
+    """
+    if dest.digest is not None:
+        raise UsageError(f"restore destination {dest} must be a repository or a tag, not a digest")
+    if not all_tags:
+        tag = dest.tag or (image.tag if image.digest is None else None)
+        return [RestoreTarget(image, dest.with_tag(tag))]
+    if image.tag is not None or image.digest is not None:
+        raise UsageError(f"--all-tags takes a repository, not {image}")
+    if dest.tag is not None:
+        raise UsageError(f"--all-tags restores each tag under its own name: drop :{dest.tag}")
+    tags = bucket.tags(image.store_repo)
+    if not tags:
+        raise StoreNotFound(f"no tags of {image.name} are archived in {bucket.url}")
+    return [RestoreTarget(image.with_tag(t), dest.with_tag(t)) for t in tags]
+
+
+class Restorer:
+    """Restores images from one bucket, sharing the session's clients, pool and limiter."""
+
+    def __init__(
+        self,
+        bucket: ArchiveBucket,
+        session: Session,
+        registry: RegistryOptions | None = None,
+        events: TransferEvents | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self.session = session
+        self.registry = registry
+        self.events = image_events(events)
+
+    def restore(self, target: RestoreTarget, platform: Platform | None = None) -> ImageResult:
+        """Restore one image; a failure is returned in the result, not raised."""
+        started = time.monotonic()
+        source = str(target.source)
+        self.events.on_image_start(source)
+        try:
+            client = self.session.client(target.dest.registry, self.registry)
+            stats = copy_image(
+                self.bucket.image(target.source),
+                RegistryDestination(client, target.dest),
+                session=self.session,
+                platform=platform,
+                tag=target.tag,
+                events=self.events,
+            )
+            result = ImageResult(
+                source=source,
+                status="restored",
+                digest=stats.digest,
+                bytes_downloaded=stats.bytes_read,
+                bytes_uploaded=stats.bytes_uploaded,
+                bytes_already_stored=stats.bytes_skipped,
+                seconds=round(time.monotonic() - started, 3),
+            )
+        except BaleError as exc:
+            result = ImageResult(
+                source=source,
+                status="failed",
+                error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                seconds=round(time.monotonic() - started, 3),
+            )
+        self.events.on_image_done(result)
+        return result
+
+
+def restore_many(
+    restorer: Restorer,
+    targets: list[RestoreTarget],
+    *,
+    platform: Platform | None = None,
+    fail_fast: bool = False,
+    on_result: Callable[[RestoreTarget, ImageResult], None] | None = None,
+) -> RunReport:
+    """Restore `targets` a few at a time (blob transfers stay bounded by `--jobs`)."""
+    report = RunReport(started=datetime.now(UTC))
+    stop = threading.Event()
+
+    def one(target: RestoreTarget) -> ImageResult | None:
+        if stop.is_set():
+            return None
+        result = restorer.restore(target, platform)
+        if result.failed and fail_fast:
+            stop.set()
+        if on_result is not None:
+            on_result(target, result)
+        return result
+
+    workers = max(1, min(len(targets), restorer.session.transfer.jobs))
+    with ThreadPoolExecutor(workers, thread_name_prefix="bale-image") as pool:
+        for result in [f.result() for f in [pool.submit(one, t) for t in targets]]:
+            if result is not None:
+                report.add(result)
+    report.finish()
+    return report

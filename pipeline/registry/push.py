@@ -1,0 +1,462 @@
+"""Registry HTTP API v2, push side: blob existence, cross-repository mounts, streamed uploads,
+manifests.
+
+One blob push is HEAD → (mount or start an upload) → stream → commit, as
+go-containerregistry's `remote.Write` does it:
+
+- `HEAD /v2/<name>/blobs/<digest>`: a blob the repository has is never sent again.
+- `POST /v2/<name>/blobs/uploads/?mount=<digest>&from=<repo>` when the same registry may hold the
+  bytes in another repository: 201 means linked, nothing to send; 202 means the registry started
+  an ordinary upload instead, and that upload is used (not left dangling).
+- Otherwise `POST /v2/<name>/blobs/uploads/` → 202 and a `Location` (maybe relative, carrying
+  state in its query). The bytes go up in one streamed `PUT <Location>&digest=` with
+  `Content-Length` set from the descriptor (the OCI spec's POST-then-PUT, which every
+  conformant registry accepts), or, with `chunk_size`, as `PATCH`es of at least the registry's
+  `OCI-Chunk-Min-Length` whose returned `Range` is checked, then an empty `PUT`.
+
+Memory stays bounded: the body is an iterator of 1 MiB reads from the source stream, so a 10 GiB
+layer costs a few MiB. A failed upload (a dropped connection, a 5xx, a token that expired
+mid-way) starts over from a fresh POST with a fresh stream from `open_stream`: a half-sent body
+cannot be replayed, and the source streams verify themselves from their first byte. The failed
+upload is cancelled (DELETE) on the way out, best effort.
+
+Manifests are PUT as their exact bytes with their own media type as Content-Type; the digest
+the registry reports back must be theirs.
+
+This module drives `RegistryClient`'s private request machinery (auth flow, retries, error
+mapping, connection pool): the two halves of one client, kept in two modules so the pull side
+stays as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import urllib.parse
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import urllib3
+
+from pipeline.errors import DigestMismatch, RegistryError, TransferError
+from pipeline.image import BlobWrite
+from pipeline.oci import Descriptor, RawManifest
+from pipeline.refs import is_valid_digest
+from pipeline.registry.auth import AuthRequest, AuthResponse, pull_scope
+from pipeline.registry.client import RegistryClient, _discard, _origin
+from pipeline.store.base import Readable
+from pipeline.transfer.retry import Retryable
+
+log = logging.getLogger("bale.registry")
+
+READ_SIZE = 1024 * 1024
+"""Bytes taken from the source per read while an upload body streams."""
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+BlobOpener = Callable[[], Readable]
+Body = bytes | Callable[[], Iterable[bytes]] | None
+
+
+def push_scope(repository: str) -> str:
+    return f"repository:{repository}:pull,push"
+
+
+def with_digest(location: str, digest: str) -> str:
+    """`location` with `digest=` added to its query; the registry's own parameters (`_state`)
+    stay exactly as they were."""
+    parts = urllib.parse.urlsplit(location)
+    extra = urllib.parse.urlencode({"digest": digest})
+    query = f"{parts.query}&{extra}" if parts.query else extra
+    return urllib.parse.urlunsplit(parts._replace(query=query))
+
+
+def parse_range_end(value: str | None) -> int | None:
+    """The last byte an upload's `Range: 0-<end>` header says the registry holds (`bytes=`
+    prefixed too); None when absent or malformed."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.lower().startswith("bytes="):
+        text = text[6:]
+    start, sep, end = text.partition("-")
+    if not sep or not start.strip().isdigit() or not end.strip().isdigit():
+        return None
+    return int(end)
+
+
+@dataclass(frozen=True)
+class _Upload:
+    """An upload session the registry opened: where to send bytes, and its chunk floor."""
+
+    location: str
+    min_chunk: int = 0
+
+
+class _BodyUsed(Exception):
+    """A streamed body was asked for twice in one request (a 401 after the bytes were sent)."""
+
+
+class RegistryPusher:
+    """Pushes blobs and manifests to one registry through `client`.
+
+    `chunk_size` switches from the single streamed PUT to PATCH chunks of that many bytes
+    (raised to the registry's `OCI-Chunk-Min-Length`). The pusher remembers in which repository
+    of this registry each blob was seen or put, so a later push to another repository can mount
+    instead of upload. Thread-safe: one pusher serves every transfer of a run.
+    """
+
+    def __init__(self, client: RegistryClient, *, chunk_size: int | None = None) -> None:
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError("chunk_size must be positive")
+        self.client = client
+        self.chunk_size = chunk_size
+        self._lock = threading.Lock()
+        self._seen: dict[str, str] = {}
+
+    # ---- blobs ---------------------------------------------------------------------------
+
+    def blob_exists(self, repository: str, descriptor: Descriptor) -> bool:
+        """HEAD the blob in `repository` (with push scope, so one token serves the push)."""
+        what = self.client._what(repository, descriptor.digest)
+
+        def attempt() -> bool:
+            resp, _ = self.client._request(
+                "HEAD",
+                f"/v2/{repository}/blobs/{descriptor.digest}",
+                scopes=[push_scope(repository)],
+            )
+            if resp.status == 404:
+                _discard(resp)
+                return False
+            if resp.status in _REDIRECTS:  # the registry only redirects to bytes it has
+                _discard(resp)
+                return True
+            self.client._check(resp, what)
+            _discard(resp)
+            return True
+
+        found = self.client._call(what, attempt)
+        if found:
+            self._remember(descriptor.digest, repository)
+        return found
+
+    def mount_candidate(self, digest: str, repository: str) -> str | None:
+        """Another repository of this registry where this run saw `digest`, if any."""
+        with self._lock:
+            known = self._seen.get(digest)
+        return known if known and known != repository else None
+
+    def push_blob(
+        self,
+        repository: str,
+        descriptor: Descriptor,
+        open_stream: BlobOpener,
+        *,
+        mount_from: Sequence[str] = (),
+        check_exists: bool = True,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> BlobWrite:
+        """Make `descriptor` exist in `repository`: found, mounted, or streamed from
+        `open_stream()` (called once per attempt, each call a fresh verified stream).
+
+        Only the first of `mount_from` (or a repository this pusher saw the blob in) is tried:
+        a refused mount still opens an upload, which is then used.
+        """
+        if check_exists and self.blob_exists(repository, descriptor):
+            return BlobWrite("exists")
+        source = next((r for r in mount_from if r != repository), None)
+        source = source or self.mount_candidate(descriptor.digest, repository)
+        what = self.client._what(repository, descriptor.digest)
+        sent = 0
+
+        def count(n: int) -> None:
+            nonlocal sent
+            sent += n
+            if on_bytes is not None:
+                on_bytes(n)
+
+        def attempt() -> BlobWrite:
+            upload = self._start(repository, descriptor, source, what)
+            if upload is None:
+                return BlobWrite("mounted")
+            try:
+                self._send_blob(repository, descriptor, upload, open_stream, count, what)
+            except BaseException:
+                self._cancel(repository, upload)
+                raise
+            return BlobWrite("uploaded")
+
+        result = self.client._call(what, attempt)
+        self._remember(descriptor.digest, repository)
+        return BlobWrite(result.outcome, sent)
+
+    def _remember(self, digest: str, repository: str) -> None:
+        with self._lock:
+            self._seen.setdefault(digest, repository)
+
+    def _start(
+        self, repository: str, descriptor: Descriptor, mount_from: str | None, what: str
+    ) -> _Upload | None:
+        """POST an upload (a mount when `mount_from`); None when the mount linked the blob."""
+        path = f"/v2/{repository}/blobs/uploads/"
+        scopes = [push_scope(repository)]
+        if mount_from:
+            query = urllib.parse.urlencode({"mount": descriptor.digest, "from": mount_from})
+            path = f"{path}?{query}"
+            scopes.append(pull_scope(mount_from))
+        resp, request = self.client._request("POST", path, scopes=scopes)
+        if resp.status == 201 and mount_from:
+            _discard(resp)
+            log.debug("%s: mounted from %s", what, mount_from)
+            return None
+        if resp.status != 202:
+            self.client._check(resp, what)
+            _discard(resp)
+            raise RegistryError(
+                f"{what}: starting an upload answered HTTP {resp.status}, expected 202",
+                registry=self.client.registry,
+                status=resp.status,
+            )
+        location = resp.headers.get("Location")
+        min_chunk = resp.headers.get("OCI-Chunk-Min-Length") or ""
+        _discard(resp)
+        if not location:
+            raise RegistryError(
+                f"{what}: the registry started an upload without a Location",
+                registry=self.client.registry,
+            )
+        return _Upload(
+            urllib.parse.urljoin(request.url, location),
+            int(min_chunk) if min_chunk.strip().isdigit() else 0,
+        )
+
+    def _send_blob(
+        self,
+        repository: str,
+        descriptor: Descriptor,
+        upload: _Upload,
+        open_stream: BlobOpener,
+        count: Callable[[int], None],
+        what: str,
+    ) -> None:
+        stream = open_stream() if descriptor.size > 0 else None
+        try:
+            location = upload.location
+            size = descriptor.size
+            scopes = [push_scope(repository)]
+            if self.chunk_size is not None and size > 0:
+                chunk = max(self.chunk_size, upload.min_chunk)
+                offset = 0
+                while offset < size:
+                    n = min(chunk, size - offset)
+                    assert stream is not None
+                    headers = {
+                        "Content-Type": "application/octet-stream",
+                        "Content-Length": str(n),
+                        "Content-Range": f"{offset}-{offset + n - 1}",
+                    }
+                    resp, url = self._send(
+                        "PATCH", location, scopes, headers, _once(stream, n, count, what)
+                    )
+                    if resp.status != 202:
+                        self.client._check(resp, what)
+                        _discard(resp)
+                        raise Retryable(f"PATCH answered HTTP {resp.status}")
+                    end = parse_range_end(resp.headers.get("Range"))
+                    next_location = resp.headers.get("Location")
+                    _discard(resp)
+                    if end != offset + n - 1:
+                        # The registry holds other bytes than we sent: start over, cleanly.
+                        raise Retryable(
+                            f"registry holds bytes 0-{end} after sending {offset}-{offset + n - 1}"
+                        )
+                    if next_location:
+                        location = urllib.parse.urljoin(url, next_location)
+                    offset += n
+                body: Body = None
+                headers = {"Content-Length": "0"}
+            else:
+                headers = {
+                    "Content-Type": "application/octet-stream",
+                    "Content-Length": str(size),
+                }
+                body = _once(stream, size, count, what) if stream is not None else None
+            resp, _ = self._send(
+                "PUT", with_digest(location, descriptor.digest), scopes, headers, body
+            )
+            if resp.status not in (201, 204):
+                self.client._check(resp, what)
+                _discard(resp)
+                raise RegistryError(
+                    f"{what}: committing the upload answered HTTP {resp.status}, expected 201",
+                    registry=self.client.registry,
+                    status=resp.status,
+                )
+            reported = resp.headers.get("Docker-Content-Digest")
+            _discard(resp)
+            if reported and is_valid_digest(reported) and reported != descriptor.digest:
+                raise DigestMismatch(f"{what}: registry stored the blob as {reported}")
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+
+    def _cancel(self, repository: str, upload: _Upload) -> None:
+        """DELETE an upload that failed, so the registry can drop its partial data."""
+        try:
+            resp, _ = self._send("DELETE", upload.location, [push_scope(repository)], {}, None)
+            _discard(resp)
+        except Exception as exc:  # best effort: the registry purges stale uploads itself
+            log.debug("cancelling upload failed: %s", exc)
+
+    # ---- manifests -----------------------------------------------------------------------
+
+    def manifest_digest(self, repository: str, reference: str) -> str | None:
+        """The digest `reference` (a tag or digest) names in `repository`, None when absent."""
+        found = self.client.head_manifest(repository, reference)
+        return found.digest if found is not None else None
+
+    def put_manifest(self, repository: str, reference: str, raw: RawManifest) -> None:
+        """PUT the manifest's exact bytes under `reference` (a tag, or its own digest)."""
+        what = self.client._what(repository, reference)
+        url = f"{self.client._base()}/v2/{repository}/manifests/{reference}"
+
+        def attempt() -> str | None:
+            resp, _ = self._send(
+                "PUT", url, [push_scope(repository)], {"Content-Type": raw.media_type}, raw.data
+            )
+            if resp.status not in (200, 201, 202):
+                self.client._check(resp, what)
+                _discard(resp)
+                raise RegistryError(
+                    f"{what}: manifest PUT answered HTTP {resp.status}",
+                    registry=self.client.registry,
+                    status=resp.status,
+                )
+            reported = resp.headers.get("Docker-Content-Digest")
+            _discard(resp)
+            return reported
+
+        reported = self.client._call(what, attempt)
+        if reported and is_valid_digest(reported) and reported != raw.digest:
+            raise DigestMismatch(f"{what}: registry stored the manifest as {reported}")
+
+    # ---- the request machinery -----------------------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        scopes: Sequence[str],
+        headers: Mapping[str, str],
+        body: Body,
+    ) -> tuple[urllib3.BaseHTTPResponse, str]:
+        """One request through the auth flow, with a body `_request` cannot carry.
+
+        A streamed body (a callable giving an iterator) can be sent once: should the registry
+        answer 401 after it (a token that expired mid-upload), the upload is retried from the
+        start instead. An upload Location on another host (some registries hand uploads to a
+        storage service) gets no Authorization, as with blob redirects on the pull side.
+        """
+        client = self.client
+        if _origin(url) != _origin(client._base()):
+            resp = self._urlopen(AuthRequest(method, url, dict(headers)), body, used=[False])
+            return resp, url
+        used = [False]
+        flow = client.auth.flow(AuthRequest(method, url, dict(headers)), scopes)
+        request = next(flow)
+        while True:
+            if request.token_request:
+                answer = client._token_exchange(request)
+                try:
+                    request = flow.send(answer)
+                except StopIteration:  # pragma: no cover - flows end on a registry response
+                    raise RegistryError(
+                        f"{client.registry}: authentication flow ended early",
+                        registry=client.registry,
+                    ) from None
+                continue
+            try:
+                resp = self._urlopen(request, body, used)
+            except _BodyUsed:
+                flow.close()
+                raise Retryable("authorization expired during an upload") from None
+            answer = AuthResponse(resp.status, dict(resp.headers))
+            try:
+                next_request = flow.send(answer)
+            except StopIteration:
+                return resp, request.url
+            except BaseException:
+                _discard(resp)
+                raise
+            _discard(resp)
+            request = next_request
+
+    def _urlopen(
+        self, request: AuthRequest, body: Body, used: list[bool]
+    ) -> urllib3.BaseHTTPResponse:
+        payload: bytes | Iterable[bytes] | None
+        if callable(body):
+            if used[0]:
+                raise _BodyUsed()
+            used[0] = True
+            payload = body()
+        else:
+            payload = body
+        log.debug("%s %s", request.method, request.url.split("?", 1)[0])
+        return self.client._pool.request(
+            request.method,
+            request.url,
+            headers=dict(request.headers),
+            body=payload,
+            preload_content=False,
+            decode_content=False,
+            redirect=False,
+            retries=False,
+        )
+
+
+def _once(
+    stream: Readable | None, size: int, count: Callable[[int], None], what: str
+) -> Callable[[], Iterator[bytes]]:
+    """A body of exactly `size` bytes from `stream`, to be sent once."""
+
+    def body() -> Iterator[bytes]:
+        left = size
+        while left > 0:
+            assert stream is not None
+            data = stream.read(min(READ_SIZE, left))
+            if not data:
+                raise TransferError(f"{what}: source ended {left} bytes short")
+            if len(data) > left:
+                raise TransferError(f"{what}: source is longer than its descriptor says")
+            left -= len(data)
+            count(len(data))
+            yield data
+
+    return body
+
+
+_pushers: weakref.WeakKeyDictionary[RegistryClient, RegistryPusher] = weakref.WeakKeyDictionary()
+_pushers_lock = threading.Lock()
+
+
+def pusher_for(client: RegistryClient) -> RegistryPusher:
+    """The one pusher of `client`: every image of a run shares what it learned about blobs."""
+    with _pushers_lock:
+        pusher = _pushers.get(client)
+        if pusher is None:
+            pusher = _pushers[client] = RegistryPusher(client)
+        return pusher
+
+
+__all__ = [
+    "BlobOpener",
+    "RegistryPusher",
+    "parse_range_end",
+    "push_scope",
+    "pusher_for",
+    "with_digest",
+]
