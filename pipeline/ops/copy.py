@@ -63,6 +63,7 @@ from pipeline.store.url import open_location
 from pipeline.transfer.progress import CountingReader, TransferEvents
 from pipeline.transfer.ratelimit import limited
 from pipeline.transfer.retry import RetryPolicy
+from pipeline.transfer.verify import VerifyingReader
 from pipeline.transports import ArchiveTransport, RegistryTransport, Transport, archive_name
 from pipeline.units import format_size
 
@@ -450,10 +451,33 @@ def stdin_source(stream: io.RawIOBase | io.BufferedIOBase, limit: int) -> Random
 
 
 def archive_image(archive: ImageArchive, name: str | None) -> ArchiveImage:
-    """The image LOCATION[:REF] names: by RepoTag / ref.name, `@N` by position, or the only one."""
+    """The image LOCATION[:REF] names: by RepoTag / ref.name, `@N` by position, or the only one.
+
+    In an object store, each blob is then read as one streamed ranged GET rather than one
+    request per read.
+    """
     if name is not None and name.startswith("@") and name[1:].isdigit():
-        return archive.image(position=int(name[1:]))
-    return archive.image(name)
+        image = archive.image(position=int(name[1:]))
+    else:
+        image = archive.image(name)
+    if isinstance(archive.source, StoreSource):
+        return _StoreArchiveImage(image.archive, image.entry)
+    return image
+
+
+class _StoreArchiveImage(ArchiveImage):
+    """A tar in S3/OSS: headers through the ranged-read index, blobs as one ranged stream each."""
+
+    def open_blob(self, descriptor: Descriptor) -> Readable:
+        offset, size = self.blob_range(descriptor)
+        source = self.archive.source
+        assert isinstance(source, StoreSource)
+        return VerifyingReader(
+            source.store.open(source.key, offset, size),
+            descriptor.digest,
+            descriptor.size,
+            what=f"archive blob {descriptor.digest}",
+        )
 
 
 # ---- transport to transport (what `bale copy` runs) ---------------------------------------
@@ -508,7 +532,10 @@ def copy_transports(
         stdin_limit=stdin_limit,
     )
     if isinstance(dst, ArchiveTransport):
-        if source.reference is None and dst.name is None:
+        bare = dst.name is None or (
+            dst.format == "oci-archive" and "/" not in dst.name and ":" not in dst.name
+        )
+        if source.reference is None and bare:
             raise UsageError(f"the image in {src} has no name: give one as {dst}:NAME")
         return copy_to_archive(
             source,
