@@ -3,6 +3,7 @@
     base.py       the ObjectStore protocol and its value types (the contract)
     url.py        store URLs and object LOCATIONs → configured stores (`open_store`, `open_location`)
     local.py      a directory; S3 in s3.py (boto3); OSS in oss.py (oss2)
+    remote.py     what S3 and OSS share: one store built on a bucket's calls, hooks per provider
     multipart.py  the streaming multipart writer S3 and OSS share (part sizes, bounded pool, abort)
     compose.py    server-side compose: planning parts from inline bytes and stored ranges
     source.py     reading a caller's stream in whole parts, held to its declared size

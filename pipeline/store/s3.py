@@ -5,50 +5,38 @@ operation requires them (boto3 >= 1.36 otherwise sends trailers many servers rej
 addressing whenever an endpoint is given, a connection pool large enough for parallel parts, and
 botocore's own retries off so that throttling goes through bale's one retry policy.
 Create-if-absent is `If-None-Match: *` on PutObject and CompleteMultipartUpload.
+Everything but the boto3 calls is shared with OSS in remote.py.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import boto3
 import botocore.config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipeline.errors import StoreError, StoreNotFound, TransferError
-from pipeline.store import keys
-from pipeline.store.base import (
-    CopyRange,
-    MultipartUpload,
-    ObjectInfo,
-    Piece,
-    Readable,
-    WriteResult,
-)
-from pipeline.store.compose import plan_compose, run_compose
+from pipeline.errors import StoreError, TransferError
+from pipeline.store.base import MultipartUpload, ObjectInfo
 from pipeline.store.multipart import (
     DEFAULT_PARALLEL,
     DEFAULT_PART_SIZE,
     S3_LIMITS,
     Part,
     PartLimits,
-    stream_upload,
 )
+from pipeline.store.remote import Provider, RemoteStore, Span, StoreBody, service_error
 from pipeline.transfer.retry import (
     RETRYABLE_STATUS,
     Retryable,
     RetryPolicy,
-    call_with_retry,
     describe_error,
     is_transient_error,
 )
 
 log = logging.getLogger("bale.store")
-
-T = TypeVar("T")
 
 _TRANSIENT_CODES = frozenset(
     {
@@ -67,7 +55,6 @@ _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _CREDENTIAL_CODES = frozenset(
     {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
 )
-_ABORT_ATTEMPTS = 3
 
 
 def _code(exc: ClientError) -> str:
@@ -83,6 +70,16 @@ def _unquote(etag: str | None) -> str | None:
     return etag.strip('"') if etag else etag
 
 
+def _taken(exc: ClientError, if_absent: bool) -> bool:
+    """Whether a conditional write failed because the key is taken (412 to `If-None-Match`).
+    A write that raced another on the same key (409) is retried."""
+    if if_absent and _status(exc) == 412:
+        return True
+    if _status(exc) == 409 and _code(exc) == "ConditionalRequestConflict":
+        raise Retryable("409 conflicting concurrent write") from exc
+    return False
+
+
 def is_transient(exc: BaseException) -> bool:
     """Throttling, timeouts and 5xx from S3, and transient network errors."""
     if isinstance(exc, ClientError):
@@ -95,20 +92,16 @@ def store_error(exc: BaseException, bucket: str, what: str) -> StoreError:
     if isinstance(exc, StoreError):
         return exc
     if isinstance(exc, ClientError):
-        code, status = _code(exc), _status(exc)
-        if code == "NoSuchBucket":
-            return StoreError(f"bucket {bucket} does not exist ({what})")
-        if code in _NOT_FOUND_CODES or (status == 404 and code != "NoSuchUpload"):
-            return StoreNotFound(f"{what}: not found")
-        if code == "AccessDenied" or (status == 403 and code not in _CREDENTIAL_CODES):
-            return StoreError(f"access denied to bucket {bucket} ({what})")
-        if code in _CREDENTIAL_CODES:
-            return StoreError(f"credentials rejected for bucket {bucket} ({code})")
-        if code == "InvalidRange" or status == 416:
-            return StoreError(f"{what}: range not satisfiable")
-        message = str(exc.response.get("Error", {}).get("Message", "") or "").splitlines()
-        detail = f": {message[0][:200]}" if message and message[0] else ""
-        return StoreError(f"{what}: {code or 'HTTP ' + str(status)}{detail}")
+        message = exc.response.get("Error", {}).get("Message", "") or ""
+        return service_error(
+            _code(exc),
+            _status(exc),
+            str(message),
+            bucket=bucket,
+            what=what,
+            credential_codes=_CREDENTIAL_CODES,
+            not_found_codes=_NOT_FOUND_CODES,
+        )
     if isinstance(exc, TransferError):
         return StoreError(str(exc))
     return StoreError(f"{what}: {describe_error(exc)}")
@@ -144,33 +137,31 @@ def make_client(
     return session.client("s3", endpoint_url=endpoint_url, config=config)
 
 
-class _Body:
+class _Body(StoreBody):
     """An S3 GET body as a `Readable` that raises StoreError, not botocore's errors."""
-
-    def __init__(self, body: Any, bucket: str, what: str) -> None:
-        self._body = body
-        self._bucket = bucket
-        self._what = what
 
     def read(self, n: int = -1, /) -> bytes:
         try:
-            return bytes(self._body.read(None if n is None or n < 0 else n))
+            return bytes(self._raw.read(None if n is None or n < 0 else n))
         except (BotoCoreError, ClientError, OSError) as exc:
             raise store_error(exc, self._bucket, self._what) from exc
 
-    def close(self) -> None:
-        self._body.close()
 
-    def __enter__(self) -> _Body:
-        return self
+S3 = Provider(
+    scheme="s3",
+    name="S3",
+    errors=(BotoCoreError, ClientError),
+    is_transient=is_transient,
+    store_error=store_error,
+    body=_Body,
+    initiate_op="CreateMultipartUpload",
+)
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
-
-class S3Store:
+class S3Store(RemoteStore):
     """`s3://bucket/prefix` (see ObjectStore for the contract)."""
 
+    provider = S3
     limits: PartLimits = S3_LIMITS
 
     def __init__(
@@ -188,15 +179,8 @@ class S3Store:
         part_size: int = DEFAULT_PART_SIZE,
         parallel: int = DEFAULT_PARALLEL,
     ) -> None:
-        if not bucket:
-            raise StoreError("S3 store needs a bucket")
-        self.bucket = bucket
-        self.prefix = keys.normalize_prefix(prefix)
+        super().__init__(bucket, prefix, retry=retry, part_size=part_size, parallel=parallel)
         self.endpoint_url = endpoint_url
-        self.part_size = part_size
-        self.parallel = max(1, parallel)
-        self.page_size = 1000
-        self.retry = retry or RetryPolicy()
         self.client = client or make_client(
             endpoint_url=endpoint_url,
             region=region,
@@ -205,315 +189,153 @@ class S3Store:
             session_token=session_token,
             max_connections=max(64, 4 * self.parallel),
         )
-        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+
+    @property
+    def bucket(self) -> str:
+        return self.bucket_name
 
     def __repr__(self) -> str:
         return f"S3Store({self.url!r}, endpoint_url={self.endpoint_url!r})"
 
-    # -- helpers ---------------------------------------------------------------------------
+    # -- boto3 calls (RemoteStore hooks) ---------------------------------------------------
 
-    def _name(self, key: str) -> str:
-        return keys.join(self.prefix, keys.check_key(key))
-
-    def describe(self, key: str) -> str:
-        return f"s3://{self.bucket}/{keys.join(self.prefix, key)}"
-
-    def _call(self, op: str, what: str, fn: Callable[[], T]) -> T:
+    def _head_object(self, name: str) -> ObjectInfo | None:
         try:
-            return call_with_retry(
-                self.retry, fn, describe=f"{op} {what}", is_transient=is_transient
+            r = self.client.head_object(Bucket=self.bucket, Key=name)
+        except ClientError as exc:
+            if _status(exc) == 404 and _code(exc) != "NoSuchBucket":
+                return None
+            raise
+        return ObjectInfo(
+            key=name,
+            size=int(r["ContentLength"]),
+            modified=r.get("LastModified"),
+            etag=_unquote(r.get("ETag")),
+        )
+
+    def _get_object(self, name: str, span: Span | None) -> Any:
+        byte_range = {}
+        if span is not None:
+            start, last = span
+            byte_range["Range"] = f"bytes={start}-{'' if last is None else last}"
+        return self.client.get_object(Bucket=self.bucket, Key=name, **byte_range)["Body"]
+
+    def _get(self, name: str, span: Span | None) -> bytes:
+        body = self._get_object(name, span)
+        try:
+            return bytes(body.read())
+        finally:
+            body.close()
+
+    def _open(self, name: str, span: Span | None) -> Any:
+        return self._get_object(name, span)
+
+    def _list_page(self, prefix: str, token: str | None) -> tuple[list[ObjectInfo], str | None]:
+        more = {"ContinuationToken": token} if token else {}
+        page = self.client.list_objects_v2(
+            Bucket=self.bucket, Prefix=prefix, MaxKeys=self.page_size, **more
+        )
+        items = [
+            ObjectInfo(
+                key=item["Key"],
+                size=int(item["Size"]),
+                modified=item.get("LastModified"),
+                etag=_unquote(item.get("ETag")),
             )
-        except (BotoCoreError, ClientError, TransferError) as exc:
-            raise store_error(exc, self.bucket, what) from exc
+            for item in page.get("Contents", [])
+        ]
+        token = page.get("NextContinuationToken")
+        return items, token if page.get("IsTruncated") and token else None
 
-    # -- reading ---------------------------------------------------------------------------
+    def _delete_object(self, name: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=name)
 
-    def head(self, key: str) -> ObjectInfo | None:
-        name = self._name(key)
+    def _write(self, call: Callable[..., Any], *, if_absent: bool, **args: Any) -> bool:
+        """A write that creates the object (PutObject, CompleteMultipartUpload), made
+        conditional by `If-None-Match: *` when `if_absent`; False when the key was taken."""
+        extra = {"IfNoneMatch": "*"} if if_absent else {}
+        try:
+            call(Bucket=self.bucket, **args, **extra)
+        except ClientError as exc:
+            if _taken(exc, if_absent):
+                return False
+            raise
+        return True
 
-        def head() -> ObjectInfo | None:
-            try:
-                r = self.client.head_object(Bucket=self.bucket, Key=name)
-            except ClientError as exc:
-                if _status(exc) == 404 and _code(exc) != "NoSuchBucket":
-                    return None
-                raise
-            return ObjectInfo(
-                key=key,
-                size=int(r["ContentLength"]),
-                modified=r.get("LastModified"),
-                etag=_unquote(r.get("ETag")),
-            )
+    def _put_object(self, name: str, data: bytes, *, if_absent: bool) -> bool:
+        return self._write(self.client.put_object, if_absent=if_absent, Key=name, Body=data)
 
-        return self._call("HEAD", self.describe(key), head)
-
-    def _range(self, start: int, length: int | None) -> str | None:
-        if start < 0 or (length is not None and length < 0):
-            raise StoreError(f"invalid range {start}+{length}")
-        if start == 0 and length is None:
-            return None
-        end = "" if length is None else str(start + length - 1)
-        return f"bytes={start}-{end}"
-
-    def _get_args(self, key: str, start: int, length: int | None) -> dict[str, Any]:
-        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._name(key)}
-        byte_range = self._range(start, length)
-        if byte_range:
-            args["Range"] = byte_range
-        return args
-
-    def read(self, key: str, start: int = 0, length: int | None = None) -> bytes:
-        args = self._get_args(key, start, length)
-        if length == 0:
-            return b""
-
-        def get() -> bytes:
-            body = self.client.get_object(**args)["Body"]
-            try:
-                return bytes(body.read())
-            finally:
-                body.close()
-
-        return self._call("GET", self.describe(key), get)
-
-    def open(self, key: str, start: int = 0, length: int | None = None) -> Readable:
-        args = self._get_args(key, start, length)
-        what = self.describe(key)
-        if length == 0:
-            return _Body(_Empty(), self.bucket, what)
-        response = self._call("GET", what, lambda: self.client.get_object(**args))
-        return _Body(response["Body"], self.bucket, what)
-
-    def read_range(self, key: str, start: int, length: int) -> bytes:
-        return self.read(key, start, length)
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        full = keys.join(self.prefix, prefix)
-        what = f"s3://{self.bucket}/{full}"
-        token: str | None = None
-        while True:
-            args: dict[str, Any] = {
-                "Bucket": self.bucket,
-                "Prefix": full,
-                "MaxKeys": self.page_size,
-            }
-            if token:
-                args["ContinuationToken"] = token
-            page = self._call("LIST", what, lambda a=args: self.client.list_objects_v2(**a))  # type: ignore[misc]
-            for item in page.get("Contents", []):
-                yield ObjectInfo(
-                    key=keys.strip(self.prefix, item["Key"]),
-                    size=int(item["Size"]),
-                    modified=item.get("LastModified"),
-                    etag=_unquote(item.get("ETag")),
-                )
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token:
-                return
-
-    # -- writing ---------------------------------------------------------------------------
-
-    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> WriteResult:
-        written = self.put_single(key, bytes(data), if_absent=if_absent)
-        return WriteResult(key=key, size=len(data), written=written, sent=len(data))
-
-    def put_stream(
-        self, key: str, stream: Readable, size: int | None = None, *, if_absent: bool = False
-    ) -> WriteResult:
-        self._name(key)
-        return stream_upload(
-            self,
-            key,
-            stream,
-            size,
-            if_absent=if_absent,
-            part_size=self.part_size,
-            parallel=self.parallel,
-        )
-
-    def compose(self, key: str, pieces: Sequence[Piece], *, if_absent: bool = False) -> WriteResult:
-        self._name(key)
-        for piece in pieces:
-            if isinstance(piece, CopyRange):
-                self._name(piece.key)
-        plan = plan_compose(pieces, self.limits, self.part_size)
-        return run_compose(self, key, plan, if_absent=if_absent, parallel=self.parallel)
-
-    def delete(self, key: str) -> None:
-        name = self._name(key)
-        self._call(
-            "DELETE",
-            self.describe(key),
-            lambda: self.client.delete_object(Bucket=self.bucket, Key=name),
-        )
-
-    # -- multipart primitives (PartSink) -----------------------------------------------------
-
-    def put_single(self, key: str, data: bytes, *, if_absent: bool) -> bool:
-        name = self._name(key)
-
-        def put() -> bool:
-            extra = {"IfNoneMatch": "*"} if if_absent else {}
-            try:
-                self.client.put_object(Bucket=self.bucket, Key=name, Body=data, **extra)
-            except ClientError as exc:
-                if if_absent and _status(exc) == 412:
-                    return False
-                if _status(exc) == 409 and _code(exc) == "ConditionalRequestConflict":
-                    raise Retryable("409 conflicting concurrent write") from exc
-                raise
-            return True
-
-        return self._call("PUT", self.describe(key), put)
-
-    def initiate(self, key: str) -> str:
-        name = self._name(key)
-        r = self._call(
-            "CreateMultipartUpload",
-            self.describe(key),
-            lambda: self.client.create_multipart_upload(Bucket=self.bucket, Key=name),
-        )
+    def _initiate(self, name: str) -> str:
+        r = self.client.create_multipart_upload(Bucket=self.bucket, Key=name)
         return str(r["UploadId"])
 
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> Part:
-        name = self._name(key)
-        r = self._call(
-            f"UploadPart {number}",
-            self.describe(key),
-            lambda: self.client.upload_part(
-                Bucket=self.bucket, Key=name, UploadId=upload_id, PartNumber=number, Body=data
-            ),
+    def _upload_part(
+        self, name: str, upload_id: str, number: int, data: bytes
+    ) -> tuple[str, int | None]:
+        r = self.client.upload_part(
+            Bucket=self.bucket, Key=name, UploadId=upload_id, PartNumber=number, Body=data
         )
-        return Part(number=number, etag=str(r["ETag"]), size=len(data))
+        return str(r["ETag"]), None
 
-    def copy_part(self, key: str, upload_id: str, number: int, source: CopyRange) -> Part:
-        name = self._name(key)
-        src = self._name(source.key)
-        last = source.start + source.length - 1
-        r = self._call(
-            f"UploadPartCopy {number}",
-            self.describe(source.key),
-            lambda: self.client.upload_part_copy(
-                Bucket=self.bucket,
-                Key=name,
-                UploadId=upload_id,
-                PartNumber=number,
-                CopySource={"Bucket": self.bucket, "Key": src},
-                CopySourceRange=f"bytes={source.start}-{last}",
-            ),
+    def _copy_part(
+        self, name: str, upload_id: str, number: int, source: str, span: Span
+    ) -> tuple[str, int | None]:
+        start, last = span
+        r = self.client.upload_part_copy(
+            Bucket=self.bucket,
+            Key=name,
+            UploadId=upload_id,
+            PartNumber=number,
+            CopySource={"Bucket": self.bucket, "Key": source},
+            CopySourceRange=f"bytes={start}-{last}",
         )
-        return Part(number=number, etag=str(r["CopyPartResult"]["ETag"]), size=source.length)
+        return str(r["CopyPartResult"]["ETag"]), None
 
-    def complete(self, key: str, upload_id: str, parts: list[Part], *, if_absent: bool) -> bool:
-        name = self._name(key)
+    def _complete(self, name: str, upload_id: str, parts: list[Part], *, if_absent: bool) -> bool:
         body = {"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]}
-        attempts = 0
-
-        def complete() -> bool:
-            nonlocal attempts
-            attempts += 1
-            extra = {"IfNoneMatch": "*"} if if_absent else {}
-            try:
-                self.client.complete_multipart_upload(
-                    Bucket=self.bucket,
-                    Key=name,
-                    UploadId=upload_id,
-                    MultipartUpload=body,
-                    **extra,
-                )
-            except ClientError as exc:
-                if if_absent and _status(exc) == 412:
-                    return False
-                if _status(exc) == 409 and _code(exc) == "ConditionalRequestConflict":
-                    raise Retryable("409 conflicting concurrent write") from exc
-                # NoSuchUpload on a later attempt: an earlier one completed but its answer was
-                # lost, or a concurrent writer won; either way an object is there now.
-                if _code(exc) == "NoSuchUpload" and attempts > 1 and self.head(key) is not None:
-                    return not if_absent
-                raise
-            return True
-
-        return self._call("CompleteMultipartUpload", self.describe(key), complete)
-
-    def abort(self, key: str, upload_id: str) -> None:
-        name = self._name(key)
-        what = self.describe(key)
-        ids = {"Bucket": self.bucket, "Key": name, "UploadId": upload_id}
-
-        def abort() -> bool:
-            try:
-                self.client.abort_multipart_upload(**ids)
-            except ClientError as exc:
-                if _code(exc) == "NoSuchUpload":
-                    return False
-                raise
-            return True
-
-        def parts_left() -> bool:
-            try:
-                return bool(self.client.list_parts(**ids).get("Parts"))
-            except ClientError as exc:
-                if _code(exc) == "NoSuchUpload":
-                    return False
-                raise
-
-        # S3 may still be landing a part that was in flight when the abort arrived; repeat
-        # until ListParts shows nothing, as the S3 documentation advises.
-        for _ in range(_ABORT_ATTEMPTS):
-            if not self._call("AbortMultipartUpload", what, abort):
-                return
-            if not self._call("ListParts", what, parts_left):
-                return
-        raise StoreError(
-            f"{what}: upload {upload_id} still has parts after {_ABORT_ATTEMPTS} aborts"
+        return self._write(
+            self.client.complete_multipart_upload,
+            if_absent=if_absent,
+            Key=name,
+            UploadId=upload_id,
+            MultipartUpload=body,
         )
 
-    # -- stale uploads ---------------------------------------------------------------------
+    def _no_such_upload(self, exc: BaseException) -> bool:
+        return isinstance(exc, ClientError) and _code(exc) == "NoSuchUpload"
 
-    def list_uploads(
-        self, prefix: str = "", *, older_than: timedelta | None = None
-    ) -> Iterator[MultipartUpload]:
-        full = keys.join(self.prefix, prefix)
-        what = f"s3://{self.bucket}/{full}"
-        cutoff = datetime.now(UTC) - older_than if older_than is not None else None
-        key_marker = upload_marker = ""
-        while True:
-            args: dict[str, Any] = {
-                "Bucket": self.bucket,
-                "Prefix": full,
-                "MaxUploads": self.page_size,
-            }
-            if key_marker:
-                args["KeyMarker"] = key_marker
-                args["UploadIdMarker"] = upload_marker
-            page = self._call(
-                "ListMultipartUploads",
-                what,
-                lambda a=args: self.client.list_multipart_uploads(**a),  # type: ignore[misc]
+    def _abort(self, name: str, upload_id: str) -> bool:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id)
+        except ClientError as exc:
+            if self._no_such_upload(exc):
+                return False
+            raise
+        return True
+
+    def _parts_left(self, name: str, upload_id: str) -> bool:
+        try:
+            r = self.client.list_parts(Bucket=self.bucket, Key=name, UploadId=upload_id)
+        except ClientError as exc:
+            if self._no_such_upload(exc):
+                return False
+            raise
+        return bool(r.get("Parts"))
+
+    def _list_uploads_page(
+        self, prefix: str, key_marker: str, upload_marker: str
+    ) -> tuple[list[MultipartUpload], tuple[str, str] | None]:
+        more = {"KeyMarker": key_marker, "UploadIdMarker": upload_marker} if key_marker else {}
+        page = self.client.list_multipart_uploads(
+            Bucket=self.bucket, Prefix=prefix, MaxUploads=self.page_size, **more
+        )
+        uploads = [
+            MultipartUpload(
+                key=item["Key"], upload_id=item["UploadId"], initiated=item.get("Initiated")
             )
-            for item in page.get("Uploads", []):
-                initiated = item.get("Initiated")
-                if cutoff is not None and initiated is not None and initiated > cutoff:
-                    continue
-                yield MultipartUpload(
-                    key=keys.strip(self.prefix, item["Key"]),
-                    upload_id=item["UploadId"],
-                    initiated=initiated,
-                )
-            if not page.get("IsTruncated"):
-                return
-            key_marker = page.get("NextKeyMarker", "")
-            upload_marker = page.get("NextUploadIdMarker", "")
-            if not key_marker:
-                return
-
-    def abort_upload(self, upload: MultipartUpload) -> None:
-        self.abort(upload.key, upload.upload_id)
-
-
-class _Empty:
-    def read(self, n: int = -1, /) -> bytes:
-        return b""
-
-    def close(self) -> None:
-        pass
+            for item in page.get("Uploads", [])
+        ]
+        key_marker = page.get("NextKeyMarker", "")
+        if not page.get("IsTruncated") or not key_marker:
+            return uploads, None
+        return uploads, (key_marker, page.get("NextUploadIdMarker", ""))

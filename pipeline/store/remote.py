@@ -1,0 +1,408 @@
+"""What S3 and OSS stores share: one ObjectStore built on a bucket's HTTP calls.
+
+`RemoteStore` holds the logic the two providers agree on, once: key checks and prefixes, the
+retry-and-wrap of every call, ranges, paging, the multipart writes (`put`, `put_stream` and
+`compose` on the PartSink primitives), completion whose answer was lost, and aborts repeated until
+no part is left. A backend supplies its differences as data (`Provider`) and as small hooks that
+make one SDK call each (`_head_object`, `_put_object`, `_complete`, ...). Hooks take and return
+full object names (prefix included); mapping them to and from keys happens here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, TypeVar
+
+from pipeline.errors import StoreError, StoreNotFound, TransferError
+from pipeline.store import keys
+from pipeline.store.base import (
+    CopyRange,
+    MultipartUpload,
+    ObjectInfo,
+    Piece,
+    Readable,
+    WriteResult,
+)
+from pipeline.store.compose import plan_compose, run_compose
+from pipeline.store.multipart import (
+    DEFAULT_PARALLEL,
+    DEFAULT_PART_SIZE,
+    Part,
+    PartLimits,
+    stream_upload,
+)
+from pipeline.transfer.retry import RetryPolicy, call_with_retry
+
+T = TypeVar("T")
+
+_ABORT_ATTEMPTS = 3
+
+Span = tuple[int, int | None]
+"""A byte range as first and last offset (inclusive; None for "to the end")."""
+
+
+def service_error(
+    code: str,
+    status: int,
+    message: str,
+    *,
+    bucket: str,
+    what: str,
+    credential_codes: frozenset[str],
+    not_found_codes: frozenset[str] = frozenset(),
+) -> StoreError:
+    """One line for an error answer from the service (both speak S3's codes), naming the
+    bucket or object (never credentials)."""
+    if code == "NoSuchBucket":
+        return StoreError(f"bucket {bucket} does not exist ({what})")
+    if code in not_found_codes or (status == 404 and code != "NoSuchUpload"):
+        return StoreNotFound(f"{what}: not found")
+    if code in credential_codes:
+        return StoreError(f"credentials rejected for bucket {bucket} ({code})")
+    if code == "AccessDenied" or status == 403:
+        return StoreError(f"access denied to bucket {bucket} ({what})")
+    if code == "InvalidRange" or status == 416:
+        return StoreError(f"{what}: range not satisfiable")
+    lines = message.splitlines()
+    detail = f": {lines[0][:200]}" if lines and lines[0] else ""
+    return StoreError(f"{what}: {code or 'HTTP ' + str(status)}{detail}")
+
+
+class StoreBody:
+    """A GET body as a `Readable`; a backend's subclass turns its SDK's errors in `read` into
+    StoreError."""
+
+    def __init__(self, raw: Any, bucket: str, what: str) -> None:
+        self._raw = raw
+        self._bucket = bucket
+        self._what = what
+
+    def read(self, n: int = -1, /) -> bytes:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+
+    def __enter__(self) -> StoreBody:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Empty:
+    """The body of a zero-length range, which is never asked of the server."""
+
+    def read(self, n: int = -1, /) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Provider:
+    """What differs between providers besides the calls themselves."""
+
+    scheme: str
+    """URL scheme, `s3` or `oss`."""
+    name: str
+    """The provider in messages: `S3`."""
+    errors: tuple[type[BaseException], ...]
+    """The SDK's exceptions that a call's failure turns into StoreError."""
+    is_transient: Callable[[BaseException], bool]
+    store_error: Callable[[BaseException, str, str], StoreError]
+    """`(exception, bucket, what)` → the one-line error a user sees."""
+    body: type[StoreBody]
+    initiate_op: str
+    """The provider's name for starting a multipart upload, for retry log lines."""
+
+
+class RemoteStore(ABC):
+    """`scheme://bucket/prefix` (see ObjectStore for the contract, PartSink for the primitives)."""
+
+    provider: ClassVar[Provider]
+    limits: PartLimits
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        *,
+        retry: RetryPolicy | None = None,
+        part_size: int = DEFAULT_PART_SIZE,
+        parallel: int = DEFAULT_PARALLEL,
+    ) -> None:
+        if not bucket:
+            raise StoreError(f"{self.provider.name} store needs a bucket")
+        self.bucket_name = bucket
+        self.prefix = keys.normalize_prefix(prefix)
+        self.part_size = part_size
+        self.parallel = max(1, parallel)
+        self.page_size = 1000
+        self.retry = retry or RetryPolicy()
+        scheme = self.provider.scheme
+        self.url = f"{scheme}://{bucket}/{self.prefix}" if self.prefix else f"{scheme}://{bucket}"
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _name(self, key: str) -> str:
+        return keys.join(self.prefix, keys.check_key(key))
+
+    def describe(self, key: str) -> str:
+        return self._where(keys.join(self.prefix, key))
+
+    def _where(self, name: str) -> str:
+        """`s3://bucket/name` for messages, from a full object name (or name prefix)."""
+        return f"{self.provider.scheme}://{self.bucket_name}/{name}"
+
+    def _call(self, op: str, what: str, fn: Callable[[], T]) -> T:
+        provider = self.provider
+        try:
+            return call_with_retry(
+                self.retry, fn, describe=f"{op} {what}", is_transient=provider.is_transient
+            )
+        except (*provider.errors, TransferError) as exc:
+            raise provider.store_error(exc, self.bucket_name, what) from exc
+
+    @staticmethod
+    def _span(start: int, length: int | None) -> Span | None:
+        """The range to ask for, None for the whole object."""
+        if start < 0 or (length is not None and length < 0):
+            raise StoreError(f"invalid range {start}+{length}")
+        if start == 0 and length is None:
+            return None
+        return (start, None if length is None else start + length - 1)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def head(self, key: str) -> ObjectInfo | None:
+        name = self._name(key)
+
+        def head() -> ObjectInfo | None:
+            info = self._head_object(name)
+            return None if info is None else dataclasses.replace(info, key=key)
+
+        return self._call("HEAD", self.describe(key), head)
+
+    def read(self, key: str, start: int = 0, length: int | None = None) -> bytes:
+        name = self._name(key)
+        span = self._span(start, length)
+        if length == 0:
+            return b""
+        return self._call("GET", self.describe(key), lambda: self._get(name, span))
+
+    def open(self, key: str, start: int = 0, length: int | None = None) -> Readable:
+        name = self._name(key)
+        span = self._span(start, length)
+        what = self.describe(key)
+        body = self.provider.body
+        if length == 0:
+            return body(_Empty(), self.bucket_name, what)
+        return body(self._call("GET", what, lambda: self._open(name, span)), self.bucket_name, what)
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        return self.read(key, start, length)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        full = keys.join(self.prefix, prefix)
+        what = self._where(full)
+        token: str | None = None
+        while True:
+            items, token = self._call("LIST", what, lambda t=token: self._list_page(full, t))  # type: ignore[misc]
+            for item in items:
+                yield dataclasses.replace(item, key=keys.strip(self.prefix, item.key))
+            if token is None:
+                return
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> WriteResult:
+        written = self.put_single(key, bytes(data), if_absent=if_absent)
+        return WriteResult(key=key, size=len(data), written=written, sent=len(data))
+
+    def put_stream(
+        self, key: str, stream: Readable, size: int | None = None, *, if_absent: bool = False
+    ) -> WriteResult:
+        self._name(key)
+        return stream_upload(
+            self,
+            key,
+            stream,
+            size,
+            if_absent=if_absent,
+            part_size=self.part_size,
+            parallel=self.parallel,
+        )
+
+    def compose(self, key: str, pieces: Sequence[Piece], *, if_absent: bool = False) -> WriteResult:
+        self._name(key)
+        for piece in pieces:
+            if isinstance(piece, CopyRange):
+                self._name(piece.key)
+        plan = plan_compose(pieces, self.limits, self.part_size)
+        return run_compose(self, key, plan, if_absent=if_absent, parallel=self.parallel)
+
+    def delete(self, key: str) -> None:
+        name = self._name(key)
+        self._call("DELETE", self.describe(key), lambda: self._delete_object(name))
+
+    # -- multipart primitives (PartSink) -----------------------------------------------------
+
+    def put_single(self, key: str, data: bytes, *, if_absent: bool) -> bool:
+        name = self._name(key)
+        return self._call(
+            "PUT", self.describe(key), lambda: self._put_object(name, data, if_absent=if_absent)
+        )
+
+    def initiate(self, key: str) -> str:
+        name = self._name(key)
+        return self._call(
+            self.provider.initiate_op, self.describe(key), lambda: self._initiate(name)
+        )
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> Part:
+        name = self._name(key)
+        etag, crc = self._call(
+            f"UploadPart {number}",
+            self.describe(key),
+            lambda: self._upload_part(name, upload_id, number, data),
+        )
+        return Part(number=number, etag=etag, size=len(data), crc=crc)
+
+    def copy_part(self, key: str, upload_id: str, number: int, source: CopyRange) -> Part:
+        name = self._name(key)
+        src = self._name(source.key)
+        span = (source.start, source.start + source.length - 1)
+        etag, crc = self._call(
+            f"UploadPartCopy {number}",
+            self.describe(source.key),
+            lambda: self._copy_part(name, upload_id, number, src, span),
+        )
+        return Part(number=number, etag=etag, size=source.length, crc=crc)
+
+    def complete(self, key: str, upload_id: str, parts: list[Part], *, if_absent: bool) -> bool:
+        name = self._name(key)
+        attempts = 0
+
+        def complete() -> bool:
+            nonlocal attempts
+            attempts += 1
+            try:
+                return self._complete(name, upload_id, parts, if_absent=if_absent)
+            except Exception as exc:
+                # NoSuchUpload on a later attempt: an earlier one completed but its answer was
+                # lost, or a concurrent writer won; either way an object is there now.
+                if self._no_such_upload(exc) and attempts > 1 and self.head(key) is not None:
+                    return not if_absent
+                raise
+
+        return self._call("CompleteMultipartUpload", self.describe(key), complete)
+
+    def abort(self, key: str, upload_id: str) -> None:
+        name = self._name(key)
+        what = self.describe(key)
+        # The store may still be landing a part that was in flight when the abort arrived;
+        # repeat until ListParts shows nothing, as the S3 documentation advises.
+        for _ in range(_ABORT_ATTEMPTS):
+            if not self._call("AbortMultipartUpload", what, lambda: self._abort(name, upload_id)):
+                return
+            if not self._call("ListParts", what, lambda: self._parts_left(name, upload_id)):
+                return
+        raise StoreError(
+            f"{what}: upload {upload_id} still has parts after {_ABORT_ATTEMPTS} aborts"
+        )
+
+    # -- stale uploads ---------------------------------------------------------------------
+
+    def list_uploads(
+        self, prefix: str = "", *, older_than: timedelta | None = None
+    ) -> Iterator[MultipartUpload]:
+        full = keys.join(self.prefix, prefix)
+        what = self._where(full)
+        cutoff = datetime.now(UTC) - older_than if older_than is not None else None
+        markers: tuple[str, str] | None = ("", "")
+        while markers is not None:
+            uploads, markers = self._call(
+                "ListMultipartUploads",
+                what,
+                lambda m=markers: self._list_uploads_page(full, *m),  # type: ignore[misc]
+            )
+            for upload in uploads:
+                initiated = upload.initiated
+                if cutoff is not None and initiated is not None and initiated > cutoff:
+                    continue
+                yield dataclasses.replace(upload, key=keys.strip(self.prefix, upload.key))
+
+    def abort_upload(self, upload: MultipartUpload) -> None:
+        self.abort(upload.key, upload.upload_id)
+
+    # -- provider hooks: one SDK call each, on full object names, retried by the caller -----
+
+    @abstractmethod
+    def _head_object(self, name: str) -> ObjectInfo | None:
+        """The object's size, date and ETag, None when there is none (a missing bucket raises)."""
+
+    @abstractmethod
+    def _get(self, name: str, span: Span | None) -> bytes:
+        """The object's bytes, or those of `span`."""
+
+    @abstractmethod
+    def _open(self, name: str, span: Span | None) -> Any:
+        """The SDK's streaming body of the object or of `span`."""
+
+    @abstractmethod
+    def _list_page(self, prefix: str, token: str | None) -> tuple[list[ObjectInfo], str | None]:
+        """One page of objects under `prefix` from `token`, and the next page's token (None
+        after the last page)."""
+
+    @abstractmethod
+    def _delete_object(self, name: str) -> None: ...
+
+    @abstractmethod
+    def _put_object(self, name: str, data: bytes, *, if_absent: bool) -> bool:
+        """One PUT; False when `if_absent` found the name taken."""
+
+    @abstractmethod
+    def _initiate(self, name: str) -> str:
+        """A new multipart upload's id."""
+
+    @abstractmethod
+    def _upload_part(
+        self, name: str, upload_id: str, number: int, data: bytes
+    ) -> tuple[str, int | None]:
+        """The part's ETag and the provider's CRC64 of it (None where it reports none)."""
+
+    @abstractmethod
+    def _copy_part(
+        self, name: str, upload_id: str, number: int, source: str, span: Span
+    ) -> tuple[str, int | None]:
+        """Copy `span` of object `source` as a part; its ETag and CRC64 as for `_upload_part`."""
+
+    @abstractmethod
+    def _complete(self, name: str, upload_id: str, parts: list[Part], *, if_absent: bool) -> bool:
+        """Complete the upload; False when `if_absent` found the name taken."""
+
+    @abstractmethod
+    def _no_such_upload(self, exc: BaseException) -> bool:
+        """Whether `exc` says the upload is gone (completed or aborted)."""
+
+    @abstractmethod
+    def _abort(self, name: str, upload_id: str) -> bool:
+        """Abort the upload; False when it was gone already."""
+
+    @abstractmethod
+    def _parts_left(self, name: str, upload_id: str) -> bool:
+        """Whether parts of an aborted upload are still listed (False when it is gone)."""
+
+    @abstractmethod
+    def _list_uploads_page(
+        self, prefix: str, key_marker: str, upload_marker: str
+    ) -> tuple[list[MultipartUpload], tuple[str, str] | None]:
+        """One page of open uploads under `prefix` after the markers (both "" for the first),
+        and the next page's markers (None after the last page)."""
