@@ -23,7 +23,7 @@ from pipeline.store.multipart import (
     PartLimits,
     PartPool,
     PartSink,
-    abort_quietly,
+    Upload,
 )
 
 
@@ -177,18 +177,12 @@ def run_compose(
         written = sink.put_single(key, data, if_absent=if_absent)
         return WriteResult(key=key, size=plan.size, written=written, sent=plan.sent)
 
-    upload_id = sink.initiate(key)
-    try:
+    with Upload(sink, key) as upload:
         with PartPool(parallel, "bale-compose") as pool:
             for part in plan.parts:
-                pool.submit(_job(sink, key, upload_id, part), hold_slot=False)
+                pool.submit(_job(sink, key, upload.upload_id, part), hold_slot=False)
             parts = pool.results()
-        written = sink.complete(key, upload_id, parts, if_absent=if_absent)
-        if not written:
-            abort_quietly(sink, key, upload_id)
-    except BaseException:
-        abort_quietly(sink, key, upload_id)
-        raise
+        written = upload.complete(parts, if_absent=if_absent)
     return WriteResult(key=key, size=plan.size, written=written, sent=plan.sent, copied=plan.copied)
 
 

@@ -196,6 +196,31 @@ def abort_quietly(sink: PartSink, key: str, upload_id: str) -> None:
         log.warning("could not abort upload %s of %s: %s", upload_id, sink.describe(key), exc)
 
 
+class Upload:
+    """One multipart upload, all or nothing: initiated on entering the block, aborted if the
+    block fails in any way (exception, Ctrl-C) or if completion finds the key taken."""
+
+    def __init__(self, sink: PartSink, key: str) -> None:
+        self.sink = sink
+        self.key = key
+        self.upload_id = ""
+
+    def __enter__(self) -> Upload:
+        self.upload_id = self.sink.initiate(self.key)
+        return self
+
+    def complete(self, parts: list[Part], *, if_absent: bool) -> bool:
+        """Complete with `parts`; False (and aborted) when `if_absent` found the key taken."""
+        written = self.sink.complete(self.key, self.upload_id, parts, if_absent=if_absent)
+        if not written:
+            abort_quietly(self.sink, self.key, self.upload_id)
+        return written
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc is not None:
+            abort_quietly(self.sink, self.key, self.upload_id)
+
+
 def stream_upload(
     sink: PartSink,
     key: str,
@@ -227,16 +252,15 @@ def stream_upload(
             written = sink.put_single(key, first, if_absent=if_absent)
             return WriteResult(key=key, size=len(first), written=written, sent=len(first))
 
-    upload_id = sink.initiate(key)
     total = 0
-    try:
+    with Upload(sink, key) as upload:
         with PartPool(parallel, "bale-part") as pool:
             number = 1
             data: bytes | None = first
             del first
             while data:
                 total += len(data)
-                pool.submit(_part_job(sink, key, upload_id, number, data))
+                pool.submit(_part_job(sink, key, upload.upload_id, number, data))
                 data = None  # the pool holds the part now; drop ours before reading the next
                 number += 1
                 if size is not None:
@@ -250,12 +274,7 @@ def stream_upload(
                     if number > limits.max_parts and data:
                         raise StoreError(f"{what}: stream needs more than {limits.max_parts} parts")
             parts = pool.results()
-        written = sink.complete(key, upload_id, parts, if_absent=if_absent)
-        if not written:
-            abort_quietly(sink, key, upload_id)
-    except BaseException:
-        abort_quietly(sink, key, upload_id)
-        raise
+        written = upload.complete(parts, if_absent=if_absent)
     return WriteResult(key=key, size=total, written=written, sent=total)
 
 
