@@ -290,3 +290,46 @@ def test_bad_tars_push_nothing(
         ).stdout
     )
     assert tags["Tags"] == ["bad"]
+
+
+def test_tar_with_part_of_an_index(
+    source: dict[str, BuiltImage],
+    registry: RegistryServer,
+    skopeo,
+    unique_repo: str,
+    tmp_path: Path,
+) -> None:
+    """A tar whose index lacks one platform's blobs (as Docker 25+ saves a multi-platform image
+    it pulled for one platform): the platform it has goes in under its own digest; asking for
+    every platform is refused before anything is pushed."""
+    index = source["index"]
+    full = tmp_path / "full.tar"
+    _ok(
+        _bale(
+            "copy",
+            f"docker://{index.reference}",
+            f"oci-archive:{full}",
+            "--all-platforms",
+            "--src-tls-verify=false",
+        )
+    )
+    arm = index.child("linux/arm64")
+    partial = tmp_path / "partial.tar"
+    partial.write_bytes(
+        make_tar(members_of(full.read_bytes(), drop=f"blobs/sha256/{arm.layers[0].hex}"))
+    )
+    target = f"docker://{registry.host}/{unique_repo}"
+    mark = registry.mark()
+    proc = _bale(
+        "copy",
+        f"oci-archive:{partial}",
+        f"{target}:all",
+        "--all-platforms",
+        "--dest-tls-verify=false",
+    )
+    assert proc.returncode == 2 and arm.layers[0].digest in proc.stderr.decode()
+    assert registry.count(since=mark) == 0
+    _ok(_bale("copy", f"oci-archive:{partial}", f"{target}:amd64", "--dest-tls-verify=false"))
+    assert skopeo.inspect(f"{target}:amd64")["Digest"] == index.child("linux/amd64").digest
+    _ok(_bale("copy", f"oci-archive:{full}", f"{target}:whole", "--dest-tls-verify=false"))
+    assert skopeo.inspect(f"{target}:whole")["Digest"] == index.digest

@@ -7,4 +7,7 @@
 - `credentials`: `Credentials`, `parse_creds` (`--creds`), `find_credentials` (skopeo's files
   and credential helpers).
 - `source.RegistrySource`: a registry image as an `ImageSource`.
+- `push.RegistryPusher`: the push side (HEAD, cross-repository mounts, streamed uploads,
+  manifests as exact bytes); `destination.RegistryDestination`: a repository as an
+  `ImageDestination`.
 """

@@ -44,7 +44,7 @@ from pipeline.image import BlobWrite
 from pipeline.oci import Descriptor, RawManifest
 from pipeline.refs import is_valid_digest
 from pipeline.registry.auth import AuthRequest, AuthResponse, pull_scope
-from pipeline.registry.client import RegistryClient, _discard, _origin
+from pipeline.registry.client import CONNECT_TIMEOUT, RegistryClient, _discard, _origin
 from pipeline.store.base import Readable
 from pipeline.transfer.retry import Retryable
 
@@ -52,6 +52,11 @@ log = logging.getLogger("bale.registry")
 
 READ_SIZE = 1024 * 1024
 """Bytes taken from the source per read while an upload body streams."""
+
+COMMIT_TIMEOUT = urllib3.Timeout(connect=CONNECT_TIMEOUT, read=600.0)
+"""For requests that carry data: after the last byte the registry may take long to answer (a
+storage backend moving a multi-GiB blob into place) while saying nothing. Sending still fails
+fast on a stalled connection: urllib3 sends under the connect timeout."""
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
@@ -406,6 +411,7 @@ class RegistryPusher:
         else:
             payload = body
         log.debug("%s %s", request.method, request.url.split("?", 1)[0])
+        extra = {"timeout": COMMIT_TIMEOUT} if request.method in ("PUT", "PATCH") else {}
         return self.client._pool.request(
             request.method,
             request.url,
@@ -415,6 +421,7 @@ class RegistryPusher:
             decode_content=False,
             redirect=False,
             retries=False,
+            **extra,
         )
 
 
