@@ -204,3 +204,33 @@ def test_restore_errors(archived: Archived, registry: RegistryServer, unique_rep
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1
     assert registry.count(since=mark) == 0
+
+
+def test_restore_api_respects_limit_rate(
+    registry: RegistryServer, make_registry, image_factory: ImageFactory, unique_repo, tmp_path
+) -> None:
+    """Through the library: `--limit-rate` caps bytes read from the store (the registry side is
+    not counted twice), and the result reports what moved."""
+    from pipeline.ops.restore import Restorer, restore_targets
+    from pipeline.ops.session import TransferOptions
+
+    image = image_factory.image(layers=(LayerSpec(3 << 20, seed=5201),))
+    pushed = image_factory.push(image, f"{unique_repo}:big", registry)
+    bucket = ArchiveBucket(LocalStore(tmp_path / "archive"))
+    with Session() as session:
+        ref = Reference.parse(pushed.reference)
+        result = Archiver(bucket, session).archive(ref, RegistryOptions(tls_verify=False))
+        assert result.status == "archived", result.error
+    dest = make_registry("none")
+    target = Reference.parse(f"{dest.host}/{unique_repo}", default_tag=None)
+    (job,) = restore_targets(bucket, ref, target)
+    assert job.tag == "big"
+    rate = 2 << 20
+    with Session(TransferOptions(limit_rate=rate)) as session:
+        result = Restorer(bucket, session, RegistryOptions(tls_verify=False)).restore(job)
+    assert result.status == "restored", result.error
+    assert result.digest == pushed.digest
+    total = sum(d.size for d in image.blobs)
+    assert result.bytes_downloaded == result.bytes_uploaded == total
+    assert result.seconds >= (total - 0.25 * rate) / rate  # one small burst allowed
+    assert result.seconds < 2 * total / rate + 2
