@@ -1,30 +1,47 @@
 """A small HTTP/1.1 fault-injecting proxy for tests: sits between bale and a real server.
 
 The client talks to the proxy as if it were the server (`http://127.0.0.1:<proxy port>`); the
-proxy forwards each request to the upstream and streams the answer back, except where a `Fault`
-matches the request:
+proxy forwards each request to the upstream (a registry, moto_server, ...) and streams the
+answer back, except where a `Fault` matches the request:
 
 - `DropAfter(n)`: forward the response head and `n` body bytes, then close the connection (a
   connection dropped mid-body: what resume-with-Range is for);
+- `ResetAfter(n)`: the same, but the close is a TCP reset (RST), as a load balancer sends;
+- `Truncate(keep)`: a *well-formed* short answer: Content-Length says `keep`, `keep` bytes
+  follow, and the connection stays usable (only a digest or size check can notice);
+- `WrongLength(delta)`: Content-Length off by `delta` while the real body is sent whole, then
+  the connection closes (more declared than sent: a short read; less: stray bytes after the
+  message);
+- `Corrupt(at)`: flip one byte of the response body (default: the middle);
+- `Trickle(rate)`: send the body at `rate` bytes/s in small pieces (a slow, live link);
 - `Delay(seconds)`: wait before forwarding the response;
 - `Respond(status, headers, body)`: answer without asking the upstream (429 with Retry-After,
-  503, ...);
-- `StripHeader(name)`: forward the request without a header (a server that ignores `Range`).
+  503, a 307 to another host, ...);
+- `StripHeader(name)`: forward the request without a header (a server that ignores `Range`);
+- `ResetRequest(after)`: reset the connection after `after` bytes of the *request* body (an
+  upload cut mid-way).
 
-Each fault fires `times` times (default once; None for always) on requests matching `method`
-and `path` (a regex searched in the path). Every request is logged with its headers, so tests
-can assert what reached the server (`proxy.requests`, `proxy.find(...)`).
+Each fault fires `times` times (default once; None for always) on requests matching `method`,
+`path` (a regex searched in the path) and `query` (a regex searched in the query string).
+Every request is logged with its headers, so tests can assert what reached the server
+(`proxy.requests`, `proxy.find(...)`), and every response body write is metered with its
+time (`proxy.meter`, `proxy.bytes_between(t0, t1)`) so tests can measure rates as the wire saw
+them. `sndbuf` shrinks the kernel send buffer towards the client, so that the meter runs at
+most that many bytes ahead of what the client has really read.
 
 It understands just enough HTTP: one request at a time per connection (no pipelining, which
-urllib3 never does), bodies by Content-Length or chunked, responses without either read to EOF.
+urllib3 never does), bodies by Content-Length or chunked, responses without either read to EOF,
+and `Expect: 100-continue` (answered by the proxy itself, as boto3 sends it on uploads).
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import re
 import socket
 import socketserver
+import struct
 import threading
 import time
 from collections.abc import Mapping
@@ -42,6 +59,8 @@ class Fault:
     path: str | None = None
     times: int | None = 1
     fired: int = 0
+    query: str | None = None
+    """A regex searched in the query string (`partNumber=2`), or None for any."""
 
     def matches(
         self, method: str, path: str, headers: Mapping[str, str], status: int | None
@@ -54,17 +73,59 @@ class Fault:
 
 
 @dataclass
-class DropAfter(Fault):
-    """Close the connection after `after` bytes of a response body whose status is in
-    `statuses` (by default only successful bodies: a 401 before the real answer is left alone)."""
+class _BodyFault(Fault):
+    """A fault on a response body; by default only on successful bodies (a 401 before the
+    real answer is left alone)."""
 
-    after: int = 0
     statuses: tuple[int, ...] = (200, 206)
 
     def matches(
         self, method: str, path: str, headers: Mapping[str, str], status: int | None
     ) -> bool:
         return status in self.statuses and super().matches(method, path, headers, status)
+
+
+@dataclass
+class DropAfter(_BodyFault):
+    """Close the connection after `after` bytes of a response body whose status is in
+    `statuses`."""
+
+    after: int = 0
+
+
+@dataclass
+class ResetAfter(DropAfter):
+    """`DropAfter`, closing with a TCP reset instead of a FIN (`ConnectionResetError`)."""
+
+
+@dataclass
+class Truncate(_BodyFault):
+    """Answer with only the first `keep` bytes, Content-Length rewritten to match; the rest of
+    the upstream body is thrown away and the client's connection stays open for more requests."""
+
+    keep: int = 0
+
+
+@dataclass
+class WrongLength(_BodyFault):
+    """Declare Content-Length as the real length plus `delta`, send the real body, then close."""
+
+    delta: int = 1
+
+
+@dataclass
+class Corrupt(_BodyFault):
+    """Flip the byte at offset `at` of the body (None: the middle of a Content-Length body)."""
+
+    at: int | None = None
+
+
+@dataclass
+class Trickle(_BodyFault):
+    """Send the body at about `rate` bytes/s in `piece`-byte writes."""
+
+    rate: float = 64 * 1024
+    piece: int = 4096
 
 
 @dataclass
@@ -98,6 +159,14 @@ class StripHeader(Fault):
 
 
 @dataclass
+class ResetRequest(Fault):
+    """Reset the client's connection after `after` bytes of the request body were forwarded
+    (the upstream sees a request cut short)."""
+
+    after: int = 0
+
+
+@dataclass
 class ProxiedRequest:
     """One request as the proxy saw it, with what it did about it.
 
@@ -112,6 +181,10 @@ class ProxiedRequest:
     body_bytes: int
     """Response body bytes sent to the client."""
     fault: str | None
+    started: float = 0.0
+    """`time.monotonic()` when the request head arrived."""
+    finished: float | None = None
+    """`time.monotonic()` when the response body was done (or cut)."""
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers.items():
@@ -122,6 +195,10 @@ class ProxiedRequest:
 
 class _Closed(Exception):
     pass
+
+
+class _Truncated(Exception):
+    """A `Truncate` fault sent its bytes: drop the upstream connection, keep the client's."""
 
 
 def _read_head(f: BinaryIO) -> list[bytes] | None:
@@ -152,38 +229,75 @@ def _get(headers: list[tuple[str, str]], name: str) -> str | None:
     return None
 
 
+def _set(headers: list[tuple[str, str]], name: str, value: str) -> list[tuple[str, str]]:
+    return [(k, value if k.lower() == name.lower() else v) for k, v in headers]
+
+
 def _head_bytes(first: str, headers: list[tuple[str, str]]) -> bytes:
     text = first + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
     return text.encode("latin-1")
 
 
 class _Budget:
-    """How many body bytes may still pass before a DropAfter closes the connection."""
+    """What happens to the body bytes on their way: a limit after which the connection closes
+    (or, with `truncate`, the message ends), a corrupted byte, a trickle, and the meter."""
 
-    def __init__(self, limit: int | None) -> None:
+    def __init__(
+        self,
+        limit: int | None,
+        *,
+        truncate: bool = False,
+        corrupt_at: int | None = None,
+        trickle: Trickle | None = None,
+        meter: list[tuple[float, int]] | None = None,
+        meter_lock: threading.Lock | None = None,
+    ) -> None:
         self.limit = limit
+        self.truncate = truncate
+        self.corrupt_at = corrupt_at
+        self.trickle = trickle
+        self.meter = meter
+        self.meter_lock = meter_lock
         self.sent = 0
 
-    def send(self, sock: socket.socket, data: bytes) -> None:
+    def send(self, sock: socket.socket | _NullSocket, data: bytes) -> None:
         if self.limit is not None and self.sent + len(data) >= self.limit:
             allowed = self.limit - self.sent
             if allowed > 0:
-                sock.sendall(data[:allowed])
-                self.sent += allowed
-            raise _Closed()
-        sock.sendall(data)
-        self.sent += len(data)
+                self._out(sock, data[:allowed])
+            raise _Truncated() if self.truncate else _Closed()
+        self._out(sock, data)
+
+    def _out(self, sock: socket.socket | _NullSocket, data: bytes) -> None:
+        at = self.corrupt_at
+        if at is not None and self.sent <= at < self.sent + len(data):
+            i = at - self.sent
+            data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
+        pieces = [data]
+        if self.trickle is not None:
+            step = max(1, self.trickle.piece)
+            pieces = [data[i : i + step] for i in range(0, len(data), step)]
+        for piece in pieces:
+            if self.trickle is not None:
+                time.sleep(len(piece) / self.trickle.rate)
+            sock.sendall(piece)
+            self.sent += len(piece)
+            if self.meter is not None and self.meter_lock is not None:
+                with self.meter_lock:
+                    self.meter.append((time.monotonic(), len(piece)))
 
 
 def _copy_body(
     src: BinaryIO,
-    dst: socket.socket,
+    dst: socket.socket | _NullSocket,
     headers: list[tuple[str, str]],
     budget: _Budget,
     *,
     to_eof: bool,
+    length: int | None = None,
 ) -> None:
-    """Forward one message body: by Content-Length, chunked, or (responses) to EOF."""
+    """Forward one message body: by Content-Length (or `length`), chunked, or (responses) to
+    EOF."""
     if (_get(headers, "Transfer-Encoding") or "").lower() == "chunked":
         while True:
             size_line = src.readline(65537)
@@ -208,9 +322,11 @@ def _copy_body(
                 remaining -= len(data)
             dst.sendall(src.readline(65537))  # the CRLF after the chunk
         return
-    length = _get(headers, "Content-Length")
+    declared = _get(headers, "Content-Length")
+    if length is None and declared is not None:
+        length = int(declared)
     if length is not None:
-        remaining = int(length)
+        remaining = length
         while remaining:
             data = src.read(min(_CHUNK, remaining))
             if not data:
@@ -226,15 +342,26 @@ def _copy_body(
             budget.send(dst, data)
 
 
+def _reset(sock: socket.socket) -> None:
+    """Close with RST: linger on, zero timeout."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
 class FaultProxy:
     """The proxy: `start()`, point the client at `host`, add faults, read `requests`."""
 
-    def __init__(self, upstream: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, upstream: str, *, timeout: float = 30.0, sndbuf: int | None = None) -> None:
         host, _, port = upstream.rpartition(":")
         self.upstream = (host or "127.0.0.1", int(port))
         self.timeout = timeout
+        self.sndbuf = sndbuf
         self.faults: list[Fault] = []
         self.requests: list[ProxiedRequest] = []
+        self.meter: list[tuple[float, int]] = []
+        """(`time.monotonic()`, bytes) for every response-body write to a client."""
+        self._meter_lock = threading.Lock()
         self._lock = threading.Lock()
         self._server: socketserver.ThreadingTCPServer | None = None
         self._thread: threading.Thread | None = None
@@ -263,6 +390,8 @@ class FaultProxy:
         with self._lock:
             self.faults.clear()
             self.requests.clear()
+        with self._meter_lock:
+            self.meter.clear()
 
     def find(self, method: str | None = None, path: str | None = None) -> list[ProxiedRequest]:
         with self._lock:
@@ -272,6 +401,14 @@ class FaultProxy:
                 if (method is None or r.method == method.upper())
                 and (path is None or re.search(path, r.path))
             ]
+
+    def bytes_between(self, start: float, end: float) -> int:
+        """Response-body bytes written to clients in [start, end) (`time.monotonic()`)."""
+        with self._meter_lock:
+            samples = list(self.meter)
+        times = [t for t, _ in samples]
+        lo, hi = bisect.bisect_left(times, start), bisect.bisect_left(times, end)
+        return sum(n for _, n in samples[lo:hi])
 
     def start(self) -> FaultProxy:
         proxy = self
@@ -311,12 +448,17 @@ class FaultProxy:
         kind: type[Fault],
         method: str,
         path: str,
+        query: str,
         headers: Mapping[str, str],
         status: int | None = None,
     ) -> Fault | None:
         with self._lock:
             for fault in self.faults:
-                if isinstance(fault, kind) and fault.matches(method, path, headers, status):
+                if not isinstance(fault, kind):
+                    continue
+                if fault.query is not None and re.search(fault.query, query) is None:
+                    continue
+                if fault.matches(method, path, headers, status):
                     fault.fired += 1
                     return fault
         return None
@@ -327,6 +469,9 @@ class FaultProxy:
 
     def _serve(self, client: socket.socket) -> None:
         client.settimeout(self.timeout)
+        if self.sndbuf:
+            with contextlib.suppress(OSError):
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
         try:
             if client.recv(1, socket.MSG_PEEK) == b"\x16":
                 return  # a TLS ClientHello (a client probing https): plain HTTP only here
@@ -335,29 +480,49 @@ class FaultProxy:
         cfile = client.makefile("rb")
         upstream: socket.socket | None = None
         ufile: BinaryIO | None = None
+        reset = False
         try:
             while True:
                 head = _read_head(cfile)
                 if head is None:
                     return
+                started = time.monotonic()
                 first = head[0].decode("latin-1")
                 method, target, _version = ([*first.split(" ", 2), "", ""])[:3]
                 headers = _parse_headers(head[1:])
-                path = target.split("?", 1)[0]
+                path, _, query = target.partition("?")
                 logged_headers = dict(headers)
-                strip = self._take(StripHeader, method, path, logged_headers)
+
+                def take(kind: type[Fault], status: int | None = None) -> Fault | None:
+                    return self._take(kind, method, path, query, logged_headers, status)  # noqa: B023
+
+                if (_get(headers, "Expect") or "").lower() == "100-continue":
+                    client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    headers = [(k, v) for k, v in headers if k.lower() != "expect"]
+                strip = take(StripHeader)
                 if isinstance(strip, StripHeader):
                     headers = [(k, v) for k, v in headers if k.lower() != strip.header.lower()]
-                respond = self._take(Respond, method, path, logged_headers)
+                respond = take(Respond)
                 if isinstance(respond, Respond):
                     _copy_body(cfile, _NullSocket(), headers, _Budget(None), to_eof=False)
-                    self._respond(client, method, target, logged_headers, respond)
+                    self._respond(client, method, target, logged_headers, respond, started)
                     continue
                 if upstream is None:
                     upstream = socket.create_connection(self.upstream, timeout=self.timeout)
                     ufile = upstream.makefile("rb")
                 assert ufile is not None
                 upstream.sendall(_head_bytes(first, headers))
+                cut = take(ResetRequest)
+                if isinstance(cut, ResetRequest):
+                    self._log(
+                        ProxiedRequest(
+                            method, target, logged_headers, None, 0, "ResetRequest", started
+                        )
+                    )
+                    with contextlib.suppress(_Closed):
+                        _copy_body(cfile, upstream, headers, _Budget(cut.after), to_eof=False)
+                    reset = True
+                    return
                 _copy_body(cfile, upstream, headers, _Budget(None), to_eof=False)
                 rhead = _read_head(ufile)
                 if rhead is None:
@@ -365,30 +530,75 @@ class FaultProxy:
                 status_line = rhead[0].decode("latin-1")
                 rheaders = _parse_headers(rhead[1:])
                 status = int(status_line.split(" ", 2)[1])
-                delay = self._take(Delay, method, path, logged_headers, status)
+                fired: list[str] = ["StripHeader"] if strip is not None else []
+                delay = take(Delay, status)
                 if isinstance(delay, Delay):
+                    fired.append("Delay")
                     time.sleep(delay.seconds)
-                drop = self._take(DropAfter, method, path, logged_headers, status)
-                budget = _Budget(drop.after if isinstance(drop, DropAfter) else None)
-                fault = type(drop).__name__ if drop else (type(delay).__name__ if delay else None)
-                if strip is not None:
-                    fault = "StripHeader" if fault is None else f"StripHeader+{fault}"
-                entry = ProxiedRequest(method, target, logged_headers, status, 0, fault)
+                no_body = method == "HEAD" or status in (204, 304) or 100 <= status < 200
+                declared = _get(rheaders, "Content-Length")
+                real_length = int(declared) if declared is not None else None
+                drop = take(DropAfter, status)
+                truncate = take(Truncate, status) if not no_body else None
+                wrong = take(WrongLength, status) if not no_body else None
+                corrupt = take(Corrupt, status) if not no_body else None
+                trickle = take(Trickle, status) if not no_body else None
+                limit = drop.after if isinstance(drop, DropAfter) else None
+                if isinstance(truncate, Truncate) and real_length is not None:
+                    rheaders = _set(rheaders, "Content-Length", str(truncate.keep))
+                    limit = truncate.keep
+                if isinstance(wrong, WrongLength) and real_length is not None:
+                    rheaders = _set(rheaders, "Content-Length", str(real_length + wrong.delta))
+                corrupt_at = None
+                if isinstance(corrupt, Corrupt):
+                    corrupt_at = corrupt.at if corrupt.at is not None else (real_length or 0) // 2
+                for f in (drop, truncate, wrong, corrupt, trickle):
+                    if f is not None:
+                        fired.append(type(f).__name__)
+                budget = _Budget(
+                    limit,
+                    truncate=isinstance(truncate, Truncate) and drop is None,
+                    corrupt_at=corrupt_at,
+                    trickle=trickle if isinstance(trickle, Trickle) else None,
+                    meter=self.meter,
+                    meter_lock=self._meter_lock,
+                )
+                entry = ProxiedRequest(
+                    method, target, logged_headers, status, 0, "+".join(fired) or None, started
+                )
                 self._log(entry)
                 client.sendall(_head_bytes(status_line, rheaders))
-                no_body = method == "HEAD" or status in (204, 304) or 100 <= status < 200
                 try:
                     if not no_body:
-                        _copy_body(ufile, client, rheaders, budget, to_eof=True)
+                        _copy_body(ufile, client, rheaders, budget, to_eof=True, length=real_length)
+                except _Truncated:
+                    # The client has a complete (short) message; the upstream still has the
+                    # rest of the body on its connection, so that one goes.
+                    with contextlib.suppress(OSError):
+                        upstream.close()
+                    upstream = ufile = None
+                    continue
+                except _Closed:
+                    reset = isinstance(drop, ResetAfter)
+                    raise
                 finally:
                     entry.body_bytes = budget.sent
+                    entry.finished = time.monotonic()
+                if wrong is not None:
+                    return  # the framing is broken: nothing more can follow on this connection
                 if (_get(rheaders, "Connection") or "").lower() == "close":
                     return
         except (_Closed, OSError, ValueError, IndexError):
             return
         finally:
+            for f in (cfile, ufile):
+                if f is not None:
+                    with contextlib.suppress(OSError):
+                        f.close()
+            if reset:
+                _reset(client)
             for s in (client, upstream):
-                if s is not None:
+                if s is not None and not (reset and s is client):
                     with contextlib.suppress(OSError):
                         s.shutdown(socket.SHUT_RDWR)
                     s.close()
@@ -400,11 +610,27 @@ class FaultProxy:
         path: str,
         headers: dict[str, str],
         fault: Respond,
+        started: float,
     ) -> None:
-        reason = {429: "Too Many Requests", 503: "Service Unavailable"}.get(fault.status, "Fault")
+        reason = {
+            307: "Temporary Redirect",
+            429: "Too Many Requests",
+            503: "Service Unavailable",
+        }.get(fault.status, "Fault")
         out = [(k, v) for k, v in fault.headers.items()]
         out.append(("Content-Length", str(len(fault.body))))
-        self._log(ProxiedRequest(method, path, headers, fault.status, len(fault.body), "Respond"))
+        self._log(
+            ProxiedRequest(
+                method,
+                path,
+                headers,
+                fault.status,
+                len(fault.body),
+                "Respond",
+                started,
+                time.monotonic(),
+            )
+        )
         client.sendall(_head_bytes(f"HTTP/1.1 {fault.status} {reason}", out))
         if method != "HEAD":
             client.sendall(fault.body)
