@@ -180,6 +180,18 @@ def test_restore_all_tags_and_single_platform(
         else:
             assert digest == image.digest
 
+    # By digest, without a tag: pushed by digest only.
+    index = archived.images["index"]
+    mark = dest.mark()
+    out = _restore(
+        archived, f"docker://{repo}@{index.digest}", f"docker://{dest.host}/{unique_repo}-d"
+    )
+    assert f"-> docker://{dest.host}/{unique_repo}-d\n" in out
+    ref = f"docker://{dest.host}/{unique_repo}-d@{index.digest}"
+    assert skopeo.inspect(ref, raw=True) == index.manifest
+    puts = dest.requests("PUT", r"/manifests/", since=mark)
+    assert len(puts) == 3 and all("/manifests/sha256:" in e.path for e in puts)
+
 
 def test_restore_errors(archived: Archived, registry: RegistryServer, unique_repo) -> None:
     repo = archived.images["oci"].repository
