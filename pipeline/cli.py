@@ -328,6 +328,48 @@ def report_options(func: F) -> F:
     )
 
 
+def referrers_option(func: F) -> F:
+    """--referrers/--no-referrers: signatures and attestations travel with their image."""
+    return option(
+        "--referrers/--no-referrers",
+        default=True,
+        help="Bring signatures and attestations (cosign tags, OCI referrers) along.",
+    )(func)
+
+
+def referrer_options(func: F) -> F:
+    """--referrers/--no-referrers and --dest-compress-format/--dest-compress-level."""
+    return _apply(
+        func,
+        [
+            referrers_option,
+            option(
+                "--dest-compress-format",
+                type=click.Choice(["zstd"]),
+                default=None,
+                help="Recompress layers (gzip and plain tar) to zstd: new manifest digests.",
+            ),
+            option(
+                "--dest-compress-level",
+                type=click.IntRange(1, 22),
+                default=None,
+                help="zstd level for --dest-compress-format (default 3).",
+            ),
+        ],
+    )
+
+
+def _compress(fmt: str | None, level: int | None) -> Any:
+    from pipeline.errors import UsageError
+    from pipeline.transfer.recompress import DEFAULT_LEVEL, CompressOptions
+
+    if fmt is None:
+        if level is not None:
+            raise UsageError("--dest-compress-level needs --dest-compress-format")
+        return None
+    return CompressOptions(fmt, DEFAULT_LEVEL if level is None else level)
+
+
 def _session(jobs: int, limit_rate: int | None, retries: int) -> Any:
     from pipeline.ops.session import Session, TransferOptions
     from pipeline.transfer.retry import RetryPolicy
@@ -428,6 +470,7 @@ def _archive_plan(
 )
 @platform_options
 @src_registry_options
+@referrers_option
 @transfer_options
 @report_options
 @handles_errors
@@ -444,6 +487,7 @@ def archive_command(
     src_creds: str | None,
     authfile: str | None,
     src_tls_verify: bool,
+    referrers: bool,
     jobs: int,
     limit_rate: int | None,
     retries: int,
@@ -470,7 +514,9 @@ def archive_command(
     )
     check_output_paths((report_path, junit_path))
     bucket = _open_bucket(store_url, endpoint_url, retries)
-    options = ArchiveOptions(platform=platform, all_platforms=all_platforms, force=force)
+    options = ArchiveOptions(
+        platform=platform, all_platforms=all_platforms, force=force, referrers=referrers
+    )
     secrets = [credentials.password] if credentials else []
     with _session(jobs, limit_rate, retries) as session:
         plan = RunPlan(images=[(r, registry) for r in refs])
@@ -501,6 +547,7 @@ def archive_command(
 )
 @platform_options
 @src_registry_options
+@referrers_option
 @transfer_options
 @report_options
 @handles_errors
@@ -517,6 +564,7 @@ def run_command(
     src_creds: str | None,
     authfile: str | None,
     src_tls_verify: bool,
+    referrers: bool,
     jobs: int,
     limit_rate: int | None,
     retries: int,
@@ -539,7 +587,9 @@ def run_command(
     )
     check_output_paths((report_path, junit_path))
     bucket = _open_bucket(store_url, endpoint_url, retries)
-    options = ArchiveOptions(platform=platform, all_platforms=all_platforms, force=force)
+    options = ArchiveOptions(
+        platform=platform, all_platforms=all_platforms, force=force, referrers=referrers
+    )
     secrets = spec_secrets(spec) + ([credentials.password] if credentials else [])
     with _session(jobs, limit_rate, retries) as session:
         plan = expand_spec(spec, session, defaults, shard=where)
@@ -635,6 +685,7 @@ def _registry_options(creds: str | None, authfile: str | None, tls_verify: bool)
 @platform_options
 @src_registry_options
 @dest_registry_options
+@referrer_options
 @transfer_options
 @handles_errors
 def copy_command(
@@ -649,6 +700,9 @@ def copy_command(
     src_tls_verify: bool,
     dest_creds: str | None,
     dest_tls_verify: bool,
+    referrers: bool,
+    dest_compress_format: str | None,
+    dest_compress_level: int | None,
     jobs: int,
     limit_rate: int | None,
     retries: int,
@@ -674,6 +728,8 @@ def copy_command(
             all_platforms=all_platforms,
             endpoint_url=endpoint_url,
             stdin_limit=stdin_memory,
+            referrers=referrers,
+            compress=_compress(dest_compress_format, dest_compress_level),
         )
     click.echo(
         f"copied {source} -> {result.destination} ({result.digest}, {result.size} bytes)", err=True
@@ -696,6 +752,7 @@ def copy_command(
 @option("--fail-fast/--keep-going", default=False, help="Stop at the first failed image.")
 @option("--authfile", metavar="PATH", help="auth.json / config.json to read.")
 @dest_registry_options
+@referrer_options
 @transfer_options
 @report_options
 @handles_errors
@@ -710,6 +767,9 @@ def restore_command(
     authfile: str | None,
     dest_creds: str | None,
     dest_tls_verify: bool,
+    referrers: bool,
+    dest_compress_format: str | None,
+    dest_compress_level: int | None,
     jobs: int,
     limit_rate: int | None,
     retries: int,
@@ -727,7 +787,8 @@ def restore_command(
     options = _registry_options(dest_creds, authfile, dest_tls_verify)
     check_output_paths((report_path, junit_path))
     bucket = _open_bucket(store_url, endpoint_url, retries)
-    targets = restore_targets(bucket, source, target, all_tags=all_tags)
+    compress = _compress(dest_compress_format, dest_compress_level)
+    targets = restore_targets(bucket, source, target, all_tags=all_tags, referrers=referrers)
     secrets = [options.credentials.password] if options.credentials else []
 
     def show(item: Any, result: Any) -> None:
@@ -737,10 +798,125 @@ def restore_command(
 
     with _session(jobs, limit_rate, retries) as session, _display(secrets) as display:
         display.on_run_start(len(targets), what=str(bucket.url))
-        restorer = Restorer(bucket, session, options, display)
+        restorer = Restorer(
+            bucket, session, options, display, referrers=referrers, compress=compress
+        )
         report = restore_many(
             restorer, targets, platform=platform, fail_fast=fail_fast, on_result=show
         )
+        display.on_run_done(report)
+    for failure in report.failures:
+        click.echo(f"failed    {failure.source}: {failure.error}", err=True)
+    _write_reports(report, report_path, junit_path, secrets)
+    sys.exit(report.exit_code())
+
+
+# ---- sync ----------------------------------------------------------------------------------
+
+
+@main.command("sync", cls=SkopeoCommand)
+@click.argument("source")
+@click.argument("destination")
+@option(
+    "-s",
+    "--src",
+    "src_transport",
+    type=click.Choice(["docker", "yaml"]),
+    default="docker",
+    show_default=True,
+    help="SOURCE is a repository or image (docker), or a spec file (yaml).",
+)
+@option(
+    "-d",
+    "--dest",
+    "dest_transport",
+    type=click.Choice(["docker"]),
+    default="docker",
+    show_default=True,
+    help="DESTINATION is a registry, optionally with a path prefix.",
+)
+@option("--scoped", is_flag=True, help="Keep the full source reference under DESTINATION.")
+@option("-a", "--all", "all_images", is_flag=True, help="Copy every image of an index (whole).")
+@option("--platform", callback=_platform, help="Image taken from an index (default linux/amd64).")
+@option("--dry-run", is_flag=True, help="Report what would be copied; write nothing.")
+@option("--keep-going", is_flag=True, help="Do not stop at the first failed image.")
+@src_registry_options
+@dest_registry_options
+@option("--src-authfile", metavar="PATH", help="auth file for the source (over --authfile).")
+@option("--dest-authfile", metavar="PATH", help="auth file for the destination.")
+@referrer_options
+@transfer_options
+@report_options
+@handles_errors
+def sync_command(
+    source: str,
+    destination: str,
+    src_transport: str,
+    dest_transport: str,
+    scoped: bool,
+    all_images: bool,
+    platform: Any,
+    dry_run: bool,
+    keep_going: bool,
+    src_creds: str | None,
+    authfile: str | None,
+    src_tls_verify: bool,
+    dest_creds: str | None,
+    dest_tls_verify: bool,
+    src_authfile: str | None,
+    dest_authfile: str | None,
+    referrers: bool,
+    dest_compress_format: str | None,
+    dest_compress_level: int | None,
+    jobs: int,
+    limit_rate: int | None,
+    retries: int,
+    report_path: str | None,
+    junit_path: str | None,
+) -> None:
+    """Copy every image of SOURCE into DESTINATION, as skopeo sync does.
+
+    SOURCE is docker://HOST/REPO (every tag), docker://HOST/REPO:TAG, or with --src yaml a
+    spec file. Each image goes to DESTINATION/<last component of its name>:<tag> (--scoped:
+    the whole name). Tags already at the same digest are skipped.
+    """
+    from pipeline.batch.run import check_output_paths, spec_secrets
+    from pipeline.batch.spec import load_spec
+    from pipeline.ops.sync import Syncer, SyncOptions, plan_repository, plan_spec, sync_many
+
+    del dest_transport  # only docker, as a choice: skopeo's spelling
+    src_options = _registry_options(src_creds, src_authfile or authfile, src_tls_verify)
+    dest_options = _registry_options(dest_creds, dest_authfile or authfile, dest_tls_verify)
+    options = SyncOptions(
+        scoped=scoped,
+        all_platforms=all_images,
+        platform=platform,
+        dry_run=dry_run,
+        keep_going=keep_going,
+        referrers=referrers,
+        compress=_compress(dest_compress_format, dest_compress_level),
+    )
+    check_output_paths((report_path, junit_path))
+    secrets = [o.credentials.password for o in (src_options, dest_options) if o.credentials]
+    spec = load_spec(source) if src_transport == "yaml" else None
+    if spec is not None:
+        secrets += spec_secrets(spec)
+
+    def show(item: Any, result: Any) -> None:
+        if not result.failed:
+            click.echo(
+                f"{result.status:<9} {result.source} {result.digest} -> docker://{item.dest}"
+            )
+
+    with _session(jobs, limit_rate, retries) as session, _display(secrets) as display:
+        if spec is not None:
+            plan = plan_spec(spec, destination, session, src_options, options)
+        else:
+            plan = plan_repository(source, destination, session, src_options, options)
+        display.on_run_start(len(plan.items) + len(plan.failures), what=source, dry_run=dry_run)
+        for failure in plan.failures:
+            display.on_image_done(failure)
+        report = sync_many(Syncer(session, dest_options, options, display), plan, on_result=show)
         display.on_run_done(report)
     for failure in report.failures:
         click.echo(f"failed    {failure.source}: {failure.error}", err=True)

@@ -39,6 +39,8 @@ class ArchiveOptions:
     all_platforms: bool = False
     force: bool = False
     """Rewrite the tar and record even when the digest is already archived."""
+    referrers: bool = True
+    """Also store the image's signatures and attestations (cosign tags, OCI referrers)."""
 
 
 @dataclass
@@ -128,7 +130,19 @@ class Archiver:
         self.bucket.link_revisions(repo, (m.digest for m in manifests))
         if ref.tag and not ref.digest:
             self.bucket.tag(repo, ref.tag, resolved.top.digest)
+        if options.referrers:
+            self._archive_referrers(source, [m.digest for m in manifests], counts)
         return self._write_tar_and_record(resolved, options, counts)
+
+    def _archive_referrers(self, source: ImageSource, subjects: list[str], counts: _Counts) -> None:
+        """Signatures and attestations of the manifests just stored, kept as manifests and
+        tags of the same repository (see `ops/referrers.py`); before the record, so an image
+        whose referrers failed is not marked archived."""
+        from pipeline.ops.referrers import BucketRepo, sync_referrers
+
+        target = BucketRepo(self.bucket, source.reference)
+        stats = sync_referrers(source, subjects, target, self.session)
+        counts.add(downloaded=stats.bytes_read, uploaded=stats.bytes_uploaded)
 
     def _already_archived(self, ref: Reference, digest: str) -> bool:
         record = self.bucket.read_record(ref)

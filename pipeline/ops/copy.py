@@ -62,6 +62,7 @@ from pipeline.store.base import Readable
 from pipeline.store.url import open_location
 from pipeline.transfer.progress import CountingReader, TransferEvents
 from pipeline.transfer.ratelimit import limited
+from pipeline.transfer.recompress import CompressOptions
 from pipeline.transfer.retry import RetryPolicy
 from pipeline.transfer.verify import VerifyingReader
 from pipeline.transports import ArchiveTransport, RegistryTransport, Transport, archive_name
@@ -516,21 +517,34 @@ def copy_transports(
     endpoint_url: str | None = None,
     stdin_limit: int = DEFAULT_STDIN_LIMIT,
     events: TransferEvents | None = None,
+    referrers: bool = True,
+    compress: CompressOptions | None = None,
 ) -> CopyResult:
     """`bale copy SRC DST` for any pair of transports. Bad input (a malformed or incomplete
-    tar, a digest as the destination) fails before anything is written."""
+    tar, a digest as the destination) fails before anything is written.
+
+    Registry to registry, the image's signatures and attestations follow it (`referrers`);
+    `compress` recompresses its layers on the way (to a registry or into a tar)."""
     if isinstance(dst, RegistryTransport) and dst.reference.digest is not None:
         raise UsageError(f"copy destination {dst} must name a tag, not a digest")
     stdio = [t for t in (src, dst) if isinstance(t, ArchiveTransport) and t.is_stdio]
     if len(stdio) == 2:
         raise UsageError("copy cannot read and write standard input/output at once")
-    source = open_source(
+    original = source = open_source(
         src,
         session=session,
         registry=src_registry,
         endpoint_url=endpoint_url,
         stdin_limit=stdin_limit,
     )
+    if compress is not None:
+        source = compress.wrap(
+            original,
+            platform=platform,
+            all_platforms=all_platforms
+            or (platform is None and isinstance(dst, RegistryTransport)),
+            jobs=session.transfer.jobs,
+        )
     if isinstance(dst, ArchiveTransport):
         bare = dst.name is None or (
             dst.format == "oci-archive" and "/" not in dst.name and ":" not in dst.name
@@ -557,6 +571,17 @@ def copy_transports(
         tag=ref.tag,
         events=events,
     )
+    if referrers and compress is None:
+        from pipeline.ops.referrers import RegistryRepo, sync_referrers, written_subjects
+
+        found = sync_referrers(
+            original,
+            written_subjects(original, stats.digest),
+            RegistryRepo(dest.client, ref),
+            session,
+        )
+        stats.bytes_read += found.bytes_read
+        stats.bytes_uploaded += found.bytes_uploaded
     return CopyResult(
         stats.digest, stats.bytes_uploaded, time.monotonic() - started, str(dst), stats
     )

@@ -20,13 +20,16 @@ from datetime import UTC, datetime
 from pipeline.archive.bucket import ArchiveBucket
 from pipeline.batch.report import ImageResult, RunReport
 from pipeline.errors import BaleError, StoreNotFound, UsageError
+from pipeline.image import ImageSource
 from pipeline.oci import Platform
 from pipeline.ops.copy import copy_image
 from pipeline.ops.events import image_events
+from pipeline.ops.referrers import RegistryRepo, artifact_subject, sync_referrers, written_subjects
 from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
 from pipeline.registry.destination import RegistryDestination
 from pipeline.transfer.progress import TransferEvents
+from pipeline.transfer.recompress import CompressOptions
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,12 @@ class RestoreTarget:
 
 
 def restore_targets(
-    bucket: ArchiveBucket, image: Reference, dest: Reference, *, all_tags: bool = False
+    bucket: ArchiveBucket,
+    image: Reference,
+    dest: Reference,
+    *,
+    all_tags: bool = False,
+    referrers: bool = True,
 ) -> list[RestoreTarget]:
     """What `bale restore IMAGE DEST [--all-tags]` restores.
 
@@ -60,6 +68,8 @@ def restore_targets(
     if dest.tag is not None:
         raise UsageError(f"--all-tags restores each tag under its own name: drop :{dest.tag}")
     tags = bucket.tags(image.store_repo)
+    if referrers:  # signatures and attestations come back with their subject, not as images
+        tags = [t for t in tags if artifact_subject(t) is None]
     if not tags:
         raise StoreNotFound(f"no tags of {image.name} are archived in {bucket.url}")
     return [RestoreTarget(image.with_tag(t), dest.with_tag(t)) for t in tags]
@@ -74,11 +84,18 @@ class Restorer:
         session: Session,
         registry: RegistryOptions | None = None,
         events: TransferEvents | None = None,
+        *,
+        referrers: bool = True,
+        compress: CompressOptions | None = None,
     ) -> None:
         self.bucket = bucket
         self.session = session
         self.registry = registry
         self.events = image_events(events)
+        self.referrers = referrers
+        """Restore archived signatures and attestations after their image."""
+        self.compress = compress
+        """Recompress layers (new digests; referrers then stay behind: they name the old)."""
 
     def restore(self, target: RestoreTarget, platform: Platform | None = None) -> ImageResult:
         """Restore one image; a failure is returned in the result, not raised."""
@@ -87,14 +104,32 @@ class Restorer:
         self.events.on_image_start(source)
         try:
             client = self.session.client(target.dest.registry, self.registry)
+            archived = self.bucket.image(target.source)
+            image: ImageSource = archived
+            if self.compress is not None:
+                image = self.compress.wrap(
+                    archived,
+                    platform=platform,
+                    all_platforms=platform is None,
+                    jobs=self.session.transfer.jobs,
+                )
             stats = copy_image(
-                self.bucket.image(target.source),
+                image,
                 RegistryDestination(client, target.dest),
                 session=self.session,
                 platform=platform,
                 tag=target.tag,
                 events=self.events,
             )
+            if self.referrers and self.compress is None:
+                found = sync_referrers(
+                    archived,
+                    written_subjects(archived, stats.digest),
+                    RegistryRepo(client, target.dest),
+                    self.session,
+                )
+                stats.bytes_read += found.bytes_read
+                stats.bytes_uploaded += found.bytes_uploaded
             result = ImageResult(
                 source=source,
                 status="restored",
