@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pipeline.compression import MAGIC_LEN, detect_compression
 from pipeline.errors import DigestMismatch, InvalidArchive, InvalidReference, ManifestError
 from pipeline.oci import (
     DOCKER_CONFIG,
@@ -628,18 +629,6 @@ class ImageArchive:
         return ArchiveImage(self, hits[0])
 
 
-def _sniff_compression(head: bytes) -> str:
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip"
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return "zstd"
-    if head.startswith(b"BZh"):
-        return "bzip2"
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return "xz"
-    return "none"
-
-
 @dataclass
 class ArchiveImage:
     """One image of an archive as a source: exact manifests and blob byte ranges.
@@ -805,8 +794,8 @@ class ArchiveImage:
         layers: list[tuple[str, str, int]] = []
         for path, diff_id in zip(item.layers, diff_ids, strict=True):
             member = self.archive.tar.resolve(path)
-            head = self.archive.source.read_at(member.offset, min(member.size, 8))
-            compression = _sniff_compression(head)
+            head = self.archive.source.read_at(member.offset, min(member.size, MAGIC_LEN))
+            compression = detect_compression(head)
             if compression in ("bzip2", "xz"):
                 raise InvalidArchive(
                     f"archive layer {path} is {compression}-compressed: registries have no "

@@ -33,27 +33,27 @@ thread, `jobs` at a time.
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import json
 import logging
-import lzma
 import re
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
-import zstandard
-
 from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket
 from pipeline.archive.links import parse_link_key
 from pipeline.archive.record import ImageRecord
-from pipeline.archive.tarread import StoreSource, TarIndex, TarMember, _sniff_compression
+from pipeline.archive.tarread import StoreSource, TarIndex, TarMember
+from pipeline.compression import (
+    DECOMPRESS_ERRORS,
+    MAGIC_LEN,
+    detect_compression,
+    open_decompressed,
+)
 from pipeline.errors import (
     InvalidArchive,
     InvalidReference,
@@ -242,30 +242,6 @@ class _Tee:
         close = getattr(self.source, "close", None)
         if close is not None:
             close()
-
-
-def _decompressor(kind: str, tee: _Tee) -> Readable:
-    """A reader of the uncompressed tar; output per read is bounded (no decompression bombs
-    held in memory)."""
-    if kind == "gzip":
-        return gzip.GzipFile(fileobj=tee, mode="rb")  # type: ignore[arg-type]
-    if kind == "zstd":
-        return zstandard.ZstdDecompressor().stream_reader(tee, read_across_frames=True)
-    if kind == "bzip2":
-        return bz2.BZ2File(tee)  # type: ignore[arg-type]
-    if kind == "xz":
-        return lzma.LZMAFile(tee)  # type: ignore[arg-type]
-    return tee
-
-
-_DECOMPRESS_ERRORS = (
-    OSError,
-    EOFError,
-    ValueError,
-    zlib.error,
-    lzma.LZMAError,
-    zstandard.ZstdError,
-)
 
 
 class _Verifier:
@@ -672,11 +648,11 @@ class _Verifier:
         diff: str | None = None
         uncompressed = 0
         try:
-            kind = _sniff_compression(tee.peek(8))
-            reader = _decompressor(kind, tee)
+            kind = detect_compression(tee.peek(MAGIC_LEN))
+            reader = open_decompressed(kind, tee)
             try:
                 diff, uncompressed = sha256_stream(reader)
-            except _DECOMPRESS_ERRORS as exc:
+            except DECOMPRESS_ERRORS as exc:
                 error = f"does not decompress as {kind}: {exc}"
             tee.drain()
             actual = tee.hasher.digest()
