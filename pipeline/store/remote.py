@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 from pipeline.errors import StoreError, StoreNotFound, TransferError
@@ -201,10 +202,11 @@ class RemoteStore(ABC):
         name = self._name(key)
         span = self._span(start, length)
         what = self.describe(key)
-        body = self.provider.body
         if length == 0:
-            return body(_Empty(), self.bucket_name, what)
-        return body(self._call("GET", what, lambda: self._open(name, span)), self.bucket_name, what)
+            raw: Any = _Empty()
+        else:
+            raw = self._call("GET", what, lambda: self._open(name, span))
+        return self.provider.body(raw, self.bucket_name, what)
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
         return self.read(key, start, length)
@@ -214,7 +216,7 @@ class RemoteStore(ABC):
         what = self._where(full)
         token: str | None = None
         while True:
-            items, token = self._call("LIST", what, lambda t=token: self._list_page(full, t))  # type: ignore[misc]
+            items, token = self._call("LIST", what, partial(self._list_page, full, token))
             for item in items:
                 yield dataclasses.replace(item, key=keys.strip(self.prefix, item.key))
             if token is None:
@@ -328,11 +330,8 @@ class RemoteStore(ABC):
         cutoff = datetime.now(UTC) - older_than if older_than is not None else None
         markers: tuple[str, str] | None = ("", "")
         while markers is not None:
-            uploads, markers = self._call(
-                "ListMultipartUploads",
-                what,
-                lambda m=markers: self._list_uploads_page(full, *m),  # type: ignore[misc]
-            )
+            page = partial(self._list_uploads_page, full, *markers)
+            uploads, markers = self._call("ListMultipartUploads", what, page)
             for upload in uploads:
                 initiated = upload.initiated
                 if cutoff is not None and initiated is not None and initiated > cutoff:
