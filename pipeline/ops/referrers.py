@@ -29,6 +29,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -138,28 +140,59 @@ def _pinned(ref: Reference, digest: str) -> Reference:
     return replace(ref, tag=None, digest=digest)
 
 
-class RegistryRepo:
-    """A registry repository; its tag list is read once."""
+class TagListings:
+    """Tag lists read once per repository for a whole run (one `Session`): archiving 500 tags
+    of a repository lists its tags once, not 500 times. A new run lists afresh."""
 
-    def __init__(self, client: RegistryClient, reference: Reference) -> None:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tags: dict[tuple[str, str], frozenset[str]] = {}
+
+    def get(self, client: RegistryClient, repository: str) -> frozenset[str]:
+        key = (client.registry, repository)
+        with self._lock:
+            found = self._tags.get(key)
+        if found is None:
+            try:
+                found = frozenset(client.list_tags(repository))
+            except NotFound:
+                found = frozenset()
+            with self._lock:
+                self._tags.setdefault(key, found)
+        return found
+
+
+_listings: weakref.WeakKeyDictionary[Session, TagListings] = weakref.WeakKeyDictionary()
+_listings_lock = threading.Lock()
+
+
+def listings_for(session: Session) -> TagListings:
+    with _listings_lock:
+        found = _listings.get(session)
+        if found is None:
+            found = _listings[session] = TagListings()
+        return found
+
+
+class RegistryRepo:
+    """A registry repository; its tag list is read once (per run, given `listings`)."""
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        reference: Reference,
+        listings: TagListings | None = None,
+    ) -> None:
         self.client = client
         self.reference = replace(reference, tag=None, digest=None)
-        self._tags: frozenset[str] | None = None
+        self.listings = listings or TagListings()
 
     @property
     def repository(self) -> str:
         return self.reference.repository
 
     def tags(self) -> frozenset[str]:
-        if self._tags is None:
-            try:
-                self._tags = frozenset(self.client.list_tags(self.repository))
-            except NotFound:
-                self._tags = frozenset()
-        return self._tags
-
-    def forget_tags(self) -> None:
-        self._tags = None
+        return self.listings.get(self.client, self.repository)
 
     def tag_manifest(self, tag: str) -> Descriptor | None:
         return self.client.head_manifest(self.repository, tag)
@@ -279,10 +312,11 @@ class BucketDestination:
             self.bucket.tag(self.repo, tag, raw.digest)
 
 
-def repo_of(source: ImageSource) -> ReferrerRepo | None:
+def repo_of(source: ImageSource, session: Session | None = None) -> ReferrerRepo | None:
     """The repository an image source reads from, when referrers can be found there."""
     if isinstance(source, RegistrySource):
-        return RegistryRepo(source.client, source.reference)
+        listings = listings_for(session) if session is not None else None
+        return RegistryRepo(source.client, source.reference, listings)
     if isinstance(source, BucketImage):
         return BucketRepo(source.bucket, source.reference)
     return None
@@ -475,7 +509,7 @@ def sync_referrers(
     """Find the referrers of `subjects` (manifests just written to `target`) where
     `source_image` lives, and copy them into `target`; nothing when the source is not a
     repository (a tar)."""
-    repo = repo_of(source_image)
+    repo = repo_of(source_image, session)
     if repo is None:
         return ReferrerStats()
     found = find_referrers(repo, subjects)
