@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import ssl
 import threading
 import urllib.parse
@@ -79,6 +80,24 @@ CONNECT_TIMEOUT = 30.0
 PROBE_TIMEOUT = 10.0
 """How long the https-or-http probe of an insecure registry waits for each scheme."""
 READ_TIMEOUT = 120.0
+
+RECEIVE_WINDOW_SECONDS = 0.02
+"""Under `--limit-rate`, each connection's receive buffer holds about this much of the rate.
+
+The limiter paces what bale *reads*; the kernel's receive buffer (autotuned up to tens of MiB)
+would otherwise take the bytes off the wire at line speed long before they are read, so the
+network saw bursts of many MiB followed by silence while the average was right. Linux doubles
+the value asked for, so with `--jobs 8` at most about 0.3 s of the rate sits in buffers (a few
+percent of a 10-second window), and one connection can still carry the whole rate up to a
+40 ms round trip (eight of them, the rate at 300 ms)."""
+MIN_RECEIVE_WINDOW = 16 * 1024
+MAX_RECEIVE_WINDOW = 8 * 1024 * 1024
+
+
+def receive_window(rate: float) -> int:
+    """The socket receive buffer (and largest read) for downloads capped at `rate` bytes/s."""
+    return int(min(MAX_RECEIVE_WINDOW, max(MIN_RECEIVE_WINDOW, rate * RECEIVE_WINDOW_SECONDS)))
+
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
@@ -202,12 +221,22 @@ class RegistryClient:
         self._lock = threading.Lock()
         self._scheme: str | None = "https" if tls_verify else None
         self.auth = RegistryAuth(registry, self._credentials_for)
+        self.read_slice: int | None = None
+        """Largest socket read of a blob body under a rate limit (None: no limit)."""
+        connection_options: dict[str, object] = {}
+        if limiter is not None:
+            self.read_slice = receive_window(limiter.rate)
+            connection_options["socket_options"] = [
+                *urllib3.connection.HTTPConnection.default_socket_options,
+                (socket.SOL_SOCKET, socket.SO_RCVBUF, self.read_slice),
+            ]
         self._pool = urllib3.PoolManager(
             num_pools=8,
             maxsize=max(1, pool_size),
             cert_reqs=ssl.CERT_REQUIRED if tls_verify else ssl.CERT_NONE,
             timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
             retries=False,
+            **connection_options,
         )
         if not tls_verify:
             self._pool.pool_classes_by_scheme = {
@@ -664,6 +693,10 @@ class BlobBody:
         want = remaining if n is None or n < 0 else min(n, remaining)
         if want == 0:
             return b""
+        if self._client.read_slice is not None:
+            # Rate-limited: small reads, each paid for before the next leaves the socket, so
+            # the wire follows the limiter (the verifying reader above fills its reads).
+            want = min(want, self._client.read_slice)
         while True:
             try:
                 if self._resp is None:

@@ -27,7 +27,8 @@ Every request is logged with its headers, so tests can assert what reached the s
 (`proxy.requests`, `proxy.find(...)`), and every response body write is metered with its
 time (`proxy.meter`, `proxy.bytes_between(t0, t1)`) so tests can measure rates as the wire saw
 them. `sndbuf` shrinks the kernel send buffer towards the client, so that the meter runs at
-most that many bytes ahead of what the client has really read.
+most that many bytes ahead of what the client's socket has taken, and `meter_piece` writes (and
+meters) bodies in pieces that small, so that short windows are not counted in 256 KiB steps.
 
 It understands just enough HTTP: one request at a time per connection (no pipelining, which
 urllib3 never does), bodies by Content-Length or chunked, responses without either read to EOF,
@@ -251,6 +252,7 @@ class _Budget:
         trickle: Trickle | None = None,
         meter: list[tuple[float, int]] | None = None,
         meter_lock: threading.Lock | None = None,
+        piece: int | None = None,
     ) -> None:
         self.limit = limit
         self.truncate = truncate
@@ -258,6 +260,7 @@ class _Budget:
         self.trickle = trickle
         self.meter = meter
         self.meter_lock = meter_lock
+        self.piece = piece
         self.sent = 0
 
     def send(self, sock: socket.socket | _NullSocket, data: bytes) -> None:
@@ -273,10 +276,10 @@ class _Budget:
         if at is not None and self.sent <= at < self.sent + len(data):
             i = at - self.sent
             data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
+        step = self.trickle.piece if self.trickle is not None else self.piece
         pieces = [data]
-        if self.trickle is not None:
-            step = max(1, self.trickle.piece)
-            pieces = [data[i : i + step] for i in range(0, len(data), step)]
+        if step:
+            pieces = [data[i : i + step] for i in range(0, len(data), max(1, step))]
         for piece in pieces:
             if self.trickle is not None:
                 time.sleep(len(piece) / self.trickle.rate)
@@ -352,11 +355,19 @@ def _reset(sock: socket.socket) -> None:
 class FaultProxy:
     """The proxy: `start()`, point the client at `host`, add faults, read `requests`."""
 
-    def __init__(self, upstream: str, *, timeout: float = 30.0, sndbuf: int | None = None) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        timeout: float = 30.0,
+        sndbuf: int | None = None,
+        meter_piece: int | None = None,
+    ) -> None:
         host, _, port = upstream.rpartition(":")
         self.upstream = (host or "127.0.0.1", int(port))
         self.timeout = timeout
         self.sndbuf = sndbuf
+        self.meter_piece = meter_piece
         self.faults: list[Fault] = []
         self.requests: list[ProxiedRequest] = []
         self.meter: list[tuple[float, int]] = []
@@ -562,6 +573,7 @@ class FaultProxy:
                     trickle=trickle if isinstance(trickle, Trickle) else None,
                     meter=self.meter,
                     meter_lock=self._meter_lock,
+                    piece=self.meter_piece,
                 )
                 entry = ProxiedRequest(
                     method, target, logged_headers, status, 0, "+".join(fired) or None, started
