@@ -14,7 +14,10 @@ answer back, except where a `Fault` matches the request:
   message);
 - `Corrupt(at)`: flip one byte of the response body (default: the middle);
 - `Trickle(rate)`: send the body at `rate` bytes/s in small pieces (a slow, live link);
-- `Delay(seconds)`: wait before forwarding the response;
+- `Delay(seconds)`: wait before forwarding the response (the upstream has acted already);
+- `Hold(seconds, forward)`: wait before forwarding the request (the upstream has not seen it
+  yet); with `forward=False` the request is then dropped, never reaching the upstream (what a
+  client killed during the wait leaves behind); `release()` ends the wait early;
 - `Respond(status, headers, body)`: answer without asking the upstream (429 with Retry-After,
   503, a 307 to another host, ...);
 - `StripHeader(name)`: forward the request without a header (a server that ignores `Range`);
@@ -134,6 +137,19 @@ class Delay(Fault):
     """Sleep `seconds` before the response is forwarded."""
 
     seconds: float = 0.0
+
+
+@dataclass
+class Hold(Fault):
+    """Wait up to `seconds` before the request is forwarded (unlike `Delay`, where the
+    upstream has already done the work); with `forward=False`, close the connection instead."""
+
+    seconds: float = 0.0
+    forward: bool = True
+    released: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def release(self) -> None:
+        self.released.set()
 
 
 @dataclass
@@ -518,6 +534,14 @@ class FaultProxy:
                     _copy_body(cfile, _NullSocket(), headers, _Budget(None), to_eof=False)
                     self._respond(client, method, target, logged_headers, respond, started)
                     continue
+                hold = take(Hold)
+                if isinstance(hold, Hold):
+                    hold.released.wait(hold.seconds)
+                    if not hold.forward:
+                        self._log(
+                            ProxiedRequest(method, target, logged_headers, None, 0, "Hold", started)
+                        )
+                        return
                 if upstream is None:
                     upstream = socket.create_connection(self.upstream, timeout=self.timeout)
                     ufile = upstream.makefile("rb")
@@ -542,6 +566,8 @@ class FaultProxy:
                 rheaders = _parse_headers(rhead[1:])
                 status = int(status_line.split(" ", 2)[1])
                 fired: list[str] = ["StripHeader"] if strip is not None else []
+                if hold is not None:
+                    fired.append("Hold")
                 delay = take(Delay, status)
                 if isinstance(delay, Delay):
                     fired.append("Delay")
