@@ -12,6 +12,7 @@ other keys (`a` and `a/b`). bale's layout never does that.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -233,10 +234,18 @@ class LocalStore:
             if self.fsync:
                 _fsync_dir(final.parent)
             return True
+        except NotADirectoryError as exc:  # the store's root (or a parent of it) is a file
+            raise StoreError(
+                f"{self.describe(key)}: cannot write: a file is in the way of the store's "
+                "directories"
+            ) from exc
         except OSError as exc:
             raise self._error(exc, key) from exc
         finally:
-            tmp.unlink(missing_ok=True)
+            # Never let the clean-up replace the error above with a raw OSError (a root under
+            # a file makes even this unlink fail with NotADirectoryError).
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             self._prune(tmp.parent, self.root)
 
     @staticmethod
