@@ -7,6 +7,7 @@ limiter (`--limit-rate` caps the whole process).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,6 +37,13 @@ class TransferOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     limit_rate: int | None = None
     """Total bytes per second across all transfers of the process; None for no cap."""
+    range_streams: int = field(default_factory=lambda: _env_int("BALE_RANGE_STREAMS", 4))
+    """Parallel `Range` GETs for each large blob (1 turns it off); `BALE_RANGE_STREAMS`."""
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else default
 
 
 class Session:
@@ -64,7 +72,8 @@ class Session:
                     tls_verify=options.tls_verify,
                     retry=self.transfer.retry,
                     limiter=self.limiter,
-                    pool_size=max(16, self.transfer.jobs * 2),
+                    pool_size=max(16, self.transfer.jobs * 2 + self.transfer.range_streams),
+                    range_streams=self.transfer.range_streams,
                 )
                 self._clients[key] = client
             return client

@@ -54,6 +54,7 @@ from pipeline.registry.auth import (
     pull_scope,
 )
 from pipeline.registry.credentials import Credentials, find_credentials
+from pipeline.registry.ranged import RANGE_CHUNK, RangeBudget, RangedBlobBody
 from pipeline.transfer.ratelimit import RateLimiter, limited
 from pipeline.transfer.retry import (
     RETRYABLE_STATUS,
@@ -72,6 +73,9 @@ log = logging.getLogger("bale.registry")
 
 MAX_BLOB_INLINE = MAX_MANIFEST_BYTES
 """`get_blob` refuses blobs larger than this (skopeo's limit for configs); stream the rest."""
+
+RANGED_MIN_SIZE = 4 * RANGE_CHUNK
+"""Blobs from this size on are fetched as parallel ranges when `range_streams` > 1."""
 
 MAX_ERROR_BODY = 64 * 1024
 MAX_TAGS_PAGE = 64 * 1024 * 1024
@@ -209,8 +213,12 @@ class RegistryClient:
         retry: RetryPolicy | None = None,
         limiter: RateLimiter | None = None,
         pool_size: int = 16,
+        range_streams: int = 1,
     ) -> None:
         self.registry = registry
+        self.range_streams = max(1, range_streams)
+        """Parallel `Range` GETs for a large blob (1: one stream per blob); see ranged.py."""
+        self._range_budget = RangeBudget(self.range_streams)
         self.host = api_host(registry)
         self.tls_verify = tls_verify
         self.retry = retry or RetryPolicy()
@@ -483,7 +491,18 @@ class RegistryClient:
         the bytes are wrong. A dropped connection resumes with `Range` from the byte reached.
         """
         what = self._what(repository, descriptor.digest)
-        body = BlobBody(self, repository, descriptor, what)
+        body: BlobBody | RangedBlobBody
+        if self.range_streams > 1 and descriptor.size >= RANGED_MIN_SIZE:
+            body = RangedBlobBody(
+                self,
+                repository,
+                descriptor,
+                what,
+                streams=self.range_streams,
+                budget=self._range_budget,
+            )
+        else:
+            body = BlobBody(self, repository, descriptor, what)
         body.open()
         return VerifyingReader(
             limited(body, self.limiter), descriptor.digest, descriptor.size, what=what
@@ -648,13 +667,25 @@ class BlobBody:
     """
 
     def __init__(
-        self, client: RegistryClient, repository: str, descriptor: Descriptor, what: str
+        self,
+        client: RegistryClient,
+        repository: str,
+        descriptor: Descriptor,
+        what: str,
+        *,
+        start: int = 0,
+        end: int | None = None,
     ) -> None:
         self._client = client
         self._repository = repository
         self.descriptor = descriptor
         self.what = what
-        self.position = 0
+        self.position = start
+        self.end = descriptor.size if end is None else min(end, descriptor.size)
+        """Where this body stops (exclusive): the blob's end, or the end of one range."""
+        self._whole = start == 0 and self.end == descriptor.size
+        self.ranged = False
+        """True once the registry answered a Range request with 206."""
         self.resumes = 0
         self._resp: urllib3.BaseHTTPResponse | None = None
         self._skip = 0
@@ -663,14 +694,16 @@ class BlobBody:
 
     def open(self) -> None:
         headers = {"Accept-Encoding": "identity"}
-        if self.position:
-            headers["Range"] = f"bytes={self.position}-"
+        if self.position or not self._whole:
+            last = "" if self.end == self.descriptor.size else str(self.end - 1)
+            headers["Range"] = f"bytes={self.position}-{last}"
         resp = self._client._blob_response(
             self._repository, self.descriptor.digest, headers, self.what
         )
         self._skip = 0
-        if self.position:
+        if "Range" in headers:
             if resp.status == 206:
+                self.ranged = True
                 start = _content_range_start(resp.headers.get("Content-Range"))
                 if start != self.position:
                     _release(resp)
@@ -686,7 +719,7 @@ class BlobBody:
     def read(self, n: int = -1, /) -> bytes:
         if self._closed:
             raise ValueError("read from a closed blob stream")
-        remaining = self.descriptor.size - self.position
+        remaining = self.end - self.position
         if remaining <= 0:
             self._finish()
             return b""
@@ -717,7 +750,7 @@ class BlobBody:
                 continue
             self._failures = 0
             self.position += len(data)
-            if self.position >= self.descriptor.size:
+            if self.position >= self.end:
                 self._finish()
             return data
 

@@ -1,0 +1,268 @@
+"""Large blobs fetched as several `Range` GETs at once, handed on in order.
+
+On a long link one HTTP stream moves at most its TCP window per round trip, far below what the
+link carries; a blob split into ranges fetched in parallel fills it. The ranges are read ahead
+within a bounded window and delivered strictly in order, each as one `bytes` of exactly
+`chunk` bytes, so the `VerifyingReader` above hashes the blob in order as before, and a store
+writer whose part size equals `chunk` turns each range into one part without copying it.
+
+Memory is bounded per client, not per blob: each blob always has one range in flight (as a
+single stream would), and every further range read ahead holds a slot of the client's
+`RangeBudget`, taken without waiting, so `--jobs` blobs in flight share `streams` extra ranges
+instead of multiplying them, and no blob ever waits on another's slots (no deadlock, whatever
+order consumers read in). Each range resumes on its own after a dropped connection (`BlobBody`), and a
+registry that ignores `Range` gets the blob read as one stream.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from pipeline.errors import TransferError
+from pipeline.oci import Descriptor
+
+if TYPE_CHECKING:
+    from pipeline.registry.client import BlobBody, RegistryClient
+
+log = logging.getLogger("bale.registry")
+
+RANGE_CHUNK = 8 * 1024 * 1024
+"""Bytes per range: the stores' default part size, so one range becomes one part."""
+
+DEFAULT_STREAMS = 4
+
+FAST_LINK = 256 * 1024 * 1024
+"""Bytes/s of the first range (request latency included) from which one stream is kept: a
+link that fast is not the bottleneck (hashing and the store are), and parallel ranges would
+only cost memory and CPU. Measured on loopback here: one stream 1 GiB in 3.8 s, four ranges
+4.4-5.5 s."""
+
+
+class RangeBudget:
+    """How many ranges a client may hold read ahead at once, across all its blobs."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = max(1, slots)
+        self._sem = threading.Semaphore(self.slots)
+
+    def acquire(self, *, wait: bool) -> bool:
+        return self._sem.acquire(blocking=wait)
+
+    def release(self) -> None:
+        self._sem.release()
+
+    @property
+    def free(self) -> int:
+        """Slots not held right now."""
+        return self._sem._value  # type: ignore[attr-defined]
+
+
+class RangedBlobBody:
+    """A `Readable` over one blob whose bytes arrive as parallel ranges (see the module)."""
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        repository: str,
+        descriptor: Descriptor,
+        what: str,
+        *,
+        streams: int,
+        budget: RangeBudget,
+        chunk: int = 0,
+        fast_link: float | None = -1.0,
+    ) -> None:
+        self._client = client
+        self._repository = repository
+        self.descriptor = descriptor
+        self.what = what
+        self.streams = max(1, streams)
+        self.chunk = chunk or RANGE_CHUNK
+        self._budget = budget
+        self._pending: collections.deque[tuple[Future[bytes], bool]] = collections.deque()
+        """Ranges in flight, in order, each with whether it holds a budget slot."""
+        self._next = 0
+        """Start of the next range to ask for."""
+        self._current = memoryview(b"")
+        self._current_bytes = b""
+        self._single: BlobBody | None = None
+        """The whole blob as one stream, when the registry does not do ranges."""
+        self._pool: ThreadPoolExecutor | None = None
+        self._closed = False
+        self.position = 0
+        self.fast_link = FAST_LINK if fast_link is not None and fast_link < 0 else fast_link
+        """With a rate here, the first range is fetched alone and timed: at this rate or
+        faster the rest comes as one stream; None always fetches in parallel."""
+        self._probe_started: float | None = None
+        self.parallel: bool | None = None
+        """Whether the blob came as parallel ranges (None until decided)."""
+
+    # ---- set-up --------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Ask for the first range here, so a missing blob or a refusal raises at once."""
+        from pipeline.registry.client import BlobBody
+
+        size = self.descriptor.size
+        if size <= self.chunk:  # one range is the whole blob: nothing to split
+            self._single = BlobBody(self._client, self._repository, self.descriptor, self.what)
+            self._single.open()
+            self.parallel = False
+            return
+        self._probe_started = time.monotonic()
+        first = BlobBody(
+            self._client,
+            self._repository,
+            self.descriptor,
+            self.what,
+            start=0,
+            end=min(self.chunk, size),
+        )
+        first.open()
+        if not first.ranged:
+            first.close()
+            log.info("%s: registry ignored Range; reading the blob as one stream", self.what)
+            self._single = BlobBody(self._client, self._repository, self.descriptor, self.what)
+            self._single.open()
+            self.parallel = False
+            return
+        self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="bale-range")
+        self._pending.append((self._pool.submit(self._drain, first), False))
+        self._next = first.end
+        if self.fast_link is None:
+            self.parallel = True
+            self._top_up()
+
+    def _fetch(self, start: int) -> bytes:
+        from pipeline.registry.client import BlobBody
+
+        body = BlobBody(
+            self._client,
+            self._repository,
+            self.descriptor,
+            self.what,
+            start=start,
+            end=min(start + self.chunk, self.descriptor.size),
+        )
+        body.open()
+        return self._drain(body)
+
+    @staticmethod
+    def _drain(body: BlobBody) -> bytes:
+        """All of one range, normally as the single `bytes` urllib3 returns."""
+        want = body.end - body.position
+        try:
+            pieces = []
+            while want > 0:
+                data = body.read(want)
+                if not data:  # BlobBody resumes or raises; an empty read means it is done
+                    break
+                pieces.append(data)
+                want -= len(data)
+        finally:
+            body.close()
+        if want:
+            raise TransferError(f"{body.what}: range ended {want} bytes early")
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _top_up(self) -> None:
+        """Keep up to `streams` ranges in flight: one of right, the others while slots last."""
+        assert self._pool is not None
+        size = self.descriptor.size
+        while self._next < size and len(self._pending) < self.streams:
+            held = any(not h for _, h in self._pending)  # the blob's own range is taken
+            if held and not self._budget.acquire(wait=False):
+                return
+            start, self._next = self._next, min(self._next + self.chunk, size)
+            try:
+                self._pending.append((self._pool.submit(self._fetch, start), held))
+            except BaseException:
+                if held:
+                    self._budget.release()
+                raise
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def read(self, n: int = -1, /) -> bytes:
+        if self._closed:
+            raise ValueError("read from a closed blob stream")
+        if not self._current and self._single is not None:
+            data = self._single.read(n)
+            self.position += len(data)
+            return data
+        if not self._current:
+            if not self._pending:
+                return b""
+            future, held = self._pending.popleft()
+            try:
+                data = future.result()
+            finally:
+                if held:
+                    self._budget.release()  # the range leaves the read-ahead window
+            self._current_bytes = data
+            self._current = memoryview(data)
+            if self.parallel is None:
+                self._decide(len(data))
+            elif self.parallel:
+                self._top_up()
+        if n is None or n < 0 or n >= len(self._current):
+            if len(self._current) == len(self._current_bytes):
+                out = self._current_bytes  # a whole range: hand it on without a copy
+            else:
+                out = bytes(self._current)
+            self._current = memoryview(b"")
+            self._current_bytes = b""
+        else:
+            out = bytes(self._current[:n])
+            self._current = self._current[n:]
+        self.position += len(out)
+        return out
+
+    def _decide(self, first: int) -> None:
+        """After the first range: parallel ranges for a slow link, one stream for a fast one."""
+        from pipeline.registry.client import BlobBody
+
+        assert self._probe_started is not None and self.fast_link is not None
+        elapsed = max(time.monotonic() - self._probe_started, 1e-6)
+        rate = first / elapsed
+        self.parallel = rate < self.fast_link
+        log.debug(
+            "%s: first range at %.0f MiB/s: %s",
+            self.what,
+            rate / 2**20,
+            f"{self.streams} parallel ranges" if self.parallel else "one stream",
+        )
+        if self.parallel:
+            self._top_up()
+        elif self._next < self.descriptor.size:
+            self._single = BlobBody(
+                self._client, self._repository, self.descriptor, self.what, start=self._next
+            )
+            self._single.open()
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._single is not None:
+            self._single.close()
+        pending, self._pending = self._pending, collections.deque()
+        for future, held in pending:
+            if not held:
+                future.cancel()
+            elif future.cancel():
+                self._budget.release()
+            else:
+                future.add_done_callback(lambda _f: self._budget.release())
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._current = memoryview(b"")
+        self._current_bytes = b""
