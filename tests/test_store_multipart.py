@@ -251,3 +251,66 @@ def test_reads_happen_before_completion() -> None:
     assert events[-1] == "complete 1,2,3,4,5,6,7,8,9,10"
     assert events.index("last read") < events.index("complete 1,2,3,4,5,6,7,8,9,10")
     assert "abort" not in events
+
+
+def test_uploads_sharing_slots_keep_parts_in_flight_within_them() -> None:
+    """Several uploads of one store share its part slots: in flight across all of them never
+    exceeds the slots, so memory does not grow with --jobs (measured in bench case m)."""
+    from pipeline.store.multipart import Part, stream_upload
+
+    lock = threading.Lock()
+    active = peak = 0
+
+    class Sink:
+        limits = PartLimits(min_part=10)
+
+        def describe(self, key: str) -> str:
+            return key
+
+        def put_single(self, key: str, data: bytes, *, if_absent: bool) -> bool:
+            raise AssertionError("multipart expected")
+
+        def initiate(self, key: str) -> str:
+            return key
+
+        def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> Part:
+            nonlocal active, peak
+            with lock:
+                active += 1
+                peak = max(peak, active)
+            time.sleep(0.005)
+            with lock:
+                active -= 1
+            return Part(number, f"e{number}", len(data))
+
+        def copy_part(self, *a: object) -> Part:
+            raise AssertionError
+
+        def complete(self, key: str, upload_id: str, parts: list[Part], *, if_absent: bool) -> bool:
+            assert [p.number for p in parts] == list(range(1, 21))
+            return True
+
+        def abort(self, key: str, upload_id: str) -> None:
+            raise AssertionError("no failure expected")
+
+        def read_range(self, key: str, start: int, length: int) -> bytes:
+            raise AssertionError
+
+    sink, slots = Sink(), threading.Semaphore(2)
+    errors: list[BaseException] = []
+
+    def upload(i: int) -> None:
+        try:
+            stream_upload(
+                sink, f"k{i}", io.BytesIO(b"x" * 200), 200, part_size=10, parallel=4, slots=slots
+            )  # type: ignore[arg-type]
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upload, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert peak == 2  # 4 uploads x parallel 4 would be 16 without the shared slots

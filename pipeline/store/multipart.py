@@ -127,10 +127,12 @@ class PartPool:
     cancelled and the running ones waited for, so `abort` comes after the last part landed.
     """
 
-    def __init__(self, parallel: int, name: str) -> None:
+    def __init__(self, parallel: int, name: str, slots: threading.Semaphore | None = None) -> None:
         self.parallel = max(1, parallel)
         self._pool = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix=name)
-        self._slots = threading.BoundedSemaphore(self.parallel)
+        self._slots = slots if slots is not None else threading.BoundedSemaphore(self.parallel)
+        """Held by each job from submission to its end: this upload's own, or `slots` shared
+        by every upload to one store so that memory does not grow with concurrent uploads."""
         self._futures: list[Future[Part]] = []
         self._failed: Future[Part] | None = None
         self._lock = threading.Lock()
@@ -230,8 +232,14 @@ def stream_upload(
     if_absent: bool = False,
     part_size: int = DEFAULT_PART_SIZE,
     parallel: int = DEFAULT_PARALLEL,
+    slots: threading.Semaphore | None = None,
 ) -> WriteResult:
-    """Write `stream` to `key` with bounded memory; see the module docstring for the shape."""
+    """Write `stream` to `key` with bounded memory; see the module docstring for the shape.
+
+    `slots`, shared by the uploads of one store, bounds the parts in flight across all of them
+    (each upload still holds at most the part it is reading): memory is then
+    (slots + concurrent uploads) x part size instead of concurrent uploads x (parallel + 1).
+    """
     what = sink.describe(key)
     limits = sink.limits
     if size is not None and size < 0:
@@ -254,7 +262,7 @@ def stream_upload(
 
     total = 0
     with Upload(sink, key) as upload:
-        with PartPool(parallel, "bale-part") as pool:
+        with PartPool(parallel, "bale-part", slots) as pool:
             number = 1
             data: bytes | None = first
             del first

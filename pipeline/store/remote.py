@@ -11,6 +11,7 @@ full object names (prefix included); mapping them to and from keys happens here.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -145,6 +146,8 @@ class RemoteStore(ABC):
         self.prefix = keys.normalize_prefix(prefix)
         self.part_size = part_size
         self.parallel = max(1, parallel)
+        self._part_slots = threading.Semaphore(self.parallel)
+        """Parts in flight across every `put_stream` of this store (--jobs blobs at once)."""
         self.page_size = 1000
         self.retry = retry or RetryPolicy()
         scheme = self.provider.scheme
@@ -240,6 +243,7 @@ class RemoteStore(ABC):
             if_absent=if_absent,
             part_size=self.part_size,
             parallel=self.parallel,
+            slots=self._part_slots,
         )
 
     def compose(self, key: str, pieces: Sequence[Piece], *, if_absent: bool = False) -> WriteResult:
