@@ -61,6 +61,9 @@ class BaleGroup(click.Group):
             fail(exc)
 
 
+THIRD_PARTY_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "oss2", "requests")
+
+
 @click.group(cls=BaleGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="bale")
 @option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
@@ -79,6 +82,10 @@ def main(verbose: int, quiet: bool, log_format: str) -> None:
     logging.basicConfig(
         level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    # Third-party HTTP stacks log signed headers, session tokens and presigned URL queries at
+    # DEBUG; -v/-vv is for bale's own lines, so they never go below WARNING.
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 
 # ---- inspect, list-tags ------------------------------------------------------------------------

@@ -319,11 +319,6 @@ def test_inspect_list_tags_copy_and_restore_leak_nothing(
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="-vv puts every logger at DEBUG (cli.py `logging.basicConfig`), and botocore's "
-    "DEBUG lines print the signed request's headers: X-Amz-Security-Token appears verbatim",
-)
 def test_s3_keys_leak_nothing(bed: Bed, moto_server: MotoServer, tmp_path: Path) -> None:
     """At -vv botocore logs every request it signs; the secret key and session token must not
     be in it (moto accepts any keys)."""
@@ -343,11 +338,6 @@ def test_s3_keys_leak_nothing(bed: Bed, moto_server: MotoServer, tmp_path: Path)
         assert proc.returncode == 0, show(proc)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="-vv puts urllib3 at DEBUG, and urllib3 logs every URL with its query string: a "
-    "registry's redirect to a presigned storage URL prints its signature and security token",
-)
 def test_presigned_redirect_query_leaks_nothing(
     bed: Bed, registry: RegistryServer, tmp_path: Path
 ) -> None:
