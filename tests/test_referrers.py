@@ -134,8 +134,15 @@ def sign(
         }
     ).encode()
     fake_signature = base64.b64encode(hashlib.sha256(payload).digest()).decode()
+    # cosign's config: the (uncompressed) payload layer's digest is its diff_id
+    diff_id = "sha256:" + hashlib.sha256(payload).hexdigest()
     config = json.dumps(
-        {"architecture": "", "os": "", "config": {}, "rootfs": {"type": "layers", "diff_ids": []}}
+        {
+            "architecture": "",
+            "os": "",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        }
     ).encode()
     media = SIMPLESIGNING if kind == ".sig" else "application/vnd.dsse.envelope.v1+json"
     manifest = {
@@ -335,6 +342,13 @@ def test_signed_image_round_trips_through_archive_and_restore(
     with _client(registry) as client:
         found = client.head_manifest(signed.repo, f"sha256-{hexes['index']}")
         assert found is not None and stored == found.digest
+
+    # gc keeps every referrer (they are tagged, or listed by a tagged index); verify is clean
+    proc = _bale("gc", str(store), "--older-than", "0s")
+    assert proc.returncode == 0, proc.stderr
+    assert "0 blob(s)" in proc.stderr, proc.stderr
+    proc = _bale("verify", str(store), "--deep")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
     dest_repo = "referrers/restored"
     mark = htpasswd_registry.mark()

@@ -141,25 +141,31 @@ def _pinned(ref: Reference, digest: str) -> Reference:
 
 
 class TagListings:
-    """Tag lists read once per repository for a whole run (one `Session`): archiving 500 tags
-    of a repository lists its tags once, not 500 times. A new run lists afresh."""
+    """Tag lists read once per repository for a whole run (one `Session`): archiving or
+    restoring 500 tags of a repository lists its tags once, not 500 times. A new run lists
+    afresh."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._tags: dict[tuple[str, str], frozenset[str]] = {}
 
-    def get(self, client: RegistryClient, repository: str) -> frozenset[str]:
-        key = (client.registry, repository)
+    def get(self, key: tuple[str, str], load: Callable[[], Iterable[str]]) -> frozenset[str]:
+        """The tags under `key` (where, repository), from `load()` the first time."""
         with self._lock:
             found = self._tags.get(key)
         if found is None:
             try:
-                found = frozenset(client.list_tags(repository))
-            except NotFound:
+                found = frozenset(load())
+            except (NotFound, StoreNotFound):
                 found = frozenset()
             with self._lock:
-                self._tags.setdefault(key, found)
+                found = self._tags.setdefault(key, found)
         return found
+
+    def put(self, key: tuple[str, str], tags: Iterable[str]) -> None:
+        """A listing the run already made (sync lists a repository to find its images)."""
+        with self._lock:
+            self._tags.setdefault(key, frozenset(tags))
 
 
 _listings: weakref.WeakKeyDictionary[Session, TagListings] = weakref.WeakKeyDictionary()
@@ -192,7 +198,10 @@ class RegistryRepo:
         return self.reference.repository
 
     def tags(self) -> frozenset[str]:
-        return self.listings.get(self.client, self.repository)
+        return self.listings.get(
+            (self.client.registry, self.repository),
+            lambda: self.client.list_tags(self.repository),
+        )
 
     def tag_manifest(self, tag: str) -> Descriptor | None:
         return self.client.head_manifest(self.repository, tag)
@@ -222,13 +231,16 @@ class RegistryRepo:
 class BucketRepo:
     """An image's repository in the archive bucket (`<host>/<repo>` under the registry layout)."""
 
-    def __init__(self, bucket: ArchiveBucket, reference: Reference) -> None:
+    def __init__(
+        self, bucket: ArchiveBucket, reference: Reference, listings: TagListings | None = None
+    ) -> None:
         self.bucket = bucket
         self.reference = replace(reference, tag=None, digest=None)
         self.repo = self.reference.store_repo
+        self.listings = listings or TagListings()
 
     def tags(self) -> frozenset[str]:
-        return frozenset(self.bucket.tags(self.repo))
+        return self.listings.get((self.bucket.url, self.repo), lambda: self.bucket.tags(self.repo))
 
     def tag_manifest(self, tag: str) -> Descriptor | None:
         digest = self.bucket.tag_digest(self.repo, tag)
@@ -314,11 +326,11 @@ class BucketDestination:
 
 def repo_of(source: ImageSource, session: Session | None = None) -> ReferrerRepo | None:
     """The repository an image source reads from, when referrers can be found there."""
+    listings = listings_for(session) if session is not None else None
     if isinstance(source, RegistrySource):
-        listings = listings_for(session) if session is not None else None
         return RegistryRepo(source.client, source.reference, listings)
     if isinstance(source, BucketImage):
-        return BucketRepo(source.bucket, source.reference)
+        return BucketRepo(source.bucket, source.reference, listings)
     return None
 
 

@@ -61,7 +61,13 @@ from pipeline.image import DEFAULT_PLATFORM, ImageSource, select_platforms
 from pipeline.oci import OCI_LAYER_ZSTD, ImageIndex, ImageManifest, Platform, RawManifest
 from pipeline.ops.copy import copy_image
 from pipeline.ops.events import image_events
-from pipeline.ops.referrers import RegistryRepo, artifact_subject, sync_referrers, written_subjects
+from pipeline.ops.referrers import (
+    RegistryRepo,
+    artifact_subject,
+    listings_for,
+    sync_referrers,
+    written_subjects,
+)
 from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
 from pipeline.registry.client import RegistryClient
@@ -164,6 +170,7 @@ def plan_repository(
         tags = session.client(ref.registry, registry).list_tags(ref.repository)
         if not tags:
             raise NotFound(f"no images to sync found in {ref.name}", registry=ref.registry)
+        listings_for(session).put((ref.registry, ref.repository), tags)
         refs = []
         for tag in tags:
             try:
