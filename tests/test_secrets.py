@@ -3,7 +3,8 @@ wrote, for runs built to make it talk a lot.
 
 Registries of their own (htpasswd with a random password; token auth whose issuer records every
 token it signs), reached through fault proxies so that retries, resumes and re-authentication
-all happen; every run at `-vv` (urllib3 and botocore debug logging included), with `--report`,
+all happen; every run at `-vv` (where botocore and urllib3 once printed a session token and
+presigned URL queries: their loggers now stay at WARNING), with `--report`,
 `--junit` and both `--log-format`s; credentials from `--src-creds`/`--dest-creds`/`--creds`, a
 spec file, an auth file (base64 `auth`, an OAuth2 `identitytoken`); wrong passwords too; S3 keys
 from the environment. The secrets looked for: each password (raw, URL-encoded), each
@@ -320,8 +321,8 @@ def test_inspect_list_tags_copy_and_restore_leak_nothing(
 
 
 def test_s3_keys_leak_nothing(bed: Bed, moto_server: MotoServer, tmp_path: Path) -> None:
-    """At -vv botocore logs every request it signs; the secret key and session token must not
-    be in it (moto accepts any keys)."""
+    """At DEBUG botocore logs every request it signs, session token included; -vv must not
+    let it (moto accepts any keys)."""
     env = cli_env(tmp_path, {"AWS_SECRET_ACCESS_KEY": AWS_SECRET, "AWS_SESSION_TOKEN": AWS_SESSION})
     url = f"s3://{moto_server.create_bucket()}/arch"
     endpoint = ["--endpoint-url", moto_server.endpoint_url]
