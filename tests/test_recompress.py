@@ -648,3 +648,28 @@ def test_restore_with_zstd_and_a_second_sync_skips(
         )
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.split()[0] == expected, proc.stdout
+
+
+@pytest.mark.integration
+def test_copy_into_a_tar_with_zstd_reads_back_with_skopeo(
+    registry, image_factory, unique_repo, tmp_path, skopeo
+):
+    pushed = image_factory.push(
+        image_factory.image(layers=LAYERS[:2]), f"{unique_repo}:t", registry
+    )
+    tar = tmp_path / "z.tar"
+    proc = _bale(
+        "copy",
+        f"docker://{registry.host}/{unique_repo}:t",
+        f"oci-archive:{tar}",
+        "--src-tls-verify=false",
+        "--dest-compress-format=zstd",
+    )
+    assert proc.returncode == 0, proc.stderr
+    digest = proc.stderr.split("(", 1)[1].split(",", 1)[0]
+    raw = json.loads(skopeo.run("inspect", "--raw", f"oci-archive:{tar}").stdout)
+    assert [la["mediaType"] for la in raw["layers"]] == [OCI_LAYER_ZSTD] * 2
+    assert raw["config"]["digest"] == pushed.config_descriptor.digest
+    back = f"docker://{registry.host}/{unique_repo}-back:t"
+    skopeo.copy(f"oci-archive:{tar}", back, "--dest-tls-verify=false", "--preserve-digests")
+    assert skopeo.inspect(back)["Digest"] == digest != pushed.digest

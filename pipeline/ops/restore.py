@@ -6,6 +6,8 @@ with the bucket (`BucketImage`) as its source: blobs stream from the store to th
 repository is mounted), then the manifests as stored, children before the index, then the tag.
 An image archived with all its platforms comes back as the whole index; one archived for a
 single platform comes back as that platform's manifest (what the bucket's tag points at).
+Archived signatures and attestations follow their image (`ops/referrers.py`), unless layers
+are recompressed (`--dest-compress-format`: new digests, which the old signatures do not name).
 """
 
 from __future__ import annotations
