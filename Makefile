@@ -42,7 +42,9 @@ format: venv
 demo: deps venv
 	$(PY) demo/run_demo.py
 
+# BENCH_QUICK=1 for a small smoke run; results in bench/results (see BENCHMARKS.md).
 bench: deps venv
+	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m bench
 
 clean:

@@ -1,0 +1,176 @@
+"""The servers and images every contender shares, built from the test bed's own pieces.
+
+One docker-registry (the source), a second one (sync's destination), one moto_server, and
+images made by the test bed's `ImageFactory` and pushed with skopeo. Everything lives under one
+work directory, and each contender process gets its own empty TMPDIR there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.bed.images import BuiltImage, ImageFactory, LayerSpec, Skopeo
+from tests.bed.moto import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, start_moto_server
+from tests.bed.registry import RegistryServer
+
+ROOT = Path(__file__).resolve().parent.parent
+BALE = [sys.executable, "-m", "pipeline"]
+
+
+@dataclass(frozen=True)
+class Pushed:
+    """An image in the source registry."""
+
+    name: str
+    ref: str
+    """`host/repo:tag` in the source registry."""
+    image: BuiltImage
+
+    @property
+    def size(self) -> int:
+        return self.image.total_size
+
+    @property
+    def repo(self) -> str:
+        return self.ref.rsplit(":", 1)[0].split("/", 1)[1]
+
+    @property
+    def layer_bytes(self) -> int:
+        return sum(d.size for d in self.image.layers)
+
+
+class Bed:
+    """Start with `with Bed(workdir) as bed:`; everything stops and is removed on exit."""
+
+    def __init__(self, workdir: Path, *, keep: bool = False) -> None:
+        self.workdir = workdir
+        self.keep = keep
+        self._stack = contextlib.ExitStack()
+        self.registry: RegistryServer
+        self.registry2: RegistryServer
+        self.moto: MotoServer
+        self.factory: ImageFactory
+        self.skopeo: Skopeo
+        self._tmp_n = 0
+
+    def __enter__(self) -> Bed:
+        if self.workdir.exists():
+            shutil.rmtree(self.workdir)
+        self.workdir.mkdir(parents=True)
+        try:
+            self.registry = self._stack.enter_context(RegistryServer(self.workdir / "registry"))
+            self.registry2 = self._stack.enter_context(RegistryServer(self.workdir / "registry2"))
+            moto_tmp = self.workdir / "moto-tmp"
+            moto_tmp.mkdir()
+            with _env(TMPDIR=str(moto_tmp)):  # moto spools objects over 5 MiB to disk there
+                self.moto = start_moto_server(self.workdir)
+            self._stack.callback(self.moto.stop)
+            self.factory = ImageFactory(self.workdir / "images")
+            self.skopeo = Skopeo(self.workdir / "skopeo")
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+        if not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # ---- images ------------------------------------------------------------------------
+
+    def push(self, name: str, layers: Sequence[LayerSpec]) -> Pushed:
+        image = self.factory.image(layers=layers, format="docker")
+        ref = f"{self.registry.host}/bench/{name}:1"
+        self.factory.push(image, ref, self.registry)
+        return Pushed(name, ref, image)
+
+    def drop_layer_files(self, pushed: Pushed) -> None:
+        """Free the generator's copy of big layers once pushed (the registry has its own)."""
+        for desc in pushed.image.layers:
+            path = pushed.image.blob_path(desc.digest)
+            with contextlib.suppress(FileNotFoundError):
+                if path.resolve().stat().st_size > 64 << 20:
+                    path.resolve().unlink()
+
+    # ---- environment -------------------------------------------------------------------
+
+    def tmpdir(self, label: str) -> Path:
+        """A fresh empty directory for one run's TMPDIR."""
+        self._tmp_n += 1
+        path = self.workdir / "tmp" / f"{self._tmp_n:04d}-{label}"
+        path.mkdir(parents=True)
+        return path
+
+    def s3_env(self, endpoint: str | None = None) -> dict[str, str]:
+        """The environment of a contender talking to moto: fixed keys, no CA bundle."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BALE_"))}
+        env.update(
+            AWS_ACCESS_KEY_ID=ACCESS_KEY,
+            AWS_SECRET_ACCESS_KEY=SECRET_KEY,
+            AWS_DEFAULT_REGION=REGION,
+            AWS_ENDPOINT_URL=endpoint or self.moto.endpoint_url,
+            PYTHONPATH=str(ROOT),
+        )
+        return env
+
+    def skopeo_env(self) -> dict[str, str]:
+        env = self.skopeo.env()
+        env.pop("TMPDIR", None)  # each run sets its own
+        return env
+
+    def skopeo_cmd(self, tmpdir: Path, *args: str) -> list[str]:
+        return [
+            self.skopeo.binary,
+            "--policy",
+            str(self.skopeo.policy),
+            "--tmpdir",
+            str(tmpdir),
+            *args,
+        ]
+
+    # ---- buckets -----------------------------------------------------------------------
+
+    def new_bucket(self) -> str:
+        return self.moto.create_bucket(f"bench-{uuid.uuid4().hex[:10]}")
+
+    def drop_bucket(self, name: str) -> None:
+        """Empty and delete a bucket (keeps moto's memory and disk flat across runs)."""
+        client = self.moto.client()
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=name, Delete={"Objects": keys})
+        uploads = client.list_multipart_uploads(Bucket=name).get("Uploads", [])
+        for up in uploads:
+            client.abort_multipart_upload(Bucket=name, Key=up["Key"], UploadId=up["UploadId"])
+        client.delete_bucket(Bucket=name)
+
+    def bucket_bytes(self, name: str) -> int:
+        client: Any = self.moto.client()
+        total = 0
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+            total += sum(o["Size"] for o in page.get("Contents", []))
+        return total
+
+
+@contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
