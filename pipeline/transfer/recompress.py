@@ -101,19 +101,22 @@ class Transcoded:
 class ZstdTranscoder:
     """A reader of `source` (a layer in any compression) re-encoded as one zstd frame.
 
-    The uncompressed tar and the output are hashed on worker threads; `result` is available
-    once `read` has returned b"". Each `read(n)` returns at most `n` bytes, and no more than
-    one input chunk's worth of output is held, so memory is bounded for any layer size.
+    With `measure` (pass one), the uncompressed tar and the output are hashed on worker
+    threads and `result` is available once `read` has returned b"". Pass two leaves hashing
+    to the `VerifyingReader` around it. Each `read(n)` returns at most `n` bytes, and no more
+    than one input chunk's worth of output is held, so memory is bounded for any layer size.
     """
 
-    def __init__(self, source: Readable, *, level: int = DEFAULT_LEVEL) -> None:
+    def __init__(
+        self, source: Readable, *, level: int = DEFAULT_LEVEL, measure: bool = True
+    ) -> None:
         peek = PeekableReader(source)
         self.compression: Compression = detect_compression(peek.peek(MAGIC_LEN))
         self._source = peek
         self._plain = open_decompressed(self.compression, peek)
         self._encoder = zstandard.ZstdCompressor(level=level, write_checksum=True).compressobj()
-        self._tar_hash = BackgroundHasher()
-        self._out_hash = BackgroundHasher()
+        self._tar_hash = BackgroundHasher() if measure else None
+        self._out_hash = BackgroundHasher() if measure else None
         self._chunks: list[bytes] = []
         self._offset = 0
         self._buffered = 0
@@ -132,17 +135,24 @@ class ZstdTranscoder:
                 ) from exc
             if plain:
                 self._uncompressed += len(plain)
-                self._tar_hash.update(plain)
+                if self._tar_hash is not None:
+                    self._tar_hash.update(plain)
                 out = self._encoder.compress(plain)
             else:
                 out = self._encoder.flush()
                 self._done = True
             if out:
-                self._out_hash.update(out)
+                if self._out_hash is not None:
+                    self._out_hash.update(out)
                 self._size += len(out)
                 self._chunks.append(out)
                 self._buffered += len(out)
-        if self._done and self._result is None:
+        if (
+            self._done
+            and self._result is None
+            and self._tar_hash is not None
+            and self._out_hash is not None
+        ):
             self._result = Transcoded(
                 digest=self._out_hash.digest(),
                 size=self._size,
@@ -170,12 +180,13 @@ class ZstdTranscoder:
     @property
     def result(self) -> Transcoded:
         if self._result is None:
-            raise ValueError("transcode not finished")
+            raise ValueError("transcode not finished (or not measuring)")
         return self._result
 
     def close(self) -> None:
-        self._tar_hash.close()
-        self._out_hash.close()
+        for hasher in (self._tar_hash, self._out_hash):
+            if hasher is not None:
+                hasher.close()
         self._source.close()
 
 
@@ -306,7 +317,9 @@ class RecompressedSource:
         what = f"{self.reference.name}@{descriptor.digest} (zstd of {layer.original.digest})"
         if cached is not None:
             return VerifyingReader(io.BytesIO(cached), descriptor.digest, len(cached), what=what)
-        transcoder = ZstdTranscoder(self.source.open_blob(layer.original), level=self.level)
+        transcoder = ZstdTranscoder(
+            self.source.open_blob(layer.original), level=self.level, measure=False
+        )
         return VerifyingReader(transcoder, descriptor.digest, descriptor.size, what=what)
 
     # -- conversion -----------------------------------------------------------------------
