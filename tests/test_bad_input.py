@@ -341,6 +341,43 @@ def test_s3_bucket_that_does_not_exist(
         assert "bucket no-such-bucket-7 does not exist" in error_line(proc)
 
 
+def test_oss_bucket_without_permission(
+    registry: RegistryServer, image: Image, oss_server: Any, tmp_path: Path
+) -> None:
+    """The OSS server answers 403 AccessDenied to everything in this bucket."""
+    from tests.bed.fixtures_store import OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET, OSS_REGION
+
+    bucket = oss_server.create_bucket()
+    oss_server.deny(bucket)
+    env = cli_env(
+        tmp_path,
+        {
+            "OSS_ENDPOINT": oss_server.endpoint,
+            "OSS_ACCESS_KEY_ID": OSS_ACCESS_KEY_ID,
+            "OSS_ACCESS_KEY_SECRET": OSS_ACCESS_KEY_SECRET,
+            "OSS_REGION": OSS_REGION,
+        },
+    )
+    url = f"oss://{bucket}/arch"
+    proc = bale(
+        "archive",
+        f"docker://{registry.host}/{image.repo}:1",
+        "--to",
+        url,
+        "--src-tls-verify=false",
+        env=env,
+    )
+    line = failed_line(proc)
+    assert bucket in line and "denied" in line.lower(), line
+    assert "retrying" not in proc.stderr, show(proc)  # a 403 is not worth another try
+    assert oss_server.objects(bucket) == {} and oss_server.uploads(bucket) == []
+    for command in ("verify", "gc", "ls"):
+        proc = bale(command, url, env=env)
+        assert proc.returncode in (1, 2), show(proc)
+        assert "denied" in error_line(proc).lower(), show(proc)
+    oss_server.drop_bucket(bucket)
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="`bale verify`/`ls` of a local path that does not exist report an empty, clean "
