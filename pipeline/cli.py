@@ -386,14 +386,23 @@ def _session(jobs: int, limit_rate: int | None, retries: int) -> Any:
     )
 
 
-def _open_bucket(url: str, endpoint_url: str | None, retries: int = 5) -> Any:
+def _open_bucket(
+    url: str, endpoint_url: str | None, retries: int = 5, *, existing: bool = True
+) -> Any:
+    """The archive at `url`; with `existing`, a local directory that is not there is bad input
+    (a typo must not read as an empty, clean archive)."""
+    from pathlib import Path
+
     from pipeline.archive.bucket import ArchiveBucket
+    from pipeline.errors import UsageError
     from pipeline.store.url import open_store
     from pipeline.transfer.retry import RetryPolicy
 
-    return ArchiveBucket(
-        open_store(url, endpoint_url=endpoint_url, retry=RetryPolicy(retries=retries))
-    )
+    store = open_store(url, endpoint_url=endpoint_url, retry=RetryPolicy(retries=retries))
+    root = getattr(store, "root", None)
+    if existing and root is not None and not Path(root).is_dir():
+        raise UsageError(f"no archive at {url}: {root} is not a directory")
+    return ArchiveBucket(store)
 
 
 def _write_reports(
@@ -520,7 +529,7 @@ def archive_command(
         credentials=credentials, authfile=authfile, tls_verify=src_tls_verify
     )
     check_output_paths((report_path, junit_path))
-    bucket = _open_bucket(store_url, endpoint_url, retries)
+    bucket = _open_bucket(store_url, endpoint_url, retries, existing=False)
     options = ArchiveOptions(
         platform=platform, all_platforms=all_platforms, force=force, referrers=referrers
     )
@@ -593,7 +602,7 @@ def run_command(
         credentials=credentials, authfile=authfile, tls_verify=src_tls_verify
     )
     check_output_paths((report_path, junit_path))
-    bucket = _open_bucket(store_url, endpoint_url, retries)
+    bucket = _open_bucket(store_url, endpoint_url, retries, existing=False)
     options = ArchiveOptions(
         platform=platform, all_platforms=all_platforms, force=force, referrers=referrers
     )

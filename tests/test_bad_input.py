@@ -378,11 +378,6 @@ def test_oss_bucket_without_permission(
     oss_server.drop_bucket(bucket)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`bale verify`/`ls` of a local path that does not exist report an empty, clean "
-    "store (exit 0) instead of saying there is no store there",
-)
 def test_verify_of_a_store_that_is_not_there(tmp_path: Path) -> None:
     proc = bale("verify", str(tmp_path / "typo"), env=cli_env(tmp_path))
     assert proc.returncode != 0, show(proc)

@@ -8,6 +8,7 @@ points at data that is not there.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from pipeline.archive.record import ImageRecord
 from pipeline.archive.tarplan import to_compose_pieces
 from pipeline.archive.tarstream import plan_resolved
 from pipeline.batch.report import ImageResult, RunReport
-from pipeline.errors import BaleError
+from pipeline.errors import BaleError, DigestMismatch
 from pipeline.image import ImageSource, ResolvedImage, resolve_image
 from pipeline.oci import Descriptor, Platform
 from pipeline.ops.events import image_events
@@ -30,6 +31,8 @@ from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
 from pipeline.registry.source import RegistrySource
 from pipeline.transfer.progress import CountingReader, TransferEvents
+
+log = logging.getLogger("bale.archive")
 
 
 @dataclass(frozen=True)
@@ -194,14 +197,32 @@ class Archiver:
             self.events.on_bytes(key, n)
             self.events.on_image_bytes(name, moved=n)
 
-        stream = CountingReader(source.open_blob(desc), report)
-        try:
-            result = self.bucket.put_blob(desc, stream)
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
-        return stream.count, result.sent
+        # A digest mismatch (bytes corrupted on the way) is not resumable: fetch the blob again
+        # from the start, up to --retries times. Nothing of a failed attempt becomes visible.
+        attempts = self.session.transfer.retry.retries + 1
+        downloaded = 0
+        for attempt in range(1, attempts + 1):
+            stream = CountingReader(source.open_blob(desc), report)
+            try:
+                result = self.bucket.put_blob(desc, stream)
+            except DigestMismatch as exc:
+                downloaded += stream.count
+                if attempt == attempts:
+                    raise
+                log.warning(
+                    "fetching %s again after %s (attempt %d/%d)",
+                    desc.digest,
+                    exc,
+                    attempt + 1,
+                    attempts,
+                )
+                continue
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
+            return downloaded + stream.count, result.sent
+        raise AssertionError("unreachable")
 
     def _write_tar_and_record(
         self, resolved: ResolvedImage, options: ArchiveOptions, counts: _Counts
