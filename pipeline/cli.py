@@ -416,21 +416,6 @@ def _write_reports(
         Path(junit_path).write_text(report.to_junit(secrets=secrets))
 
 
-def _render_results(report: Any) -> None:
-    for r in report.results:
-        if r.status == "failed":
-            click.echo(f"failed    {r.source}: {r.error}", err=True)
-        else:
-            click.echo(f"{r.status:<9} {r.source} {r.digest} -> {r.tar_key}")
-    totals = report.totals()
-    click.echo(
-        f"{totals['images']} image(s): "
-        + ", ".join(f"{totals[s]} {s}" for s in ("archived", "skipped", "failed") if totals.get(s))
-        + f" in {report.seconds:.1f}s",
-        err=True,
-    )
-
-
 def _display(secrets: list[str]) -> Any:
     """Progress bars, log lines or JSON events, from `main`'s --log-format / -q."""
     from pipeline.display import open_display
@@ -470,34 +455,51 @@ def _archive_plan(
 # ---- archive, ls ---------------------------------------------------------------------------
 
 
-@main.command("archive", cls=SkopeoCommand)
-@click.argument("images", nargs=-1)
-@option(
-    "--to", "store_url", required=True, metavar="STORE", help="s3://, oss://, file:// or a path."
-)
-@option("--from-file", metavar="LIST", help="Images one per line (# comments, - for stdin).")
-@option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint.")
-@option("--force", is_flag=True, help="Rewrite the tar and record even if already archived.")
-@option("--fail-fast/--keep-going", default=False, help="Stop at the first failed image.")
-@option(
-    "--dry-run",
-    is_flag=True,
-    help="Show what would move (manifests and HEADs only); write nothing.",
-)
-@platform_options
-@src_registry_options
-@referrers_option
-@transfer_options
-@report_options
-@handles_errors
-def archive_command(
-    images: tuple[str, ...],
+def archive_options(func: F) -> F:
+    """What `archive` and `run` both take once their images are known: where to, how, reports."""
+    return _apply(
+        func,
+        [
+            option(
+                "--to",
+                "store_url",
+                required=True,
+                metavar="STORE",
+                help="s3://, oss://, file:// or a path.",
+            ),
+            option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint."),
+            option(
+                "--dry-run",
+                is_flag=True,
+                help="Show what would move (manifests and HEADs only); write nothing.",
+            ),
+            option(
+                "--force", is_flag=True, help="Rewrite the tar and record even if already archived."
+            ),
+            option(
+                "--fail-fast/--keep-going",
+                default=False,
+                help="Stop at the first failure (default: go on).",
+            ),
+            platform_options,
+            src_registry_options,
+            referrers_option,
+            transfer_options,
+            report_options,
+        ],
+    )
+
+
+def _archive_images(
+    plan_for: Callable[[Any, Any], Any],
+    *,
+    what: str = "",
+    secrets: list[str] | None = None,
     store_url: str,
-    from_file: str | None,
     endpoint_url: str | None,
+    dry_run: bool,
     force: bool,
     fail_fast: bool,
-    dry_run: bool,
     platform: Any,
     all_platforms: bool,
     src_creds: str | None,
@@ -510,109 +512,74 @@ def archive_command(
     report_path: str | None,
     junit_path: str | None,
 ) -> None:
+    """Archive (or plan) the images `plan_for(session, registry)` names, then report and exit.
+
+    The plan is made inside the session because a spec's expansion lists tags through it;
+    `secrets` are the caller's own (a spec's passwords), scrubbed with --src-creds' from reports.
+    """
+    from pipeline.batch.run import check_output_paths
+    from pipeline.ops.archive import ArchiveOptions
+
+    registry = _registry_options(src_creds, authfile, src_tls_verify)
+    check_output_paths((report_path, junit_path))
+    bucket = _open_bucket(store_url, endpoint_url, retries, existing=False)
+    options = ArchiveOptions(
+        platform=platform, all_platforms=all_platforms, force=force, referrers=referrers
+    )
+    credentials = registry.credentials
+    secrets = (secrets or []) + ([credentials.password] if credentials else [])
+    with _session(jobs, limit_rate, retries) as session:
+        plan = plan_for(session, registry)
+        report = _archive_plan(session, bucket, plan, options, dry_run, fail_fast, secrets, what)
+    _write_reports(report, report_path, junit_path, secrets)
+    sys.exit(report.exit_code())
+
+
+@main.command("archive", cls=SkopeoCommand)
+@click.argument("images", nargs=-1)
+@option("--from-file", metavar="LIST", help="Images one per line (# comments, - for stdin).")
+@archive_options
+@handles_errors
+def archive_command(images: tuple[str, ...], from_file: str | None, **common: Any) -> None:
     """Archive IMAGE... into STORE: blobs by digest, a per-image tar, a record."""
     from pipeline.batch.imagelist import read_image_list
-    from pipeline.batch.run import RunPlan, check_output_paths
+    from pipeline.batch.run import RunPlan
     from pipeline.errors import UsageError
-    from pipeline.ops.archive import ArchiveOptions
-    from pipeline.ops.session import RegistryOptions
     from pipeline.refs import Reference
-    from pipeline.registry.credentials import parse_creds
 
     refs = [Reference.parse(i) for i in images]
     if from_file:
         refs += read_image_list(from_file)
     if not refs:
         raise UsageError("no images given (IMAGE... or --from-file)")
-    credentials = parse_creds(src_creds) if src_creds else None
-    registry = RegistryOptions(
-        credentials=credentials, authfile=authfile, tls_verify=src_tls_verify
+    _archive_images(
+        lambda _session, registry: RunPlan(images=[(r, registry) for r in refs]), **common
     )
-    check_output_paths((report_path, junit_path))
-    bucket = _open_bucket(store_url, endpoint_url, retries, existing=False)
-    options = ArchiveOptions(
-        platform=platform, all_platforms=all_platforms, force=force, referrers=referrers
-    )
-    secrets = [credentials.password] if credentials else []
-    with _session(jobs, limit_rate, retries) as session:
-        plan = RunPlan(images=[(r, registry) for r in refs])
-        report = _archive_plan(session, bucket, plan, options, dry_run, fail_fast, secrets)
-    _write_reports(report, report_path, junit_path, secrets)
-    sys.exit(report.exit_code())
 
 
 @main.command("run", cls=SkopeoCommand)
 @click.argument("spec_path", metavar="SPEC.yaml")
 @option(
-    "--to", "store_url", required=True, metavar="STORE", help="s3://, oss://, file:// or a path."
-)
-@option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint.")
-@option(
     "--shard",
     metavar="I/N",
     help="Only slice I of N (0-based); N alone takes I from $JOB_COMPLETION_INDEX.",
 )
-@option(
-    "--dry-run",
-    is_flag=True,
-    help="Show what would move (manifests and HEADs only); write nothing.",
-)
-@option("--force", is_flag=True, help="Rewrite the tar and record even if already archived.")
-@option(
-    "--fail-fast/--keep-going", default=False, help="Stop at the first failure (default: go on)."
-)
-@platform_options
-@src_registry_options
-@referrers_option
-@transfer_options
-@report_options
+@archive_options
 @handles_errors
-def run_command(
-    spec_path: str,
-    store_url: str,
-    endpoint_url: str | None,
-    shard: str | None,
-    dry_run: bool,
-    force: bool,
-    fail_fast: bool,
-    platform: Any,
-    all_platforms: bool,
-    src_creds: str | None,
-    authfile: str | None,
-    src_tls_verify: bool,
-    referrers: bool,
-    jobs: int,
-    limit_rate: int | None,
-    retries: int,
-    report_path: str | None,
-    junit_path: str | None,
-) -> None:
+def run_command(spec_path: str, shard: str | None, **common: Any) -> None:
     """Archive every image SPEC.yaml selects (skopeo sync's YAML, see manifests/) into STORE."""
-    from pipeline.batch.run import check_output_paths, expand_spec, spec_secrets
+    from pipeline.batch.run import expand_spec, spec_secrets
     from pipeline.batch.shard import parse_shard
     from pipeline.batch.spec import load_spec
-    from pipeline.ops.archive import ArchiveOptions
-    from pipeline.ops.session import RegistryOptions
-    from pipeline.registry.credentials import parse_creds
 
     spec = load_spec(spec_path)
     where = parse_shard(shard) if shard else None
-    credentials = parse_creds(src_creds) if src_creds else None
-    defaults = RegistryOptions(
-        credentials=credentials, authfile=authfile, tls_verify=src_tls_verify
+    _archive_images(
+        lambda session, defaults: expand_spec(spec, session, defaults, shard=where),
+        what=spec_path if where is None else f"{spec_path} shard {where[0]}/{where[1]}",
+        secrets=spec_secrets(spec),
+        **common,
     )
-    check_output_paths((report_path, junit_path))
-    bucket = _open_bucket(store_url, endpoint_url, retries, existing=False)
-    options = ArchiveOptions(
-        platform=platform, all_platforms=all_platforms, force=force, referrers=referrers
-    )
-    secrets = spec_secrets(spec) + ([credentials.password] if credentials else [])
-    with _session(jobs, limit_rate, retries) as session:
-        plan = expand_spec(spec, session, defaults, shard=where)
-        what = spec_path if where is None else f"{spec_path} shard {where[0]}/{where[1]}"
-        report = _archive_plan(session, bucket, plan, options, dry_run, fail_fast, secrets, what)
-    _write_reports(report, report_path, junit_path, secrets)
-    sys.exit(report.exit_code())
 
 
 @main.command("ls")
