@@ -162,6 +162,21 @@ def select_platforms(index: ImageIndex, wanted: Platform | None, *, what: str) -
     return hits[:1] or candidates[:1]
 
 
+def read_top(
+    source: ImageSource, *, what: str, verb: str
+) -> tuple[RawManifest, ImageManifest | ImageIndex]:
+    """`source`'s top manifest and its parse. Schema1 stops every operation here, in one line
+    naming it (`verb`: what it cannot be), since its layers carry no digests to keep."""
+    top = source.manifest()
+    parsed = top.parse()
+    if isinstance(parsed, Schema1Manifest):
+        raise ManifestError(
+            f"{what}: Docker schema1 manifests cannot be {verb} (push the image again with a "
+            "current client to get schema2 or OCI)"
+        )
+    return top, parsed
+
+
 def resolve_image(
     source: ImageSource,
     *,
@@ -176,13 +191,7 @@ def resolve_image(
     `store_all=False`, the index is dropped and the result is that platform's manifest alone.
     """
     what = _describe(source.reference)
-    top = source.manifest()
-    parsed = top.parse()
-    if isinstance(parsed, Schema1Manifest):
-        raise ManifestError(
-            f"{what}: Docker schema1 manifests cannot be archived (push the image again with a "
-            "current client to get schema2 or OCI)"
-        )
+    top, parsed = read_top(source, what=what, verb="archived")
     if isinstance(parsed, ImageManifest):
         only = PlatformImage(top, parsed, None)
         return ResolvedImage(source.reference, top, (only,), (only,))

@@ -45,14 +45,20 @@ from pipeline.errors import (
     StoreNotFound,
     UsageError,
 )
-from pipeline.image import BlobWrite, ImageDestination, ImageSource, resolve_image, select_platforms
+from pipeline.image import (
+    BlobWrite,
+    ImageDestination,
+    ImageSource,
+    read_top,
+    resolve_image,
+    select_platforms,
+)
 from pipeline.oci import (
     Descriptor,
     ImageIndex,
     ImageManifest,
     Platform,
     RawManifest,
-    Schema1Manifest,
 )
 from pipeline.ops.events import ImageEvents, image_events
 from pipeline.ops.session import RegistryOptions, Session
@@ -183,13 +189,7 @@ def plan_copy(
     an incomplete source fails here, with nothing written.
     """
     what = str(source.reference) if source.reference is not None else "image"
-    top = source.manifest()
-    parsed = top.parse()
-    if isinstance(parsed, Schema1Manifest):
-        raise ManifestError(
-            f"{what}: Docker schema1 manifests cannot be copied (push the image again with a "
-            "current client to get schema2 or OCI)"
-        )
+    top, parsed = read_top(source, what=what, verb="copied")
     if isinstance(parsed, ImageManifest):
         return _plan_of(top, [(top, parsed)], probe, ())
     if platform is not None and not all_platforms:
