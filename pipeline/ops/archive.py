@@ -60,8 +60,10 @@ class _Counts:
                 setattr(self, name, getattr(self, name) + n)
 
 
-class Archiver:
-    """Archives images into one bucket, sharing transfers of common blobs between images."""
+class BucketWorker:
+    """What `Archiver` and `dryrun.Planner` share, so a dry run decides as a real one would:
+    one bucket and session, the per-image events and timing, which images are skipped, and
+    which manifests are resolved."""
 
     def __init__(
         self, bucket: ArchiveBucket, session: Session, events: TransferEvents | None = None
@@ -76,12 +78,46 @@ class Archiver:
         registry: RegistryOptions | None = None,
         options: ArchiveOptions | None = None,
     ) -> ImageResult:
-        """Archive one image; failures are returned in the result, not raised."""
-        options = options or ArchiveOptions()
+        """One image; failures are returned in the result, not raised."""
         started = time.monotonic()
+        self.events.on_image_start(str(ref))
+        result = self._image(ref, registry, options or ArchiveOptions())
+        result.seconds = round(time.monotonic() - started, 3)
+        self.events.on_image_done(result)
+        return result
+
+    def _image(
+        self, ref: Reference, registry: RegistryOptions | None, options: ArchiveOptions
+    ) -> ImageResult:
+        raise NotImplementedError
+
+    def _is_current(self, ref: Reference, digest: str, options: ArchiveOptions) -> bool:
+        """Archived with this digest and its tar there: skipped, unless --force."""
+        if options.force:
+            return False
+        record = self.bucket.read_record(ref)
+        if record is None or record.digest != digest:
+            return False
+        return self.bucket.store.head(record.tar_key) is not None
+
+    def _resolve(self, source: ImageSource, options: ArchiveOptions) -> ResolvedImage:
+        """The bucket keeps a whole index unless `--platform` alone narrows it."""
+        return resolve_image(
+            source,
+            platform=options.platform,
+            all_platforms=options.all_platforms,
+            store_all=options.platform is None or options.all_platforms,
+        )
+
+
+class Archiver(BucketWorker):
+    """Archives images into one bucket, sharing transfers of common blobs between images."""
+
+    def _image(
+        self, ref: Reference, registry: RegistryOptions | None, options: ArchiveOptions
+    ) -> ImageResult:
         counts = _Counts()
         digest: str | None = None
-        self.events.on_image_start(str(ref))
         try:
             source = RegistrySource(self.session.client(ref.registry, registry), ref)
             digest = source.manifest().digest
@@ -91,7 +127,7 @@ class Archiver:
             error = None
         except BaleError as exc:
             status, error, tar_key = "failed", str(exc).splitlines()[0], None
-        result = ImageResult(
+        return ImageResult(
             source=str(ref),
             digest=digest,
             status=status,
@@ -100,11 +136,8 @@ class Archiver:
             bytes_uploaded=counts.uploaded,
             bytes_already_stored=counts.already,
             bytes_copied_server_side=counts.copied,
-            seconds=round(time.monotonic() - started, 3),
             tar_key=tar_key,
         )
-        self.events.on_image_done(result)
-        return result
 
     # -- steps -----------------------------------------------------------------------------
     def _archive(
@@ -112,14 +145,9 @@ class Archiver:
     ) -> ImageRecord | None:
         ref = source.reference
         top = source.manifest()
-        if not options.force and self._already_archived(ref, top.digest):
+        if self._is_current(ref, top.digest, options):
             return None
-        resolved = resolve_image(
-            source,
-            platform=options.platform,
-            all_platforms=options.all_platforms,
-            store_all=options.platform is None or options.all_platforms,
-        )
+        resolved = self._resolve(source, options)
         blobs = resolved.blobs()
         self.events.on_image_size(str(ref), sum(b.size for b in blobs))
         self._store_blobs(source, blobs, counts)
@@ -146,12 +174,6 @@ class Archiver:
         target = BucketRepo(self.bucket, source.reference)
         stats = sync_referrers(source, subjects, target, self.session)
         counts.add(downloaded=stats.bytes_read, uploaded=stats.bytes_uploaded)
-
-    def _already_archived(self, ref: Reference, digest: str) -> bool:
-        record = self.bucket.read_record(ref)
-        if record is None or record.digest != digest:
-            return False
-        return self.bucket.store.head(record.tar_key) is not None
 
     def _store_blobs(self, source: ImageSource, blobs: list[Descriptor], counts: _Counts) -> None:
         """Store every blob; a digest shared by several images of a run moves once.

@@ -18,7 +18,6 @@ blob below the part-copy minimum is read and sent instead: a real run may move a
 from __future__ import annotations
 
 import threading
-import time
 
 from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket
@@ -26,9 +25,7 @@ from pipeline.archive.tarplan import to_compose_pieces
 from pipeline.archive.tarstream import plan_resolved
 from pipeline.batch.report import ImageResult
 from pipeline.errors import BaleError
-from pipeline.image import resolve_image
-from pipeline.ops.archive import ArchiveOptions
-from pipeline.ops.events import image_events
+from pipeline.ops.archive import ArchiveOptions, BucketWorker
 from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
 from pipeline.registry.source import RegistrySource
@@ -36,35 +33,24 @@ from pipeline.store.base import CopyRange
 from pipeline.transfer.progress import TransferEvents
 
 
-class Planner:
-    """Plans images into one bucket; shares `Archiver.archive`'s signature for `archive_many`."""
+class Planner(BucketWorker):
+    """Plans images into one bucket; `Archiver`'s signature, for `archive_many` and `run_plan`."""
 
     def __init__(
         self, bucket: ArchiveBucket, session: Session, events: TransferEvents | None = None
     ) -> None:
-        self.bucket = bucket
-        self.session = session
-        self.events = image_events(events)
+        super().__init__(bucket, session, events)
         self._claimed: set[str] = set()
         self._lock = threading.Lock()
 
-    def archive(
-        self,
-        ref: Reference,
-        registry: RegistryOptions | None = None,
-        options: ArchiveOptions | None = None,
+    def _image(
+        self, ref: Reference, registry: RegistryOptions | None, options: ArchiveOptions
     ) -> ImageResult:
-        """Plan one image; failures (a missing image, an unreachable registry) are returned."""
-        options = options or ArchiveOptions()
-        started = time.monotonic()
-        self.events.on_image_start(str(ref))
+        """Failures (a missing image, an unreachable registry) are returned."""
         try:
-            result = self._plan(ref, registry, options)
+            return self._plan(ref, registry, options)
         except BaleError as exc:
-            result = ImageResult(str(ref), "failed", error=str(exc).splitlines()[0])
-        result.seconds = round(time.monotonic() - started, 3)
-        self.events.on_image_done(result)
-        return result
+            return ImageResult(str(ref), "failed", error=str(exc).splitlines()[0])
 
     def _plan(
         self, ref: Reference, registry: RegistryOptions | None, options: ArchiveOptions
@@ -72,14 +58,9 @@ class Planner:
         source = RegistrySource(self.session.client(ref.registry, registry), ref)
         top = source.manifest()
         tar_key = layout.tar_key_for(ref)
-        if not options.force and self._already_archived(ref, top.digest):
+        if self._is_current(ref, top.digest, options):
             return ImageResult(str(ref), "skipped", digest=top.digest, tar_key=tar_key)
-        resolved = resolve_image(
-            source,
-            platform=options.platform,
-            all_platforms=options.all_platforms,
-            store_all=options.platform is None or options.all_platforms,
-        )
+        resolved = self._resolve(source, options)
         blobs = resolved.blobs()
         present = [
             self.session.once(
@@ -114,9 +95,3 @@ class Planner:
             bytes_copied_server_side=copied,
             tar_key=tar_key,
         )
-
-    def _already_archived(self, ref: Reference, digest: str) -> bool:
-        record = self.bucket.read_record(ref)
-        if record is None or record.digest != digest:
-            return False
-        return self.bucket.store.head(record.tar_key) is not None
