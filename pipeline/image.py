@@ -45,6 +45,32 @@ class ImageSource(Protocol):
         ...
 
 
+class MemoisedTopSource:
+    """An `ImageSource` base whose top manifest is read once and remembered: resolve, plan and
+    archive each ask for it, and a tag that moves meanwhile must not change the image."""
+
+    def __init__(self, reference: Reference) -> None:
+        self._reference = reference
+        self._top: RawManifest | None = None
+
+    @property
+    def reference(self) -> Reference:
+        return self._reference
+
+    def manifest(self, digest: str | None = None) -> RawManifest:
+        if digest is not None:
+            return self._read_manifest(digest)
+        if self._top is None:
+            self._top = self._read_top()
+        return self._top
+
+    def _read_manifest(self, digest: str) -> RawManifest:
+        raise NotImplementedError
+
+    def _read_top(self) -> RawManifest:
+        raise NotImplementedError
+
+
 BlobOutcome = Literal["exists", "mounted", "uploaded"]
 
 

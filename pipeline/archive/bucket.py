@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pipeline.archive import layout
 from pipeline.archive.record import ImageRecord
 from pipeline.errors import StoreNotFound
+from pipeline.image import MemoisedTopSource
 from pipeline.oci import Descriptor, RawManifest, verify_digest
 from pipeline.refs import Reference
 from pipeline.store.base import ObjectStore, Piece, Readable, WriteResult
@@ -112,33 +113,27 @@ class ArchiveBucket:
         return BucketImage(self, ref)
 
 
-class BucketImage:
+class BucketImage(MemoisedTopSource):
     """An archived image as an `ImageSource`: what `restore` and `inspect --from` read."""
 
     def __init__(self, bucket: ArchiveBucket, reference: Reference) -> None:
+        super().__init__(reference)
         self.bucket = bucket
-        self._reference = reference
-        self._top: RawManifest | None = None
 
-    @property
-    def reference(self) -> Reference:
-        return self._reference
+    def _read_manifest(self, digest: str) -> RawManifest:
+        return self.bucket.read_manifest(digest)
 
-    def manifest(self, digest: str | None = None) -> RawManifest:
-        if digest is not None:
-            return self.bucket.read_manifest(digest)
-        if self._top is None:
-            ref = self._reference
-            top_digest = ref.digest or self.bucket.tag_digest(ref.store_repo, ref.tag or "latest")
-            if top_digest is None:
-                raise StoreNotFound(f"{ref} is not archived in {self.bucket.url}")
-            try:
-                self._top = self.bucket.read_manifest(top_digest)
-            except StoreNotFound:
-                raise StoreNotFound(
-                    f"{ref}: manifest {top_digest} is missing from {self.bucket.url}"
-                ) from None
-        return self._top
+    def _read_top(self) -> RawManifest:
+        ref = self._reference
+        top_digest = ref.digest or self.bucket.tag_digest(ref.store_repo, ref.tag or "latest")
+        if top_digest is None:
+            raise StoreNotFound(f"{ref} is not archived in {self.bucket.url}")
+        try:
+            return self.bucket.read_manifest(top_digest)
+        except StoreNotFound:
+            raise StoreNotFound(
+                f"{ref}: manifest {top_digest} is missing from {self.bucket.url}"
+            ) from None
 
     def blob(self, descriptor: Descriptor) -> bytes:
         return self.bucket.read_blob(descriptor)

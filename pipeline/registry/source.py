@@ -2,32 +2,25 @@
 
 from __future__ import annotations
 
+from pipeline.image import MemoisedTopSource
 from pipeline.oci import Descriptor, RawManifest
 from pipeline.refs import Reference
 from pipeline.registry.client import RegistryClient
 from pipeline.store.base import Readable
 
 
-class RegistrySource:
+class RegistrySource(MemoisedTopSource):
     """Reads one image from a registry; the top manifest is fetched once and remembered."""
 
     def __init__(self, client: RegistryClient, reference: Reference) -> None:
+        super().__init__(reference)
         self.client = client
-        self._reference = reference
-        self._top: RawManifest | None = None
 
-    @property
-    def reference(self) -> Reference:
-        return self._reference
+    def _read_manifest(self, digest: str) -> RawManifest:
+        return self.client.get_manifest(self._reference.repository, digest)
 
-    def manifest(self, digest: str | None = None) -> RawManifest:
-        if digest is not None:
-            return self.client.get_manifest(self._reference.repository, digest)
-        if self._top is None:
-            self._top = self.client.get_manifest(
-                self._reference.repository, self._reference.identifier
-            )
-        return self._top
+    def _read_top(self) -> RawManifest:
+        return self.client.get_manifest(self._reference.repository, self._reference.identifier)
 
     def blob(self, descriptor: Descriptor) -> bytes:
         return self.client.get_blob(self._reference.repository, descriptor)
