@@ -99,6 +99,12 @@ class _Upload:
     min_chunk: int = 0
 
 
+def _check_stored(what: str, kind: str, reported: str | None, digest: str) -> None:
+    """A registry reporting another digest than the bytes' own stored something else."""
+    if reported and is_valid_digest(reported) and reported != digest:
+        raise DigestMismatch(f"{what}: registry stored the {kind} as {reported}")
+
+
 class _BodyUsed(Exception):
     """A streamed body was asked for twice in one request (a 401 after the bytes were sent)."""
 
@@ -216,14 +222,7 @@ class RegistryPusher:
             _discard(resp)
             log.debug("%s: mounted from %s", what, mount_from)
             return None
-        if resp.status != 202:
-            self.client._check(resp, what)
-            _discard(resp)
-            raise RegistryError(
-                f"{what}: starting an upload answered HTTP {resp.status}, expected 202",
-                registry=self.client.registry,
-                status=resp.status,
-            )
+        self._expect(resp, what, (202,), "starting an upload", expected=202)
         location = resp.headers.get("Location")
         min_chunk = resp.headers.get("OCI-Chunk-Min-Length") or ""
         _discard(resp)
@@ -291,18 +290,10 @@ class RegistryPusher:
             resp, _ = self._send(
                 "PUT", with_digest(location, descriptor.digest), scopes, headers, body
             )
-            if resp.status not in (201, 204):
-                self.client._check(resp, what)
-                _discard(resp)
-                raise RegistryError(
-                    f"{what}: committing the upload answered HTTP {resp.status}, expected 201",
-                    registry=self.client.registry,
-                    status=resp.status,
-                )
+            self._expect(resp, what, (201, 204), "committing the upload", expected=201)
             reported = resp.headers.get("Docker-Content-Digest")
             _discard(resp)
-            if reported and is_valid_digest(reported) and reported != descriptor.digest:
-                raise DigestMismatch(f"{what}: registry stored the blob as {reported}")
+            _check_stored(what, "blob", reported, descriptor.digest)
         finally:
             close = getattr(stream, "close", None)
             if close is not None:
@@ -332,23 +323,36 @@ class RegistryPusher:
             resp, _ = self._send(
                 "PUT", url, [push_scope(repository)], {"Content-Type": raw.media_type}, raw.data
             )
-            if resp.status not in (200, 201, 202):
-                self.client._check(resp, what)
-                _discard(resp)
-                raise RegistryError(
-                    f"{what}: manifest PUT answered HTTP {resp.status}",
-                    registry=self.client.registry,
-                    status=resp.status,
-                )
+            self._expect(resp, what, (200, 201, 202), "manifest PUT")
             reported = resp.headers.get("Docker-Content-Digest")
             _discard(resp)
             return reported
 
-        reported = self.client._call(what, attempt)
-        if reported and is_valid_digest(reported) and reported != raw.digest:
-            raise DigestMismatch(f"{what}: registry stored the manifest as {reported}")
+        _check_stored(what, "manifest", self.client._call(what, attempt), raw.digest)
 
     # ---- the request machinery -----------------------------------------------------------
+
+    def _expect(
+        self,
+        resp: urllib3.BaseHTTPResponse,
+        what: str,
+        ok: tuple[int, ...],
+        doing: str,
+        *,
+        expected: int | None = None,
+    ) -> None:
+        """An answer outside `ok` is drained and raises the client's error for its status (auth,
+        not found, throttling), or else one naming what was being done."""
+        if resp.status in ok:
+            return
+        self.client._check(resp, what)
+        _discard(resp)
+        wanted = f", expected {expected}" if expected is not None else ""
+        raise RegistryError(
+            f"{what}: {doing} answered HTTP {resp.status}{wanted}",
+            registry=self.client.registry,
+            status=resp.status,
+        )
 
     def _send(
         self,
