@@ -47,6 +47,7 @@ from pipeline.oci import (
     Descriptor,
     ImageIndex,
     ImageManifest,
+    Manifest,
     RawManifest,
     sha256_digest,
     verify_digest,
@@ -462,6 +463,18 @@ def _blob_name(digest: str) -> str:
     return f"blobs/{algorithm}/{hex_}"
 
 
+def _each_once(stack: list[RawManifest]) -> Iterator[Manifest]:
+    """Pops `stack` until it is empty, parsing each manifest once (nested indexes may name one
+    twice); the caller pushes children onto `stack` as it goes."""
+    seen: set[str] = set()
+    while stack:
+        raw = stack.pop()
+        if raw.digest in seen:
+            continue
+        seen.add(raw.digest)
+        yield raw.parse()
+
+
 def _same_name(a: str, b: str) -> bool:
     """Names match literally, or as references once normalised the way skopeo's docker-archive
     does (`nginx` = `docker.io/library/nginx:latest`)."""
@@ -676,13 +689,7 @@ class ArchiveImage:
     def _find_manifest(self, digest: str) -> Descriptor | None:
         """The descriptor of `digest` anywhere under the top index (nested indexes too)."""
         stack = [self.manifest()]
-        seen = set()
-        while stack:
-            raw = stack.pop()
-            if raw.digest in seen:
-                continue
-            seen.add(raw.digest)
-            parsed = raw.parse()
+        for parsed in _each_once(stack):
             if isinstance(parsed, ImageIndex):
                 for child in parsed.manifests:
                     if child.digest == digest:
@@ -733,13 +740,7 @@ class ArchiveImage:
         """Digests referenced under this image that the archive lacks (empty when complete)."""
         missing: list[str] = []
         stack = [self.manifest()]
-        seen: set[str] = set()
-        while stack:
-            raw = stack.pop()
-            if raw.digest in seen:
-                continue
-            seen.add(raw.digest)
-            parsed = raw.parse()
+        for parsed in _each_once(stack):
             if isinstance(parsed, ImageIndex):
                 for child in parsed.manifests:
                     try:
