@@ -14,7 +14,7 @@ import queue
 import threading
 import weakref
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from pipeline.errors import DigestMismatch, TransferError
 from pipeline.oci import digest_hex
@@ -50,7 +50,25 @@ def _stop(pending: queue.Queue[Any], thread: threading.Thread) -> None:
         pending.put(_STOP)
 
 
-class BackgroundHasher:
+class _Closing:
+    """`with` closes it: a hasher's thread and a reader's source must not outlive their use."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class BackgroundHasher(_Closing):
     """A hash fed from one thread and computed on another, with bounded memory.
 
     `update` blocks once `max_pending` chunks are waiting (backpressure); chunks must not be
@@ -119,19 +137,8 @@ class BackgroundHasher:
         if self._errors:
             raise TransferError(f"hashing failed: {self._errors[0]!r}") from self._errors[0]
 
-    def __enter__(self) -> BackgroundHasher:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class VerifyingReader:
+class VerifyingReader(_Closing):
     """Exactly `size` bytes of `source`, which must hash to `digest`.
 
     `read(n)` fills up to `n` bytes (fewer only at the end), like a buffered file, so consumers
@@ -214,17 +221,6 @@ class VerifyingReader:
         close = getattr(self._source, "close", None)
         if close is not None:
             close()
-
-    def __enter__(self) -> VerifyingReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def sha256_stream(readable: Readable, chunk: int = CHUNK) -> tuple[str, int]:
