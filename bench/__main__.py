@@ -3,7 +3,8 @@
 Options (or environment): `--quick` (`BENCH_QUICK=1`: small images, 3 runs), `--cases a,b,…`
 (`BENCH_CASES`; default all: e a a-shaped b c d m r), `--out DIR` (`BENCH_OUT`, default
 bench/results), `--workdir DIR` (`BENCH_WORKDIR`, default a directory under /var/tmp: the
-images, registry storage and moto's spool need several GiB in the full run).
+images, registry storage and moto's spool need several GiB in the full run), `--code REV|DIR`
+(`BENCH_CODE`, default HEAD: the committed bale, exported, is what gets measured).
 """
 
 from __future__ import annotations
@@ -62,6 +63,33 @@ def machine() -> dict[str, Any]:
     }
 
 
+def snapshot(code: str, into: Path) -> tuple[Path, str]:
+    """The tree to measure: `code` itself if it is a directory, else that git revision
+    exported into `into` (others may be editing the shared work tree while the bench runs)."""
+    if Path(code).is_dir():
+        described = subprocess.run(
+            ["git", "-C", code, "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        return Path(code).resolve(), described or "not a git tree"
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", code],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", commit],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into, commit
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", default=None)
@@ -71,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--workdir", default=os.environ.get("BENCH_WORKDIR", f"/var/tmp/bale-bench-{os.getpid()}")
+    )
+    parser.add_argument(
+        "--code",
+        default=os.environ.get("BENCH_CODE", "HEAD"),
+        help="What bale to measure: a git revision (exported, default HEAD) or a directory "
+        "(`.` for the work tree as it is).",
     )
     parser.add_argument("--keep", action="store_true", help="Keep the work directory.")
     args = parser.parse_args(argv)
@@ -102,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     log(f"bench {'quick' if cfg.quick else 'full'}: cases {' '.join(cases)}, {cfg.runs} runs")
     log(f"machine: {info['nproc']} cores, {info['cpu']}, {info['memory_gib']} GiB")
     with Bed(Path(args.workdir), keep=args.keep) as bed:
+        code, commit = snapshot(args.code, bed.workdir / "code")
+        bed.code = code
+        log(f"measuring bale from {code} ({commit})")
         bench = Bench(bed, cfg, log)
         for case in cases:
             note_load(f"before {case}")
@@ -114,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": cfg.runs,
         "jobs": cfg.jobs,
         "machine": info,
+        "code": args.code,
+        "commit": commit,
         "load": loads,
         "seconds": round(time.monotonic() - started, 1),
         "shapes": {

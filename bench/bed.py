@@ -50,8 +50,10 @@ class Pushed:
 class Bed:
     """Start with `with Bed(workdir) as bed:`; everything stops and is removed on exit."""
 
-    def __init__(self, workdir: Path, *, keep: bool = False) -> None:
+    def __init__(self, workdir: Path, *, code: Path = ROOT, keep: bool = False) -> None:
         self.workdir = workdir
+        self.code = code
+        """The tree whose `pipeline` is measured (a snapshot of a commit, or the work tree)."""
         self.keep = keep
         self._stack = contextlib.ExitStack()
         self.registry: RegistryServer
@@ -118,7 +120,7 @@ class Bed:
             AWS_SECRET_ACCESS_KEY=SECRET_KEY,
             AWS_DEFAULT_REGION=REGION,
             AWS_ENDPOINT_URL=endpoint or self.moto.endpoint_url,
-            PYTHONPATH=str(ROOT),
+            PYTHONPATH=os.pathsep.join(dict.fromkeys([str(self.code), str(ROOT)])),
         )
         return env
 

@@ -64,8 +64,15 @@ class Result:
         }
 
 
-def bale_available(command: str) -> bool:
-    out = subprocess.run([*BALE, "--help"], capture_output=True, text=True, check=False).stdout
+def bale_available(bed: Bed, command: str) -> bool:
+    out = subprocess.run(
+        [*BALE, "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=bed.s3_env(),
+        cwd=bed.workdir,
+    ).stdout
     return any(line.split()[:1] == [command] for line in out.splitlines())
 
 
@@ -79,6 +86,9 @@ class Bench:
         self.out = bed.workdir / "out"
         self.out.mkdir(exist_ok=True)
         self._n = 0
+        self.cwd = bed.workdir
+        """Where contenders run: not the repository, so `python -m pipeline` imports the
+        measured tree from PYTHONPATH and not the work tree from the current directory."""
         self.put_rate: float | None = None
         """Bytes/s of the plain boto3 PUT to moto (case e, big shape), for case a shaped."""
         self.sha_rate: float | None = None
@@ -156,7 +166,7 @@ class Bench:
                 "--report",
                 str(report),
             ]
-            sample = run(cmd, env=self.bed.s3_env(store_endpoint), tmpdir=tmp)
+            sample = run(cmd, env=self.bed.s3_env(store_endpoint), tmpdir=tmp, cwd=self.cwd)
         data = json.loads(report.read_text())
         image = data["images"][0]
         if image["status"] != "archived":
@@ -186,7 +196,7 @@ class Bench:
         tar_size = tar.stat().st_size
         with self._bucket() as bucket:
             upload = [sys.executable, "-m", "bench.limits", "put", bucket, "1", str(tar)]
-            second = run(upload, env=self.bed.s3_env())
+            second = run(upload, env=self.bed.s3_env(), cwd=self.cwd)
         sample = first.then(second)
         sample.extra.update(disk=max(first.tmp_peak, tar_size) + tar_size, tar=tar_size)
         self._settle(tar, tmp)
@@ -205,7 +215,7 @@ class Bench:
             f"docker://{pushed.ref}",
             f"docker-archive:{tar}",
         ]
-        sample = run(cmd, env=self.bed.s3_env(), tmpdir=tmp)
+        sample = run(cmd, env=self.bed.s3_env(), tmpdir=tmp, cwd=self.cwd)
         sample.extra.update(tar=tar.stat().st_size, disk=sample.tmp_peak)
         self._settle(tar, tmp)
         return sample
@@ -240,7 +250,7 @@ class Bench:
                 f"docker://{pushed.ref}",
                 f"{dest.host}/bale",
             ]
-            sample = run(cmd, env=self.bed.s3_env(), tmpdir=tmp)
+            sample = run(cmd, env=self.bed.s3_env(), tmpdir=tmp, cwd=self.cwd)
             sample.extra.update(disk=sample.tmp_peak, pushed=_pushed_bytes(dest))
         self._settle(tmp)
         return sample
@@ -310,7 +320,10 @@ class Bench:
     def _limit(self, *args: str) -> Sample:
         path = self.out / "limit.json"
         sample = run(
-            [sys.executable, "-m", "bench.limits", *args], env=self.bed.s3_env(), stdout=path
+            [sys.executable, "-m", "bench.limits", *args],
+            env=self.bed.s3_env(),
+            stdout=path,
+            cwd=self.cwd,
         )
         data = json.loads(path.read_text())
         sample.extra.update(data)
@@ -371,7 +384,7 @@ class Bench:
             )
 
     def case_c(self) -> None:
-        if not bale_available("sync"):
+        if not bale_available(self.bed, "sync"):
             self.log("case c: skipped (this bale has no sync command yet)")
             return
         self.log("case c: bale sync vs skopeo sync, registry to registry")
@@ -428,6 +441,7 @@ class Bench:
                 [*BALE, "archive", f"docker://{_with_host(base.ref, reg.host)}", *common],
                 env=env,
                 tmpdir=tmp,
+                cwd=self.cwd,
             )
             self._settle(tmp)
             reg.reset()
@@ -436,6 +450,7 @@ class Bench:
                 [*BALE, "archive", f"docker://{_with_host(second.ref, reg.host)}", *common],
                 env=env,
                 tmpdir=tmp,
+                cwd=self.cwd,
             )
             r, s = reg.reset(), s3.reset()
             sample.extra.update(
@@ -487,7 +502,7 @@ class Bench:
                     f"docker://{_with_host(pushed.ref, relay.host)}",
                     f"docker-archive:{tar}",
                 ]
-                sample = run(cmd, env=env, tmpdir=tmp)
+                sample = run(cmd, env=env, tmpdir=tmp, cwd=self.cwd)
                 self._settle(tar, tmp)
                 return sample
 

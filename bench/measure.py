@@ -97,6 +97,7 @@ def run(
     poll: float = 0.05,
     timeout: float = 1800.0,
     stdout: Path | None = None,
+    cwd: Path | None = None,
 ) -> Sample:
     """Run `cmd` to completion and measure it; raises RunFailed on a non-zero exit.
 
@@ -116,6 +117,7 @@ def run(
                 list(cmd),
                 env=full_env,
                 stdin=subprocess.DEVNULL,
+                cwd=cwd,
                 stdout=out,
                 stderr=subprocess.PIPE,
             )
