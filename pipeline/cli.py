@@ -76,6 +76,9 @@ THIRD_PARTY_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "oss2", "re
 )
 def main(verbose: int, quiet: bool, log_format: str) -> None:
     """Archive container images into object storage (OSS, S3, local) and bring them back."""
+    from pipeline.malloc import tune
+
+    tune()  # keeps resident memory flat over long transfers (see pipeline/malloc.py)
     level = (
         logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     )
