@@ -298,11 +298,31 @@ def test_uploads_sharing_slots_keep_parts_in_flight_within_them() -> None:
 
     sink, slots = Sink(), threading.Semaphore(2)
     errors: list[BaseException] = []
+    reading = peak_held = 0
+
+    class Source(io.BytesIO):
+        """Counts a read after the first as holding a slot (the part it fills is reserved)."""
+
+        first = True
+
+        def read(self, n: int | None = -1, /) -> bytes:
+            nonlocal reading, peak_held
+            if self.first:
+                self.first = False
+                return super().read(n)
+            with lock:
+                reading += 1
+                peak_held = max(peak_held, reading + active)
+            try:
+                return super().read(n)
+            finally:
+                with lock:
+                    reading -= 1
 
     def upload(i: int) -> None:
         try:
             stream_upload(
-                sink, f"k{i}", io.BytesIO(b"x" * 200), 200, part_size=10, parallel=4, slots=slots
+                sink, f"k{i}", Source(b"x" * 200), 200, part_size=10, parallel=4, slots=slots
             )  # type: ignore[arg-type]
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
@@ -314,3 +334,4 @@ def test_uploads_sharing_slots_keep_parts_in_flight_within_them() -> None:
         t.join(30)
     assert not errors
     assert peak == 2  # 4 uploads x parallel 4 would be 16 without the shared slots
+    assert peak_held <= 2, "parts being read count against the shared slots too"

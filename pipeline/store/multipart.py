@@ -137,12 +137,26 @@ class PartPool:
         self._failed: Future[Part] | None = None
         self._lock = threading.Lock()
 
-    def submit(self, job: Callable[[], Part], *, hold_slot: bool = True) -> None:
-        """Queue a job. With `hold_slot`, first wait until fewer than `parallel` jobs hold one:
-        the caller's memory (the part it just read) is then bounded by the pool size."""
+    def reserve(self) -> None:
+        """Take a slot before reading a part, so the part being read counts against the slots
+        too; pass `reserved=True` to the `submit` of that part (or `unreserve` if none)."""
         self.raise_failure()
+        self._slots.acquire()
+
+    def unreserve(self) -> None:
+        self._slots.release()
+
+    def submit(
+        self, job: Callable[[], Part], *, hold_slot: bool = True, reserved: bool = False
+    ) -> None:
+        """Queue a job. With `hold_slot`, first wait until fewer than `parallel` jobs hold one:
+        the caller's memory (the part it just read) is then bounded by the pool size. With
+        `reserved`, the slot was taken by `reserve` already and passes to the job."""
+        if not reserved:
+            self.raise_failure()
         if hold_slot:
-            self._slots.acquire()
+            if not reserved:
+                self._slots.acquire()
             try:
                 self.raise_failure()
                 future = self._pool.submit(job)
@@ -236,9 +250,10 @@ def stream_upload(
 ) -> WriteResult:
     """Write `stream` to `key` with bounded memory; see the module docstring for the shape.
 
-    `slots`, shared by the uploads of one store, bounds the parts in flight across all of them
-    (each upload still holds at most the part it is reading): memory is then
-    (slots + concurrent uploads) x part size instead of concurrent uploads x (parallel + 1).
+    `slots`, shared by the uploads of one store, bounds the parts in flight across all of them,
+    counting the part each upload is reading (after its first): memory is then about
+    (slots + concurrent uploads) x part size at the start and slots x part size after, instead
+    of concurrent uploads x (parallel + 1).
     """
     what = sink.describe(key)
     limits = sink.limits
@@ -266,21 +281,36 @@ def stream_upload(
             number = 1
             data: bytes | None = first
             del first
+            held = False  # whether a slot was reserved for `data` before it was read
             while data:
                 total += len(data)
-                pool.submit(_part_job(sink, key, upload.upload_id, number, data))
-                data = None  # the pool holds the part now; drop ours before reading the next
+                pool.submit(_part_job(sink, key, upload.upload_id, number, data), reserved=held)
+                data, held = None, False  # the pool holds the part; drop ours before reading
                 number += 1
                 if size is not None:
                     want = min(base, size - total)
                     if want == 0:
                         expect_end(stream, what=what, size=size)
                         break
-                    data = read_exactly(stream, want, what=what, offset=total, size=size)
-                else:
-                    data = read_up_to(stream, part_size_for(number, base, limits))
-                    if number > limits.max_parts and data:
-                        raise StoreError(f"{what}: stream needs more than {limits.max_parts} parts")
+                if slots is not None:
+                    pool.reserve()
+                    held = True
+                try:
+                    if size is not None:
+                        data = read_exactly(stream, want, what=what, offset=total, size=size)
+                    else:
+                        data = read_up_to(stream, part_size_for(number, base, limits))
+                        if number > limits.max_parts and data:
+                            raise StoreError(
+                                f"{what}: stream needs more than {limits.max_parts} parts"
+                            )
+                except BaseException:
+                    if held:
+                        pool.unreserve()
+                    raise
+                if not data and held:
+                    pool.unreserve()
+                    held = False
             parts = pool.results()
         written = upload.complete(parts, if_absent=if_absent)
     return WriteResult(key=key, size=total, written=written, sent=total)

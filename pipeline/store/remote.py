@@ -146,8 +146,9 @@ class RemoteStore(ABC):
         self.prefix = keys.normalize_prefix(prefix)
         self.part_size = part_size
         self.parallel = max(1, parallel)
-        self._part_slots = threading.Semaphore(self.parallel)
-        """Parts in flight across every `put_stream` of this store (--jobs blobs at once)."""
+        self._part_slots = threading.Semaphore(self.parallel + 1)
+        """Parts read or in flight across every `put_stream` of this store (--jobs blobs at
+        once): one being read and `parallel` uploading for a lone blob, as before."""
         self.page_size = 1000
         self.retry = retry or RetryPolicy()
         scheme = self.provider.scheme
