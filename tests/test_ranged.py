@@ -18,7 +18,7 @@ from pipeline.registry.ranged import RangeBudget, RangedBlobBody
 from pipeline.transfer.retry import RetryPolicy
 from pipeline.transfer.verify import VerifyingReader
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
-from tests.bed.proxy import DropAfter, FaultProxy, StripHeader
+from tests.bed.proxy import Delay, DropAfter, FaultProxy, StripHeader
 from tests.bed.registry import RegistryServer
 
 pytestmark = pytest.mark.integration
@@ -233,6 +233,7 @@ def test_client_uses_ranges_for_large_blobs_only(
     monkeypatch.setattr(client_module, "RANGED_MIN_SIZE", 2 * MiB)
     monkeypatch.setattr(ranged, "RANGE_CHUNK", CHUNK)
     monkeypatch.setattr(ranged, "FAST_LINK", float("inf"))  # any link counts as slow
+    monkeypatch.setattr(ranged, "LONG_LINK", 0.0)  # and as long
     big, small = pushed.layers
     with _client(proxy.host, range_streams=3) as client:
         for layer in (big, small):
@@ -254,3 +255,28 @@ def test_range_streams_come_from_the_environment(monkeypatch: pytest.MonkeyPatch
     assert TransferOptions().range_streams == 4
     with Session(TransferOptions(range_streams=1)) as session:
         assert session.client("127.0.0.1:1").range_streams == 1
+
+
+def test_a_slow_first_range_on_a_short_link_keeps_one_stream(
+    pushed: BuiltImage, proxy: FaultProxy
+) -> None:
+    """Slow but near (a busy machine, not a long path): one stream, no read-ahead memory."""
+    layer = pushed.layers[0]
+    with _client(proxy.host) as client:
+        body, reader = _ranged(client, layer, fast_link=float("inf"))
+        body.long_link = 10.0  # no loopback answer takes 10 s
+        data = _read_all(reader, CHUNK)
+    assert body.parallel is False and reader.verified
+    assert hashlib.sha256(data).hexdigest() == layer.hex
+
+
+def test_a_long_link_gets_parallel_ranges(pushed: BuiltImage, proxy: FaultProxy) -> None:
+    """The first range's answer delayed like a long round trip: the rest comes in parallel."""
+    layer = pushed.layers[0]
+    proxy.add(Delay(path="/blobs/", seconds=0.05))
+    with _client(proxy.host) as client:
+        body, reader = _ranged(client, layer, fast_link=float("inf"))
+        body.long_link = 0.03
+        data = _read_all(reader, CHUNK)
+    assert body.parallel is True and reader.verified
+    assert hashlib.sha256(data).hexdigest() == layer.hex
