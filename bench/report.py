@@ -325,8 +325,8 @@ def plot(results: Results, path: Path) -> None:
         ax.invert_yaxis()
         ax.set_title(title, fontsize=9)
         ax.tick_params(axis="x", labelsize=8)
-        for i, m in enumerate(meds):
-            ax.text(m, i, f" {m:.1f}s", va="center", fontsize=7)
+        for i, (m, h) in enumerate(zip(meds, hi, strict=True)):
+            ax.text(m + h, i, f" {m:.1f}s", va="center", fontsize=7)
         ax.set_xlim(0, max(m + h for m, h in zip(meds, hi, strict=True)) * 1.25)
     for ax in list(axes.flat)[len(groups) :]:
         ax.axis("off")
@@ -334,3 +334,50 @@ def plot(results: Results, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=72)
     plt.close(fig)
+
+
+def merge(base: dict[str, Any], *updates: dict[str, Any]) -> dict[str, Any]:
+    """`base` with the rows of each update replacing rows of the same case, shape and
+    contender (a case re-run after a change); the updates' commits and loads are kept."""
+    out = dict(base)
+    rows = list(base["results"])
+    for update in updates:
+        keys = {(r["case"], r["shape"], r["contender"]) for r in update["results"]}
+        rows = [r for r in rows if (r["case"], r["shape"], r["contender"]) not in keys]
+        rows += update["results"]
+        cases = sorted({r["case"] for r in update["results"]})
+        out.setdefault("reruns", []).append(
+            {
+                "cases": cases,
+                "commit": update.get("commit"),
+                "date": update.get("date"),
+                "load": update.get("load"),
+            }
+        )
+    out["results"] = rows
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.report BASE.json [RERUN.json ...] --out DIR`: merge and re-render."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m bench.report")
+    parser.add_argument("files", nargs="+")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    loaded = [json.loads(Path(f).read_text()) for f in args.files]
+    data = merge(loaded[0], *loaded[1:])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(data, indent=1))
+    results = Results(data)
+    (out / "results.md").write_text(markdown(results))
+    plot(results, out / "bench.png")
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
