@@ -8,6 +8,7 @@ create-if-absent, which is what makes concurrent writers (shards) safe.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from pipeline.archive import layout
 from pipeline.archive.record import ImageRecord
@@ -15,8 +16,10 @@ from pipeline.errors import StoreNotFound
 from pipeline.image import MemoisedTopSource
 from pipeline.oci import Descriptor, RawManifest, verify_digest
 from pipeline.refs import Reference
-from pipeline.store.base import ObjectStore, Piece, Readable, WriteResult
+from pipeline.store.base import Composition, ObjectStore, Piece, Readable, WriteResult
 from pipeline.transfer.verify import VerifyingReader
+
+_LINK_WRITERS = 8
 
 
 class ArchiveBucket:
@@ -63,13 +66,22 @@ class ArchiveBucket:
     def _link(self, key: str, digest: str) -> None:
         self.store.put(key, layout.link_body(digest))
 
+    def _links(self, links: list[tuple[str, str]]) -> None:
+        """Write (key, digest) links, several at a time: an image of 40 layers is 40 small PUTs,
+        a round trip each."""
+        if len(links) <= 1:
+            for key, digest in links:
+                self._link(key, digest)
+            return
+        with ThreadPoolExecutor(min(_LINK_WRITERS, len(links)), "bale-link") as pool:
+            for future in [pool.submit(self._link, key, digest) for key, digest in links]:
+                future.result()
+
     def link_layers(self, repo: str, digests: Iterable[str]) -> None:
-        for digest in digests:
-            self._link(layout.layer_link_key(repo, digest), digest)
+        self._links([(layout.layer_link_key(repo, d), d) for d in digests])
 
     def link_revisions(self, repo: str, digests: Iterable[str]) -> None:
-        for digest in digests:
-            self._link(layout.revision_link_key(repo, digest), digest)
+        self._links([(layout.revision_link_key(repo, d), d) for d in digests])
 
     def tag(self, repo: str, tag: str, digest: str) -> None:
         self._link(layout.tag_index_link_key(repo, tag, digest), digest)
@@ -84,8 +96,9 @@ class ArchiveBucket:
         return body.decode("ascii").strip()
 
     # -- tars and records ----------------------------------------------------------------
-    def compose_tar(self, key: str, pieces: Sequence[Piece]) -> WriteResult:
-        return self.store.compose(key, pieces)
+    def start_tar(self, key: str, pieces: Sequence[Piece]) -> Composition:
+        """The tar's compose, begun before its blobs are stored (see `Composition`)."""
+        return self.store.start_compose(key, pieces)
 
     def write_record(self, record: ImageRecord) -> None:
         self.store.put(record.record_key, record.to_json())

@@ -20,7 +20,7 @@ from typing import Protocol
 from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket
 from pipeline.archive.record import ImageRecord
-from pipeline.archive.tarplan import to_compose_pieces
+from pipeline.archive.tarplan import TarPlan, to_compose_pieces
 from pipeline.archive.tarstream import plan_resolved
 from pipeline.batch.report import ImageResult, RunReport
 from pipeline.errors import BaleError, DigestMismatch
@@ -30,6 +30,7 @@ from pipeline.ops.events import image_events
 from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
 from pipeline.registry.source import RegistrySource
+from pipeline.store.base import Composition
 from pipeline.transfer.progress import CountingReader, TransferEvents
 
 log = logging.getLogger("bale.archive")
@@ -150,20 +151,26 @@ class Archiver(BucketWorker):
         resolved = self._resolve(source, options)
         blobs = resolved.blobs()
         self.events.on_image_size(str(ref), sum(b.size for b in blobs))
-        self._store_blobs(source, blobs, counts)
-        repo = ref.store_repo
-        self.bucket.link_layers(repo, (b.digest for b in blobs))
-        manifests = [i.raw for i in resolved.images] + list(resolved.extra_manifests)
-        if resolved.top.digest not in {m.digest for m in manifests}:
-            manifests.append(resolved.top)
-        for raw in manifests:  # children first, the index last
-            self.bucket.put_manifest(raw)
-        self.bucket.link_revisions(repo, (m.digest for m in manifests))
-        if ref.tag and not ref.digest:
-            self.bucket.tag(repo, ref.tag, resolved.top.digest)
-        if options.referrers:
-            self._archive_referrers(source, [m.digest for m in manifests], counts)
-        return self._write_tar_and_record(resolved, options, counts)
+        plan = plan_resolved(resolved, all_platforms=options.all_platforms)
+        pieces = to_compose_pieces(plan, layout.blob_key_for)
+        # The tar's parts go up while its blobs stream in; it becomes visible only at `finish`,
+        # after the tags, and is abandoned (nothing left) if any step before fails.
+        with self.bucket.start_tar(layout.tar_key_for(ref), pieces) as tar:
+            self._store_blobs(source, blobs, counts, tar)
+            repo = ref.store_repo
+            manifests = [i.raw for i in resolved.images] + list(resolved.extra_manifests)
+            if resolved.top.digest not in {m.digest for m in manifests}:
+                manifests.append(resolved.top)
+            for raw in manifests:  # children first, the index last
+                self.bucket.put_manifest(raw)
+            self.bucket.link_revisions(repo, (m.digest for m in manifests))
+            if ref.tag and not ref.digest:
+                self.bucket.tag(repo, ref.tag, resolved.top.digest)
+            if options.referrers:
+                self._archive_referrers(source, [m.digest for m in manifests], counts)
+            written = tar.finish()
+        counts.add(uploaded=written.sent, copied=written.copied)
+        return self._write_record(resolved, plan)
 
     def _archive_referrers(self, source: ImageSource, subjects: list[str], counts: _Counts) -> None:
         """Signatures and attestations of the manifests just stored, kept as manifests and
@@ -175,8 +182,11 @@ class Archiver(BucketWorker):
         stats = sync_referrers(source, subjects, target, self.session)
         counts.add(downloaded=stats.bytes_read, uploaded=stats.bytes_uploaded)
 
-    def _store_blobs(self, source: ImageSource, blobs: list[Descriptor], counts: _Counts) -> None:
-        """Store every blob; a digest shared by several images of a run moves once.
+    def _store_blobs(
+        self, source: ImageSource, blobs: list[Descriptor], counts: _Counts, tar: Composition
+    ) -> None:
+        """Store every blob, then link them in the repository; a digest shared by several images
+        of a run moves once.
 
         Only the image whose call started a transfer counts its bytes; an image that finds the
         blob stored, or waits on another image's transfer of it, counts it as already stored.
@@ -186,13 +196,14 @@ class Archiver(BucketWorker):
 
         def store(desc: Descriptor) -> tuple[int, int] | None:
             owned.add(desc.digest)  # runs only when this image's call started the transfer
-            return self._store_blob(source, desc)
+            return self._store_blob(source, desc, tar)
 
         futures = [
             self.session.once(f"{self.bucket.url}|{desc.digest}", lambda d=desc: store(d))
             for desc in blobs
         ]
         name = str(source.reference)
+        repo = source.reference.store_repo
         errors: list[BaseException] = []
         for desc, fut in zip(blobs, futures, strict=True):
             try:
@@ -200,6 +211,7 @@ class Archiver(BucketWorker):
             except BaleError as exc:
                 errors.append(exc)
                 continue
+            tar.stored(layout.blob_key_for(desc))
             if moved is None or desc.digest not in owned:
                 counts.add(already=desc.size)
                 self.events.on_image_bytes(name, skipped=desc.size)
@@ -207,9 +219,15 @@ class Archiver(BucketWorker):
                 counts.add(downloaded=moved[0], uploaded=moved[1])
         if errors:
             raise errors[0]
+        self.bucket.link_layers(repo, (d.digest for d in blobs))
 
-    def _store_blob(self, source: ImageSource, desc: Descriptor) -> tuple[int, int] | None:
-        """Stream one blob in unless the bucket has it; returns (downloaded, uploaded)."""
+    def _store_blob(
+        self, source: ImageSource, desc: Descriptor, tar: Composition
+    ) -> tuple[int, int] | None:
+        """Stream one blob in unless the bucket has it; returns (downloaded, uploaded).
+
+        The stream passes through the tar's composition, which keeps the bytes its own parts
+        need, and hears at once that the blob is stored (its copy parts can start)."""
         if self.bucket.has_blob(desc):
             return None
         key = f"{source.reference.name}@{desc.digest}"
@@ -224,11 +242,13 @@ class Archiver(BucketWorker):
         attempts = self.session.transfer.retry.retries + 1
         downloaded = 0
         for attempt in range(1, attempts + 1):
-            stream = CountingReader(source.open_blob(desc), report)
+            counted = CountingReader(source.open_blob(desc), report)
+            stream = tar.capture(layout.blob_key_for(desc), counted)
             try:
                 result = self.bucket.put_blob(desc, stream)
+                tar.stored(layout.blob_key_for(desc), stream)
             except DigestMismatch as exc:
-                downloaded += stream.count
+                downloaded += counted.count
                 if attempt == attempts:
                     raise
                 log.warning(
@@ -243,21 +263,18 @@ class Archiver(BucketWorker):
                 close = getattr(stream, "close", None)
                 if close is not None:
                     close()
-            return downloaded + stream.count, result.sent
+            return downloaded + counted.count, result.sent
         raise AssertionError("unreachable")
 
-    def _write_tar_and_record(
-        self, resolved: ResolvedImage, options: ArchiveOptions, counts: _Counts
-    ) -> ImageRecord:
-        ref = resolved.reference
-        plan = plan_resolved(resolved, all_platforms=options.all_platforms)
-        tar_key = layout.tar_key_for(ref)
-        result = self.bucket.compose_tar(tar_key, to_compose_pieces(plan, layout.blob_key_for))
-        counts.add(uploaded=result.sent, copied=result.copied)
+    def _write_record(self, resolved: ResolvedImage, plan: TarPlan) -> ImageRecord:
         stored = [*resolved.blobs(), *(i.raw.descriptor() for i in resolved.images)]
         stored += [m.descriptor() for m in resolved.extra_manifests]
         record = ImageRecord.build(
-            ref, resolved.top, plan, stored=stored, stored_platforms=resolved.platforms
+            resolved.reference,
+            resolved.top,
+            plan,
+            stored=stored,
+            stored_platforms=resolved.platforms,
         )
         self.bucket.write_record(record)
         return record

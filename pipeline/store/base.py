@@ -75,6 +75,36 @@ class MultipartUpload:
     initiated: datetime | None
 
 
+class Composition(Protocol):
+    """A compose started before its sources are all stored (see `ObjectStore.start_compose`).
+
+    The caller streams each source object through `capture` while writing it, then says
+    `stored(key, capture)` once that write succeeded: parts that copy from the source can go at
+    once, and client parts get their bytes from the capture instead of reading them back from
+    the store. So the composed object is mostly built while its sources still arrive, and
+    nothing is visible at its key until `finish`. Leaving the `with` block without `finish`
+    (an error, Ctrl-C) abandons it and leaves nothing behind.
+    """
+
+    def capture(self, key: str, stream: Readable) -> Readable:
+        """`stream` (the bytes being written to `key`), keeping what the compose needs of it."""
+        ...
+
+    def stored(self, key: str, capture: Readable | None = None) -> None:
+        """The object at `key` is now complete and verified; `capture`, when given, is what
+        `capture` returned for that write. Never raises: failures surface at `finish`."""
+        ...
+
+    def finish(self) -> WriteResult:
+        """Complete the object once every source is stored (those never reported are taken
+        to be there now)."""
+        ...
+
+    def __enter__(self) -> Composition: ...
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None: ...
+
+
 class ObjectStore(Protocol):
     """A flat key space of immutable objects.
 
@@ -126,6 +156,13 @@ class ObjectStore(Protocol):
         the client (inline pieces, and range bytes fetched to fill parts), `copied` bytes the
         store copied itself.
         """
+        ...
+
+    def start_compose(
+        self, key: str, pieces: Sequence[Piece], *, if_absent: bool = False
+    ) -> Composition:
+        """`compose`, begun before the sources exist: see `Composition`. Sources are told to it
+        as they are written; `finish` writes the same object `compose` would."""
         ...
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:

@@ -6,16 +6,21 @@ ranges are merged into client-sent parts of at least the provider minimum. When 
 come before a big range (a tar header before a blob), the range's first bytes are fetched by
 ranged GET to fill that part and the rest is copied: per large blob, only its header and the
 first part travel from the client.
+
+`StreamingComposition` carries a plan out while its sources are still being written: each part
+goes as soon as the sources it needs are stored, and the bytes a client part needs of a source
+are kept as that source streams past (`Capture`), so they are never read back.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pipeline.errors import StoreError
-from pipeline.store.base import CopyRange, Inline, Piece, WriteResult
+from pipeline.store.base import CopyRange, Inline, ObjectStore, Piece, Readable, WriteResult
 from pipeline.store.multipart import (
     DEFAULT_PARALLEL,
     DEFAULT_PART_SIZE,
@@ -24,6 +29,7 @@ from pipeline.store.multipart import (
     PartPool,
     PartSink,
     Upload,
+    abort_quietly,
 )
 
 
@@ -145,51 +151,271 @@ def _plan(
     return parts
 
 
-def build_part(sink: PartSink, part: PlannedPart) -> bytes:
-    """The bytes of a client part: inline data and ranges read back from the store."""
-    chunks: list[bytes] = []
+def build_part(
+    sink: PartSink, part: PlannedPart, held: dict[CopyRange, bytes | bytearray] | None = None
+) -> bytes:
+    """The bytes of a client part: inline data, and ranges from `held` (captured as their
+    source streamed in) or read back from the store."""
+    chunks: list[bytes | bytearray] = []
     for segment in part.segments:
         if isinstance(segment, Inline):
             chunks.append(segment.data)
-        else:
+            continue
+        data = held.pop(segment, None) if held is not None else None
+        if data is None:
             data = sink.read_range(segment.key, segment.start, segment.length)
-            if len(data) != segment.length:
-                raise StoreError(
-                    f"{sink.describe(segment.key)}: range {segment.start}+{segment.length} "
-                    f"is past the end of the object"
-                )
-            chunks.append(data)
+        if len(data) != segment.length:
+            raise StoreError(
+                f"{sink.describe(segment.key)}: range {segment.start}+{segment.length} "
+                f"is past the end of the object"
+            )
+        chunks.append(data)
     return b"".join(chunks)
 
 
-def run_compose(
-    sink: PartSink,
-    key: str,
-    plan: ComposePlan,
-    *,
-    if_absent: bool = False,
-    parallel: int = DEFAULT_PARALLEL,
-) -> WriteResult:
-    """Carry out `plan`: one PUT when it is a single client part, else a multipart upload with
-    parts built (or copied) on a bounded pool, aborted on any failure."""
-    if plan.single:
-        data = build_part(sink, plan.parts[0]) if plan.parts else b""
-        written = sink.put_single(key, data, if_absent=if_absent)
-        return WriteResult(key=key, size=plan.size, written=written, sent=plan.sent)
-
-    with Upload(sink, key) as upload:
-        with PartPool(parallel, "bale-compose") as pool:
-            for part in plan.parts:
-                pool.submit(_job(sink, key, upload.upload_id, part), hold_slot=False)
-            parts = pool.results()
-        written = upload.complete(parts, if_absent=if_absent)
-    return WriteResult(key=key, size=plan.size, written=written, sent=plan.sent, copied=plan.copied)
+CAPTURE_BUDGET = 4 * DEFAULT_PART_SIZE
+"""Most bytes of sources a composition keeps in memory for parts not yet sent (a part's worth
+per parallel blob); past it a source is not captured and its bytes are read back from the store
+when its part is built."""
 
 
-def _job(sink: PartSink, key: str, upload_id: str, part: PlannedPart) -> Callable[[], Part]:
-    def job() -> Part:
+class Capture:
+    """A source stream passed through: keeps the bytes of the ranges a composition's client
+    parts need (a blob's first bytes after its tar header, or a small blob whole)."""
+
+    def __init__(
+        self, stream: Readable, owner: StreamingComposition, ranges: Sequence[CopyRange]
+    ) -> None:
+        self._stream = stream
+        self.owner = owner
+        self.buffers = {r: bytearray() for r in ranges}
+        self.reserved = sum(r.length for r in ranges)
+        self._end = max(r.start + r.length for r in ranges)
+        self._position = 0
+        self.taken = False
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self._stream.read(n)
+        if data and self._position < self._end:
+            first, last = self._position, self._position + len(data)
+            for r, buffer in self.buffers.items():
+                lo, hi = max(first, r.start), min(last, r.start + r.length)
+                if lo < hi:
+                    buffer += data[lo - first : hi - first]
+        self._position += len(data)
+        return data
+
+    def complete(self) -> dict[CopyRange, bytearray]:
+        """The ranges captured in full (a write that read its source to the end has them all)."""
+        return {r: b for r, b in self.buffers.items() if len(b) == r.length}
+
+    def close(self) -> None:
+        self.owner.release(self)
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            close()
+
+
+class StreamingComposition:
+    """A `Composition` on a multipart upload (S3, OSS): see the module docstring.
+
+    Parts run on a bounded pool as their sources are reported stored; the upload is started by
+    the first part and aborted if the composition is left without `finish`. The object is
+    visible only once `finish` completes the upload.
+    """
+
+    def __init__(
+        self,
+        sink: PartSink,
+        key: str,
+        plan: ComposePlan,
+        *,
+        if_absent: bool = False,
+        parallel: int = DEFAULT_PARALLEL,
+        budget: int = CAPTURE_BUDGET,
+    ) -> None:
+        self.sink = sink
+        self.key = key
+        self.plan = plan
+        self.if_absent = if_absent
+        self.parallel = parallel
+        self.budget = budget
+        self._lock = threading.Lock()
+        self._upload_lock = threading.Lock()
+        self._stored: set[str] = set()
+        self._held: dict[CopyRange, bytes | bytearray] = {}
+        self._reserved = 0
+        self._waiting: dict[int, PlannedPart] = {p.number: p for p in plan.parts}
+        self._needs: dict[str, list[CopyRange]] = {}
+        for part in plan.parts:
+            if part.copy is None:
+                for segment in part.segments:
+                    if isinstance(segment, CopyRange):
+                        self._needs.setdefault(segment.key, []).append(segment)
+        self._pool: PartPool | None = None
+        self._upload: Upload | None = None
+        self._closed = False
+        self._completed = False
+
+    # -- Composition -----------------------------------------------------------------------
+
+    def capture(self, key: str, stream: Readable) -> Readable:
+        ranges = self._needs.get(key)
+        if not ranges:
+            return stream
+        need = sum(r.length for r in ranges)
+        with self._lock:
+            if self._closed or key in self._stored or self._reserved + need > self.budget:
+                return stream
+            self._reserved += need
+        return Capture(stream, self, ranges)
+
+    def stored(self, key: str, capture: Readable | None = None) -> None:
+        ready: list[PlannedPart] = []
+        with self._lock:
+            kept = 0
+            if not self._closed and key not in self._stored:
+                self._stored.add(key)
+                if isinstance(capture, Capture) and capture.owner is self and not capture.taken:
+                    held = capture.complete()
+                    self._held.update(held)
+                    kept = sum(len(b) for b in held.values())
+                if not self.plan.single:
+                    ready = self._take_ready()
+            if isinstance(capture, Capture) and capture.owner is self:
+                self._release_locked(capture, kept)
+        for part in ready:
+            self._submit(part)
+
+    def release(self, capture: Capture) -> None:
+        """A capture ends without being reported stored (its write failed): drop its bytes."""
+        with self._lock:
+            self._release_locked(capture, 0)
+
+    def _release_locked(self, capture: Capture, kept: int) -> None:
+        """Give back a capture's reservation but for the `kept` bytes now held for parts."""
+        if not capture.taken:
+            capture.taken = True
+            self._reserved -= capture.reserved - kept
+
+    def _take_held(self, part: PlannedPart) -> dict[CopyRange, bytes | bytearray]:
+        with self._lock:
+            held = {s: self._held.pop(s) for s in part.segments if s in self._held}
+            self._reserved -= sum(len(b) for b in held.values())
+        return held
+
+    def finish(self) -> WriteResult:
+        plan = self.plan
+        with self._lock:
+            self._stored.update(s.key for p in plan.parts for s in self._sources(p))
+            ready = [] if plan.single else self._take_ready()
+        if plan.single:
+            data = (
+                build_part(self.sink, plan.parts[0], self._take_held(plan.parts[0]))
+                if plan.parts
+                else b""
+            )
+            written = self.sink.put_single(self.key, data, if_absent=self.if_absent)
+            return WriteResult(key=self.key, size=plan.size, written=written, sent=plan.sent)
+        for part in ready:
+            self._submit(part)
+        pool = self._start_pool()
+        parts = sorted(pool.results(), key=lambda p: p.number)
+        assert self._upload is not None
+        written = self._upload.complete(parts, if_absent=self.if_absent)
+        self._completed = True
+        return WriteResult(
+            key=self.key, size=plan.size, written=written, sent=plan.sent, copied=plan.copied
+        )
+
+    def __enter__(self) -> StreamingComposition:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        with self._lock:
+            self._closed = True
+            pool = self._pool
+        if pool is not None:
+            pool.close(cancel=not self._completed)
+        # After the pool: a part that was running may have started the upload.
+        upload = self._upload
+        if upload is not None and not self._completed:
+            abort_quietly(self.sink, self.key, upload.upload_id)
+
+    # -- parts -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _sources(part: PlannedPart) -> list[CopyRange]:
         if part.copy is not None:
-            return sink.copy_part(key, upload_id, part.number, part.copy)
-        return sink.upload_part(key, upload_id, part.number, build_part(sink, part))
+            return [part.copy]
+        return [s for s in part.segments if isinstance(s, CopyRange)]
 
-    return job
+    def _take_ready(self) -> list[PlannedPart]:
+        """Parts whose sources are all stored, removed from the waiting list (lock held)."""
+        ready = [
+            part
+            for part in self._waiting.values()
+            if all(s.key in self._stored for s in self._sources(part))
+        ]
+        for part in ready:
+            del self._waiting[part.number]
+        return ready
+
+    def _start_pool(self) -> PartPool:
+        with self._lock:
+            if self._pool is None:
+                self._pool = PartPool(self.parallel, "bale-compose")
+            return self._pool
+
+    def _upload_id(self) -> str:
+        with self._upload_lock:  # not `_lock`: reporting a source must not wait on a request
+            if self._upload is None:
+                upload = Upload(self.sink, self.key)
+                upload.upload_id = self.sink.initiate(self.key)
+                self._upload = upload
+            return self._upload.upload_id
+
+    def _submit(self, part: PlannedPart) -> None:
+        pool = self._start_pool()
+        try:
+            pool.submit(self._job(part), hold_slot=False)
+        except Exception:  # the pool's first failure is raised by `finish`
+            return
+
+    def _job(self, part: PlannedPart) -> Callable[[], Part]:
+        def job() -> Part:
+            upload_id = self._upload_id()
+            if part.copy is not None:
+                return self.sink.copy_part(self.key, upload_id, part.number, part.copy)
+            data = build_part(self.sink, part, self._take_held(part))
+            return self.sink.upload_part(self.key, upload_id, part.number, data)
+
+        return job
+
+
+class DeferredComposition:
+    """A `Composition` that composes only at `finish`: for stores whose compose is cheap
+    locally (files copied in the kernel), where nothing is gained by starting early."""
+
+    def __init__(
+        self, store: ObjectStore, key: str, pieces: Sequence[Piece], *, if_absent: bool = False
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.pieces = list(pieces)
+        self.if_absent = if_absent
+
+    def capture(self, key: str, stream: Readable) -> Readable:
+        return stream
+
+    def stored(self, key: str, capture: Readable | None = None) -> None:
+        pass
+
+    def finish(self) -> WriteResult:
+        return self.store.compose(self.key, self.pieces, if_absent=self.if_absent)
+
+    def __enter__(self) -> DeferredComposition:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        pass

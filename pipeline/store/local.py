@@ -36,6 +36,7 @@ from pipeline.store.base import (
     Readable,
     WriteResult,
 )
+from pipeline.store.compose import DeferredComposition
 from pipeline.store.source import READ_CHUNK, expect_end, read_exactly, read_up_to
 
 TMP_DIR = ".bale-tmp"
@@ -308,6 +309,11 @@ class LocalStore:
 
         written = self._write(key, fill, if_absent=if_absent)
         return WriteResult(key=key, size=sent + copied, written=written, sent=sent, copied=copied)
+
+    def start_compose(
+        self, key: str, pieces: Sequence[Piece], *, if_absent: bool = False
+    ) -> DeferredComposition:
+        return DeferredComposition(self, key, pieces, if_absent=if_absent)
 
     def _copy_range(self, piece: CopyRange, out: BinaryIO) -> None:
         """Copy in the kernel where it can (copy_file_range), else through a buffer."""

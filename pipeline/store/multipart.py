@@ -198,9 +198,13 @@ class PartPool:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        # On failure: drop queued jobs, let running ones finish (their parts must exist before
-        # abort, or they would land after it and linger).
-        self._pool.shutdown(wait=True, cancel_futures=exc is not None)
+        self.close(cancel=exc is not None)
+
+    def close(self, *, cancel: bool) -> None:
+        """Wait for the running jobs; with `cancel` (a failure) drop the queued ones. Running
+        jobs always finish: their parts must exist before an abort, or they would land after
+        it and linger."""
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
 
 
 def abort_quietly(sink: PartSink, key: str, upload_id: str) -> None:

@@ -29,7 +29,7 @@ from pipeline.store.base import (
     Readable,
     WriteResult,
 )
-from pipeline.store.compose import plan_compose, run_compose
+from pipeline.store.compose import StreamingComposition, plan_compose
 from pipeline.store.multipart import (
     DEFAULT_PARALLEL,
     DEFAULT_PART_SIZE,
@@ -248,12 +248,18 @@ class RemoteStore(ABC):
         )
 
     def compose(self, key: str, pieces: Sequence[Piece], *, if_absent: bool = False) -> WriteResult:
+        with self.start_compose(key, pieces, if_absent=if_absent) as composition:
+            return composition.finish()
+
+    def start_compose(
+        self, key: str, pieces: Sequence[Piece], *, if_absent: bool = False
+    ) -> StreamingComposition:
         self._name(key)
         for piece in pieces:
             if isinstance(piece, CopyRange):
                 self._name(piece.key)
         plan = plan_compose(pieces, self.limits, self.part_size)
-        return run_compose(self, key, plan, if_absent=if_absent, parallel=self.parallel)
+        return StreamingComposition(self, key, plan, if_absent=if_absent, parallel=self.parallel)
 
     def delete(self, key: str) -> None:
         name = self._name(key)
