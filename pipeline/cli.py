@@ -866,8 +866,8 @@ def sync_command(
     spec file. Each image goes to DESTINATION/<last component of its name>:<tag> (--scoped:
     the whole name). Tags already at the same digest are skipped.
     """
-    from pipeline.batch.run import check_output_paths, spec_secrets
-    from pipeline.batch.spec import load_spec
+    # batch.run and batch.spec bring the archive machinery and yaml: imported only when a
+    # report path or a spec needs them (start-up is part of every sync's time).
     from pipeline.ops.sync import Syncer, SyncOptions, plan_repository, plan_spec, sync_many
 
     del dest_transport  # only docker, as a choice: skopeo's spelling
@@ -882,10 +882,17 @@ def sync_command(
         referrers=referrers,
         compress=_compress(dest_compress_format, dest_compress_level),
     )
-    check_output_paths((report_path, junit_path))
+    if report_path or junit_path:
+        from pipeline.batch.run import check_output_paths
+
+        check_output_paths((report_path, junit_path))
     secrets = [o.credentials.password for o in (src_options, dest_options) if o.credentials]
-    spec = load_spec(source) if src_transport == "yaml" else None
-    if spec is not None:
+    spec = None
+    if src_transport == "yaml":
+        from pipeline.batch.run import spec_secrets
+        from pipeline.batch.spec import load_spec
+
+        spec = load_spec(source)
         secrets += spec_secrets(spec)
 
     def show(item: Any, result: Any) -> None:

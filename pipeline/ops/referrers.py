@@ -33,10 +33,8 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pipeline.archive import layout
-from pipeline.archive.bucket import ArchiveBucket, BucketImage
 from pipeline.errors import ManifestError, NotFound, StoreNotFound
 from pipeline.image import BlobWrite, ImageDestination, ImageSource
 from pipeline.oci import (
@@ -56,6 +54,9 @@ from pipeline.registry.destination import RegistryDestination
 from pipeline.registry.push import pusher_for
 from pipeline.registry.source import RegistrySource
 from pipeline.store.base import Readable
+
+if TYPE_CHECKING:  # the archive bucket is imported where it is used: sync never needs it
+    from pipeline.archive.bucket import ArchiveBucket
 
 log = logging.getLogger("bale.referrers")
 
@@ -262,6 +263,8 @@ class BucketRepo:
             return None
 
     def image(self, digest: str) -> ImageSource:
+        from pipeline.archive.bucket import BucketImage
+
         return BucketImage(self.bucket, _pinned(self.reference, digest))
 
     def destination(self, tag: str | None) -> ImageDestination:
@@ -310,6 +313,8 @@ class BucketDestination:
         return result
 
     def has_manifest(self, digest: str, tag: str | None = None) -> bool:
+        from pipeline.archive import layout
+
         store = self.bucket.store
         if store.head(layout.revision_link_key(self.repo, digest)) is None:
             return False
@@ -329,6 +334,8 @@ def repo_of(source: ImageSource, session: Session | None = None) -> ReferrerRepo
     listings = listings_for(session) if session is not None else None
     if isinstance(source, RegistrySource):
         return RegistryRepo(source.client, source.reference, listings)
+    from pipeline.archive.bucket import BucketImage
+
     if isinstance(source, BucketImage):
         return BucketRepo(source.bucket, source.reference, listings)
     return None

@@ -52,10 +52,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from pipeline.batch.report import ImageResult, RunReport
-from pipeline.batch.run import expand_spec
-from pipeline.batch.spec import Spec
 from pipeline.errors import BaleError, InvalidReference, NotFound, UsageError
 from pipeline.image import DEFAULT_PLATFORM, ImageSource, select_platforms
 from pipeline.oci import OCI_LAYER_ZSTD, ImageIndex, ImageManifest, Platform, RawManifest
@@ -75,6 +74,9 @@ from pipeline.registry.destination import RegistryDestination
 from pipeline.registry.source import RegistrySource
 from pipeline.transfer.progress import TransferEvents
 from pipeline.transfer.recompress import CompressOptions
+
+if TYPE_CHECKING:
+    from pipeline.batch.spec import Spec
 
 log = logging.getLogger("bale.sync")
 
@@ -190,6 +192,8 @@ def plan_spec(
     options: SyncOptions,
 ) -> SyncPlan:
     """`--src yaml`: what the spec selects, with each registry entry's options."""
+    from pipeline.batch.run import expand_spec  # the archive machinery: only a spec needs it
+
     dest = _check_destination(destination)
     expanded = expand_spec(spec, session, defaults)
     items = [
