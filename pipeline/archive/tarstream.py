@@ -72,6 +72,41 @@ class TarStream:
             if not self._advance():
                 return b""
 
+    def readinto(self, buffer: bytearray | memoryview, /) -> int:
+        """`read` into the caller's buffer: blob bytes go from their source straight there
+        when it has `readinto` (a verifying reader), else through one `read`."""
+        view = memoryview(buffer).cast("B")
+        if not view:
+            return 0
+        while True:
+            if self._inline:
+                got = min(len(view), len(self._inline))
+                view[:got] = self._inline[:got]
+                self._inline = self._inline[got:]
+                self.position += got
+                return got
+            if self._blob is not None and self._blob_left:
+                want = min(len(view), self._blob_left)
+                into = getattr(self._blob, "readinto", None)
+                if into is not None:
+                    got = into(view[:want])
+                else:
+                    data = self._blob.read(want)
+                    got = min(len(data), want)
+                    view[:got] = data[:got] if got < len(data) else data
+                if not got:
+                    desc = self._blob_desc
+                    assert desc is not None
+                    raise TransferError(
+                        f"blob {desc.digest} ended after {desc.size - self._blob_left} of "
+                        f"{desc.size} bytes"
+                    )
+                self._blob_left -= got
+                self.position += got
+                return got
+            if not self._advance():
+                return 0
+
     def _close_blob(self) -> None:
         if self._blob is not None:
             close = getattr(self._blob, "close", None)

@@ -13,6 +13,7 @@ digest while they stream (see `open_blob`).
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import re
@@ -717,45 +718,75 @@ class BlobBody:
         self._resp = resp
 
     def read(self, n: int = -1, /) -> bytes:
+        want = self._want(n)
+        if not want:
+            return b""
+        while True:
+            try:
+                data = self._connected().read(want)
+                if not data:
+                    raise _BodyEnded()
+            except Exception as exc:
+                self._lost(exc)
+                continue
+            self._advance(len(data))
+            return data
+
+    def readinto(self, buffer: bytearray | memoryview, /) -> int:
+        """`read` into the caller's buffer: the bytes go from the socket straight there."""
+        view = memoryview(buffer).cast("B")
+        want = self._want(len(view))
+        if not want:
+            return 0
+        while True:
+            try:
+                got = _readinto(self._connected(), view[:want])
+                if not got:
+                    raise _BodyEnded()
+            except Exception as exc:
+                self._lost(exc)
+                continue
+            self._advance(got)
+            return got
+
+    def _want(self, n: int | None) -> int:
+        """How much the next read may take (0 at the end, which releases the connection)."""
         if self._closed:
             raise ValueError("read from a closed blob stream")
         remaining = self.end - self.position
         if remaining <= 0:
             self._finish()
-            return b""
+            return 0
         want = remaining if n is None or n < 0 else min(n, remaining)
-        if want == 0:
-            return b""
-        if self._client.read_slice is not None:
+        if want and self._client.read_slice is not None:
             # Rate-limited: small reads, each paid for before the next leaves the socket, so
             # the wire follows the limiter (the verifying reader above fills its reads).
             want = min(want, self._client.read_slice)
-        while True:
-            try:
-                if self._resp is None:
-                    self.open()
-                assert self._resp is not None
-                while self._skip:
-                    dropped = self._resp.read(min(self._skip, 1 << 20))
-                    if not dropped:
-                        raise _BodyEnded()
-                    self._skip -= len(dropped)
-                data = self._resp.read(want)
-                if not data:
-                    raise _BodyEnded()
-            except Exception as exc:
-                if not (isinstance(exc, _BodyEnded) or is_transient_error(exc)):
-                    raise
-                self._lost(exc)
-                continue
-            self._failures = 0
-            self.position += len(data)
-            if self.position >= self.end:
-                self._finish()
-            return data
+        return want
 
-    def _lost(self, exc: BaseException) -> None:
-        """The connection broke: count it, wait, and let the next read resume."""
+    def _connected(self) -> urllib3.BaseHTTPResponse:
+        """The response to read from: (re)opened, past the bytes a resume must skip."""
+        if self._resp is None:
+            self.open()
+        assert self._resp is not None
+        while self._skip:
+            dropped = self._resp.read(min(self._skip, 1 << 20))
+            if not dropped:
+                raise _BodyEnded()
+            self._skip -= len(dropped)
+        return self._resp
+
+    def _advance(self, n: int) -> None:
+        self._failures = 0
+        self.position += n
+        if self.position >= self.end:
+            self._finish()
+
+    def _lost(self, exc: Exception) -> None:
+        """The connection broke: count it, wait, and let the next read resume. Anything but a
+        network failure (or an early end) is raised as it is."""
+        if not (isinstance(exc, _BodyEnded) or is_transient_error(exc)):
+            raise exc
         resp, self._resp = self._resp, None
         if resp is not None:
             resp.close()
@@ -799,6 +830,35 @@ class BlobBody:
 
 class _BodyEnded(Exception):
     """The body ended before the descriptor's size."""
+
+
+def _readinto(resp: urllib3.BaseHTTPResponse, view: memoryview) -> int:
+    """`resp.read(len(view))` into `view`, with no `bytes` in between when urllib3 holds nothing
+    back (its own `readinto` reads a new `bytes` and copies it): a body read undecoded is the
+    socket's bytes, so http.client's response fills the buffer itself. urllib3's byte counts
+    are kept (a fully read response gives its connection back) and failures are raised as
+    urllib3 raises them (so resuming treats them alike)."""
+    fp = getattr(resp, "_fp", None)
+    if (
+        not isinstance(fp, http.client.HTTPResponse)
+        or getattr(resp, "decode_content", True)
+        or len(getattr(resp, "_decoded_buffer", b"x"))
+        or not isinstance(getattr(resp, "_fp_bytes_read", None), int)
+    ):
+        data = resp.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+    try:
+        got = fp.readinto(view)
+    except TimeoutError as exc:
+        pool = getattr(resp, "_pool", None)
+        raise urllib3.exceptions.ReadTimeoutError(pool, None, "Read timed out.") from exc
+    except (http.client.HTTPException, OSError) as exc:
+        raise urllib3.exceptions.ProtocolError(f"Connection broken: {exc!r}", exc) from exc
+    resp._fp_bytes_read += got  # type: ignore[attr-defined]
+    if resp.length_remaining is not None:  # type: ignore[attr-defined]
+        resp.length_remaining -= got  # type: ignore[attr-defined]
+    return got
 
 
 def _origin(url: str) -> tuple[str, str]:

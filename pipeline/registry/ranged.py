@@ -207,21 +207,8 @@ class RangedBlobBody:
             data = self._single.read(n)
             self.position += len(data)
             return data
-        if not self._current:
-            if not self._pending:
-                return b""
-            future, held = self._pending.popleft()
-            try:
-                data = future.result()
-            finally:
-                if held:
-                    self._budget.release()  # the range leaves the read-ahead window
-            self._current_bytes = data
-            self._current = memoryview(data)
-            if self.parallel is None:
-                self._decide(len(data))
-            elif self.parallel:
-                self._top_up()
+        if not self._current and not self._next_range():
+            return b""
         if n is None or n < 0 or n >= len(self._current):
             if len(self._current) == len(self._current_bytes):
                 out = self._current_bytes  # a whole range: hand it on without a copy
@@ -234,6 +221,43 @@ class RangedBlobBody:
             self._current = self._current[n:]
         self.position += len(out)
         return out
+
+    def readinto(self, buffer: bytearray | memoryview, /) -> int:
+        """`read` into the caller's buffer (a single stream's bytes go straight there)."""
+        if self._closed:
+            raise ValueError("read from a closed blob stream")
+        view = memoryview(buffer).cast("B")
+        if not self._current and self._single is not None:
+            got = self._single.readinto(view)
+            self.position += got
+            return got
+        if not self._current and not self._next_range():
+            return 0
+        got = min(len(view), len(self._current))
+        view[:got] = self._current[:got]
+        self._current = self._current[got:]
+        if not self._current:
+            self._current_bytes = b""
+        self.position += got
+        return got
+
+    def _next_range(self) -> bool:
+        """Make the next range current (waiting for it); False when none is left."""
+        if not self._pending:
+            return False
+        future, held = self._pending.popleft()
+        try:
+            data = future.result()
+        finally:
+            if held:
+                self._budget.release()  # the range leaves the read-ahead window
+        self._current_bytes = data
+        self._current = memoryview(data)
+        if self.parallel is None:
+            self._decide(len(data))
+        elif self.parallel:
+            self._top_up()
+        return True
 
     def _decide(self, first: int) -> None:
         """After the first range: parallel ranges for a slow link, one stream for a fast one."""

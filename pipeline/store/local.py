@@ -26,7 +26,7 @@ from typing import BinaryIO
 from urllib.parse import quote, unquote
 
 from pipeline.errors import StoreError, StoreNotFound
-from pipeline.store import keys
+from pipeline.store import direct, keys
 from pipeline.store.base import (
     CopyRange,
     Inline,
@@ -279,6 +279,12 @@ class LocalStore:
 
         def fill(f: BinaryIO) -> None:
             nonlocal total
+            if size is not None and size >= direct.MIN_SIZE and hasattr(stream, "readinto"):
+                # Large, of known size, and able to fill our buffers: past the page cache.
+                direct.write_stream(f.fileno(), stream, size, what=what)  # type: ignore[arg-type]
+                total = size
+                expect_end(stream, what=what, size=total)
+                return
             while size is None or total < size:
                 if size is None:
                     chunk = read_up_to(stream, READ_CHUNK)

@@ -100,6 +100,18 @@ class BackgroundHasher(_Closing):
             self._start()
         self._pending.put(chunk)
 
+    def update_now(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Hash `chunk` before returning, on the caller's thread: the caller may reuse its buffer
+        at once, and no copy is made. (Behind chunks already queued for the worker, the chunk
+        is queued as a copy instead, to keep the order.)"""
+        if self._closed or self._digest is not None:
+            raise ValueError("update() on a finished hasher")
+        self._raise_worker_error()
+        if self._thread is None:
+            self._hash.update(chunk)
+        else:
+            self.update(bytes(chunk))
+
     def digest(self) -> str:
         """`<algorithm>:<hex>` of everything passed to `update`, once the worker has caught up."""
         if self._digest is None:
@@ -202,6 +214,46 @@ class VerifyingReader(_Closing):
         if len(chunks) == 1:
             return chunks[0]
         return b"".join(chunks)
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        """Fill `buffer` (fewer bytes only at the end); 0 once all `size` bytes are read.
+
+        For a writer that reuses its own buffers: no `bytes` is made per read, and the bytes
+        are hashed on this thread before it returns (so the buffer is free at once; the writer
+        has the disk work on another thread). The checks are `read`'s: the call that reaches
+        `size` raises `DigestMismatch` instead of returning when the hash is wrong.
+        """
+        if self._failure is not None:
+            raise self._failure
+        if self._verified:
+            return 0
+        view = memoryview(buffer).cast("B")
+        want = min(len(view), self.size - self._read)
+        if want == 0:
+            return 0
+        try:
+            got = 0
+            into = getattr(self._source, "readinto", None)
+            while got < want:
+                if into is not None:
+                    n = into(view[got:want])
+                else:
+                    data = self._source.read(want - got)
+                    n = min(len(data), want - got)  # a source that ignores n: drop the extra
+                    view[got : got + n] = data[:n] if n < len(data) else data
+                if not n:
+                    raise TransferError(
+                        f"{self.what}: stream ended at {self._read + got} of {self.size} bytes"
+                    )
+                got += n
+            self._hasher.update_now(view[:want])
+            self._read += want
+            if self._read == self.size:
+                self._check()
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        return want
 
     def _check(self) -> None:
         actual = self._hasher.digest()
