@@ -229,6 +229,38 @@ def test_manifest_exact_bytes_and_order(
         assert pusher.manifest_digest(unique_repo, "nope") is None
 
 
+@pytest.mark.integration
+def test_manifest_digest_is_one_head(registry: RegistryServer, unique_repo: str) -> None:
+    """A push looks for every manifest first, usually missing: one HEAD answers it, with no GET
+    after a 404. Only a HEAD without the digest sends for the bytes."""
+    config, cdesc = _blob(200, 20)
+    config_json = _desc_json(cdesc, "application/vnd.docker.container.image.v1+json")
+    body = (
+        f'{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{config_json},"layers":[]}}'
+    )
+    raw = RawManifest.from_bytes(body.encode())
+    with FaultProxy(registry.host) as proxy, _client(proxy, registry) as client:
+        pusher = RegistryPusher(client)
+        pusher.push_blob(unique_repo, cdesc, Opener(config))
+        pusher.put_manifest(unique_repo, "v1", raw)
+        start = len(proxy.requests)
+        assert pusher.manifest_digest(unique_repo, "nope") is None
+        assert pusher.manifest_digest(unique_repo, "v1") == raw.digest
+        assert pusher.manifest_digest(unique_repo, raw.digest) == raw.digest
+        assert [(r.method, r.status) for r in proxy.requests[start:]] == [
+            ("HEAD", 404),
+            ("HEAD", 200),
+            ("HEAD", 200),
+        ]
+        proxy.add(Respond(method="HEAD", path="/manifests/v1", status=200))  # no digest header
+        start = len(proxy.requests)
+        assert pusher.manifest_digest(unique_repo, "v1") == raw.digest
+        assert [(r.method, r.status) for r in proxy.requests[start:]] == [
+            ("HEAD", 200),
+            ("HEAD", 200),  # RegistryClient.head_manifest: the proxy forwards this one
+        ]
+
+
 def _desc_json(desc: Descriptor, media_type: str) -> str:
     return f'{{"mediaType": "{media_type}", "size": {desc.size}, "digest": "{desc.digest}"}}'
 

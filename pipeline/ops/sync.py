@@ -71,6 +71,7 @@ from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
 from pipeline.registry.client import RegistryClient
 from pipeline.registry.destination import RegistryDestination
+from pipeline.registry.push import pusher_for
 from pipeline.registry.source import RegistrySource
 from pipeline.transfer.progress import TransferEvents
 from pipeline.transfer.recompress import CompressOptions
@@ -308,8 +309,7 @@ def _written_digest(
 
 
 def _dest_digest(client: RegistryClient, ref: Reference) -> str | None:
-    found = client.head_manifest(ref.repository, ref.identifier)
-    return found.digest if found is not None else None
+    return pusher_for(client).manifest_digest(ref.repository, ref.identifier)
 
 
 def _same_configs(
