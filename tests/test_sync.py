@@ -244,6 +244,28 @@ def test_one_image_and_an_index_without_all(source: Source, make_registry: Regis
 
 
 @pytest.mark.integration
+def test_one_image_reads_its_manifest_once_and_gets_nothing_from_the_destination(
+    source: Source, make_registry: RegistryFactory
+):
+    """The round trips of a sync into an empty registry: HEADs answer what is missing (no GET
+    after a 404), the source's manifest is read once (its referrers are looked up from it)."""
+    ours = make_registry("none")
+    image = source.images["gamma:only"]
+    mark = source.registry.mark()
+    proc = _bale(
+        "sync", f"docker://{source.registry.host}/{source.prefix}/gamma:only",
+        f"docker://{ours.host}", "--src-tls-verify=false", "--dest-tls-verify=false",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert _catalog(ours) == {"gamma": {"only": image.digest}}
+    assert ours.count("GET", "/manifests/") == 0
+    assert ours.count("HEAD", "/manifests/", status=404) == 2  # the skip check, the copy's check
+    assert source.registry.count("GET", "/manifests/only", since=mark) == 1
+    assert source.registry.count("GET", f"/manifests/{image.digest}", since=mark) == 0
+    assert source.registry.count("GET", "/gamma/tags/list", since=mark) == 1  # referrers
+
+
+@pytest.mark.integration
 def test_dry_run_writes_nothing_and_scoped_port_source_is_a_usage_error(
     source: Source, make_registry: RegistryFactory, skopeo: Skopeo, tmp_path: Path
 ):

@@ -522,17 +522,37 @@ def referrer_descriptor(raw: RawManifest) -> Descriptor:
     )
 
 
+@dataclass(frozen=True)
+class Lookup:
+    """The referrers found for an image, and the repository they are to be read from."""
+
+    source: ImageSource
+    repo: ReferrerRepo | None
+    """None when the source is not a repository (a tar): nothing to find there."""
+    found: Referrers
+
+
+def look_up_referrers(
+    source_image: ImageSource, subjects: Iterable[str], session: Session
+) -> Lookup:
+    """The referrers of `subjects` where `source_image` lives. Only reads, so it can run
+    while the subjects themselves are still being written (`sync` does)."""
+    repo = repo_of(source_image, session)
+    return Lookup(source_image, repo, find_referrers(repo, subjects) if repo else Referrers())
+
+
+def copy_looked_up(lookup: Lookup, target: ReferrerRepo, session: Session) -> ReferrerStats:
+    """Copy what `look_up_referrers` found into `target`, whose subjects are there now."""
+    if lookup.repo is None or not lookup.found:
+        return ReferrerStats()
+    log.info("%s: %d referrer(s)", lookup.source.reference, len(lookup.found.items))
+    return copy_referrers(lookup.found, lookup.repo, target, session)
+
+
 def sync_referrers(
     source_image: ImageSource, subjects: Iterable[str], target: ReferrerRepo, session: Session
 ) -> ReferrerStats:
     """Find the referrers of `subjects` (manifests just written to `target`) where
     `source_image` lives, and copy them into `target`; nothing when the source is not a
     repository (a tar)."""
-    repo = repo_of(source_image, session)
-    if repo is None:
-        return ReferrerStats()
-    found = find_referrers(repo, subjects)
-    if not found:
-        return ReferrerStats()
-    log.info("%s: %d referrer(s)", source_image.reference, len(found.items))
-    return copy_referrers(found, repo, target, session)
+    return copy_looked_up(look_up_referrers(source_image, subjects, session), target, session)

@@ -49,7 +49,7 @@ import posixpath
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -61,11 +61,13 @@ from pipeline.oci import OCI_LAYER_ZSTD, ImageIndex, ImageManifest, Platform, Ra
 from pipeline.ops.copy import copy_image
 from pipeline.ops.events import image_events
 from pipeline.ops.referrers import (
+    Lookup,
     RegistryRepo,
     artifact_subject,
+    copy_looked_up,
     listings_for,
-    sync_referrers,
-    written_subjects,
+    look_up_referrers,
+    manifest_digests,
 )
 from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
@@ -253,40 +255,50 @@ class Syncer:
             image = recompress.wrap(
                 source, platform=platform, all_platforms=whole, jobs=self.session.transfer.jobs
             )
-        top = source.manifest()
-        if recompress is None:
-            digest = _written_digest(source, top, platform, whole)
-            current = _dest_digest(client, item.dest)
-            up_to_date = current == digest
-        else:
-            digest = None
-            up_to_date = _same_configs(source, top, platform, whole, client, item.dest)
-        status = "skipped" if up_to_date else "planned" if options.dry_run else "copied"
-        downloaded = uploaded = skipped = 0
-        if status == "copied":
-            dest = RegistryDestination(client, item.dest)
-            stats = copy_image(
-                image,
-                dest,
-                session=self.session,
-                platform=platform,
-                all_platforms=whole,
-                tag=item.dest.tag,
-                events=self.events,
-            )
-            digest = stats.digest
-            downloaded, uploaded, skipped = (
-                stats.bytes_read,
-                stats.bytes_uploaded,
-                stats.bytes_skipped,
-            )
-        if options.referrers and recompress is None and not options.dry_run:
-            assert digest is not None
-            subjects = written_subjects(source, digest)
-            target = RegistryRepo(client, item.dest)
-            found = sync_referrers(source, subjects, target, self.session)
-            downloaded += found.bytes_read
-            uploaded += found.bytes_uploaded
+        with ThreadPoolExecutor(2, thread_name_prefix="bale-lookup") as side:
+            if recompress is None:
+                # The destination's HEAD goes out with the source's GET: each is its registry's
+                # first request of the run (after an https probe when TLS checks are off).
+                theirs = side.submit(_dest_digest, client, item.dest)
+                top = source.manifest()  # should this fail, the HEAD's answer is not wanted
+                digest = _written_digest(source, top, platform, whole)
+                up_to_date = theirs.result() == digest
+            else:
+                top = source.manifest()
+                digest = None
+                up_to_date = _same_configs(source, top, platform, whole, client, item.dest)
+            status = "skipped" if up_to_date else "planned" if options.dry_run else "copied"
+            lookup: Future[Lookup] | None = None
+            if options.referrers and recompress is None and not options.dry_run:
+                # Referrers are only read until the image is written: found while it is copied.
+                assert digest is not None
+                lookup = side.submit(_look_up, source, top, digest, self.session)
+            downloaded = uploaded = skipped = 0
+            if status == "copied":
+                dest = RegistryDestination(client, item.dest)
+                stats = copy_image(
+                    image,
+                    dest,
+                    session=self.session,
+                    platform=platform,
+                    all_platforms=whole,
+                    tag=item.dest.tag,
+                    events=self.events,
+                )
+                downloaded, uploaded, skipped = (
+                    stats.bytes_read,
+                    stats.bytes_uploaded,
+                    stats.bytes_skipped,
+                )
+                if stats.digest != digest:  # the copy read another top: look for its referrers
+                    digest = stats.digest
+                    if lookup is not None:
+                        lookup = side.submit(_look_up, source, top, digest, self.session)
+            if lookup is not None:
+                target = RegistryRepo(client, item.dest)
+                found = copy_looked_up(lookup.result(), target, self.session)
+                downloaded += found.bytes_read
+                uploaded += found.bytes_uploaded
         return ImageResult(
             source=name,
             status=status,  # type: ignore[arg-type]
@@ -306,6 +318,13 @@ def _written_digest(
     if whole or not isinstance(parsed, ImageIndex):
         return top.digest
     return select_platforms(parsed, platform, what=str(source.reference))[0].digest
+
+
+def _look_up(source: ImageSource, top: RawManifest, digest: str, session: Session) -> Lookup:
+    """The referrers of the manifests a copy writes as `digest` (`top` itself, or an image of
+    the index `top`), as `written_subjects` names them without reading `top` again."""
+    raw = top if top.digest == digest else source.manifest(digest)
+    return look_up_referrers(source, manifest_digests(source, raw), session)
 
 
 def _dest_digest(client: RegistryClient, ref: Reference) -> str | None:
