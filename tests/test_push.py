@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from pipeline.registry.credentials import Credentials
 from pipeline.registry.push import RegistryPusher, parse_range_end, with_digest
 from pipeline.transfer.retry import RetryPolicy
 from pipeline.transfer.verify import VerifyingReader
-from tests.bed.proxy import FaultProxy, Respond
+from tests.bed.proxy import FaultProxy, Hold, Respond
 from tests.bed.registry import RegistryServer
 
 FAST = RetryPolicy(retries=3, initial=0.01, maximum=0.05)
@@ -259,6 +260,65 @@ def test_manifest_digest_is_one_head(registry: RegistryServer, unique_repo: str)
             ("HEAD", 200),
             ("HEAD", 200),  # RegistryClient.head_manifest: the proxy forwards this one
         ]
+
+
+class ClosingOpener(Opener):
+    """An `Opener` that keeps each stream's source, to tell whether it was closed, and calls
+    `on_open` whenever it opens one."""
+
+    def __init__(self, data: bytes, on_open: Any = None) -> None:
+        super().__init__(data)
+        self.sources: list[io.BytesIO] = []
+        self.on_open = on_open
+
+    def __call__(self) -> VerifyingReader:
+        if self.on_open is not None:
+            self.on_open()
+        self.opened += 1
+        source = io.BytesIO(self.data)
+        self.sources.append(source)
+        return VerifyingReader(source, self.digest, len(self.data), what="test")
+
+
+@pytest.mark.integration
+def test_the_source_is_opened_while_the_upload_starts(
+    registry: RegistryServer, unique_repo: str
+) -> None:
+    """The upload's POST and the source's GET are waited for together: here the POST is held
+    until the source is opened, which a push opening the source only after the POST answered
+    would wait out (30 s)."""
+    data, desc = _blob(500_000, 21)
+    with FaultProxy(registry.host) as proxy:
+        hold = proxy.add(Hold(seconds=30, method="POST", path=r"/blobs/uploads/"))
+        assert isinstance(hold, Hold)
+        with _client(proxy, registry) as client:
+            opener = ClosingOpener(data, on_open=hold.release)
+            started = time.monotonic()
+            out = RegistryPusher(client).push_blob(unique_repo, desc, opener)
+            assert time.monotonic() - started < 15
+        assert out.outcome == "uploaded" and opener.opened == 1
+
+
+@pytest.mark.integration
+def test_a_refused_upload_start_closes_the_source_it_opened(
+    registry: RegistryServer, unique_repo: str
+) -> None:
+    data, desc = _blob(300_000, 22)
+    with FaultProxy(registry.host) as proxy:
+        proxy.add(Respond(method="POST", path=r"/blobs/uploads/", status=503))
+        with _client(proxy, registry) as client:
+            opener = ClosingOpener(data)
+            out = RegistryPusher(client).push_blob(unique_repo, desc, opener)
+        assert out.outcome == "uploaded" and out.sent == desc.size
+        assert opener.opened == 2  # one per attempt; the first was never read
+        assert opener.sources[0].closed
+        proxy.add(Respond(method="POST", path=r"/blobs/uploads/", status=400, times=None))
+        with _client(proxy, registry) as client:
+            opener = ClosingOpener(*_blob(1000, 23)[:1])
+            other = Descriptor("application/octet-stream", opener.digest, 1000)
+            with pytest.raises(RegistryError, match=r"\(400\)"):
+                RegistryPusher(client).push_blob(unique_repo, other, opener)
+        assert opener.opened == 1 and opener.sources[0].closed
 
 
 def _desc_json(desc: Descriptor, media_type: str) -> str:

@@ -189,11 +189,20 @@ class RegistryPusher:
                 on_bytes(n)
 
         def attempt() -> BlobWrite:
-            upload = self._start(repository, descriptor, source, what)
+            # Without a mount to try, the bytes will be needed: the source is opened while the
+            # upload is started (two round trips waited for at once, per blob).
+            opening = _Opening(open_stream) if source is None and descriptor.size > 0 else None
+            try:
+                upload = self._start(repository, descriptor, source, what)
+            except BaseException:
+                if opening is not None:
+                    opening.discard()
+                raise
             if upload is None:
                 return BlobWrite("mounted")
+            opener = opening.take if opening is not None else open_stream
             try:
-                self._send_blob(repository, descriptor, upload, open_stream, count, what)
+                self._send_blob(repository, descriptor, upload, opener, count, what)
             except BaseException:
                 self._cancel(repository, upload)
                 raise
@@ -456,6 +465,38 @@ class RegistryPusher:
             retries=False,
             **extra,
         )
+
+
+class _Opening:
+    """`open_stream()` called on a thread of its own; `take` waits for the stream (or raises
+    what opening it raised), `discard` closes it unused."""
+
+    def __init__(self, open_stream: BlobOpener) -> None:
+        self._stream: Readable | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._open, args=(open_stream,), name="bale-open", daemon=True
+        )
+        self._thread.start()
+
+    def _open(self, open_stream: BlobOpener) -> None:
+        try:
+            self._stream = open_stream()
+        except BaseException as exc:  # handed to the pushing thread by take()
+            self._error = exc
+
+    def take(self) -> Readable:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._stream is not None
+        return self._stream
+
+    def discard(self) -> None:
+        self._thread.join()
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            close()
 
 
 def _once(
