@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.errors import DigestMismatch, RegistryError
+from pipeline.errors import DigestMismatch, RegistryError, TransferError
 from pipeline.oci import DOCKER_MANIFEST, Descriptor, RawManifest, sha256_digest
 from pipeline.registry.client import RegistryClient
 from pipeline.registry.credentials import Credentials
@@ -319,6 +319,42 @@ def test_a_refused_upload_start_closes_the_source_it_opened(
             with pytest.raises(RegistryError, match=r"\(400\)"):
                 RegistryPusher(client).push_blob(unique_repo, other, opener)
         assert opener.opened == 1 and opener.sources[0].closed
+
+
+class ReadOnly:
+    """A source with `read` and nothing else (no `readinto`)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def read(self, n: int = -1) -> bytes:
+        return self._data.read(n)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["read", "readinto"])
+def test_body_from_read_or_readinto(registry: RegistryServer, unique_repo: str, kind: str) -> None:
+    """A stream with `readinto` is sent from one reused buffer, any other one read by read."""
+    data, desc = _blob(3 * MiB + 5, 30 if kind == "read" else 31)
+
+    def opener() -> Any:
+        return ReadOnly(data) if kind == "read" else Opener(data)()
+
+    with _client(registry) as client:
+        pusher = RegistryPusher(client)
+        out = pusher.push_blob(unique_repo, desc, opener)
+        assert (out.outcome, out.sent) == ("uploaded", desc.size)
+        with client.open_blob(unique_repo, desc) as reader:
+            assert reader.read() == data
+        other_data, other = _blob(2 * MiB, 32)
+        cut = other_data[:-10]  # the source ends 10 bytes early
+
+        def short() -> Any:
+            return ReadOnly(cut) if kind == "read" else io.BytesIO(cut)  # BytesIO: readinto
+
+        with pytest.raises(TransferError, match="10 bytes short"):
+            pusher.push_blob(unique_repo, other, short)
+        assert not pusher.blob_exists(unique_repo, other)
 
 
 def _desc_json(desc: Descriptor, media_type: str) -> str:
