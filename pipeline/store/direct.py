@@ -29,13 +29,15 @@ from typing import Protocol
 
 from pipeline.errors import TransferError
 
-BLOCK = 1024 * 1024
-"""Bytes per buffer and per write."""
+BLOCK = 4 * 1024 * 1024
+"""Bytes per buffer, per hash update and per write. Fewer, larger calls cost less CPU: bale copy
+of a 1 GiB layer used 1.20-1.26 s of CPU with 4 MiB against 1.36-1.48 s with 1 MiB (same
+wall time or better; 8 MiB no better, 256 KiB pieces hashed as they arrive worse)."""
 
-BUFFERS = 8
+BUFFERS = 4
 """Buffers in rotation: one being filled, the rest queued for or in the disk."""
 
-MIN_SIZE = 8 * BLOCK
+MIN_SIZE = 8 * 1024 * 1024
 """Smaller objects are written the plain way: a few synchronous writes would not pay for the
 thread and the buffers."""
 
