@@ -151,19 +151,32 @@ def _plan(
     return parts
 
 
-def build_part(
-    sink: PartSink, part: PlannedPart, held: dict[CopyRange, bytes | bytearray] | None = None
-) -> bytes:
+Held = dict[CopyRange, list[bytes | memoryview]]
+"""Bytes of source ranges captured as they streamed in, as the chunks the source handed out."""
+
+
+def _share(data: bytes, start: int, end: int) -> bytes | memoryview:
+    """`data[start:end]` without a copy when `data` is immutable (a view keeps it alive)."""
+    if type(data) is not bytes:
+        return bytes(data[start:end])  # a buffer its owner may reuse: copy
+    if start == 0 and end == len(data):
+        return data
+    return memoryview(data)[start:end]
+
+
+def build_part(sink: PartSink, part: PlannedPart, held: Held | None = None) -> bytes:
     """The bytes of a client part: inline data, and ranges from `held` (captured as their
-    source streamed in) or read back from the store."""
-    chunks: list[bytes | bytearray] = []
+    source streamed in) or read back from the store. One copy: the join."""
+    chunks: list[bytes | memoryview] = []
     for segment in part.segments:
         if isinstance(segment, Inline):
             chunks.append(segment.data)
             continue
-        data = held.pop(segment, None) if held is not None else None
-        if data is None:
-            data = sink.read_range(segment.key, segment.start, segment.length)
+        captured = held.pop(segment, None) if held is not None else None
+        if captured is not None:
+            chunks.extend(captured)
+            continue
+        data = sink.read_range(segment.key, segment.start, segment.length)
         if len(data) != segment.length:
             raise StoreError(
                 f"{sink.describe(segment.key)}: range {segment.start}+{segment.length} "
@@ -181,14 +194,19 @@ when its part is built."""
 
 class Capture:
     """A source stream passed through: keeps the bytes of the ranges a composition's client
-    parts need (a blob's first bytes after its tar header, or a small blob whole)."""
+    parts need (a blob's first bytes after its tar header, or a small blob whole).
+
+    It keeps the chunks the source returned, not copies: a chunk wholly inside a range is the
+    very object the store's write holds too (a small blob's single PUT body), so capturing
+    costs memory only for as long as the part waits, not twice over."""
 
     def __init__(
         self, stream: Readable, owner: StreamingComposition, ranges: Sequence[CopyRange]
     ) -> None:
         self._stream = stream
         self.owner = owner
-        self.buffers = {r: bytearray() for r in ranges}
+        self.chunks: Held = {r: [] for r in ranges}
+        self._lengths = dict.fromkeys(ranges, 0)
         self.reserved = sum(r.length for r in ranges)
         self._end = max(r.start + r.length for r in ranges)
         self._position = 0
@@ -198,16 +216,17 @@ class Capture:
         data = self._stream.read(n)
         if data and self._position < self._end:
             first, last = self._position, self._position + len(data)
-            for r, buffer in self.buffers.items():
+            for r, kept in self.chunks.items():
                 lo, hi = max(first, r.start), min(last, r.start + r.length)
                 if lo < hi:
-                    buffer += data[lo - first : hi - first]
+                    kept.append(_share(data, lo - first, hi - first))
+                    self._lengths[r] += hi - lo
         self._position += len(data)
         return data
 
-    def complete(self) -> dict[CopyRange, bytearray]:
+    def complete(self) -> Held:
         """The ranges captured in full (a write that read its source to the end has them all)."""
-        return {r: b for r, b in self.buffers.items() if len(b) == r.length}
+        return {r: c for r, c in self.chunks.items() if self._lengths[r] == r.length}
 
     def close(self) -> None:
         self.owner.release(self)
@@ -233,6 +252,7 @@ class StreamingComposition:
         if_absent: bool = False,
         parallel: int = DEFAULT_PARALLEL,
         budget: int = CAPTURE_BUDGET,
+        slots: threading.Semaphore | None = None,
     ) -> None:
         self.sink = sink
         self.key = key
@@ -240,10 +260,13 @@ class StreamingComposition:
         self.if_absent = if_absent
         self.parallel = parallel
         self.budget = budget
+        self._slots = slots
+        """Shared with the store's other uploads (see `stream_upload`): the tar's parts and the
+        blobs' parts in flight together stay within the store's bound, memory too."""
         self._lock = threading.Lock()
         self._upload_lock = threading.Lock()
         self._stored: set[str] = set()
-        self._held: dict[CopyRange, bytes | bytearray] = {}
+        self._held: Held = {}
         self._reserved = 0
         self._waiting: dict[int, PlannedPart] = {p.number: p for p in plan.parts}
         self._needs: dict[str, list[CopyRange]] = {}
@@ -279,7 +302,7 @@ class StreamingComposition:
                 if isinstance(capture, Capture) and capture.owner is self and not capture.taken:
                     held = capture.complete()
                     self._held.update(held)
-                    kept = sum(len(b) for b in held.values())
+                    kept = sum(r.length for r in held)
                 if not self.plan.single:
                     ready = self._take_ready()
             if isinstance(capture, Capture) and capture.owner is self:
@@ -298,10 +321,10 @@ class StreamingComposition:
             capture.taken = True
             self._reserved -= capture.reserved - kept
 
-    def _take_held(self, part: PlannedPart) -> dict[CopyRange, bytes | bytearray]:
+    def _take_held(self, part: PlannedPart) -> Held:
         with self._lock:
             held = {s: self._held.pop(s) for s in part.segments if s in self._held}
-            self._reserved -= sum(len(b) for b in held.values())
+            self._reserved -= sum(r.length for r in held)
         return held
 
     def finish(self) -> WriteResult:
@@ -364,7 +387,7 @@ class StreamingComposition:
     def _start_pool(self) -> PartPool:
         with self._lock:
             if self._pool is None:
-                self._pool = PartPool(self.parallel, "bale-compose")
+                self._pool = PartPool(self.parallel, "bale-compose", self._slots)
             return self._pool
 
     def _upload_id(self) -> str:
@@ -378,7 +401,7 @@ class StreamingComposition:
     def _submit(self, part: PlannedPart) -> None:
         pool = self._start_pool()
         try:
-            pool.submit(self._job(part), hold_slot=False)
+            pool.submit(self._job(part))
         except Exception:  # the pool's first failure is raised by `finish`
             return
 

@@ -259,7 +259,9 @@ class RemoteStore(ABC):
             if isinstance(piece, CopyRange):
                 self._name(piece.key)
         plan = plan_compose(pieces, self.limits, self.part_size)
-        return StreamingComposition(self, key, plan, if_absent=if_absent, parallel=self.parallel)
+        return StreamingComposition(
+            self, key, plan, if_absent=if_absent, parallel=self.parallel, slots=self._part_slots
+        )
 
     def delete(self, key: str) -> None:
         name = self._name(key)
