@@ -73,15 +73,44 @@ def test_large_streams_are_written_exactly(tmp_path: Path, size: int) -> None:
     assert leftovers(tmp_path) == [] and writer_threads() == []
 
 
-def test_direct_io_is_used_where_the_filesystem_has_it(tmp_path: Path) -> None:
-    path = tmp_path / "probe"
-    with open(path, "xb") as f:
-        on = direct._set_direct(f.fileno(), True)
-        if not on:
-            pytest.skip("this filesystem refuses O_DIRECT")
-        data = payload(direct.MIN_SIZE + 700)
-        direct.write_stream(f.fileno(), Into(data), len(data), what="probe")
-    assert path.read_bytes() == data
+def _recording_flags(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Patch the writer's `os.write` to note, per write, whether O_DIRECT was on."""
+    real_write = os.write
+    seen: list[bool] = []
+
+    def write(fd: int, data: memoryview) -> int:
+        seen.append(bool(direct._O_DIRECT and fcntl.fcntl(fd, fcntl.F_GETFL) & direct._O_DIRECT))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(direct.os, "write", write)
+    return seen
+
+
+def test_direct_io_is_used_on_local_disk_filesystems(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open(tmp_path / "probe", "xb") as f:
+        kind = direct.filesystem_of(f.fileno())
+    assert kind, "the mount table names the filesystem of a temporary directory"
+    if kind not in direct.DIRECT_FILESYSTEMS:
+        pytest.skip(f"{kind} is not a direct-I/O filesystem")
+    seen = _recording_flags(monkeypatch)
+    data = payload(direct.MIN_SIZE + 700)
+    LocalStore(tmp_path).put_stream("x", Into(data), len(data))
+    assert (tmp_path / "x").read_bytes() == data
+    assert seen[:-1] == [True] * (len(seen) - 1), "whole blocks go direct"
+    assert seen[-1] is False, "the unaligned tail through the page cache"
+
+
+def test_other_filesystems_keep_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(direct, "filesystem_of", lambda fd: "nfs4")
+    seen = _recording_flags(monkeypatch)
+    data = payload(direct.MIN_SIZE + 4096)
+    LocalStore(tmp_path).put_stream("x", Into(data), len(data))
+    assert (tmp_path / "x").read_bytes() == data
+    assert seen and not any(seen)
 
 
 def test_filesystem_without_direct_io_writes_through_the_page_cache(

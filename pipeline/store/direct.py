@@ -41,6 +41,11 @@ MIN_SIZE = 8 * 1024 * 1024
 """Smaller objects are written the plain way: a few synchronous writes would not pay for the
 thread and the buffers."""
 
+DIRECT_FILESYSTEMS = frozenset({"ext4", "xfs", "btrfs"})
+"""Where `O_DIRECT` is used: local disk filesystems that do direct I/O natively. Elsewhere (NFS,
+FUSE, tmpfs, anything unknown) a direct write can be a synchronous round trip or a plain copy,
+so those keep the page cache (still written from the writer thread)."""
+
 _ALIGN = 4096
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 
@@ -84,7 +89,11 @@ class _Writer:
 
     def __init__(self, fd: int, block: int, count: int) -> None:
         self.fd = fd
-        self.direct = _set_direct(fd, True) if block % _ALIGN == 0 else False
+        self.direct = (
+            block % _ALIGN == 0
+            and filesystem_of(fd) in DIRECT_FILESYSTEMS
+            and _set_direct(fd, True)
+        )
         self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
         for _ in range(max(2, count)):
             self._free.put(mmap.mmap(-1, block))  # anonymous: page-aligned, as O_DIRECT wants
@@ -144,6 +153,24 @@ class _Writer:
             view = view[n:]
             if self.direct and n % _ALIGN:  # a short write: the offset is unaligned from here
                 self.direct = _set_direct(self.fd, False)
+
+
+def filesystem_of(fd: int) -> str | None:
+    """The type of the filesystem `fd` is on (`ext4`, `nfs4`, `fuse.sshfs`), from the mount
+    table; None when no mount matches its device (a btrfs subvolume, no /proc)."""
+    st = os.fstat(fd)
+    device = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == device and "-" in fields:
+                    at = fields.index("-")
+                    if at + 1 < len(fields):
+                        return fields[at + 1]
+    except OSError:
+        return None
+    return None
 
 
 def _set_direct(fd: int, on: bool) -> bool:
