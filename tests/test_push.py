@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.errors import DigestMismatch, RegistryError, TransferError
 from pipeline.oci import DOCKER_MANIFEST, Descriptor, RawManifest, sha256_digest
-from pipeline.registry.client import RegistryClient
+from pipeline.registry.client import RANGED_MIN_SIZE, RegistryClient
 from pipeline.registry.credentials import Credentials
 from pipeline.registry.push import RegistryPusher, parse_range_end, with_digest
 from pipeline.transfer.retry import RetryPolicy
@@ -297,6 +297,24 @@ def test_the_source_is_opened_while_the_upload_starts(
             out = RegistryPusher(client).push_blob(unique_repo, desc, opener)
             assert time.monotonic() - started < 15
         assert out.outcome == "uploaded" and opener.opened == 1
+
+
+@pytest.mark.integration
+def test_a_blob_read_in_ranges_is_opened_after_the_upload_starts(
+    registry: RegistryServer, unique_repo: str
+) -> None:
+    """A registry source times a large blob's first range from its open to the first read (one
+    stream or parallel ranges): such a blob is opened only once its upload is started."""
+    data, desc = _blob(RANGED_MIN_SIZE, 24)
+    opened_at: list[float] = []
+    with FaultProxy(registry.host) as proxy:
+        proxy.add(Hold(seconds=1.5, method="POST", path=r"/blobs/uploads/"))
+        with _client(proxy, registry) as client:
+            opener = ClosingOpener(data, on_open=lambda: opened_at.append(time.monotonic()))
+            started = time.monotonic()
+            out = RegistryPusher(client).push_blob(unique_repo, desc, opener)
+        assert out.outcome == "uploaded" and opener.opened == 1
+        assert opened_at[0] - started >= 1.4
 
 
 @pytest.mark.integration

@@ -44,7 +44,13 @@ from pipeline.image import BlobWrite
 from pipeline.oci import MANIFEST_ACCEPT, Descriptor, RawManifest
 from pipeline.refs import is_valid_digest
 from pipeline.registry.auth import AuthRequest, AuthResponse, pull_scope
-from pipeline.registry.client import CONNECT_TIMEOUT, RegistryClient, _discard, _origin
+from pipeline.registry.client import (
+    CONNECT_TIMEOUT,
+    RANGED_MIN_SIZE,
+    RegistryClient,
+    _discard,
+    _origin,
+)
 from pipeline.store.base import Readable
 from pipeline.transfer.retry import Retryable
 
@@ -190,8 +196,12 @@ class RegistryPusher:
 
         def attempt() -> BlobWrite:
             # Without a mount to try, the bytes will be needed: the source is opened while the
-            # upload is started (two round trips waited for at once, per blob).
-            opening = _Opening(open_stream) if source is None and descriptor.size > 0 else None
+            # upload is started (two round trips waited for at once, per blob). Not for a blob
+            # a registry source reads in ranges: its first range is timed from the open to the
+            # first read, to choose between one stream and parallel ranges, and a round trip
+            # is nothing next to such a blob's transfer.
+            early = source is None and 0 < descriptor.size < RANGED_MIN_SIZE
+            opening = _Opening(open_stream) if early else None
             try:
                 upload = self._start(repository, descriptor, source, what)
             except BaseException:
