@@ -1,7 +1,11 @@
 """Verified streams: every blob byte bale moves is hashed and checked against its digest.
 
-Hashing runs on a worker thread (hashlib releases the GIL for large updates), so the reading
-thread keeps the network busy while the previous chunk is hashed. The check happens on the read
+`read` hashes on a worker thread (hashlib releases the GIL for large updates), so the reading
+thread keeps the network busy while the previous chunk is hashed. `readinto`, for a writer that
+already has its disk work on a thread of its own (store/direct.py), hashes the caller's buffer
+on the calling thread: handing 4 MiB buffers to the worker instead was no faster on two busy
+cores (1.48 s against 1.54 s for 1 GiB at load 3, 3.90 s against 3.49 s at load 5-7), and
+256 KiB pieces cost 0.2 s more CPU per GiB in thread hand-offs. The check happens on the read
 that delivers the last byte: a mismatch raises instead of returning that final chunk, so a
 consumer that stops after `size` bytes (a store writer, a tar writer) never holds unverified
 bytes as if they were complete, and its write fails rather than commits.
