@@ -12,6 +12,7 @@ import hashlib
 import io
 import random
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -396,6 +397,46 @@ def test_start_compose_reads_back_what_it_did_not_capture(any_store_bed: StoreBe
         result = composition.finish()  # "b" never reported: taken to be there
     assert store.read("out") == b"x" * 100 + b + a + b"end"
     assert result.sent == expected_sent(any_store_bed, pieces)
+    assert_clean(any_store_bed)
+
+
+def test_start_compose_never_uses_bytes_of_a_failed_write(any_store_bed: StoreBed) -> None:
+    """A part built from captured bytes may go up before its source is verified. When that
+    write then fails (wrong bytes, and the stream breaks at its end as a digest mismatch does),
+    the part is built again from the retry's bytes: the object holds only good bytes."""
+    store = any_store_bed.store
+    good = blob(12 * MiB, seed=26)
+    bad = bytearray(good)
+    bad[100:200] = b"X" * 100
+    pieces: list[Inline | CopyRange] = [
+        Inline(b"H" * 512),
+        CopyRange("src", 0, len(good)),
+        Inline(b"T" * 100),
+    ]
+
+    def bad_part_is_up() -> None:
+        """Hold the failure until the part built from the bad bytes has landed (S3/OSS)."""
+        deadline = time.monotonic() + 10
+        while hasattr(store, "limits") and time.monotonic() < deadline:
+            uploads = [u for u in any_store_bed.open_uploads() if u[0].endswith("/out")]
+            if uploads and (any_store_bed.parts_of(*uploads[0]) or 0) >= 1:
+                return
+            time.sleep(0.02)
+
+    with store.start_compose("out", pieces) as composition:
+        failing = Source(bytes(bad), fail_at=len(bad), on_fail=bad_part_is_up)
+        stream = composition.capture("src", failing)
+        with pytest.raises(RuntimeError, match="source broke"):
+            store.put_stream("src", stream, len(bad))
+        getattr(stream, "close", lambda: None)()
+        assert store.head("src") is None
+        stream = composition.capture("src", Source(good))
+        store.put_stream("src", stream, len(good))
+        composition.stored("src", stream)
+        getattr(stream, "close", lambda: None)()
+        result = composition.finish()
+    assert store.read("out") == b"H" * 512 + good + b"T" * 100
+    assert result.size == 512 + len(good) + 100
     assert_clean(any_store_bed)
 
 

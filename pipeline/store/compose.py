@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 
 from pipeline.errors import StoreError
@@ -194,11 +195,12 @@ when its part is built."""
 
 class Capture:
     """A source stream passed through: keeps the bytes of the ranges a composition's client
-    parts need (a blob's first bytes after its tar header, or a small blob whole).
+    parts need (a blob's first bytes after its tar header, or a small blob whole), and hands
+    them over the moment they are all read, so their part can go up while the rest of the
+    source still streams.
 
-    It keeps the chunks the source returned, not copies: a chunk wholly inside a range is the
-    very object the store's write holds too (a small blob's single PUT body), so capturing
-    costs memory only for as long as the part waits, not twice over."""
+    It keeps the chunks the source returned, not copies: they are the very objects the store's
+    write of the source holds too, so capturing costs no memory of its own."""
 
     def __init__(
         self, stream: Readable, owner: StreamingComposition, ranges: Sequence[CopyRange]
@@ -210,7 +212,10 @@ class Capture:
         self.reserved = sum(r.length for r in ranges)
         self._end = max(r.start + r.length for r in ranges)
         self._position = 0
-        self.taken = False
+        self.offered = False
+        """Its bytes were handed to the composition (all ranges read; not yet verified)."""
+        self.settled = False
+        """Its source was reported stored, or it was given up: nothing more to account."""
 
     def read(self, n: int = -1, /) -> bytes:
         data = self._stream.read(n)
@@ -221,12 +226,19 @@ class Capture:
                 if lo < hi:
                     kept.append(_share(data, lo - first, hi - first))
                     self._lengths[r] += hi - lo
+            if not self.offered and self._position + len(data) >= self._end:
+                self._position += len(data)
+                self.owner.offer(self)
+                return data
         self._position += len(data)
         return data
 
-    def complete(self) -> Held:
-        """The ranges captured in full (a write that read its source to the end has them all)."""
-        return {r: c for r, c in self.chunks.items() if self._lengths[r] == r.length}
+    def take(self) -> Held:
+        """The ranges captured in full, handed over: the capture keeps no reference, so the
+        chunks live only as long as the part that needs them."""
+        held = {r: c for r, c in self.chunks.items() if self._lengths[r] == r.length}
+        self.chunks = {}
+        return held
 
     def close(self) -> None:
         self.owner.release(self)
@@ -235,12 +247,26 @@ class Capture:
             close()
 
 
+def _share(data: bytes, start: int, end: int) -> bytes | memoryview:
+    """`data[start:end]` without a copy when `data` is immutable (the view keeps it alive, but
+    only until the capture is offered and its part built, moments later)."""
+    if type(data) is not bytes:
+        return bytes(data[start:end])  # a buffer its owner may reuse
+    if start == 0 and end == len(data):
+        return data
+    return memoryview(data)[start:end]
+
+
 class StreamingComposition:
     """A `Composition` on a multipart upload (S3, OSS): see the module docstring.
 
-    Parts run on a bounded pool as their sources are reported stored; the upload is started by
-    the first part and aborted if the composition is left without `finish`. The object is
-    visible only once `finish` completes the upload.
+    A part runs on a bounded pool once each of its ranges is either captured or stored: copy
+    parts after their source is stored, client parts as soon as their bytes are captured. Those
+    bytes are not verified yet (the source's digest is checked on its last byte), so a part
+    built from a capture whose source then fails is built again, from the next attempt's bytes
+    or the stored object, before `finish` completes the upload; the upload is started by the
+    first part and aborted if the composition is left without `finish`. The object is visible
+    only once `finish` completes it.
     """
 
     def __init__(
@@ -252,7 +278,6 @@ class StreamingComposition:
         if_absent: bool = False,
         parallel: int = DEFAULT_PARALLEL,
         budget: int = CAPTURE_BUDGET,
-        slots: threading.Semaphore | None = None,
     ) -> None:
         self.sink = sink
         self.key = key
@@ -260,13 +285,14 @@ class StreamingComposition:
         self.if_absent = if_absent
         self.parallel = parallel
         self.budget = budget
-        self._slots = slots
-        """Shared with the store's other uploads (see `stream_upload`): the tar's parts and the
-        blobs' parts in flight together stay within the store's bound, memory too."""
         self._lock = threading.Lock()
         self._upload_lock = threading.Lock()
         self._stored: set[str] = set()
         self._held: Held = {}
+        self._provider: dict[CopyRange, Capture] = {}
+        self._used: dict[int, set[int]] = {}
+        """Part number → ids of the captures whose bytes it was built from."""
+        self._sent: dict[int, Future[Part | None]] = {}
         self._reserved = 0
         self._waiting: dict[int, PlannedPart] = {p.number: p for p in plan.parts}
         self._needs: dict[str, list[CopyRange]] = {}
@@ -275,7 +301,9 @@ class StreamingComposition:
                 for segment in part.segments:
                     if isinstance(segment, CopyRange):
                         self._needs.setdefault(segment.key, []).append(segment)
-        self._pool: PartPool | None = None
+        self._pools: dict[bool, PartPool[Part | None]] = {}
+        """By whether the part is a copy: client parts hold bytes, so they must not wait behind
+        slow server-side copies."""
         self._upload: Upload | None = None
         self._closed = False
         self._completed = False
@@ -284,7 +312,7 @@ class StreamingComposition:
 
     def capture(self, key: str, stream: Readable) -> Readable:
         ranges = self._needs.get(key)
-        if not ranges:
+        if not ranges or self.plan.single:
             return stream
         need = sum(r.length for r in ranges)
         with self._lock:
@@ -293,39 +321,53 @@ class StreamingComposition:
             self._reserved += need
         return Capture(stream, self, ranges)
 
+    def offer(self, capture: Capture) -> None:
+        """All of a capture's ranges are read: parts that need only them (and stored or
+        captured sources) can go now."""
+        with self._lock:
+            if self._closed or capture.settled or capture.offered:
+                return
+            capture.offered = True
+            held = capture.take()
+            for r, chunks in held.items():
+                self._held[r] = chunks
+                self._provider[r] = capture
+            ready = self._take_ready()
+        self._submit_all(ready)
+
     def stored(self, key: str, capture: Readable | None = None) -> None:
         ready: list[PlannedPart] = []
         with self._lock:
-            kept = 0
+            if isinstance(capture, Capture) and capture.owner is self:
+                self._settle(capture, failed=False)
             if not self._closed and key not in self._stored:
                 self._stored.add(key)
-                if isinstance(capture, Capture) and capture.owner is self and not capture.taken:
-                    held = capture.complete()
-                    self._held.update(held)
-                    kept = sum(r.length for r in held)
-                if not self.plan.single:
-                    ready = self._take_ready()
-            if isinstance(capture, Capture) and capture.owner is self:
-                self._release_locked(capture, kept)
-        for part in ready:
-            self._submit(part)
+                ready = self._take_ready()
+        self._submit_all(ready)
 
     def release(self, capture: Capture) -> None:
-        """A capture ends without being reported stored (its write failed): drop its bytes."""
+        """A capture ends (its stream closed): if its source was never reported stored, the
+        write failed and its bytes, used or not, must not reach the object."""
         with self._lock:
-            self._release_locked(capture, 0)
+            self._settle(capture, failed=True)
 
-    def _release_locked(self, capture: Capture, kept: int) -> None:
-        """Give back a capture's reservation but for the `kept` bytes now held for parts."""
-        if not capture.taken:
-            capture.taken = True
-            self._reserved -= capture.reserved - kept
-
-    def _take_held(self, part: PlannedPart) -> Held:
-        with self._lock:
-            held = {s: self._held.pop(s) for s in part.segments if s in self._held}
-            self._reserved -= sum(r.length for r in held)
-        return held
+    def _settle(self, capture: Capture, *, failed: bool) -> None:
+        """Account for a capture once (lock held); on failure, take its bytes back."""
+        if capture.settled:
+            return
+        capture.settled = True
+        if not capture.offered:
+            self._reserved -= capture.reserved
+            return
+        if not failed:
+            return
+        for r in [r for r, c in self._provider.items() if c is capture]:
+            del self._provider[r]
+            if self._held.pop(r, None) is not None:
+                self._reserved -= r.length
+        for number, users in self._used.items():
+            if id(capture) in users and number not in self._waiting:
+                self._waiting[number] = self._part(number)  # built again, from good bytes
 
     def finish(self) -> WriteResult:
         plan = self.plan
@@ -333,19 +375,20 @@ class StreamingComposition:
             self._stored.update(s.key for p in plan.parts for s in self._sources(p))
             ready = [] if plan.single else self._take_ready()
         if plan.single:
-            data = (
-                build_part(self.sink, plan.parts[0], self._take_held(plan.parts[0]))
-                if plan.parts
-                else b""
-            )
+            data = build_part(self.sink, plan.parts[0]) if plan.parts else b""
             written = self.sink.put_single(self.key, data, if_absent=self.if_absent)
             return WriteResult(key=self.key, size=plan.size, written=written, sent=plan.sent)
-        for part in ready:
-            self._submit(part)
-        pool = self._start_pool()
-        parts = sorted(pool.results(), key=lambda p: p.number)
-        assert self._upload is not None
-        written = self._upload.complete(parts, if_absent=self.if_absent)
+        self._submit_all(ready)
+        latest: dict[int, Part] = {}
+        for pool in list(self._pools.values()):
+            for part in pool.results():  # a part built again comes later: it wins
+                if part is not None:
+                    latest[part.number] = part
+        if sorted(latest) != [p.number for p in plan.parts] or self._upload is None:
+            raise StoreError(f"{self.sink.describe(self.key)}: compose lost track of a part")
+        written = self._upload.complete(
+            [latest[n] for n in sorted(latest)], if_absent=self.if_absent
+        )
         self._completed = True
         return WriteResult(
             key=self.key, size=plan.size, written=written, sent=plan.sent, copied=plan.copied
@@ -357,8 +400,9 @@ class StreamingComposition:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         with self._lock:
             self._closed = True
-            pool = self._pool
-        if pool is not None:
+            pools = list(self._pools.values())
+            self._held.clear()
+        for pool in pools:
             pool.close(cancel=not self._completed)
         # After the pool: a part that was running may have started the upload.
         upload = self._upload
@@ -367,6 +411,9 @@ class StreamingComposition:
 
     # -- parts -----------------------------------------------------------------------------
 
+    def _part(self, number: int) -> PlannedPart:
+        return self.plan.parts[number - 1]
+
     @staticmethod
     def _sources(part: PlannedPart) -> list[CopyRange]:
         if part.copy is not None:
@@ -374,21 +421,40 @@ class StreamingComposition:
         return [s for s in part.segments if isinstance(s, CopyRange)]
 
     def _take_ready(self) -> list[PlannedPart]:
-        """Parts whose sources are all stored, removed from the waiting list (lock held)."""
+        """Waiting parts whose every range is stored or captured, taken off the list (lock
+        held). A single-request object waits for `finish`."""
+        if self.plan.single:
+            return []
         ready = [
             part
             for part in self._waiting.values()
-            if all(s.key in self._stored for s in self._sources(part))
+            if all(s.key in self._stored or s in self._held for s in self._sources(part))
+            and (part.copy is None or part.copy.key in self._stored)
         ]
         for part in ready:
             del self._waiting[part.number]
         return ready
 
-    def _start_pool(self) -> PartPool:
+    def _take_held(self, part: PlannedPart) -> Held | None:
+        """The captured bytes `part` is built from, or None (and the part back on the waiting
+        list) when a capture it counted on was taken back before it ran."""
         with self._lock:
-            if self._pool is None:
-                self._pool = PartPool(self.parallel, "bale-compose", self._slots)
-            return self._pool
+            sources = self._sources(part)
+            if not all(s.key in self._stored or s in self._held for s in sources):
+                self._waiting[part.number] = part
+                return None
+            held = {s: self._held.pop(s) for s in part.segments if s in self._held}
+            self._used[part.number] = {id(self._provider[s]) for s in held}
+            self._reserved -= sum(r.length for r in held)
+        return held
+
+    def _start_pool(self, copies: bool) -> PartPool[Part | None]:
+        with self._lock:
+            pool = self._pools.get(copies)
+            if pool is None:
+                name = "bale-compose-copy" if copies else "bale-compose"
+                pool = self._pools[copies] = PartPool(self.parallel, name)
+            return pool
 
     def _upload_id(self) -> str:
         with self._upload_lock:  # not `_lock`: reporting a source must not wait on a request
@@ -398,19 +464,31 @@ class StreamingComposition:
                 self._upload = upload
             return self._upload.upload_id
 
-    def _submit(self, part: PlannedPart) -> None:
-        pool = self._start_pool()
-        try:
-            pool.submit(self._job(part))
-        except Exception:  # the pool's first failure is raised by `finish`
-            return
+    def _submit_all(self, parts: list[PlannedPart]) -> None:
+        """Queue parts without waiting for a slot: the caller may be a source's reading thread
+        holding a store slot itself; memory is bounded by the capture budget instead."""
+        for part in parts:
+            pool = self._start_pool(part.copy is not None)
+            earlier = self._sent.get(part.number)
+            try:
+                self._sent[part.number] = pool.submit(self._job(part, earlier), hold_slot=False)
+            except Exception:  # the pool's first failure is raised by `finish`
+                return
 
-    def _job(self, part: PlannedPart) -> Callable[[], Part]:
-        def job() -> Part:
-            upload_id = self._upload_id()
+    def _job(
+        self, part: PlannedPart, earlier: Future[Part | None] | None
+    ) -> Callable[[], Part | None]:
+        def job() -> Part | None:
+            if earlier is not None:  # the same part from bad bytes must land first, then this
+                wait([earlier])
             if part.copy is not None:
+                upload_id = self._upload_id()
                 return self.sink.copy_part(self.key, upload_id, part.number, part.copy)
-            data = build_part(self.sink, part, self._take_held(part))
+            held = self._take_held(part)
+            if held is None:
+                return None  # waiting again; a later source report submits it anew
+            upload_id = self._upload_id()
+            data = build_part(self.sink, part, held)
             return self.sink.upload_part(self.key, upload_id, part.number, data)
 
         return job

@@ -20,13 +20,15 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from pipeline.errors import StoreError
 from pipeline.store.base import CopyRange, Readable, WriteResult
 from pipeline.store.source import expect_end, read_exactly, read_up_to
 
 log = logging.getLogger("bale.store")
+
+T = TypeVar("T")
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -120,7 +122,7 @@ class PartSink(Protocol):
     def read_range(self, key: str, start: int, length: int) -> bytes: ...
 
 
-class PartPool:
+class PartPool(Generic[T]):
     """Runs part jobs on a bounded pool; a failed job stops new submissions.
 
     Used as a context manager around one multipart upload: on an exception the queued jobs are
@@ -133,8 +135,8 @@ class PartPool:
         self._slots = slots if slots is not None else threading.BoundedSemaphore(self.parallel)
         """Held by each job from submission to its end: this upload's own, or `slots` shared
         by every upload to one store so that memory does not grow with concurrent uploads."""
-        self._futures: list[Future[Part]] = []
-        self._failed: Future[Part] | None = None
+        self._futures: list[Future[T]] = []
+        self._failed: Future[T] | None = None
         self._lock = threading.Lock()
 
     def reserve(self) -> None:
@@ -147,8 +149,8 @@ class PartPool:
         self._slots.release()
 
     def submit(
-        self, job: Callable[[], Part], *, hold_slot: bool = True, reserved: bool = False
-    ) -> None:
+        self, job: Callable[[], T], *, hold_slot: bool = True, reserved: bool = False
+    ) -> Future[T]:
         """Queue a job. With `hold_slot`, first wait until fewer than `parallel` jobs hold one:
         the caller's memory (the part it just read) is then bounded by the pool size. With
         `reserved`, the slot was taken by `reserve` already and passes to the job."""
@@ -168,11 +170,12 @@ class PartPool:
             future = self._pool.submit(job)
         future.add_done_callback(self._note_failure)
         self._futures.append(future)
+        return future
 
-    def _release(self, _future: Future[Part]) -> None:
+    def _release(self, _future: Future[T]) -> None:
         self._slots.release()
 
-    def _note_failure(self, future: Future[Part]) -> None:
+    def _note_failure(self, future: Future[T]) -> None:
         if not future.cancelled() and future.exception() is not None:
             with self._lock:
                 if self._failed is None:
@@ -186,7 +189,7 @@ class PartPool:
             assert exc is not None
             raise exc
 
-    def results(self) -> list[Part]:
+    def results(self) -> list[T]:
         """Every part, in submission order, once all have finished (first failure raised)."""
         parts = []
         for future in self._futures:
@@ -194,7 +197,7 @@ class PartPool:
             parts.append(future.result())
         return parts
 
-    def __enter__(self) -> PartPool:
+    def __enter__(self) -> PartPool[T]:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

@@ -259,9 +259,7 @@ class RemoteStore(ABC):
             if isinstance(piece, CopyRange):
                 self._name(piece.key)
         plan = plan_compose(pieces, self.limits, self.part_size)
-        return StreamingComposition(
-            self, key, plan, if_absent=if_absent, parallel=self.parallel, slots=self._part_slots
-        )
+        return StreamingComposition(self, key, plan, if_absent=if_absent, parallel=self.parallel)
 
     def delete(self, key: str) -> None:
         name = self._name(key)
