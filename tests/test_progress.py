@@ -42,3 +42,18 @@ def test_events_protocol_and_counting_helper() -> None:
     while reader.read(4):
         pass
     assert events.seen == [("sha256:ab", 4), ("sha256:ab", 4), ("sha256:ab", 2)]
+
+
+def test_counting_reader_passes_readinto_through_only_when_the_source_has_it() -> None:
+    counts: list[int] = []
+    reader = CountingReader(io.BytesIO(b"y" * 3000), counts.append)
+    buffer = bytearray(1024)
+    got = [reader.readinto(buffer) for _ in range(4)]  # type: ignore[attr-defined]
+    assert got == [1024, 1024, 952, 0]
+    assert counts == [1024, 1024, 952] and reader.count == 3000
+
+    class ReadOnly:
+        def read(self, n: int = -1) -> bytes:
+            return b""
+
+    assert not hasattr(CountingReader(ReadOnly(), counts.append), "readinto")

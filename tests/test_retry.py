@@ -383,3 +383,17 @@ def test_real_connection_refused_is_not_retried() -> None:
                 p, lambda: pool.request("GET", f"http://127.0.0.1:{port}/"), describe="x"
             )
         assert rec.sleeps == []
+
+
+def test_transient_check_does_not_import_storage_sdks() -> None:
+    """A registry-only command asks about its first 404 without loading botocore or requests
+    (~25 ms): nothing of theirs can have been raised if they were never imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pipeline.transfer.retry import is_transient_error; "
+        "assert not is_transient_error(ValueError('x')); "
+        "assert 'botocore' not in sys.modules and 'requests' not in sys.modules, sys.modules.keys()"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -36,6 +36,10 @@ class CountingReader:
         self._source = source
         self._callback = callback
         self.count = 0
+        if hasattr(source, "readinto"):
+            # Only then: a consumer that fills its own buffer (the registry push does) reaches
+            # the source's; one that finds no `readinto` reads as before, with no extra copy.
+            self.readinto = self._readinto
 
     def read(self, n: int = -1) -> bytes:
         data = self._source.read(n)
@@ -43,6 +47,13 @@ class CountingReader:
             self.count += len(data)
             self._callback(len(data))
         return data
+
+    def _readinto(self, buffer: bytearray | memoryview) -> int:
+        n: int = self._source.readinto(buffer)  # type: ignore[attr-defined]
+        if n:
+            self.count += n
+            self._callback(n)
+        return n
 
     def readable(self) -> bool:
         return True

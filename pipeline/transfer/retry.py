@@ -16,6 +16,7 @@ import http.client
 import logging
 import random
 import re
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -161,6 +162,10 @@ _NETWORK_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def _botocore_errors() -> tuple[type[BaseException], ...]:
+    """botocore's network errors; none when botocore was never imported (nothing can have
+    raised one then), which spares a registry-only command its ~25 ms import."""
+    if "botocore" not in sys.modules:
+        return ()
     try:
         from botocore import exceptions as b
     except ImportError:  # pragma: no cover - botocore is a dependency, but optional here
@@ -177,6 +182,8 @@ def _botocore_errors() -> tuple[type[BaseException], ...]:
 
 
 def _requests_errors() -> tuple[type[BaseException], ...]:
+    if "requests" not in sys.modules:  # as for botocore: unimported, it raised nothing
+        return ()
     try:
         from requests import exceptions as r
     except ImportError:  # pragma: no cover
