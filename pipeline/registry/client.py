@@ -245,6 +245,8 @@ class RegistryClient:
         self.auth = RegistryAuth(registry, self._credentials_for)
         self.read_slice: int | None = None
         """Largest socket read of a blob body under a rate limit (None: no limit)."""
+        self._no_referrers_api = False
+        """Set by a 404 from the referrers API: the `sha256-<hex>` tag is asked directly."""
         connection_options: dict[str, object] = {}
         if limiter is not None:
             self.read_slice = receive_window(limiter.rate)
@@ -608,6 +610,8 @@ class RegistryClient:
     ) -> list[Descriptor]:
         """Manifests whose `subject` is `digest`: the referrers API, else the `sha256-<hex>` tag."""
         what = self._what(repository, digest)
+        if self._no_referrers_api:
+            return self._referrers_by_tag(repository, digest, artifact_type)
         query = (
             f"?artifactType={urllib.parse.quote(artifact_type, safe='')}" if artifact_type else ""
         )
@@ -633,6 +637,10 @@ class RegistryClient:
             if status != 200:
                 if found:
                     break
+                if status == 404:
+                    # The distribution spec forbids a 404 from a registry with the API: this one
+                    # has none, so later subjects go straight to the tag (a request each saved).
+                    self._no_referrers_api = True
                 return self._referrers_by_tag(repository, digest, artifact_type)
             try:
                 index = parse_manifest(data, OCI_INDEX)
