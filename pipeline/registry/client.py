@@ -453,10 +453,11 @@ class RegistryClient:
 
     def head_manifest(self, repository: str, reference: str) -> Descriptor | None:
         """The manifest's descriptor without its body (a HEAD does not count as a Hub pull);
-        None when the registry has no such manifest."""
+        None when the registry has no such manifest. One HEAD, and its 404 is the answer: a
+        push looks for every manifest before writing it, and most are missing."""
         what = self._what(repository, reference)
 
-        def attempt() -> Descriptor | None:
+        def attempt() -> tuple[bool, Descriptor | None]:
             resp, _ = self._request(
                 "HEAD",
                 f"/v2/{repository}/manifests/{reference}",
@@ -465,7 +466,7 @@ class RegistryClient:
             )
             if resp.status == 404:
                 _discard(resp)
-                return None
+                return False, None
             self._check(resp, what)
             headers = resp.headers
             _discard(resp)
@@ -473,10 +474,12 @@ class RegistryClient:
             length = headers.get("Content-Length")
             media_type = (headers.get("Content-Type") or "").split(";", 1)[0].strip()
             if digest and is_valid_digest(digest) and length and length.isdigit() and media_type:
-                return Descriptor(media_type, digest, int(length))
-            return None
+                return True, Descriptor(media_type, digest, int(length))
+            return True, None
 
-        found = self._call(what, attempt)
+        exists, found = self._call(what, attempt)
+        if not exists:
+            return None
         if found is not None:
             if is_valid_digest(reference) and found.digest != reference:
                 raise DigestMismatch(f"{what}: registry reports digest {found.digest}")

@@ -41,7 +41,7 @@ import urllib3
 
 from pipeline.errors import DigestMismatch, RegistryError, TransferError
 from pipeline.image import BlobWrite
-from pipeline.oci import MANIFEST_ACCEPT, Descriptor, RawManifest
+from pipeline.oci import Descriptor, RawManifest
 from pipeline.refs import is_valid_digest
 from pipeline.registry.auth import AuthRequest, AuthResponse, pull_scope
 from pipeline.registry.client import (
@@ -331,36 +331,9 @@ class RegistryPusher:
     def manifest_digest(self, repository: str, reference: str) -> str | None:
         """The digest `reference` (a tag or digest) names in `repository`, None when absent.
 
-        One HEAD, and a 404 is the answer: every manifest a push writes is looked for first,
-        usually missing, and `RegistryClient.head_manifest` follows a 404 with a GET (it also
-        serves registries whose HEAD lacks the digest, which are still asked for the bytes).
-        """
-        what = self.client._what(repository, reference)
-
-        def attempt() -> tuple[bool, str | None]:
-            resp, _ = self.client._request(
-                "HEAD",
-                f"/v2/{repository}/manifests/{reference}",
-                scopes=[pull_scope(repository)],
-                headers={"Accept": MANIFEST_ACCEPT},
-            )
-            if resp.status == 404:
-                _discard(resp)
-                return False, None
-            self.client._check(resp, what)
-            reported = resp.headers.get("Docker-Content-Digest")
-            _discard(resp)
-            return True, reported if reported and is_valid_digest(reported) else None
-
-        found, digest = self.client._call(what, attempt)
-        if not found:
-            return None
-        if digest is None:
-            described = self.client.head_manifest(repository, reference)
-            return described.digest if described is not None else None
-        if is_valid_digest(reference) and digest != reference:
-            raise DigestMismatch(f"{what}: registry reports digest {digest}")
-        return digest
+        One HEAD (see `RegistryClient.head_manifest`)."""
+        described = self.client.head_manifest(repository, reference)
+        return described.digest if described is not None else None
 
     def put_manifest(self, repository: str, reference: str, raw: RawManifest) -> None:
         """PUT the manifest's exact bytes under `reference` (a tag, or its own digest)."""
