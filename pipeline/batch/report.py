@@ -16,11 +16,14 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote, quote_plus
+
+T = TypeVar("T")
 
 REPORT_VERSION = 1
 
@@ -119,6 +122,21 @@ class RunReport:
 
     def add(self, result: ImageResult) -> None:
         self.results.append(result)
+
+    def add_each(
+        self, items: Sequence[T], one: Callable[[T], ImageResult | None], jobs: int
+    ) -> None:
+        """Run `one` on every item, at most `jobs` images at once (their blob transfers are
+        bounded by the session on top), and add the results in item order; None (an item
+        skipped after a failure) adds nothing."""
+        if not items:
+            return
+        workers = max(1, min(len(items), jobs))
+        with ThreadPoolExecutor(workers, thread_name_prefix="bale-image") as pool:
+            for future in [pool.submit(one, item) for item in items]:
+                result = future.result()
+                if result is not None:
+                    self.add(result)
 
     def finish(self, when: datetime | None = None) -> None:
         self.finished = when or datetime.now(UTC)

@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -232,6 +231,7 @@ class Archiver(BucketWorker):
             return None
         key = f"{source.reference.name}@{desc.digest}"
         name = str(source.reference)
+        stored_key = layout.blob_key_for(desc)
 
         def report(n: int) -> None:
             self.events.on_bytes(key, n)
@@ -243,10 +243,10 @@ class Archiver(BucketWorker):
         downloaded = 0
         for attempt in range(1, attempts + 1):
             counted = CountingReader(source.open_blob(desc), report)
-            stream = tar.capture(layout.blob_key_for(desc), counted)
+            stream = tar.capture(stored_key, counted)
             try:
                 result = self.bucket.put_blob(desc, stream)
-                tar.stored(layout.blob_key_for(desc), stream)
+                tar.stored(stored_key, stream)
             except DigestMismatch as exc:
                 downloaded += counted.count
                 if attempt == attempts:
@@ -318,12 +318,6 @@ def archive_many(
             on_result(result)
         return result
 
-    workers = max(1, min(len(images), archiver.session.transfer.jobs))
-    with ThreadPoolExecutor(workers, thread_name_prefix="bale-image") as pool:
-        futures = [pool.submit(one, ref, reg) for ref, reg in images]
-        for fut in futures:
-            result = fut.result()
-            if result is not None:
-                report.add(result)
+    report.add_each(images, lambda image: one(*image), archiver.session.transfer.jobs)
     report.finish()
     return report

@@ -15,7 +15,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -174,10 +173,6 @@ def restore_many(
             on_result(target, result)
         return result
 
-    workers = max(1, min(len(targets), restorer.session.transfer.jobs))
-    with ThreadPoolExecutor(workers, thread_name_prefix="bale-image") as pool:
-        for result in [f.result() for f in [pool.submit(one, t) for t in targets]]:
-            if result is not None:
-                report.add(result)
+    report.add_each(targets, one, restorer.session.transfer.jobs)
     report.finish()
     return report

@@ -415,12 +415,7 @@ def sync_many(
         [i for i in plan.items if syncer.options.referrers and i.is_referrer_tag],
     ]
     for items in phases:
-        if not items or stop.is_set():
-            continue
-        workers = max(1, min(len(items), syncer.session.transfer.jobs))
-        with ThreadPoolExecutor(workers, thread_name_prefix="bale-image") as pool:
-            for result in [f.result() for f in [pool.submit(one, i) for i in items]]:
-                if result is not None:
-                    report.add(result)
+        if not stop.is_set():
+            report.add_each(items, one, syncer.session.transfer.jobs)
     report.finish()
     return report

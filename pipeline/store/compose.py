@@ -156,15 +156,6 @@ Held = dict[CopyRange, list[bytes | memoryview]]
 """Bytes of source ranges captured as they streamed in, as the chunks the source handed out."""
 
 
-def _share(data: bytes, start: int, end: int) -> bytes | memoryview:
-    """`data[start:end]` without a copy when `data` is immutable (a view keeps it alive)."""
-    if type(data) is not bytes:
-        return bytes(data[start:end])  # a buffer its owner may reuse: copy
-    if start == 0 and end == len(data):
-        return data
-    return memoryview(data)[start:end]
-
-
 def build_part(sink: PartSink, part: PlannedPart, held: Held | None = None) -> bytes:
     """The bytes of a client part: inline data, and ranges from `held` (captured as their
     source streamed in) or read back from the store. One copy: the join."""
@@ -219,18 +210,16 @@ class Capture:
 
     def read(self, n: int = -1, /) -> bytes:
         data = self._stream.read(n)
-        if data and self._position < self._end:
-            first, last = self._position, self._position + len(data)
+        first = self._position
+        self._position += len(data)
+        if data and first < self._end:
             for r, kept in self.chunks.items():
-                lo, hi = max(first, r.start), min(last, r.start + r.length)
+                lo, hi = max(first, r.start), min(self._position, r.start + r.length)
                 if lo < hi:
                     kept.append(_share(data, lo - first, hi - first))
                     self._lengths[r] += hi - lo
-            if not self.offered and self._position + len(data) >= self._end:
-                self._position += len(data)
+            if self._position >= self._end:  # the read that completes every range
                 self.owner.offer(self)
-                return data
-        self._position += len(data)
         return data
 
     def take(self) -> Held:
@@ -373,7 +362,7 @@ class StreamingComposition:
         plan = self.plan
         with self._lock:
             self._stored.update(s.key for p in plan.parts for s in self._sources(p))
-            ready = [] if plan.single else self._take_ready()
+            ready = self._take_ready()
         if plan.single:
             data = build_part(self.sink, plan.parts[0]) if plan.parts else b""
             written = self.sink.put_single(self.key, data, if_absent=self.if_absent)
@@ -420,17 +409,19 @@ class StreamingComposition:
             return [part.copy]
         return [s for s in part.segments if isinstance(s, CopyRange)]
 
+    def _buildable(self, part: PlannedPart) -> bool:
+        """A copy part once its source is stored; a client part once each range it holds is
+        stored (read back) or captured (lock held)."""
+        if part.copy is not None:
+            return part.copy.key in self._stored
+        return all(s.key in self._stored or s in self._held for s in self._sources(part))
+
     def _take_ready(self) -> list[PlannedPart]:
         """Waiting parts whose every range is stored or captured, taken off the list (lock
         held). A single-request object waits for `finish`."""
         if self.plan.single:
             return []
-        ready = [
-            part
-            for part in self._waiting.values()
-            if all(s.key in self._stored or s in self._held for s in self._sources(part))
-            and (part.copy is None or part.copy.key in self._stored)
-        ]
+        ready = [part for part in self._waiting.values() if self._buildable(part)]
         for part in ready:
             del self._waiting[part.number]
         return ready
@@ -439,8 +430,7 @@ class StreamingComposition:
         """The captured bytes `part` is built from, or None (and the part back on the waiting
         list) when a capture it counted on was taken back before it ran."""
         with self._lock:
-            sources = self._sources(part)
-            if not all(s.key in self._stored or s in self._held for s in sources):
+            if not self._buildable(part):
                 self._waiting[part.number] = part
                 return None
             held = {s: self._held.pop(s) for s in part.segments if s in self._held}
