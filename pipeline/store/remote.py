@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, ClassVar, TypeVar
 
-from pipeline.errors import StoreError, StoreNotFound, TransferError
+from pipeline.errors import StoreError, StoreNotFound, StoreUnusable, TransferError
 from pipeline.store import keys
 from pipeline.store.base import (
     CopyRange,
@@ -45,6 +46,17 @@ _ABORT_ATTEMPTS = 3
 
 Span = tuple[int, int | None]
 """A byte range as first and last offset (inclusive; None for "to the end")."""
+
+# What `RemoteStore.check` found wrong, as a provider's `problem` names it.
+NO_BUCKET = "no-bucket"
+NO_CREDENTIALS = "no-credentials"
+REFUSED = "refused"
+DENIED = "denied"
+UNREACHABLE = "unreachable"
+
+WRITE_PROBE = "bale-write-check-"
+"""Name (under the prefix) of the multipart upload `check(write=True)` starts and aborts: were
+an abort ever lost, gc reports and removes it like any stale upload."""
 
 
 def service_error(
@@ -123,6 +135,11 @@ class Provider:
     body: type[StoreBody]
     initiate_op: str
     """The provider's name for starting a multipart upload, for retry log lines."""
+    problem: Callable[[BaseException], tuple[str, str] | None]
+    """What an SDK exception says is wrong with the store as a whole (`NO_BUCKET`, `REFUSED`,
+    ...) and its detail, None for anything else (a failure of that one call)."""
+    credentials_hint: str
+    """How to give credentials, for the message when there are none."""
 
 
 class RemoteStore(ABC):
@@ -183,6 +200,57 @@ class RemoteStore(ABC):
         if start == 0 and length is None:
             return None
         return (start, None if length is None else start + length - 1)
+
+    # -- the up-front check ----------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def endpoint_shown(self) -> str:
+        """The endpoint requests go to, for messages."""
+
+    def check(self, *, write: bool = False) -> None:
+        """LIST one key under the prefix; with `write`, start a multipart upload there and abort
+        it. The upload is what every archive write needs (PutObject permission, the abort
+        that cleans a failed write) and, unlike a scratch object, leaves nothing even in a
+        versioned bucket or for credentials that may write but not delete."""
+        full = keys.join(self.prefix, "")
+        writing = False
+        try:
+            self._call("LIST", self.url, partial(self._list_page, full, None, 1))
+            if write:
+                writing = True
+                name = keys.join(self.prefix, WRITE_PROBE + uuid.uuid4().hex[:12])
+                initiate = self.provider.initiate_op
+                upload_id = self._call(initiate, self.url, lambda: self._initiate(name))
+                self._call("AbortMultipartUpload", self.url, lambda: self._abort(name, upload_id))
+        except StoreError as exc:
+            found = self._problem(exc)
+            if found is None:
+                raise
+            raise StoreUnusable(self._unusable(*found, writing=writing)) from exc
+
+    def _problem(self, exc: BaseException) -> tuple[str, str] | None:
+        """The first store-wide problem along `exc`'s chain of causes."""
+        seen: BaseException | None = exc
+        while seen is not None:
+            if isinstance(seen, self.provider.errors):
+                return self.provider.problem(seen)
+            seen = seen.__cause__
+        return None
+
+    def _unusable(self, kind: str, detail: str, *, writing: bool) -> str:
+        """The one line `check` ends a command with."""
+        name = self.provider.name
+        if kind == NO_BUCKET:
+            return f"{self.url}: bucket {self.bucket_name} does not exist at {self.endpoint_shown}"
+        if kind == NO_CREDENTIALS:
+            return f"{self.url}: no {name} credentials ({self.provider.credentials_hint})"
+        if kind == REFUSED:
+            return f"{self.url}: {name} refused these credentials ({detail})"
+        if kind == DENIED:
+            verb = "writing" if writing else "reading"
+            return f"{self.url}: access denied for {verb} with these credentials ({detail})"
+        return f"{self.url}: endpoint {self.endpoint_shown} unreachable ({detail})"
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -367,9 +435,11 @@ class RemoteStore(ABC):
         """The SDK's streaming body of the object or of `span`."""
 
     @abstractmethod
-    def _list_page(self, prefix: str, token: str | None) -> tuple[list[ObjectInfo], str | None]:
-        """One page of objects under `prefix` from `token`, and the next page's token (None
-        after the last page)."""
+    def _list_page(
+        self, prefix: str, token: str | None, limit: int | None = None
+    ) -> tuple[list[ObjectInfo], str | None]:
+        """One page (of `limit` objects, default `page_size`) under `prefix` from `token`, and
+        the next page's token (None after the last page)."""
 
     @abstractmethod
     def _delete_object(self, name: str) -> None: ...

@@ -16,7 +16,14 @@ from typing import Any
 
 import boto3
 import botocore.config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
 
 from pipeline.errors import StoreError, TransferError
 from pipeline.store.base import MultipartUpload, ObjectInfo
@@ -27,7 +34,18 @@ from pipeline.store.multipart import (
     Part,
     PartLimits,
 )
-from pipeline.store.remote import Provider, RemoteStore, Span, StoreBody, service_error
+from pipeline.store.remote import (
+    DENIED,
+    NO_BUCKET,
+    NO_CREDENTIALS,
+    REFUSED,
+    UNREACHABLE,
+    Provider,
+    RemoteStore,
+    Span,
+    StoreBody,
+    service_error,
+)
 from pipeline.transfer.retry import (
     RETRYABLE_STATUS,
     Retryable,
@@ -55,6 +73,12 @@ _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _CREDENTIAL_CODES = frozenset(
     {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
 )
+_REFUSED_BECAUSE = {
+    "InvalidAccessKeyId": "the access key id is unknown",
+    "SignatureDoesNotMatch": "signature mismatch: wrong secret key",
+    "ExpiredToken": "the session token has expired",
+    "InvalidToken": "the session token is invalid",
+}
 
 
 def _code(exc: ClientError) -> str:
@@ -107,6 +131,24 @@ def store_error(exc: BaseException, bucket: str, what: str) -> StoreError:
     return StoreError(f"{what}: {describe_error(exc)}")
 
 
+def problem(exc: BaseException) -> tuple[str, str] | None:
+    """What an S3 failure says about the store as a whole (see `RemoteStore.check`)."""
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return NO_CREDENTIALS, str(exc)
+    if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
+        return UNREACHABLE, describe_error(exc)
+    if not isinstance(exc, ClientError):
+        return None
+    code = _code(exc)
+    if code == "NoSuchBucket":
+        return NO_BUCKET, code
+    if code in _CREDENTIAL_CODES:
+        return REFUSED, f"{code}: {_REFUSED_BECAUSE[code]}"
+    if code == "AccessDenied" or _status(exc) == 403:
+        return DENIED, code or "403"
+    return None
+
+
 def make_client(
     *,
     endpoint_url: str | None = None,
@@ -155,6 +197,8 @@ S3 = Provider(
     store_error=store_error,
     body=_Body,
     initiate_op="CreateMultipartUpload",
+    problem=problem,
+    credentials_hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
 )
 
 
@@ -197,6 +241,10 @@ class S3Store(RemoteStore):
     def __repr__(self) -> str:
         return f"S3Store({self.url!r}, endpoint_url={self.endpoint_url!r})"
 
+    @property
+    def endpoint_shown(self) -> str:
+        return str(self.client.meta.endpoint_url)
+
     # -- boto3 calls (RemoteStore hooks) ---------------------------------------------------
 
     def _head_object(self, name: str) -> ObjectInfo | None:
@@ -230,10 +278,12 @@ class S3Store(RemoteStore):
     def _open(self, name: str, span: Span | None) -> Any:
         return self._get_object(name, span)
 
-    def _list_page(self, prefix: str, token: str | None) -> tuple[list[ObjectInfo], str | None]:
+    def _list_page(
+        self, prefix: str, token: str | None, limit: int | None = None
+    ) -> tuple[list[ObjectInfo], str | None]:
         more = {"ContinuationToken": token} if token else {}
         page = self.client.list_objects_v2(
-            Bucket=self.bucket, Prefix=prefix, MaxKeys=self.page_size, **more
+            Bucket=self.bucket, Prefix=prefix, MaxKeys=limit or self.page_size, **more
         )
         items = [
             ObjectInfo(
