@@ -396,6 +396,14 @@ def test_success_lines_and_report_name_the_full_destination(
         assert result["destination"] == where
         assert result["tar_key"] == tar
         assert result["source_digest"] is None  # the index itself was stored
+    restored = f"{registry.host}/check/restored:1"
+    proc = bale(
+        "restore", ref, f"docker://{restored}", "--from", str(tmp_path / "store"),
+        "--dest-tls-verify=false", "--report", str(report), env=cli_env(tmp_path),
+    )  # fmt: skip
+    assert proc.returncode == 0, show(proc)
+    (result,) = json.loads(report.read_text())["images"]
+    assert result["destination"] == f"docker://{restored}"
     copied = tmp_path / "out" / "a.tar"
     copied.parent.mkdir()
     proc = subprocess.run(
