@@ -38,6 +38,7 @@ from pipeline.store.remote import (
     RemoteStore,
     Span,
     StoreBody,
+    network_reason,
     service_error,
 )
 from pipeline.transfer.retry import (
@@ -118,11 +119,11 @@ def problem(exc: BaseException) -> tuple[str, str] | None:
     if isinstance(exc, oss2.exceptions.RequestError):
         cause = getattr(exc, "exception", None)
         if isinstance(cause, requests.exceptions.ConnectionError):
-            return UNREACHABLE, describe_error(cause)
+            return UNREACHABLE, network_reason(cause)
         return None
     if not isinstance(exc, oss2.exceptions.ServerError):
         return None
-    if exc.code == "NoSuchBucket":
+    if exc.code == "NoSuchBucket" or exc.status == 404:  # a LIST of the bucket found nothing
         return NO_BUCKET, exc.code
     if exc.code in _CREDENTIAL_CODES:
         return REFUSED, exc.code

@@ -11,6 +11,7 @@ full object names (prefix included); mapping them to and from keys happens here.
 from __future__ import annotations
 
 import dataclasses
+import re
 import threading
 import uuid
 from abc import ABC, abstractmethod
@@ -38,7 +39,7 @@ from pipeline.store.multipart import (
     PartLimits,
     stream_upload,
 )
-from pipeline.transfer.retry import RetryPolicy, call_with_retry
+from pipeline.transfer.retry import RetryPolicy, call_with_retry, describe_error
 
 T = TypeVar("T")
 
@@ -53,6 +54,16 @@ NO_CREDENTIALS = "no-credentials"
 REFUSED = "refused"
 DENIED = "denied"
 UNREACHABLE = "unreachable"
+
+_ERRNO_TEXT = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
+
+
+def network_reason(exc: BaseException) -> str:
+    """Why a connection failed, in the system's words (`Connection refused`, `Name or service
+    not known`), out of the layers of wrappers around it; else the error's own line."""
+    m = _ERRNO_TEXT.search(str(exc))
+    return m.group(1).strip().lower() if m else describe_error(exc)
+
 
 WRITE_PROBE = "bale-write-check-"
 """Name (under the prefix) of the multipart upload `check(write=True)` starts and aborts: were
@@ -183,11 +194,20 @@ class RemoteStore(ABC):
         """`s3://bucket/name` for messages, from a full object name (or name prefix)."""
         return f"{self.provider.scheme}://{self.bucket_name}/{name}"
 
-    def _call(self, op: str, what: str, fn: Callable[[], T]) -> T:
+    def _call(
+        self,
+        op: str,
+        what: str,
+        fn: Callable[[], T],
+        is_transient: Callable[[BaseException], bool] | None = None,
+    ) -> T:
         provider = self.provider
         try:
             return call_with_retry(
-                self.retry, fn, describe=f"{op} {what}", is_transient=provider.is_transient
+                self.retry,
+                fn,
+                describe=f"{op} {what}",
+                is_transient=is_transient or provider.is_transient,
             )
         except (*provider.errors, TransferError) as exc:
             raise provider.store_error(exc, self.bucket_name, what) from exc
@@ -216,7 +236,8 @@ class RemoteStore(ABC):
         full = keys.join(self.prefix, "")
         writing = False
         try:
-            self._call("LIST", self.url, partial(self._list_page, full, None, 1))
+            list_one = partial(self._list_page, full, None, 1)
+            self._call("LIST", self.url, list_one, self._transient_here)
             if write:
                 writing = True
                 name = keys.join(self.prefix, WRITE_PROBE + uuid.uuid4().hex[:12])
@@ -228,6 +249,13 @@ class RemoteStore(ABC):
             if found is None:
                 raise
             raise StoreUnusable(self._unusable(*found, writing=writing)) from exc
+
+    def _transient_here(self, exc: BaseException) -> bool:
+        """Worth another try at the first request: not when nothing answers at the endpoint
+        (refused, no such host, no connection in time), which is said at once, not after
+        every backoff of --retries."""
+        found = self.provider.problem(exc)
+        return (found is None or found[0] != UNREACHABLE) and self.provider.is_transient(exc)
 
     def _problem(self, exc: BaseException) -> tuple[str, str] | None:
         """The first store-wide problem along `exc`'s chain of causes."""

@@ -44,6 +44,7 @@ from pipeline.store.remote import (
     RemoteStore,
     Span,
     StoreBody,
+    network_reason,
     service_error,
 )
 from pipeline.transfer.retry import (
@@ -136,11 +137,15 @@ def problem(exc: BaseException) -> tuple[str, str] | None:
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
         return NO_CREDENTIALS, str(exc)
     if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
-        return UNREACHABLE, describe_error(exc)
+        # botocore wraps a reset connection (which S3 endpoints do under load) the same way
+        inner = exc.kwargs.get("error")
+        if inner is not None and is_transient_error(inner):
+            return None
+        return UNREACHABLE, network_reason(inner if inner is not None else exc)
     if not isinstance(exc, ClientError):
         return None
     code = _code(exc)
-    if code == "NoSuchBucket":
+    if code == "NoSuchBucket" or _status(exc) == 404:  # a LIST of the bucket found nothing
         return NO_BUCKET, code
     if code in _CREDENTIAL_CODES:
         return REFUSED, f"{code}: {_REFUSED_BECAUSE[code]}"
