@@ -154,8 +154,10 @@ class Archiver(BucketWorker):
         pieces = to_compose_pieces(plan, layout.blob_key_for)
         # The tar's parts go up while its blobs stream in; it becomes visible only at `finish`,
         # after the tags, and is abandoned (nothing left) if any step before fails.
+        name = str(ref)
         with self.bucket.start_tar(layout.tar_key_for(ref), pieces) as tar:
             self._store_blobs(source, blobs, counts, tar)
+            self.events.on_image_phase(name, "writing manifests")
             repo = ref.store_repo
             manifests = [i.raw for i in resolved.images] + list(resolved.extra_manifests)
             if resolved.top.digest not in {m.digest for m in manifests}:
@@ -166,9 +168,12 @@ class Archiver(BucketWorker):
             if ref.tag and not ref.digest:
                 self.bucket.tag(repo, ref.tag, resolved.top.digest)
             if options.referrers:
+                self.events.on_image_phase(name, "checking signatures")
                 self._archive_referrers(source, [m.digest for m in manifests], counts)
+            self.events.on_image_phase(name, "composing the tar")
             written = tar.finish()
         counts.add(uploaded=written.sent, copied=written.copied)
+        self.events.on_image_phase(name, "writing the record")
         return self._write_record(resolved, plan)
 
     def _archive_referrers(self, source: ImageSource, subjects: list[str], counts: _Counts) -> None:
@@ -218,6 +223,7 @@ class Archiver(BucketWorker):
                 counts.add(downloaded=moved[0], uploaded=moved[1])
         if errors:
             raise errors[0]
+        self.events.on_image_phase(name, "writing links")
         self.bucket.link_layers(repo, (d.digest for d in blobs))
 
     def _store_blob(
