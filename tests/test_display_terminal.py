@@ -22,6 +22,7 @@ import pytest
 
 from pipeline.archive.bucket import ArchiveBucket
 from pipeline.store.local import LocalStore
+from pipeline.units import format_size
 from tests.bed.images import ImageFactory, LayerSpec
 from tests.bed.registry import RegistryServer
 from tests.bed.terminal import TerminalRun, run_on_terminal
@@ -40,6 +41,8 @@ class Fleet:
     """reference -> digest, in push order"""
     blob_sizes: dict[str, int]
     """every distinct blob of the fleet: digest -> size"""
+    sizes: dict[str, int]
+    """reference -> the sum of its blobs' sizes"""
 
     @property
     def refs(self) -> list[str]:
@@ -56,13 +59,15 @@ def fleet(registry: RegistryServer, image_factory: ImageFactory) -> Fleet:
     base = LayerSpec(1536 * 1024, seed=7_000)  # shared by every image
     digests: dict[str, str] = {}
     blobs: dict[str, int] = {}
+    sizes: dict[str, int] = {}
     for i in range(6):
         ref = f"{registry.host}/{prefix}/app{i % 2}:1.{i}"
         top = LayerSpec(48 * 1024 + 1024 * i, seed=7_100 + i)
         image = image_factory.build_and_push(ref, registry, layers=(base, top))
         digests[ref] = image.digest
         blobs.update({d.digest: d.size for d in image.blobs})
-    return Fleet(registry, prefix, digests, blobs)
+        sizes[ref] = sum(d.size for d in image.blobs)
+    return Fleet(registry, prefix, digests, blobs, sizes)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -119,6 +124,7 @@ def test_archive_many_images_on_a_terminal(fleet: Fleet, tmp_path: Path, jobs: i
     skipped = fleet.refs[2]
     _archive_piped(tmp_path, store, skipped)
 
+    since = fleet.registry.mark()
     run = run_on_terminal(
         "archive", *fleet.refs, fleet.missing,
         "--to", str(store), "--jobs", str(jobs), "--src-tls-verify=false",
@@ -144,6 +150,10 @@ def test_archive_many_images_on_a_terminal(fleet: Fleet, tmp_path: Path, jobs: i
         size for d, size in fleet.blob_sizes.items() if d not in before
     )
     _check_screen(run, fleet, skipped, report)
+    # Waiting images' manifests are read ahead (for the overall total); never twice.
+    for ref in [*fleet.refs, fleet.missing]:
+        path = "/v2/{}/manifests/{}$".format(*ref.split("/", 1)[1].rsplit(":", 1))
+        assert len(fleet.registry.requests("GET", path, since=since)) == 1, ref
 
 
 def _blobs_of(store: Path, ref: str) -> set[str]:
@@ -153,14 +163,18 @@ def _blobs_of(store: Path, ref: str) -> set[str]:
 
 def test_bars_count_in_mib_while_bytes_move(fleet: Fleet, tmp_path: Path) -> None:
     """At --limit-rate 1M the run takes seconds: the bars are drawn, with the overall one,
-    in MiB and MiB/s, and are gone (transient) once the run ends."""
+    in MiB and MiB/s. With --jobs 1 the overall total counts the waiting images too (their
+    manifests are read ahead), not only the one started."""
     store = tmp_path / "bucket"
+    refs = fleet.refs[:3]
     run = run_on_terminal(
-        "archive", *fleet.refs[:3], "--to", str(store), "--jobs", "2", "--limit-rate", "1M",
+        "archive", *refs, "--to", str(store), "--jobs", "1", "--limit-rate", "1M",
         "--src-tls-verify=false", env=_env(tmp_path),
     )  # fmt: skip
     assert run.returncode == 0, run.text
-    assert "all images" in run.text
+    totals = re.findall(r"all images \d/3 .*? / (\d+\.\d \w+)", run.text)
+    whole = sum(fleet.sizes[ref] for ref in refs)
+    assert totals and format_size(whole) in totals, (format_size(whole), totals)
     assert re.search(r"\d\.\d MiB / \d\.\d MiB", run.text), run.text
     assert re.search(r"\d\.\d (?:KiB|MiB)/s", run.text), run.text
     assert not DECIMAL_UNITS.search(run.text)

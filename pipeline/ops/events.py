@@ -5,7 +5,9 @@ all a single copy needs. A run of many images wants progress per image and overa
 archive loop also reports, per image (named by `ImageResult.source`, the normalised reference):
 
     on_image_start(source)                 work on the image begins
-    on_image_size(source, nbytes)          its blobs total `nbytes` (known once manifests are read)
+    on_image_size(source, nbytes)          its blobs total `nbytes` (known once manifests are read;
+                                           may come before `on_image_start`: a run reads the
+                                           manifests of waiting images ahead, and sends it once)
     on_image_bytes(source, moved, skipped) `moved` bytes went through us; `skipped` bytes of its
                                            blobs need no transfer (already stored, or moved for
                                            another image of the run)
