@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pipeline.units import format_size
 from tests.bed.images import ImageFactory, LayerSpec
 from tests.bed.registry import RegistryServer
 from tests.bed.terminal import TerminalRun, run_on_terminal
+from tests.test_run import _env  # no credentials from the machine
 
 pytestmark = pytest.mark.integration
 
@@ -68,14 +68,6 @@ def fleet(registry: RegistryServer, image_factory: ImageFactory) -> Fleet:
         blobs.update({d.digest: d.size for d in image.blobs})
         sizes[ref] = sum(d.size for d in image.blobs)
     return Fleet(registry, prefix, digests, blobs, sizes)
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    auth = tmp_path / "auth.json"
-    auth.write_text('{"auths": {}}')
-    env = dict(os.environ, REGISTRY_AUTH_FILE=str(auth), DOCKER_CONFIG=str(tmp_path))
-    env.pop("JOB_COMPLETION_INDEX", None)
-    return env
 
 
 def _archive_piped(tmp_path: Path, store: Path, ref: str) -> None:
@@ -199,3 +191,21 @@ def test_restore_all_tags_on_a_terminal(fleet: Fleet, tmp_path: Path) -> None:
     report = json.loads(report_path.read_text())
     assert sorted(i["source"] for i in report["images"]) == sorted(app0)
     assert {i["status"] for i in report["images"]} == {"restored"}
+
+
+def test_sync_on_a_terminal(fleet: Fleet, tmp_path: Path) -> None:
+    """`sync` of a repository's tags, twice: copied, then each "already there"."""
+    repo = fleet.refs[1].rsplit(":", 1)[0]  # app1: three tags
+    tags = [ref for ref in fleet.refs if ref.startswith(repo + ":")]
+    dest = f"{fleet.registry.host}/{fleet.prefix}/synced"
+    args = ("sync", f"docker://{repo}", dest, "--src-tls-verify=false",
+            "--dest-tls-verify=false", "--keep-going", "--jobs", "4")  # fmt: skip
+    for status in ("copied", "skipped"):
+        report_path = tmp_path / f"{status}.json"
+        run = run_on_terminal(*args, "--report", str(report_path), env=_env(tmp_path))
+        assert run.returncode == 0, run.text
+        assert "Traceback" not in run.text
+        report = json.loads(report_path.read_text())
+        assert sorted(i["source"] for i in report["images"]) == sorted(tags)
+        assert {i["status"] for i in report["images"]} == {status}
+    assert len([line for line in run.text.splitlines() if "already there" in line]) >= len(tags)
