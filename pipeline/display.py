@@ -394,6 +394,7 @@ class RichProgress(TextLog):
         self._done = 0
         self._started = False
         self._failure: BaseException | None = None
+        self._rerouted: list[logging.StreamHandler[Any]] = []
         self._failure_logged = False
 
     @staticmethod
@@ -410,10 +411,22 @@ class RichProgress(TextLog):
         try:
             self.progress.start()
             self._started = True
+            self._route_logs()
         except Exception as exc:
             self.progress.failed = True
             self._error(exc)
         return self
+
+    def _route_logs(self) -> None:
+        """Log lines (a retry, a warning) go above the bars, not through them: while the bars
+        are live, rich's proxy for stderr stands in for it in logging's handlers too."""
+        proxy = sys.stderr  # rich's, while live on this terminal
+        if proxy is self.stderr:
+            return
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is self.stderr:
+                handler.setStream(proxy)
+                self._rerouted.append(handler)
 
     def _error(self, exc: BaseException) -> None:
         """Remember the first drawing error; it is logged once the bars are gone (a line
@@ -429,6 +442,8 @@ class RichProgress(TextLog):
             except Exception as exc:
                 self.progress.failed = True
                 self._error(exc)
+        while self._rerouted:
+            self._rerouted.pop().setStream(self.stderr)
         if self._failure is not None and not self._failure_logged:
             self._failure_logged = True
             log.warning(

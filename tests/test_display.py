@@ -299,3 +299,22 @@ def test_rich_progress_rendering_error_cannot_abort_the_run(
     lines = err.getvalue()
     assert "reg.example/team/app:1.0" in lines and "1 archived, 1 failed" in lines
     assert "IMAGE" in out.getvalue() and SECRET not in lines + out.getvalue()
+
+
+def test_rich_progress_log_lines_go_above_the_bars() -> None:
+    """A warning logged while bars are live is printed as its own line through rich (not
+    written under the bars, where the next refresh would draw over it)."""
+    out, err = Terminal(), Terminal()
+    handler = logging.StreamHandler(err)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with RichProgress(out, err) as display:
+            display.on_run_start(1)
+            assert handler.stream is not err  # rich's proxy while live
+            logging.getLogger("bale.retry").warning("retrying r.example after 503")
+            display.on_run_done(_report())
+        assert handler.stream is err
+    finally:
+        root.removeHandler(handler)
+    assert "retrying r.example after 503" in err.getvalue()
