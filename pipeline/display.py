@@ -5,7 +5,9 @@ Operations report through `ImageEvents` (pipeline/ops/events.py); the commands p
     --log-format json        one JSON object per event on stderr (`run_start`, `image_start`,
                              `image_size`, `image_done`, `run_done`), for log collectors
     stderr is a terminal     rich progress: one bar per image being worked on and one for the
-                             run (bytes, rate, ETA); a line above the bars as each image ends
+                             run (bytes, rate, ETA, in powers of 1024 as --limit-rate counts);
+                             an image's phase in words when no bytes move; a line above the
+                             bars as each image ends. A drawing error ends the bars, not the run
     otherwise (CI, cron)     one plain line per image start and end, with bytes and seconds
     -q                       failures only
 
