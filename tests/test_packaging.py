@@ -1,6 +1,7 @@
-"""bale as users install it: a wheel built from the checkout, and the image of the Containerfile.
+"""bale as users install it: a wheel built from the checkout, and the image of the Containerfile;
+and the README's command table against the CLI's commands.
 
-Both are slow (they fetch bale's dependencies from the package index). The image is built from
+The wheel and the image are slow (they fetch bale's dependencies from the package index). The image is built from
 a base made here, because no base image can be pulled in CI: debootstrap writes a minimal
 Debian bookworm with python3, and `podman import` turns it into the BASE the Containerfile
 builds on (the same Debian a `debian:bookworm-slim` base gives, with python3 preinstalled).
@@ -9,6 +10,7 @@ builds on (the same Debian a `debian:bookworm-slim` base gives, with python3 pre
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,10 +23,9 @@ import pytest
 
 from pipeline import __version__
 from pipeline.archive import layout
+from pipeline.cli import main
 from pipeline.refs import Reference
 from tests.bed.images import LayerSpec
-
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parent.parent
 # What the Containerfile copies into its build stage: a wheel must build from these alone.
@@ -60,6 +61,14 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
+def test_readme_table_names_every_command_and_no_other() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("\n## Commands\n", 1)[1].split("\n\n", 1)[0]
+    listed = re.findall(r"^\| `bale ([a-z-]+)", table, re.M)
+    assert sorted(listed) == sorted(main.commands)
+    assert "DESIGN" not in readme  # not in this repository
+
+
 @pytest.fixture
 def pushed_image(registry, image_factory, unique_repo) -> Reference:
     image = image_factory.image([LayerSpec(3000, seed=1301), LayerSpec(5000, seed=1302)])
@@ -67,6 +76,8 @@ def pushed_image(registry, image_factory, unique_repo) -> Reference:
     return Reference.parse(f"{registry.host}/{unique_repo}:1.0")
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_wheel_installs_into_a_fresh_venv_and_archives(tmp_path: Path, pushed_image) -> None:
     src = _source_copy(tmp_path / "src")
     _run(sys.executable, "-m", "build", "--wheel", "--outdir", tmp_path / "dist", src)
@@ -185,6 +196,8 @@ def _ca_bundle() -> str:
     return ""
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_image_builds_from_a_local_base_and_runs_bale(
     tmp_path: Path, containers: Containers, pushed_image
 ) -> None:
