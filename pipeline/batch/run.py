@@ -3,10 +3,9 @@
     plan = expand_spec(spec, session, defaults, shard=(0, 2))   # reads only: tag lists
     report = run_plan(plan, Archiver(bucket, session), options)  # or dryrun.Planner
 
-Options per registry: a spec entry's `credentials` and `tls-verify` override the command line's
-`--src-creds` / `--src-tls-verify` for that registry's images (as in `skopeo sync`); what the
-entry leaves out comes from the command line. `cert-dir` is not supported yet: the entry's
-images are fetched with the system's CAs, and a warning says so.
+Options per registry: a spec entry's `credentials`, `tls-verify` and `cert-dir` override the
+command line's `--src-creds` / `--src-tls-verify` / `--src-cert-dir` for that registry's images
+(as in `skopeo sync`); what the entry leaves out comes from the command line.
 
 A repository whose tags cannot be listed does not stop the run: it becomes a failed entry of
 the report, named by the repository (`host/repo`), and the run exits 1. Every shard lists every
@@ -16,7 +15,6 @@ that fails to list one reports it: its own slice of that repository is missing.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,8 +27,6 @@ from pipeline.errors import BaleError, UsageError
 from pipeline.ops.archive import ArchiveOptions, ImageWorker, archive_many
 from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
-
-log = logging.getLogger("bale.run")
 
 
 @dataclass
@@ -52,6 +48,8 @@ def registry_options(entry: RegistrySpec | SpecImage, defaults: RegistryOptions)
         credentials=entry.credentials or defaults.credentials,
         authfile=defaults.authfile,
         tls_verify=defaults.tls_verify if entry.tls_verify is None else entry.tls_verify,
+        cert_dir=entry.cert_dir or defaults.cert_dir,
+        option_prefix=defaults.option_prefix,
     )
 
 
@@ -92,16 +90,6 @@ def expand_spec(
             )
         )
 
-    warned: set[str] = set()
-    for entry in spec.registries:
-        if entry.cert_dir and entry.name not in warned:
-            warned.add(entry.name)
-            log.warning(
-                "%s:%d: cert-dir is not supported yet; %s is reached with the system CAs",
-                spec.source,
-                entry.line,
-                entry.name,
-            )
     images = expand(spec, list_tags, on_error=on_error)
     chosen = select(images, *shard) if shard is not None else images
     return RunPlan(
