@@ -34,11 +34,16 @@ def command_deadline(seconds: float | None) -> Iterator[None]:
     unwound = threading.Event()
 
     def end_process() -> None:
-        if not unwound.is_set():  # else the error line is out already
-            sys.stderr.write(f"bale: error: {message}\n")
         for stream in (sys.stdout, sys.stderr):
             with suppress(OSError, ValueError):
                 stream.flush()
+        # Straight to the descriptor: a progress display may have wrapped sys.stderr, and it
+        # hid the cursor, which is shown again.
+        out = "\x1b[?25h\n" if os.isatty(2) else ""
+        if not unwound.is_set():  # else the error line is out already
+            out += f"bale: error: {message}\n"
+        with suppress(OSError):
+            os.write(2, out.encode())
         os._exit(CommandTimeout.exit_code)
 
     watchdog = threading.Timer(GRACE, end_process)

@@ -6,8 +6,10 @@ line says so in words; `--command-timeout` ends the whole command."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -33,6 +35,28 @@ def proxy(registry: RegistryServer, pushed: BuiltImage) -> Iterator[FaultProxy]:
         for fault in p.faults:
             if isinstance(fault, Stall):
                 fault.release()
+
+
+@pytest.fixture
+def silent() -> Iterator[str]:
+    """A TCP server on loopback that accepts every connection and never sends a byte."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+    for conn in accepted:
+        conn.close()
 
 
 def bale(*args: str) -> subprocess.CompletedProcess[str]:
@@ -115,3 +139,16 @@ def test_read_timeout_must_be_positive(proxy: FaultProxy) -> None:
     run = bale("inspect", f"docker://{proxy.host}/stall/app:1", "--read-timeout", "0")
     assert run.returncode == 2
     assert "--read-timeout" in run.stderr
+
+
+def test_silent_server_over_tls_and_insecure_probe(silent: str) -> None:
+    tls = bale("inspect", f"docker://{silent}/x/y:1", "--read-timeout", "1s")
+    assert tls.returncode == 1
+    assert f"no data from {silent} for 1 s (gave up after 2 attempts; --read-timeout)" in tls.stderr
+    # --tls-verify=false tries https, then http: silent both ways is the answer, no third wait.
+    insecure = bale(
+        "inspect", f"docker://{silent}/x/y:1", "--tls-verify=false", "--read-timeout", "1"
+    )
+    assert insecure.returncode == 1
+    assert f"no data from {silent} for 1 s, over https or http" in insecure.stderr
+    _internal_names_absent(tls.stderr + insecure.stderr)

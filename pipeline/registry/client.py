@@ -305,9 +305,11 @@ class RegistryClient:
 
     def _probe_scheme(self) -> str:
         """skopeo's order for an insecure registry: https if it answers, else http if that
-        answers, else https again (so the real request reports the https failure)."""
+        answers, else https again (so the real request reports the https failure). A host that
+        stalls both ways is reported at once: the real request would only stall again."""
         wait = min(PROBE_TIMEOUT, self.read_timeout)
         timeout = urllib3.Timeout(connect=wait, read=wait)
+        stalls = 0
         for scheme in ("https", "http"):
             try:
                 resp = self._pool.request(
@@ -322,9 +324,12 @@ class RegistryClient:
                 return "https"
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 log.debug("%s: %s probe failed: %s", self.host, scheme, describe_error(exc))
+                stalls += is_stall(exc)
                 continue
             _discard(resp)
             return scheme
+        if stalls == 2:
+            raise TransferError(f"no data from {self.host} for {wait:g} s, over https or http")
         return "https"
 
     # ---- the request machinery ---------------------------------------------------------------
