@@ -284,3 +284,19 @@ def test_half_a_client_pair_is_bad_input(bed: Bed, tmp_path: Path) -> None:
     assert run.returncode == 2
     assert "client certificate without its key client.key" in run.stderr
     assert not (tmp_path / "a").exists()
+
+
+def test_sync_between_private_ca_registries(bed: Bed, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    dest = f"docker://{bed.mtls.host}/synced"
+    args = ("sync", _image(bed.tls), dest, "--src-cert-dir", str(bed.ca_dir))
+    untrusted = bale(home, *args)
+    assert untrusted.returncode == 1
+    assert "certificate verify failed" in untrusted.stderr
+    assert "--dest-cert-dir" in untrusted.stderr and "--src-cert-dir" not in untrusted.stderr
+    refused = bale(home, *args, "--dest-cert-dir", str(bed.ca_dir))
+    assert refused.returncode == 1
+    assert "requires a client certificate" in refused.stderr
+    synced = bale(home, *args, "--dest-cert-dir", str(bed.client_dir))
+    assert synced.returncode == 0, synced.stderr
+    assert bed.image.digest in synced.stdout
