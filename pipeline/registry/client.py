@@ -94,8 +94,8 @@ called stalled. A live registry answers a manifest or tag page, or sends the nex
 blob, within a few seconds; TCP itself resends a lost segment within ~13 s of backoff, so 15 s
 does not mistake a lossy link for a dead one. A false alarm is cheap (a blob resumes with
 `Range` from the byte it reached) and a stall is retried once only (`RetryPolicy.stall_retries`),
-so a registry that accepts and then says nothing fails a request in about 30 s, not the six
-times two minutes of before. Registries that think longer before answering (huge tag lists) are
+so a registry that accepts and then says nothing fails a request in about 30 s (it took six
+full timeouts of 30 s to 120 s before). Registries that think longer before answering (huge tag lists) are
 given more with `--read-timeout`."""
 
 RECEIVE_WINDOW_SECONDS = 0.02

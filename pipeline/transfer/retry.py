@@ -231,7 +231,8 @@ _SECONDS_RE = re.compile(r"timeout=([0-9.]+)")
 
 
 def _stall_text(exc: BaseException) -> str | None:
-    """ "no data from HOST for N s" for urllib3's timeouts (whose own text names its classes)."""
+    """A timeout in words, `no data from HOST for N s`: urllib3's own text names its classes
+    (`_QuietHTTPSConnectionPool(host=…): Read timed out.`)."""
     if isinstance(exc, urllib3.exceptions.NewConnectionError):
         return None
     if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
@@ -244,10 +245,13 @@ def _stall_text(exc: BaseException) -> str | None:
     host, port = getattr(source, "host", None), getattr(source, "port", None)
     where = f"{host}:{port}" if host and port else host or "the server"
     match = _SECONDS_RE.search(str(exc))
-    seconds: object = float(match.group(1)) if match else None
-    if seconds is None:  # a timeout while reading a body: the pool's own
-        seconds = getattr(getattr(source, "timeout", None), "read_timeout", None)
-    seconds = f" for {seconds:g} s" if isinstance(seconds, int | float) else ""
+    # A timeout while reading a body does not say how long: the pool's own read timeout.
+    value = (
+        float(match.group(1))
+        if match
+        else getattr(getattr(source, "timeout", None), "read_timeout", None)
+    )
+    seconds = f" for {value:g} s" if isinstance(value, int | float) else ""
     return f"{what} {where}{seconds}"
 
 
