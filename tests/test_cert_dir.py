@@ -300,3 +300,13 @@ def test_sync_between_private_ca_registries(bed: Bed, tmp_path: Path) -> None:
     synced = bale(home, *args, "--dest-cert-dir", str(bed.client_dir))
     assert synced.returncode == 0, synced.stderr
     assert bed.image.digest in synced.stdout
+
+
+def test_spec_cert_dir_missing_is_bad_input(bed: Bed, tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    missing = tmp_path / "nowhere"
+    spec.write_text(f"{bed.tls.host}:\n  images:\n    certs/app: ['1']\n  cert-dir: {missing}\n")
+    run = bale(tmp_path / "home", "run", str(spec), "--to", str(tmp_path / "a"))
+    assert run.returncode == 2
+    assert f"{spec}:1: cert-dir: certificate directory {missing} does not exist" in run.stderr
+    assert not (tmp_path / "a").exists()

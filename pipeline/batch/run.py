@@ -27,6 +27,7 @@ from pipeline.errors import BaleError, UsageError
 from pipeline.ops.archive import ArchiveOptions, ImageWorker, archive_many
 from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
+from pipeline.registry.tls import read_cert_dir
 
 
 @dataclass
@@ -71,9 +72,18 @@ def expand_spec(
     *,
     shard: tuple[int, int] | None = None,
 ) -> RunPlan:
-    """List tags where the spec asks for it, select the shard, attach per-registry options."""
+    """List tags where the spec asks for it, select the shard, attach per-registry options.
+
+    A `cert-dir` that is missing or holds half a client certificate is bad input, said before
+    any tag is listed."""
     started = datetime.now(UTC)
     failures: list[ImageResult] = []
+    for entry in spec.registries:
+        if entry.cert_dir:
+            try:
+                read_cert_dir(Path(entry.cert_dir).expanduser())
+            except UsageError as exc:
+                raise UsageError(f"{spec.source}:{entry.line}: cert-dir: {exc}") from None
 
     def list_tags(registry: str, repository: str, entry: RegistrySpec) -> list[str]:
         client = session.client(registry, registry_options(entry, defaults))
