@@ -142,6 +142,58 @@ def _platform(_ctx: click.Context, _param: click.Parameter, value: str | None) -
         raise click.BadParameter(str(exc)) from None
 
 
+def cert_dir_option(prefix: str) -> Callable[[F], F]:
+    """skopeo's --cert-dir (--src-cert-dir, --dest-cert-dir): the registry's CAs and client
+    certificate, in place of the certs.d directories (see pipeline/registry/tls.py)."""
+    return option(
+        f"--{prefix}cert-dir",
+        metavar="DIR",
+        type=click.Path(exists=True, file_okay=False),
+        help="*.crt CA certificates (added to the system's) and a *.cert/*.key client "
+        "certificate for the registry (default: certs.d/HOST[:PORT]/ under "
+        "~/.config/containers, /etc/containers, /etc/docker).",
+    )
+
+
+def _positive_seconds(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
+    if value <= 0:
+        raise click.BadParameter("must be more than 0 seconds")
+    return value
+
+
+def timeout_options(func: F) -> F:
+    """skopeo's --command-timeout (the whole command) and --read-timeout (one stalled request)."""
+    from pipeline.units import DURATION
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, command_timeout: float, **kwargs: Any) -> Any:
+        from pipeline.deadline import command_deadline
+
+        with command_deadline(command_timeout):
+            return func(*args, **kwargs)
+
+    options = [
+        option(
+            "--command-timeout",
+            type=DURATION,
+            default="0",
+            help="End the whole command after this long (90s, 10m; 0: no limit).",
+        ),
+        option(
+            "--read-timeout",
+            type=DURATION,
+            default="15s",
+            show_default=True,
+            callback=_positive_seconds,
+            help="A registry that sends nothing for this long is stalled; a stalled request "
+            "is retried once.",
+        ),
+    ]
+    for decorator in reversed(options):
+        wrapper = decorator(wrapper)
+    return wrapper  # type: ignore[return-value]
+
+
 def registry_options(func: F) -> F:
     """skopeo's flags for reaching one registry: --creds, --authfile, --tls-verify, retries."""
     for decorator in reversed(
@@ -153,6 +205,7 @@ def registry_options(func: F) -> F:
                 default=True,
                 help="Verify TLS; --tls-verify=false also allows plain HTTP.",
             ),
+            cert_dir_option(""),
             option(
                 "--retries",
                 "--retry-times",
@@ -161,6 +214,7 @@ def registry_options(func: F) -> F:
                 default=None,
                 help="Retries for failed requests (default 5).",
             ),
+            timeout_options,
         ]
     ):
         func = decorator(func)
@@ -168,9 +222,15 @@ def registry_options(func: F) -> F:
 
 
 def _registry_client(
-    registry: str, creds: str | None, authfile: str | None, tls_verify: bool, retries: int | None
+    registry: str,
+    creds: str | None,
+    authfile: str | None,
+    tls_verify: bool,
+    retries: int | None,
+    cert_dir: str | None = None,
+    read_timeout: float | None = None,
 ) -> Any:
-    from pipeline.registry.client import RegistryClient
+    from pipeline.registry.client import READ_TIMEOUT, RegistryClient
     from pipeline.registry.credentials import parse_creds
     from pipeline.transfer.retry import RetryPolicy
 
@@ -180,6 +240,8 @@ def _registry_client(
         authfile=authfile,
         tls_verify=tls_verify,
         retry=RetryPolicy() if retries is None else RetryPolicy(retries=retries),
+        cert_dir=cert_dir,
+        read_timeout=read_timeout or READ_TIMEOUT,
     )
 
 
@@ -206,7 +268,9 @@ def inspect_command(
     creds: str | None,
     authfile: str | None,
     tls_verify: bool,
+    cert_dir: str | None,
     retries: int | None,
+    read_timeout: float,
 ) -> None:
     """skopeo inspect's JSON for IMAGE (docker://host/repo:tag, or a bare reference).
 
@@ -225,7 +289,9 @@ def inspect_command(
         source: Any = bucket.image(ref)
         tags = lambda: bucket.tags(ref.store_repo)  # noqa: E731
     else:
-        context = client = _registry_client(ref.registry, creds, authfile, tls_verify, retries)
+        context = client = _registry_client(
+            ref.registry, creds, authfile, tls_verify, retries, cert_dir, read_timeout
+        )
         source = RegistrySource(client, ref)
         tags = lambda: client.list_tags(ref.repository)  # noqa: E731
     with context:
@@ -250,14 +316,23 @@ def inspect_command(
 @registry_options
 @handles_errors
 def list_tags_command(
-    repository: str, creds: str | None, authfile: str | None, tls_verify: bool, retries: int | None
+    repository: str,
+    creds: str | None,
+    authfile: str | None,
+    tls_verify: bool,
+    cert_dir: str | None,
+    retries: int | None,
+    read_timeout: float,
 ) -> None:
     """skopeo list-tags' JSON for REPOSITORY (docker://host/repo, no tag)."""
     from pipeline.ops import inspect as ops
     from pipeline.refs import parse_repository
 
     ref = parse_repository(repository)
-    with _registry_client(ref.registry, creds, authfile, tls_verify, retries) as client:
+    client = _registry_client(
+        ref.registry, creds, authfile, tls_verify, retries, cert_dir, read_timeout
+    )
+    with client:
         out = ops.render_json(ops.tag_list(ref, client))
     sys.stdout.write(out)
     sys.stdout.flush()
@@ -312,6 +387,7 @@ def src_registry_options(func: F) -> F:
                 default=True,
                 help="Verify TLS; --src-tls-verify=false also allows plain HTTP.",
             ),
+            cert_dir_option("src-"),
         ],
     )
 
@@ -381,11 +457,19 @@ def _compress(fmt: str | None, level: int | None) -> Any:
 
 
 def _session(jobs: int, limit_rate: int | None, retries: int) -> Any:
+    """The command's session; --read-timeout comes from the command's own options."""
     from pipeline.ops.session import Session, TransferOptions
+    from pipeline.registry.client import READ_TIMEOUT
     from pipeline.transfer.retry import RetryPolicy
 
+    read_timeout = click.get_current_context().params.get("read_timeout") or READ_TIMEOUT
     return Session(
-        TransferOptions(jobs=jobs, retry=RetryPolicy(retries=retries), limit_rate=limit_rate)
+        TransferOptions(
+            jobs=jobs,
+            retry=RetryPolicy(retries=retries),
+            limit_rate=limit_rate,
+            read_timeout=read_timeout,
+        )
     )
 
 
@@ -488,6 +572,7 @@ def archive_options(func: F) -> F:
             src_registry_options,
             referrers_option,
             transfer_options,
+            timeout_options,
             report_options,
         ],
     )
@@ -508,10 +593,12 @@ def _archive_images(
     src_creds: str | None,
     authfile: str | None,
     src_tls_verify: bool,
+    src_cert_dir: str | None,
     referrers: bool,
     jobs: int,
     limit_rate: int | None,
     retries: int,
+    read_timeout: float,
     report_path: str | None,
     junit_path: str | None,
 ) -> None:
@@ -523,7 +610,7 @@ def _archive_images(
     from pipeline.batch.run import check_output_paths
     from pipeline.ops.archive import ArchiveOptions
 
-    registry = _registry_options(src_creds, authfile, src_tls_verify)
+    registry = _registry_options(src_creds, authfile, src_tls_verify, src_cert_dir, "src-")
     check_output_paths((report_path, junit_path))
     bucket = _open_bucket(store_url, endpoint_url, retries, existing=False)
     options = ArchiveOptions(
@@ -654,6 +741,7 @@ def dest_registry_options(func: F) -> F:
                 default=True,
                 help="Verify TLS; --dest-tls-verify=false also allows plain HTTP.",
             ),
+            cert_dir_option("dest-"),
         ],
     )
 
@@ -664,12 +752,28 @@ def _size_type() -> Any:
     return SIZE
 
 
-def _registry_options(creds: str | None, authfile: str | None, tls_verify: bool) -> Any:
+def _registry_options(
+    creds: str | None,
+    authfile: str | None,
+    tls_verify: bool,
+    cert_dir: str | None = None,
+    prefix: str = "",
+) -> Any:
     from pipeline.ops.session import RegistryOptions
     from pipeline.registry.credentials import parse_creds
 
+    if cert_dir:
+        from pathlib import Path
+
+        from pipeline.registry.tls import read_cert_dir
+
+        read_cert_dir(Path(cert_dir))  # a key without its certificate is bad input: exit 2 now
     return RegistryOptions(
-        credentials=parse_creds(creds) if creds else None, authfile=authfile, tls_verify=tls_verify
+        credentials=parse_creds(creds) if creds else None,
+        authfile=authfile,
+        tls_verify=tls_verify,
+        cert_dir=cert_dir,
+        option_prefix=prefix,
     )
 
 
@@ -689,6 +793,7 @@ def _registry_options(creds: str | None, authfile: str | None, tls_verify: bool)
 @dest_registry_options
 @referrer_options
 @transfer_options
+@timeout_options
 @handles_errors
 def copy_command(
     src: str,
@@ -700,14 +805,17 @@ def copy_command(
     src_creds: str | None,
     authfile: str | None,
     src_tls_verify: bool,
+    src_cert_dir: str | None,
     dest_creds: str | None,
     dest_tls_verify: bool,
+    dest_cert_dir: str | None,
     referrers: bool,
     dest_compress_format: str | None,
     dest_compress_level: int | None,
     jobs: int,
     limit_rate: int | None,
     retries: int,
+    read_timeout: float,
 ) -> None:
     """Copy an image between transports: docker://REF, docker-archive:LOC[:REF], oci-archive:LOC[:REF].
 
@@ -724,8 +832,12 @@ def copy_command(
             source,
             dest,
             session=session,
-            src_registry=_registry_options(src_creds, authfile, src_tls_verify),
-            dest_registry=_registry_options(dest_creds, authfile, dest_tls_verify),
+            src_registry=_registry_options(
+                src_creds, authfile, src_tls_verify, src_cert_dir, "src-"
+            ),
+            dest_registry=_registry_options(
+                dest_creds, authfile, dest_tls_verify, dest_cert_dir, "dest-"
+            ),
             platform=platform,
             all_platforms=all_platforms,
             endpoint_url=endpoint_url,
@@ -756,6 +868,7 @@ def copy_command(
 @dest_registry_options
 @referrer_options
 @transfer_options
+@timeout_options
 @report_options
 @handles_errors
 def restore_command(
@@ -769,12 +882,14 @@ def restore_command(
     authfile: str | None,
     dest_creds: str | None,
     dest_tls_verify: bool,
+    dest_cert_dir: str | None,
     referrers: bool,
     dest_compress_format: str | None,
     dest_compress_level: int | None,
     jobs: int,
     limit_rate: int | None,
     retries: int,
+    read_timeout: float,
     report_path: str | None,
     junit_path: str | None,
 ) -> None:
@@ -786,7 +901,7 @@ def restore_command(
 
     source = Reference.parse(image, default_tag=None if all_tags else "latest")
     target = Reference.parse(dest, default_tag=None)
-    options = _registry_options(dest_creds, authfile, dest_tls_verify)
+    options = _registry_options(dest_creds, authfile, dest_tls_verify, dest_cert_dir, "dest-")
     check_output_paths((report_path, junit_path))
     bucket = _open_bucket(store_url, endpoint_url, retries)
     compress = _compress(dest_compress_format, dest_compress_level)
@@ -848,6 +963,7 @@ def restore_command(
 @option("--dest-authfile", metavar="PATH", help="auth file for the destination.")
 @referrer_options
 @transfer_options
+@timeout_options
 @report_options
 @handles_errors
 def sync_command(
@@ -863,8 +979,10 @@ def sync_command(
     src_creds: str | None,
     authfile: str | None,
     src_tls_verify: bool,
+    src_cert_dir: str | None,
     dest_creds: str | None,
     dest_tls_verify: bool,
+    dest_cert_dir: str | None,
     src_authfile: str | None,
     dest_authfile: str | None,
     referrers: bool,
@@ -873,6 +991,7 @@ def sync_command(
     jobs: int,
     limit_rate: int | None,
     retries: int,
+    read_timeout: float,
     report_path: str | None,
     junit_path: str | None,
 ) -> None:
@@ -887,8 +1006,12 @@ def sync_command(
     from pipeline.ops.sync import Syncer, SyncOptions, plan_repository, plan_spec, sync_many
 
     del dest_transport  # only docker, as a choice: skopeo's spelling
-    src_options = _registry_options(src_creds, src_authfile or authfile, src_tls_verify)
-    dest_options = _registry_options(dest_creds, dest_authfile or authfile, dest_tls_verify)
+    src_options = _registry_options(
+        src_creds, src_authfile or authfile, src_tls_verify, src_cert_dir, "src-"
+    )
+    dest_options = _registry_options(
+        dest_creds, dest_authfile or authfile, dest_tls_verify, dest_cert_dir, "dest-"
+    )
     options = SyncOptions(
         scoped=scoped,
         all_platforms=all_images,

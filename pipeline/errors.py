@@ -16,7 +16,8 @@ the CLI contract: 2 for bad input (nothing was written), 1 for a runtime failure
     ├── ManifestError                a manifest we cannot parse, or cannot archive (schema1)
     ├── StoreError                   the object store failed
     │   └── StoreNotFound            a key that is not there
-    └── TransferError                a stream broke and could not be resumed
+    ├── TransferError                a stream broke and could not be resumed
+    └── CommandTimeout               --command-timeout ran out
 """
 
 from __future__ import annotations
@@ -81,3 +82,7 @@ class StoreNotFound(StoreError):
 
 class TransferError(BaleError):
     """A transfer broke and could not be resumed or retried."""
+
+
+class CommandTimeout(BaleError):
+    """The whole command ran longer than `--command-timeout` (skopeo's flag)."""
