@@ -52,6 +52,7 @@ def registry_options(entry: RegistrySpec | SpecImage, defaults: RegistryOptions)
         credentials=entry.credentials or defaults.credentials,
         authfile=defaults.authfile,
         tls_verify=defaults.tls_verify if entry.tls_verify is None else entry.tls_verify,
+        flags=defaults.flags,
     )
 
 

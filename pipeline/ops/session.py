@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from pipeline.registry.client import RegistryClient
-from pipeline.registry.credentials import Credentials
+from pipeline.registry.credentials import CredentialFlags, Credentials
 from pipeline.transfer.ratelimit import make_limiter
 from pipeline.transfer.retry import RetryPolicy
 
@@ -29,6 +29,8 @@ class RegistryOptions:
     credentials: Credentials | None = None
     authfile: str | None = None
     tls_verify: bool = True
+    flags: CredentialFlags = field(default_factory=CredentialFlags)
+    """The options that set these credentials, named in a refusal's hint."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class Session:
                     credentials=options.credentials,
                     authfile=options.authfile,
                     tls_verify=options.tls_verify,
+                    flags=options.flags,
                     retry=self.transfer.retry,
                     limiter=self.limiter,
                     pool_size=max(16, self.transfer.jobs * 2 + self.transfer.range_streams),

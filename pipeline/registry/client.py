@@ -55,7 +55,7 @@ from pipeline.registry.auth import (
     RegistryAuth,
     pull_scope,
 )
-from pipeline.registry.credentials import Credentials, find_credentials
+from pipeline.registry.credentials import CredentialFlags, Credentials, find_credentials
 from pipeline.registry.ranged import RANGE_CHUNK, RangeBudget, RangedBlobBody
 from pipeline.transfer.ratelimit import RateLimiter, limited
 from pipeline.transfer.retry import (
@@ -224,6 +224,7 @@ class RegistryClient:
         credentials: Credentials | None = None,
         authfile: str | None = None,
         tls_verify: bool = True,
+        flags: CredentialFlags | None = None,
         retry: RetryPolicy | None = None,
         limiter: RateLimiter | None = None,
         pool_size: int = 16,
@@ -239,6 +240,8 @@ class RegistryClient:
         self.limiter = limiter
         self._credentials = credentials
         self._authfile = authfile
+        self.flags = flags or CredentialFlags()
+        """The command's options for this registry's credentials, named by refusals."""
         self._found: dict[str | None, Credentials | None] = {}
         self._lock = threading.Lock()
         self._scheme: str | None = "https" if tls_verify else None
@@ -349,6 +352,10 @@ class RegistryClient:
                 answer = self._token_exchange(request)
                 try:
                     request = flow.send(answer)
+                except AuthError as exc:
+                    if exc.status in (401, 403):  # the token service refused us
+                        raise self._refused(401, str(exc)) from None
+                    raise
                 except StopIteration:  # pragma: no cover - flows end on a registry response
                     raise RegistryError(
                         f"{self.registry}: authentication flow ended early"
@@ -385,14 +392,40 @@ class RegistryClient:
         if status in RETRYABLE_STATUS:
             raise Retryable(f"HTTP {status}", parse_retry_after(resp.headers.get("Retry-After")))
         message = f"{_error_message(body, status, resp.reason)} ({status})"
-        if status in (401, 403) and not self._has_credentials():
-            message += f"; no credentials found for {self.registry} (--creds or --authfile)"
-        cls = AuthError if status in (401, 403) else NotFound if status == 404 else RegistryError
+        if status in (401, 403):
+            raise self._refused(status, message)
+        cls = NotFound if status == 404 else RegistryError
         raise cls(f"{what}: {message}", registry=self.registry, status=status)
 
-    def _has_credentials(self) -> bool:
+    def _sent_credentials(self) -> Credentials | None:
+        """The credentials this client authenticates with (given, or found in a login file)."""
         with self._lock:
-            return self._credentials is not None or any(self._found.values())
+            if self._credentials is not None:
+                return self._credentials
+            return next((c for c in self._found.values() if c is not None), None)
+
+    def _refused(self, status: int | None, detail: str) -> AuthError:
+        """A 401/403 as the user can act on it: no credentials at all (name the option that
+        gives them), credentials the registry rejects, or a user without access (`detail`: the
+        registry's own words). Not a blob digest: the image is named by whoever reports the
+        failure."""
+        creds = self._sent_credentials()
+        host = self.registry
+        if creds is None:
+            message = (
+                f"{host} requires credentials: give {self.flags.creds} USER:PASS or log in with "
+                f"`podman login {host}` or `docker login {host}` ({self.flags.authfile} FILE "
+                "for another auth file)"
+            )
+        elif status == 403:
+            message = f"{host} denied user {creds.username} access: {detail}"
+        else:
+            origin = "" if self._credentials is not None else " from a saved login"
+            message = (
+                f"the registry refused these credentials for {host} (user {creds.username}"
+                f"{origin}): check the user and password"
+            )
+        return AuthError(message, registry=host, status=status)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         """`fn` under the retry policy, network failures turned into one-line errors."""

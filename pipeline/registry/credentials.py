@@ -54,6 +54,22 @@ class Credentials:
     __str__ = __repr__
 
 
+@dataclass(frozen=True)
+class CredentialFlags:
+    """The options that give one registry's credentials on this command line.
+
+    Errors name them (`give --src-creds USER:PASS`), so the hint is one the user can act on: the
+    same registry is `--src-creds` in `archive` and `--dest-creds` in `restore`.
+    """
+
+    creds: str = "--creds"
+    authfile: str = "--authfile"
+
+
+SOURCE_FLAGS = CredentialFlags("--src-creds")
+DEST_FLAGS = CredentialFlags("--dest-creds")
+
+
 def parse_creds(text: str) -> Credentials:
     """`USER[:PASS]` as `--creds` takes it; the password may itself contain `:`."""
     username, sep, password = text.partition(":")
