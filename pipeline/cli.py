@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from pipeline import __version__
-from pipeline.errors import BaleError
+from pipeline.errors import AuthError, BaleError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -88,12 +88,12 @@ def handles_errors(func: F) -> F:
 
 
 @contextlib.contextmanager
-def _naming(about: str) -> Iterator[None]:
-    """A failure inside (not bad input: that names its argument) is reported as `about: …`,
-    so the line names the image the user gave rather than a blob of it."""
+def _naming(about: str, kind: type[BaleError] = BaleError) -> Iterator[None]:
+    """A failure of `kind` inside (not bad input: that names its argument) is reported as
+    `about: …`, so the line names the image the user gave rather than a blob of it."""
     try:
         yield
-    except BaleError as exc:
+    except kind as exc:
         if exc.exit_code == 2:
             raise
         fail(exc, about)
@@ -315,7 +315,7 @@ def inspect_command(
         context = client = _registry_client(ref.registry, creds, authfile, tls_verify, retries)
         source = RegistrySource(client, ref)
         tags = lambda: client.list_tags(ref.repository)  # noqa: E731
-    with context:
+    with context, _naming(image, AuthError):
         if raw and not show_config:
             out: bytes | str = ops.raw_manifest(source)
         elif raw:
@@ -348,7 +348,10 @@ def list_tags_command(
     from pipeline.refs import parse_repository
 
     ref = parse_repository(repository)
-    with _registry_client(ref.registry, creds, authfile, tls_verify, retries) as client:
+    with (
+        _registry_client(ref.registry, creds, authfile, tls_verify, retries) as client,
+        _naming(repository, AuthError),
+    ):
         out = ops.render_json(ops.tag_list(ref, client))
     sys.stdout.write(out)
     sys.stdout.flush()

@@ -77,7 +77,7 @@ def test_archive_wrong_password_reads_as_refused(
     )
     assert proc.returncode == 1, show(proc)
     line = f"failed    {image_of(pushed[mode])}: the registry refused these credentials for "
-    assert line + f"{server.host} (user {server.username})" in proc.stdout, show(proc)
+    assert line + f"{server.host} (HTTP 401, user {server.username})" in proc.stdout, show(proc)
     assert "requires credentials" not in proc.stdout + proc.stderr
     assert secret not in proc.stdout + proc.stderr
     assert_no_blob_digest(proc)
@@ -209,7 +209,8 @@ def test_inspect_names_creds(
     assert proc.returncode == 1, show(proc)
     host = htpasswd_registry.host
     assert proc.stderr == (
-        f"bale: error: {host} requires credentials: give --creds USER:PASS or log in with "
+        f"bale: error: {pushed['htpasswd']}: {host} requires credentials: give --creds USER:PASS "
+        "or log in with "
         f"`podman login {host}` or `docker login {host}` (--authfile FILE for another auth file)\n"
     ), show(proc)
 

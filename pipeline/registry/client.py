@@ -422,8 +422,8 @@ class RegistryClient:
         else:
             origin = "" if self._credentials is not None else " from a saved login"
             message = (
-                f"the registry refused these credentials for {host} (user {creds.username}"
-                f"{origin}): check the user and password"
+                f"the registry refused these credentials for {host} (HTTP {status}, user "
+                f"{creds.username}{origin}): check the user and password"
             )
         return AuthError(message, registry=host, status=status)
 
