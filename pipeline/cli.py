@@ -1175,8 +1175,8 @@ def verify_command(
     if as_json:
         click.echo(report.to_json(), nl=False)
     for fault in [] if as_json else report.faults:
-        click.echo(str(fault))
-    click.echo(report.summary(), err=True)
+        echo_result(str(fault), event="fault", **fault.to_json())
+    echo_result(report.summary(), err=True, event="summary", message=report.summary(), ok=report.ok)
     sys.exit(0 if report.ok else 1)
 
 
@@ -1233,13 +1233,36 @@ def gc_command(
     )
     verb = "would remove" if dry_run else "removed"
     for blob in report.blobs:
-        click.echo(f"{verb} blob {blob.digest} {format_size(blob.size)} {blob.key}")
+        echo_result(
+            f"{verb} blob {blob.digest} {format_size(blob.size)} {blob.key}",
+            event="gc",
+            action=verb,
+            kind="blob",
+            key=blob.key,
+            digest=blob.digest,
+            bytes=blob.size,
+        )
     for key in report.links:
-        click.echo(f"{verb} link {key}")
+        echo_result(f"{verb} link {key}", event="gc", action=verb, kind="link", key=key)
     for upload in report.uploads:
         when = upload.initiated.isoformat() if upload.initiated else "unknown time"
         verb_upload = "would abort" if dry_run else "aborted"
-        click.echo(f"{verb_upload} upload {upload.key} {upload.upload_id} (started {when})")
+        echo_result(
+            f"{verb_upload} upload {upload.key} {upload.upload_id} (started {when})",
+            event="gc",
+            action=verb_upload,
+            kind="upload",
+            key=upload.key,
+            upload_id=upload.upload_id,
+            started=when,
+        )
     for link in report.dangling:
-        click.echo(f"dangling link {link.key} -> {link.digest} (blob missing)")
-    click.echo(report.summary(), err=True)
+        echo_result(
+            f"dangling link {link.key} -> {link.digest} (blob missing)",
+            event="gc",
+            action="dangling",
+            kind="link",
+            key=link.key,
+            digest=link.digest,
+        )
+    echo_result(report.summary(), err=True, event="summary", message=report.summary())

@@ -5,6 +5,7 @@ one to a terminal."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pty
@@ -16,6 +17,7 @@ from pathlib import Path
 import click
 import pytest
 
+from pipeline.archive import layout
 from pipeline.cli import main
 from tests.bed.images import ImageFactory
 from tests.bed.registry import RegistryServer
@@ -443,3 +445,34 @@ def test_copy_refuses_a_tar_to_a_terminal(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout) > 1024
+
+
+def test_json_verify_and_gc_lines(pushed: dict[str, str], tmp_path: Path) -> None:
+    """gc of an unreferenced blob, then verify of a corrupt blob: their lines and both
+    summaries are JSON."""
+    env = cli_env(tmp_path)
+    store = tmp_path / "store"
+    proc = bale("archive", pushed["none"], "--to", str(store), "--src-tls-verify=false", env=env)
+    assert proc.returncode == 0, show(proc)
+    stray = b"nobody refers to me"
+    key = layout.blob_key("sha256:" + hashlib.sha256(stray).hexdigest())
+    (store / key).parent.mkdir(parents=True)
+    (store / key).write_bytes(stray)
+
+    proc = bale("--log-format", "json", "gc", str(store), "--dry-run", "--older-than", "0s",
+                env=env)  # fmt: skip
+    assert proc.returncode == 0, show(proc)
+    (line,) = json_lines(proc.stdout)
+    assert (line["event"], line["action"], line["kind"], line["key"]) == (
+        "gc", "would remove", "blob", key
+    )  # fmt: skip
+    (summary,) = json_lines(proc.stderr)
+    assert summary["event"] == "summary"
+
+    (store / key).write_bytes(b"not what it was")
+    proc = bale("--log-format", "json", "verify", str(store), env=env)
+    assert proc.returncode == 1, show(proc)
+    faults = json_lines(proc.stdout)
+    assert [f["key"] for f in faults if f["event"] == "fault"] == [key], faults
+    (summary,) = json_lines(proc.stderr)
+    assert summary["event"] == "summary" and summary["ok"] is False
