@@ -108,6 +108,22 @@ def test_archive_without_credentials_names_src_creds(
     assert_no_blob_digest(proc)
 
 
+def restore_into(
+    host: str, repo: str, archived: Path, pushed: dict[str, str], tmp_path: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """`bale restore` of the archived image into `host/repo:1`."""
+    return bale(
+        "restore",
+        image_of(pushed["none"]),
+        f"docker://{host}/{repo}:1",
+        "--from",
+        str(archived),
+        "--dest-tls-verify=false",
+        *extra,
+        env=cli_env(tmp_path),
+    )
+
+
 @pytest.mark.parametrize("mode", ["htpasswd", "token"])
 def test_restore_without_credentials_names_dest_creds(
     mode: str,
@@ -120,15 +136,7 @@ def test_restore_without_credentials_names_dest_creds(
     """The first request of a restore is a blob HEAD: its refusal used to name the config
     blob (`host/repo@sha256:...`) and `--creds`, an option restore does not have."""
     host = registries[mode].host
-    proc = bale(
-        "restore",
-        image_of(pushed["none"]),
-        f"docker://{host}/{unique_repo}:1",
-        "--from",
-        str(archived),
-        "--dest-tls-verify=false",
-        env=cli_env(tmp_path),
-    )
+    proc = restore_into(host, unique_repo, archived, pushed, tmp_path)
     assert proc.returncode == 1, show(proc)
     expected = (
         f"failed    {image_of(pushed['none'])}: {host} requires credentials: "
@@ -147,17 +155,8 @@ def test_restore_wrong_password_reads_as_refused(
     tmp_path: Path,
 ) -> None:
     host = htpasswd_registry.host
-    proc = bale(
-        "restore",
-        image_of(pushed["none"]),
-        f"docker://{host}/{unique_repo}:1",
-        "--from",
-        str(archived),
-        "--dest-tls-verify=false",
-        "--dest-creds",
-        f"{htpasswd_registry.username}:wrong-password",
-        env=cli_env(tmp_path),
-    )
+    wrong = f"{htpasswd_registry.username}:wrong-password"
+    proc = restore_into(host, unique_repo, archived, pushed, tmp_path, "--dest-creds", wrong)
     assert proc.returncode == 1, show(proc)
     assert f"the registry refused these credentials for {host}" in proc.stderr, show(proc)
     assert "wrong-password" not in proc.stdout + proc.stderr
