@@ -20,6 +20,7 @@ import pytest
 from pipeline.archive import layout
 from pipeline.cli import main
 from tests.bed.images import ImageFactory
+from tests.bed.moto import MotoServer
 from tests.bed.registry import RegistryServer
 from tests.test_faults import bale, cli_env, show
 
@@ -475,3 +476,19 @@ def test_json_verify_and_gc_lines(pushed: dict[str, str], tmp_path: Path) -> Non
     assert [f["key"] for f in faults if f["event"] == "fault"] == [key], faults
     (summary,) = json_lines(proc.stderr)
     assert summary["event"] == "summary" and summary["ok"] is False
+
+
+def test_copy_refuses_an_existing_tar_in_s3(
+    pushed: dict[str, str], moto_server: MotoServer, s3_bucket: str, tmp_path: Path
+) -> None:
+    env = cli_env(tmp_path, {"AWS_ENDPOINT_URL": moto_server.endpoint_url})
+    s3 = moto_server.client()
+    s3.put_object(Bucket=s3_bucket, Key="tars/app.tar", Body=b"precious")
+    dest = f"oci-archive:s3://{s3_bucket}/tars/app.tar"
+    proc = bale("copy", pushed["none"], dest, "--src-tls-verify=false", env=env)
+    assert proc.returncode == 2, show(proc)
+    assert "already exists: give --force" in proc.stderr
+    assert s3.get_object(Bucket=s3_bucket, Key="tars/app.tar")["Body"].read() == b"precious"
+    proc = bale("copy", pushed["none"], dest, "--src-tls-verify=false", "--force", env=env)
+    assert proc.returncode == 0, show(proc)
+    assert s3.head_object(Bucket=s3_bucket, Key="tars/app.tar")["ContentLength"] > 1024
