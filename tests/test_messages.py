@@ -13,12 +13,14 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
 
 from pipeline.archive import layout
 from pipeline.cli import main
+from tests.bed.fixtures_registry import RegistryFactory
 from tests.bed.images import ImageFactory
 from tests.bed.moto import MotoServer
 from tests.bed.registry import RegistryServer
@@ -492,3 +494,31 @@ def test_copy_refuses_an_existing_tar_in_s3(
     proc = bale("copy", pushed["none"], dest, "--src-tls-verify=false", "--force", env=env)
     assert proc.returncode == 0, show(proc)
     assert s3.head_object(Bucket=s3_bucket, Key="tars/app.tar")["ContentLength"] > 1024
+
+
+def test_restore_without_push_access_reads_as_denied(
+    make_registry: RegistryFactory,
+    archived: Path,
+    pushed: dict[str, str],
+    unique_repo: str,
+    tmp_path: Path,
+) -> None:
+    """Right password, no push right (the token service grants pull only): neither "refused
+    these credentials" nor "requires credentials", but the user and the missing scope."""
+
+    def pull_only(account: str | None, kind: str, name: str, actions: Any) -> list[str]:
+        return [a for a in actions if a == "pull"]
+
+    server = make_registry("token", issuer_options={"policy": pull_only})
+    proc = restore_into(
+        server.host, unique_repo, archived, pushed, tmp_path, "--dest-creds", str(server.creds)
+    )
+    assert proc.returncode == 1, show(proc)
+    expected = (
+        f"{server.host} denied user {server.username} access: "
+        f"repository:{unique_repo}:pull,push not granted"
+    )
+    assert expected in proc.stderr, show(proc)
+    assert "refused these credentials" not in proc.stderr
+    assert "requires credentials" not in proc.stderr
+    assert_no_blob_digest(proc)

@@ -53,6 +53,7 @@ from pipeline.registry.auth import (
     AuthRequest,
     AuthResponse,
     RegistryAuth,
+    parse_www_authenticate,
     pull_scope,
 )
 from pipeline.registry.credentials import CredentialFlags, Credentials, find_credentials
@@ -393,6 +394,11 @@ class RegistryClient:
             raise Retryable(f"HTTP {status}", parse_retry_after(resp.headers.get("Retry-After")))
         message = f"{_error_message(body, status, resp.reason)} ({status})"
         if status in (401, 403):
+            challenges = parse_www_authenticate(resp.headers.get("WWW-Authenticate"))
+            short = [c for c in challenges if c.error == "insufficient_scope"]
+            if short:  # a token was issued, without this scope: the user, not the password
+                scopes = " ".join(short[0].scopes) or "the scope asked for"
+                status, message = 403, f"{scopes} not granted: {message}"
             raise self._refused(status, message)
         cls = NotFound if status == 404 else RegistryError
         raise cls(f"{what}: {message}", registry=self.registry, status=status)
@@ -406,9 +412,9 @@ class RegistryClient:
 
     def _refused(self, status: int | None, detail: str) -> AuthError:
         """A 401/403 as the user can act on it: no credentials at all (name the option that
-        gives them), credentials the registry rejects, or a user without access (`detail`: the
-        registry's own words). Not a blob digest: the image is named by whoever reports the
-        failure."""
+        gives them), credentials the registry rejects, or a user without access (403, or a
+        token short of the scope; `detail` says which). Not a blob digest: the image is named
+        by whoever reports the failure."""
         creds = self._sent_credentials()
         host = self.registry
         if creds is None:
