@@ -723,7 +723,11 @@ def run_command(spec_path: str, shard: str | None, **common: Any) -> None:
     )
 
 
-@examples("bale ls s3://my-archive/images", "bale ls ./archive --json")
+@examples(
+    "bale ls s3://my-archive/images",
+    "bale ls s3://my-archive/images team/app:1.0",
+    "bale ls ./archive --json",
+)
 @main.command("ls")
 @click.argument("store_url", metavar="STORE")
 @click.argument("pattern", metavar="[REPO[:TAG]]", required=False)
