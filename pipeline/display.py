@@ -12,8 +12,10 @@ Operations report through `ImageEvents` (pipeline/ops/events.py); the commands p
     -q                       failures only
 
 Standard output carries the result, not the log: a summary table when it is a terminal, else
-one line per image (`archived  SOURCE DIGEST -> TAR_KEY`) that scripts can read. Every line
-that can hold an error message is scrubbed of the run's known secrets.
+one line per image (`archived  SOURCE DIGEST -> TAR_KEY`) that scripts can read; with
+`--log-format json` one `result` object per image, and log records and the final error are
+JSON too (`json_line`), so a json log holds no plain line. Every line that can hold an
+error message is scrubbed of the run's known secrets.
 """
 
 from __future__ import annotations
@@ -49,6 +51,30 @@ from pipeline.units import format_size
 LOG_FORMATS = ("text", "json")
 
 log = logging.getLogger("bale.display")
+
+
+def json_line(event: str, secrets: Iterable[str] = (), **fields: Any) -> str:
+    """One `--log-format json` line: time, event, fields; every stream of bale writes these."""
+    record = {
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "event": event,
+        **fields,
+    }
+    return scrub(json.dumps(record, separators=(",", ":")), secrets)
+
+
+class JsonLogFormatter(logging.Formatter):
+    """Log records (warnings, -v lines) as `log` events, so a json log has no plain line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            fields["exception"] = self.formatException(record.exc_info)
+        return json_line("log", **fields)
 
 
 def _short(digest: str | None) -> str:
@@ -223,15 +249,29 @@ class JsonLog(Display):
     """One JSON object per event on stderr; the last is `run_done` with the report's totals."""
 
     def _emit(self, event: str, **fields: Any) -> None:
-        record = {
-            "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "event": event,
-            **fields,
-        }
-        line = self.scrub(json.dumps(record, separators=(",", ":")))
+        line = json_line(event, self.secrets, **fields)
         with self._lock:
             self.stderr.write(line + "\n")
             self.stderr.flush()
+
+    def summary(self, report: RunReport) -> None:
+        """The result on stdout as one `result` object per image (what the text lines say)."""
+        lines = [
+            json_line(
+                "result",
+                self.secrets,
+                status=r.status,
+                image=r.source,
+                digest=r.digest,
+                destination=r.tar_key,
+                error=r.error,
+            )
+            for r in report.results
+        ]
+        with self._lock:
+            for line in lines:
+                self.stdout.write(line + "\n")
+            self.stdout.flush()
 
     def on_run_start(self, images: int, *, what: str = "", dry_run: bool = False) -> None:
         self._emit("run_start", images=images, source=what or None, dry_run=dry_run)

@@ -50,7 +50,7 @@ def registry_options(entry: RegistrySpec | SpecImage, defaults: RegistryOptions)
         authfile=defaults.authfile,
         tls_verify=defaults.tls_verify if entry.tls_verify is None else entry.tls_verify,
         cert_dir=entry.cert_dir or defaults.cert_dir,
-        option_prefix=defaults.option_prefix,
+        flags=defaults.flags,
     )
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from pipeline.registry.client import READ_TIMEOUT, RegistryClient
-from pipeline.registry.credentials import Credentials
+from pipeline.registry.credentials import CredentialFlags, Credentials
 from pipeline.transfer.ratelimit import make_limiter
 from pipeline.transfer.retry import RetryPolicy
 
@@ -31,8 +31,8 @@ class RegistryOptions:
     tls_verify: bool = True
     cert_dir: str | None = None
     """`*.crt` CAs and a `*.cert`/`*.key` client certificate; None: the certs.d defaults."""
-    option_prefix: str = ""
-    """How the command spells these options (`src-`, `dest-`, none): error hints name them."""
+    flags: CredentialFlags = field(default_factory=CredentialFlags)
+    """How the command spells these options (`--src-creds`, `--src-cert-dir`, ...): hints name them."""
 
 
 @dataclass(frozen=True)
@@ -76,13 +76,13 @@ class Session:
                     credentials=options.credentials,
                     authfile=options.authfile,
                     tls_verify=options.tls_verify,
+                    flags=options.flags,
                     retry=self.transfer.retry,
                     limiter=self.limiter,
                     pool_size=max(16, self.transfer.jobs * 2 + self.transfer.range_streams),
                     range_streams=self.transfer.range_streams,
                     cert_dir=options.cert_dir,
                     read_timeout=self.transfer.read_timeout,
-                    option_prefix=options.option_prefix,
                 )
                 self._clients[key] = client
             return client

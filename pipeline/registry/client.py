@@ -52,9 +52,10 @@ from pipeline.registry.auth import (
     AuthRequest,
     AuthResponse,
     RegistryAuth,
+    parse_www_authenticate,
     pull_scope,
 )
-from pipeline.registry.credentials import Credentials, find_credentials
+from pipeline.registry.credentials import CredentialFlags, Credentials, find_credentials
 from pipeline.registry.ranged import RANGE_CHUNK, RangeBudget, RangedBlobBody
 from pipeline.registry.tls import describe_tls_error, tls_context
 from pipeline.transfer.ratelimit import RateLimiter, limited
@@ -223,19 +224,17 @@ class RegistryClient:
         credentials: Credentials | None = None,
         authfile: str | None = None,
         tls_verify: bool = True,
+        flags: CredentialFlags | None = None,
         retry: RetryPolicy | None = None,
         limiter: RateLimiter | None = None,
         pool_size: int = 16,
         range_streams: int = 1,
         cert_dir: str | None = None,
         read_timeout: float = READ_TIMEOUT,
-        option_prefix: str = "",
     ) -> None:
         self.registry = registry
         self.cert_dir = cert_dir
         """The registry's certificate directory (None: the certs.d defaults); see tls.py."""
-        self.option_prefix = option_prefix
-        """How the command spells this registry's options (`src-`, `dest-`, none), for hints."""
         self.read_timeout = read_timeout
         self.timeout = urllib3.Timeout(
             connect=min(CONNECT_TIMEOUT, read_timeout), read=read_timeout
@@ -249,6 +248,8 @@ class RegistryClient:
         self.limiter = limiter
         self._credentials = credentials
         self._authfile = authfile
+        self.flags = flags or CredentialFlags()
+        """The command's options for this registry's credentials, named by refusals."""
         self._found: dict[str | None, Credentials | None] = {}
         self._lock = threading.Lock()
         self._scheme: str | None = "https" if tls_verify else None
@@ -365,6 +366,10 @@ class RegistryClient:
                 answer = self._token_exchange(request)
                 try:
                     request = flow.send(answer)
+                except AuthError as exc:
+                    if exc.status in (401, 403):  # the token service refused us
+                        raise self._refused(401, str(exc)) from None
+                    raise
                 except StopIteration:  # pragma: no cover - flows end on a registry response
                     raise RegistryError(
                         f"{self.registry}: authentication flow ended early"
@@ -401,14 +406,45 @@ class RegistryClient:
         if status in RETRYABLE_STATUS:
             raise Retryable(f"HTTP {status}", parse_retry_after(resp.headers.get("Retry-After")))
         message = f"{_error_message(body, status, resp.reason)} ({status})"
-        if status in (401, 403) and not self._has_credentials():
-            message += f"; no credentials found for {self.registry} (--creds or --authfile)"
-        cls = AuthError if status in (401, 403) else NotFound if status == 404 else RegistryError
+        if status in (401, 403):
+            challenges = parse_www_authenticate(resp.headers.get("WWW-Authenticate"))
+            short = [c for c in challenges if c.error == "insufficient_scope"]
+            if short:  # a token was issued, without this scope: the user, not the password
+                scopes = " ".join(short[0].scopes) or "the scope asked for"
+                status, message = 403, f"{scopes} not granted: {message}"
+            raise self._refused(status, message)
+        cls = NotFound if status == 404 else RegistryError
         raise cls(f"{what}: {message}", registry=self.registry, status=status)
 
-    def _has_credentials(self) -> bool:
+    def _sent_credentials(self) -> Credentials | None:
+        """The credentials this client authenticates with (given, or found in a login file)."""
         with self._lock:
-            return self._credentials is not None or any(self._found.values())
+            if self._credentials is not None:
+                return self._credentials
+            return next((c for c in self._found.values() if c is not None), None)
+
+    def _refused(self, status: int | None, detail: str) -> AuthError:
+        """A 401/403 as the user can act on it: no credentials at all (name the option that
+        gives them), credentials the registry rejects, or a user without access (403, or a
+        token short of the scope; `detail` says which). Not a blob digest: the image is named
+        by whoever reports the failure."""
+        creds = self._sent_credentials()
+        host = self.registry
+        if creds is None:
+            message = (
+                f"{host} requires credentials: give {self.flags.creds} USER:PASS or log in with "
+                f"`podman login {host}` or `docker login {host}` ({self.flags.authfile} FILE "
+                "for another auth file)"
+            )
+        elif status == 403:
+            message = f"{host} denied user {creds.username} access: {detail}"
+        else:
+            origin = "" if self._credentials is not None else " from a saved login"
+            message = (
+                f"the registry refused these credentials for {host} (HTTP {status}, user "
+                f"{creds.username}{origin}): check the user and password"
+            )
+        return AuthError(message, registry=host, status=status)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         """`fn` under the retry policy, network failures turned into one-line errors."""
@@ -437,7 +473,7 @@ class RegistryClient:
                 self.host,
                 self.registry,
                 verify=self.tls_verify,
-                prefix=self.option_prefix,
+                prefix=self.flags.prefix,
                 cert_dir=self.cert_dir,
             )
         return describe_error(exc)
