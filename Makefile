@@ -2,14 +2,15 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := docker-registry skopeo podman
+APT_PACKAGES := docker-registry skopeo podman buildah debootstrap
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv test test-all lint format demo bench clean
+.PHONY: all deps venv test test-all lint format demo bench image clean
 
 all: test
 
-# System packages the test bed drives as independent peers (registry, skopeo, podman).
+# System packages the test bed drives as independent peers (registry, skopeo, podman), and
+# what the image test builds with (buildah, debootstrap for a base made locally).
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -46,6 +47,21 @@ demo: deps venv
 bench: deps venv
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m bench
+
+# The container image (Containerfile). BASE: any Debian bookworm image, e.g. one made locally;
+# CONTAINER: podman or buildah, with global options (--storage-driver vfs, --root ...).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= localhost/bale:$(VERSION)
+BASE ?= docker.io/library/debian:bookworm-slim
+CONTAINER ?= $(shell command -v podman || command -v buildah)
+# CA_BUNDLE: a CA file pip must trust in the build (a TLS-intercepting proxy's).
+IMAGE_BUILD_FLAGS ?=
+CA_BUNDLE ?=
+comma := ,
+
+image:
+	$(CONTAINER) build $(IMAGE_BUILD_FLAGS) $(if $(CA_BUNDLE),--secret id=ca-bundle$(comma)src=$(CA_BUNDLE)) \
+		--build-arg BASE=$(BASE) -t $(IMAGE) -f Containerfile .
 
 clean:
 	rm -rf $(VENV) demo-archive bench/results

@@ -6,16 +6,17 @@ Every option also reads `BALE_<OPTION>` from the environment (`--limit-rate` ←
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import click
 
 from pipeline import __version__
-from pipeline.errors import BaleError
+from pipeline.errors import AuthError, BaleError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,14 +28,49 @@ def option(*decls: str, **kwargs: Any) -> Callable[[F], F]:
         if longs:
             name = longs[0][2:].split("/")[0].replace("-", "_").upper()
             kwargs["envvar"] = f"BALE_{name}"
-    kwargs.setdefault("show_envvar", False)
+    kwargs.setdefault("show_envvar", True)
+    kwargs.setdefault("show_default", True)
     return click.option(*decls, **kwargs)
 
 
-def fail(exc: BaleError) -> None:
-    """Report a user-facing error as one line and exit with its code."""
+_log_format = ["text"]
+"""`main`'s --log-format, for lines written from worker threads (click's context is per thread)."""
+
+
+def examples(*lines: str) -> Callable[[click.Command], click.Command]:
+    """The `Examples:` epilog of a command's --help, one command line per argument."""
+
+    def apply(command: click.Command) -> click.Command:
+        # \b keeps click from re-flowing the lines into one paragraph.
+        command.epilog = "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+        return command
+
+    return apply
+
+
+def _json_log() -> bool:
+    """`--log-format json` was given: every line bale writes is then one JSON object."""
+    return _log_format[0] == "json"
+
+
+def echo_result(text: str, *, err: bool = False, event: str = "result", **fields: Any) -> None:
+    """A result line (`restored …`, `copied …`): `text`, or with --log-format json the fields."""
+    if _json_log():
+        from pipeline.display import json_line
+
+        text = json_line(event, **fields)
+    click.echo(text, err=err)
+
+
+def fail(exc: BaleError, about: str = "") -> None:
+    """Report a user-facing error as one line and exit with its code; `about` names the
+    image or transfer it concerns when the message alone may not."""
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    click.echo(f"bale: error: {message}", err=True)
+    if about:
+        message = f"{about}: {message}"
+    echo_result(
+        f"bale: error: {message}", err=True, event="error", message=message, exit_code=exc.exit_code
+    )
     sys.exit(exc.exit_code)
 
 
@@ -51,6 +87,18 @@ def handles_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+@contextlib.contextmanager
+def _naming(about: str, kind: type[BaleError] = BaleError) -> Iterator[None]:
+    """A failure of `kind` inside (not bad input: that names its argument) is reported as
+    `about: …`, so the line names the image the user gave rather than a blob of it."""
+    try:
+        yield
+    except kind as exc:
+        if exc.exit_code == 2:
+            raise
+        fail(exc, about)
+
+
 class BaleGroup(click.Group):
     """Maps click's usage errors to exit 2 (click already does) and ours to their codes."""
 
@@ -59,12 +107,30 @@ class BaleGroup(click.Group):
             return super().invoke(ctx)
         except BaleError as exc:
             fail(exc)
+        except click.ClickException as exc:
+            if not _json_log():
+                raise
+            # A usage error after --log-format json: the same one line, as JSON.
+            message = exc.format_message()
+            if isinstance(exc, click.UsageError) and exc.ctx is not None:
+                message = f"{exc.ctx.command_path}: {message}"
+            echo_result(message, err=True, event="error", message=message, exit_code=exc.exit_code)
+            sys.exit(exc.exit_code)
 
 
 THIRD_PARTY_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "oss2", "requests")
 
 
-@click.group(cls=BaleGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@examples(
+    "bale archive docker.io/library/alpine:3.20 --to s3://my-archive/images",
+    "bale ls s3://my-archive/images",
+    "bale restore docker.io/library/alpine:3.20 docker://registry.example.com/alpine:3.20 "
+    "--from s3://my-archive/images",
+)
+@click.group(
+    cls=BaleGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="bale")
 @option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @option("-q", "--quiet", is_flag=True, help="Only errors.")
@@ -79,12 +145,18 @@ def main(verbose: int, quiet: bool, log_format: str) -> None:
     from pipeline.malloc import tune
 
     tune()  # keeps resident memory flat over long transfers (see pipeline/malloc.py)
+    _log_format[0] = log_format
     level = (
         logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     )
     logging.basicConfig(
         level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if log_format == "json":
+        from pipeline.display import JsonLogFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonLogFormatter())
     # Third-party HTTP stacks log signed headers, session tokens and presigned URL queries at
     # DEBUG; -v/-vv is for bale's own lines, so they never go below WARNING.
     for name in THIRD_PARTY_LOGGERS:
@@ -131,6 +203,9 @@ class SkopeoCommand(click.Command):
         return super().parse_args(ctx, rewritten)
 
 
+PLATFORM_METAVAR = "OS/ARCH[/VARIANT]"
+
+
 def _platform(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
     from pipeline.oci import Platform
 
@@ -140,6 +215,58 @@ def _platform(_ctx: click.Context, _param: click.Parameter, value: str | None) -
         return Platform.parse(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def cert_dir_option(prefix: str) -> Callable[[F], F]:
+    """skopeo's --cert-dir (--src-cert-dir, --dest-cert-dir): the registry's CAs and client
+    certificate, in place of the certs.d directories (see pipeline/registry/tls.py)."""
+    return option(
+        f"--{prefix}cert-dir",
+        metavar="DIR",
+        type=click.Path(exists=True, file_okay=False),
+        help="*.crt CA certificates (added to the system's) and a *.cert/*.key client "
+        "certificate for the registry (default: certs.d/HOST[:PORT]/ under "
+        "~/.config/containers, /etc/containers, /etc/docker).",
+    )
+
+
+def _positive_seconds(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
+    if value <= 0:
+        raise click.BadParameter("must be more than 0 seconds")
+    return value
+
+
+def timeout_options(func: F) -> F:
+    """skopeo's --command-timeout (the whole command) and --read-timeout (one stalled request)."""
+    from pipeline.units import DURATION
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, command_timeout: float, **kwargs: Any) -> Any:
+        from pipeline.deadline import command_deadline
+
+        with command_deadline(command_timeout):
+            return func(*args, **kwargs)
+
+    options = [
+        option(
+            "--command-timeout",
+            type=DURATION,
+            default="0",
+            help="End the whole command after this long (90s, 10m; 0: no limit).",
+        ),
+        option(
+            "--read-timeout",
+            type=DURATION,
+            default="15s",
+            show_default=True,
+            callback=_positive_seconds,
+            help="A registry that sends nothing for this long is stalled; a stalled request "
+            "is retried once.",
+        ),
+    ]
+    for decorator in reversed(options):
+        wrapper = decorator(wrapper)
+    return wrapper  # type: ignore[return-value]
 
 
 def registry_options(func: F) -> F:
@@ -153,6 +280,7 @@ def registry_options(func: F) -> F:
                 default=True,
                 help="Verify TLS; --tls-verify=false also allows plain HTTP.",
             ),
+            cert_dir_option(""),
             option(
                 "--retries",
                 "--retry-times",
@@ -161,6 +289,7 @@ def registry_options(func: F) -> F:
                 default=None,
                 help="Retries for failed requests (default 5).",
             ),
+            timeout_options,
         ]
     ):
         func = decorator(func)
@@ -168,9 +297,15 @@ def registry_options(func: F) -> F:
 
 
 def _registry_client(
-    registry: str, creds: str | None, authfile: str | None, tls_verify: bool, retries: int | None
+    registry: str,
+    creds: str | None,
+    authfile: str | None,
+    tls_verify: bool,
+    retries: int | None,
+    cert_dir: str | None = None,
+    read_timeout: float | None = None,
 ) -> Any:
-    from pipeline.registry.client import RegistryClient
+    from pipeline.registry.client import READ_TIMEOUT, RegistryClient
     from pipeline.registry.credentials import parse_creds
     from pipeline.transfer.retry import RetryPolicy
 
@@ -180,9 +315,16 @@ def _registry_client(
         authfile=authfile,
         tls_verify=tls_verify,
         retry=RetryPolicy() if retries is None else RetryPolicy(retries=retries),
+        cert_dir=cert_dir,
+        read_timeout=read_timeout or READ_TIMEOUT,
     )
 
 
+@examples(
+    "bale inspect docker://registry.example.com/team/app:1.0",
+    "bale inspect --config --platform linux/arm64 docker://registry.example.com/team/app:1.0",
+    "bale inspect --from s3://my-archive/images registry.example.com/team/app:1.0",
+)
 @main.command("inspect", cls=SkopeoCommand)
 @click.argument("image")
 @option(
@@ -190,7 +332,14 @@ def _registry_client(
 )
 @option("--config", "show_config", is_flag=True, help="Print the image's config.")
 @option("-n", "--no-tags", is_flag=True, help="Do not list the repository's tags.")
-@option("--platform", callback=_platform, help="os/arch[/variant] to pick from an index.")
+@option(
+    "--platform",
+    callback=_platform,
+    metavar=PLATFORM_METAVAR,
+    help="The platform of an index to describe. Without it, an index is described by "
+    "its image for this machine (linux/<this architecture>), as skopeo does; --raw prints the "
+    "index itself either way.",
+)
 @option("--from", "from_store", metavar="STORE", help="Inspect the image as archived in STORE.")
 @option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint (with --from).")
 @registry_options
@@ -206,7 +355,9 @@ def inspect_command(
     creds: str | None,
     authfile: str | None,
     tls_verify: bool,
+    cert_dir: str | None,
     retries: int | None,
+    read_timeout: float,
 ) -> None:
     """skopeo inspect's JSON for IMAGE (docker://host/repo:tag, or a bare reference).
 
@@ -225,10 +376,12 @@ def inspect_command(
         source: Any = bucket.image(ref)
         tags = lambda: bucket.tags(ref.store_repo)  # noqa: E731
     else:
-        context = client = _registry_client(ref.registry, creds, authfile, tls_verify, retries)
+        context = client = _registry_client(
+            ref.registry, creds, authfile, tls_verify, retries, cert_dir, read_timeout
+        )
         source = RegistrySource(client, ref)
         tags = lambda: client.list_tags(ref.repository)  # noqa: E731
-    with context:
+    with context, _naming(image, AuthError):
         if raw and not show_config:
             out: bytes | str = ops.raw_manifest(source)
         elif raw:
@@ -245,19 +398,32 @@ def inspect_command(
     stream.flush()
 
 
+@examples(
+    "bale list-tags docker://registry.example.com/team/app",
+    "bale list-tags --creds alice:secret docker://registry.example.com/team/app",
+)
 @main.command("list-tags", cls=SkopeoCommand)
 @click.argument("repository")
 @registry_options
 @handles_errors
 def list_tags_command(
-    repository: str, creds: str | None, authfile: str | None, tls_verify: bool, retries: int | None
+    repository: str,
+    creds: str | None,
+    authfile: str | None,
+    tls_verify: bool,
+    cert_dir: str | None,
+    retries: int | None,
+    read_timeout: float,
 ) -> None:
     """skopeo list-tags' JSON for REPOSITORY (docker://host/repo, no tag)."""
     from pipeline.ops import inspect as ops
     from pipeline.refs import parse_repository
 
     ref = parse_repository(repository)
-    with _registry_client(ref.registry, creds, authfile, tls_verify, retries) as client:
+    client = _registry_client(
+        ref.registry, creds, authfile, tls_verify, retries, cert_dir, read_timeout
+    )
+    with client, _naming(repository, AuthError):
         out = ops.render_json(ops.tag_list(ref, client))
     sys.stdout.write(out)
     sys.stdout.flush()
@@ -312,20 +478,43 @@ def src_registry_options(func: F) -> F:
                 default=True,
                 help="Verify TLS; --src-tls-verify=false also allows plain HTTP.",
             ),
+            cert_dir_option("src-"),
         ],
     )
 
 
-def platform_options(func: F) -> F:
-    return _apply(
-        func,
-        [
-            option(
-                "--platform", callback=_platform, help="os/arch[/variant] (default linux/amd64)."
-            ),
-            option("--all-platforms", is_flag=True, help="Every platform of an index in the tar."),
-        ],
-    )
+ARCHIVE_PLATFORM_HELP = (
+    "The one platform of an index to archive. Without it, an index is stored whole (every "
+    "platform, and the index itself under its own digest) and the tar holds linux/amd64, else "
+    "the index's first image. With it, only that platform is stored, under its own manifest "
+    "digest (the index is not kept), and the tar holds it."
+)
+ARCHIVE_ALL_PLATFORMS_HELP = (
+    "Store the whole index and put every platform (and the index) in the tar."
+)
+COPY_PLATFORM_HELP = (
+    "The platform to copy from an index. Without it, to docker:// an index is copied whole "
+    "(every platform, digest kept), and to a tar only linux/amd64 (else the first image) goes. "
+    "With it, only that platform is copied, under its own manifest digest (no index)."
+)
+COPY_ALL_PLATFORMS_HELP = "Every platform and the index itself, also into a tar."
+
+
+def platform_options(platform_help: str, all_help: str) -> Callable[[F], F]:
+    """--platform and --all-platforms, with help that says what this command keeps."""
+
+    def apply(func: F) -> F:
+        return _apply(
+            func,
+            [
+                option(
+                    "--platform", callback=_platform, metavar=PLATFORM_METAVAR, help=platform_help
+                ),
+                option("--all-platforms", is_flag=True, help=all_help),
+            ],
+        )
+
+    return apply
 
 
 def report_options(func: F) -> F:
@@ -381,11 +570,19 @@ def _compress(fmt: str | None, level: int | None) -> Any:
 
 
 def _session(jobs: int, limit_rate: int | None, retries: int) -> Any:
+    """The command's session; --read-timeout comes from the command's own options."""
     from pipeline.ops.session import Session, TransferOptions
+    from pipeline.registry.client import READ_TIMEOUT
     from pipeline.transfer.retry import RetryPolicy
 
+    read_timeout = click.get_current_context().params.get("read_timeout") or READ_TIMEOUT
     return Session(
-        TransferOptions(jobs=jobs, retry=RetryPolicy(retries=retries), limit_rate=limit_rate)
+        TransferOptions(
+            jobs=jobs,
+            retry=RetryPolicy(retries=retries),
+            limit_rate=limit_rate,
+            read_timeout=read_timeout,
+        )
     )
 
 
@@ -425,6 +622,18 @@ def _write_reports(
         Path(report_path).write_text(report.to_json(secrets=secrets))
     if junit_path:
         Path(junit_path).write_text(report.to_junit(secrets=secrets))
+
+
+def _echo_failures(report: Any) -> None:
+    """`failed    SOURCE: ERROR` on stderr for each failed image (restore, sync)."""
+    for failure in report.failures:
+        echo_result(
+            f"failed    {failure.source}: {failure.error}",
+            err=True,
+            status="failed",
+            image=failure.source,
+            error=failure.error,
+        )
 
 
 def _display(secrets: list[str]) -> Any:
@@ -490,12 +699,13 @@ def archive_options(func: F) -> F:
             option(
                 "--fail-fast/--keep-going",
                 default=False,
-                help="Stop at the first failure (default: go on).",
+                help="Stop at the first failure, or go on with the other images.",
             ),
-            platform_options,
+            platform_options(ARCHIVE_PLATFORM_HELP, ARCHIVE_ALL_PLATFORMS_HELP),
             src_registry_options,
             referrers_option,
             transfer_options,
+            timeout_options,
             report_options,
         ],
     )
@@ -516,10 +726,12 @@ def _archive_images(
     src_creds: str | None,
     authfile: str | None,
     src_tls_verify: bool,
+    src_cert_dir: str | None,
     referrers: bool,
     jobs: int,
     limit_rate: int | None,
     retries: int,
+    read_timeout: float,
     report_path: str | None,
     junit_path: str | None,
 ) -> None:
@@ -531,7 +743,7 @@ def _archive_images(
     from pipeline.batch.run import check_output_paths
     from pipeline.ops.archive import ArchiveOptions
 
-    registry = _registry_options(src_creds, authfile, src_tls_verify)
+    registry = _registry_options(src_creds, authfile, src_tls_verify, src_cert_dir, "src")
     check_output_paths((report_path, junit_path))
     bucket = _open_bucket(store_url, endpoint_url, retries, existing=False, write=not dry_run)
     options = ArchiveOptions(
@@ -546,6 +758,11 @@ def _archive_images(
     sys.exit(report.exit_code())
 
 
+@examples(
+    "bale archive docker.io/library/alpine:3.20 --to s3://my-archive/images",
+    "bale archive --from-file images.txt --to oss://my-archive/images --jobs 8 --report r.json",
+    "bale archive registry.example.com/team/app:1.0 --platform linux/arm64 --to ./archive",
+)
 @main.command("archive", cls=SkopeoCommand)
 @click.argument("images", nargs=-1)
 @option("--from-file", metavar="LIST", help="Images one per line (# comments, - for stdin).")
@@ -568,6 +785,11 @@ def archive_command(images: tuple[str, ...], from_file: str | None, **common: An
     )
 
 
+@examples(
+    "bale run manifests/example.yaml --to s3://my-archive/images --report report.json",
+    "bale run manifests/example.yaml --to s3://my-archive/images --dry-run",
+    "bale run images.yaml --to oss://my-archive/images --shard 4   # in an indexed K8s Job",
+)
 @main.command("run", cls=SkopeoCommand)
 @click.argument("spec_path", metavar="SPEC.yaml")
 @option(
@@ -593,33 +815,54 @@ def run_command(spec_path: str, shard: str | None, **common: Any) -> None:
     )
 
 
+@examples(
+    "bale ls s3://my-archive/images",
+    "bale ls s3://my-archive/images team/app:1.0",
+    "bale ls ./archive --json",
+)
 @main.command("ls")
 @click.argument("store_url", metavar="STORE")
+@click.argument("pattern", metavar="[REPO[:TAG]]", required=False)
 @option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint.")
 @option("--json", "as_json", is_flag=True, help="One JSON array of records.")
 @handles_errors
-def ls_command(store_url: str, endpoint_url: str | None, as_json: bool) -> None:
-    """The archived images in STORE: ref, digest, platforms, sizes, tar key, date."""
+def ls_command(
+    store_url: str, pattern: str | None, endpoint_url: str | None, as_json: bool
+) -> None:
+    """The archived images in STORE: ref, digest, platforms, sizes, tar key, date.
+
+    REPO (`host/team/app`, or `team/app`) or REPO:TAG lists only those images. PLATFORMS are
+    all the platforms kept in the store; IN TAR those in the image's tar ("all" when the same).
+    """
     import json
 
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.archive.record import format_time
+    from pipeline.archive.record import format_time, select_records
     from pipeline.units import format_size
 
     records = sorted(_open_bucket(store_url, endpoint_url).records(), key=lambda r: r.source)
+    if pattern is not None:
+        records = select_records(records, pattern)
     if as_json:
         click.echo(json.dumps([json.loads(r.to_json()) for r in records], indent=2))
         return
+    if pattern is not None and not records:
+        click.echo(f"no archived image matches {pattern}", err=True)
+        return
     table = Table(box=None, pad_edge=False)
-    for column in ("IMAGE", "DIGEST", "PLATFORMS", "BLOBS", "TAR", "TAR KEY", "ARCHIVED"):
+    columns = ("IMAGE", "DIGEST", "PLATFORMS", "IN TAR", "BLOBS", "TAR", "TAR KEY", "ARCHIVED")
+    for column in columns:
         table.add_column(column, no_wrap=True, overflow="fold")
     for r in records:
+        stored = r.stored_platforms or r.platforms
+        in_tar = ",".join(r.platforms) if r.platforms != stored else "all" if stored else "-"
         table.add_row(
             r.source,
             r.digest[:19],
-            ",".join(r.platforms) or "-",
+            ",".join(stored) or "-",
+            in_tar,
             format_size(r.blob_bytes),
             format_size(r.tar_size),
             r.tar_key,
@@ -646,6 +889,7 @@ def dest_registry_options(func: F) -> F:
                 default=True,
                 help="Verify TLS; --dest-tls-verify=false also allows plain HTTP.",
             ),
+            cert_dir_option("dest-"),
         ],
     )
 
@@ -656,15 +900,38 @@ def _size_type() -> Any:
     return SIZE
 
 
-def _registry_options(creds: str | None, authfile: str | None, tls_verify: bool) -> Any:
+def _registry_options(
+    creds: str | None,
+    authfile: str | None,
+    tls_verify: bool,
+    cert_dir: str | None,
+    role: str,
+    authfile_flag: str = "--authfile",
+) -> Any:
+    """`role` is `src` or `dest`: errors then name `--src-creds`, `--dest-cert-dir`, ..."""
     from pipeline.ops.session import RegistryOptions
-    from pipeline.registry.credentials import parse_creds
+    from pipeline.registry.credentials import CredentialFlags, parse_creds
 
+    if cert_dir:
+        from pathlib import Path
+
+        from pipeline.registry.tls import read_cert_dir
+
+        read_cert_dir(Path(cert_dir))  # a key without its certificate is bad input: exit 2 now
     return RegistryOptions(
-        credentials=parse_creds(creds) if creds else None, authfile=authfile, tls_verify=tls_verify
+        credentials=parse_creds(creds) if creds else None,
+        authfile=authfile,
+        tls_verify=tls_verify,
+        cert_dir=cert_dir,
+        flags=CredentialFlags.of_role(role, authfile_flag),
     )
 
 
+@examples(
+    "bale copy docker://registry.example.com/team/app:1.0 docker://mirror.example.com/app:1.0",
+    "bale copy docker://registry.example.com/team/app:1.0 docker-archive:app.tar",
+    "bale copy oci-archive:s3://my-bucket/app.tar docker://registry.example.com/team/app:1.0",
+)
 @main.command("copy", cls=SkopeoCommand)
 @click.argument("src")
 @click.argument("dst")
@@ -676,30 +943,36 @@ def _registry_options(creds: str | None, authfile: str | None, tls_verify: bool)
     show_default=True,
     help="Largest tar read from a pipe (LOCATION -), held in memory: bale never stages on disk.",
 )
-@platform_options
+@option("--force", is_flag=True, help="Replace an existing docker-archive: / oci-archive: tar.")
+@platform_options(COPY_PLATFORM_HELP, COPY_ALL_PLATFORMS_HELP)
 @src_registry_options
 @dest_registry_options
 @referrer_options
 @transfer_options
+@timeout_options
 @handles_errors
 def copy_command(
     src: str,
     dst: str,
     endpoint_url: str | None,
     stdin_memory: int,
+    force: bool,
     platform: Any,
     all_platforms: bool,
     src_creds: str | None,
     authfile: str | None,
     src_tls_verify: bool,
+    src_cert_dir: str | None,
     dest_creds: str | None,
     dest_tls_verify: bool,
+    dest_cert_dir: str | None,
     referrers: bool,
     dest_compress_format: str | None,
     dest_compress_level: int | None,
     jobs: int,
     limit_rate: int | None,
     retries: int,
+    read_timeout: float,
 ) -> None:
     """Copy an image between transports: docker://REF, docker-archive:LOC[:REF], oci-archive:LOC[:REF].
 
@@ -711,25 +984,42 @@ def copy_command(
     from pipeline.transports import parse_transport
 
     source, dest = parse_transport(src), parse_transport(dst)
-    with _session(jobs, limit_rate, retries) as session:
+    with _session(jobs, limit_rate, retries) as session, _naming(f"{source} -> {dest}"):
         result = copy_transports(
             source,
             dest,
             session=session,
-            src_registry=_registry_options(src_creds, authfile, src_tls_verify),
-            dest_registry=_registry_options(dest_creds, authfile, dest_tls_verify),
+            src_registry=_registry_options(
+                src_creds, authfile, src_tls_verify, src_cert_dir, "src"
+            ),
+            dest_registry=_registry_options(
+                dest_creds, authfile, dest_tls_verify, dest_cert_dir, "dest"
+            ),
             platform=platform,
             all_platforms=all_platforms,
             endpoint_url=endpoint_url,
             stdin_limit=stdin_memory,
             referrers=referrers,
             compress=_compress(dest_compress_format, dest_compress_level),
+            force=force,
         )
-    click.echo(
-        f"copied {source} -> {result.destination} ({result.digest}, {result.size} bytes)", err=True
+    echo_result(
+        f"copied {source} -> {result.destination} ({result.digest}, {result.size} bytes)",
+        err=True,
+        status="copied",
+        image=str(source),
+        digest=result.digest,
+        destination=result.destination,
+        bytes=result.size,
     )
 
 
+@examples(
+    "bale restore registry.example.com/team/app:1.0 docker://mirror.example.com/team/app "
+    "--from s3://my-archive/images",
+    "bale restore registry.example.com/team/app docker://mirror.example.com/team/app "
+    "--all-tags --from ./archive",
+)
 @main.command("restore", cls=SkopeoCommand)
 @click.argument("image")
 @click.argument("dest")
@@ -741,13 +1031,17 @@ def copy_command(
 @option(
     "--platform",
     callback=_platform,
-    help="Restore only this os/arch[/variant] of an archived index (under its own digest).",
+    metavar=PLATFORM_METAVAR,
+    help="The one platform of an archived index to push, under its own manifest digest "
+    "(no index). Without it, the image goes back as it was archived: a whole index keeps its "
+    "digest, an image archived with --platform is that one manifest.",
 )
 @option("--fail-fast/--keep-going", default=False, help="Stop at the first failed image.")
 @option("--authfile", metavar="PATH", help="auth.json / config.json to read.")
 @dest_registry_options
 @referrer_options
 @transfer_options
+@timeout_options
 @report_options
 @handles_errors
 def restore_command(
@@ -761,12 +1055,14 @@ def restore_command(
     authfile: str | None,
     dest_creds: str | None,
     dest_tls_verify: bool,
+    dest_cert_dir: str | None,
     referrers: bool,
     dest_compress_format: str | None,
     dest_compress_level: int | None,
     jobs: int,
     limit_rate: int | None,
     retries: int,
+    read_timeout: float,
     report_path: str | None,
     junit_path: str | None,
 ) -> None:
@@ -778,7 +1074,7 @@ def restore_command(
 
     source = Reference.parse(image, default_tag=None if all_tags else "latest")
     target = Reference.parse(dest, default_tag=None)
-    options = _registry_options(dest_creds, authfile, dest_tls_verify)
+    options = _registry_options(dest_creds, authfile, dest_tls_verify, dest_cert_dir, "dest")
     check_output_paths((report_path, junit_path))
     bucket = _open_bucket(store_url, endpoint_url, retries)
     compress = _compress(dest_compress_format, dest_compress_level)
@@ -788,7 +1084,13 @@ def restore_command(
     def show(item: Any, result: Any) -> None:
         if result.failed:
             return
-        click.echo(f"restored  {result.source} {result.digest} -> docker://{item.dest}")
+        echo_result(
+            f"restored  {result.source} {result.digest} -> docker://{item.dest}",
+            status="restored",
+            image=result.source,
+            digest=result.digest,
+            destination=f"docker://{item.dest}",
+        )
 
     with _session(jobs, limit_rate, retries) as session, _display(secrets) as display:
         display.on_run_start(len(targets), what=str(bucket.url))
@@ -799,8 +1101,7 @@ def restore_command(
             restorer, targets, platform=platform, fail_fast=fail_fast, on_result=show
         )
         display.on_run_done(report)
-    for failure in report.failures:
-        click.echo(f"failed    {failure.source}: {failure.error}", err=True)
+    _echo_failures(report)
     _write_reports(report, report_path, junit_path, secrets)
     sys.exit(report.exit_code())
 
@@ -808,6 +1109,11 @@ def restore_command(
 # ---- sync ----------------------------------------------------------------------------------
 
 
+@examples(
+    "bale sync docker://registry.example.com/team/app docker://mirror.example.com/team",
+    "bale sync --src yaml manifests/example.yaml docker://mirror.example.com/mirror --dry-run",
+    "bale sync --all docker://docker.io/library/alpine:3.20 docker://mirror.example.com/library",
+)
 @main.command("sync", cls=SkopeoCommand)
 @click.argument("source")
 @click.argument("destination")
@@ -830,8 +1136,22 @@ def restore_command(
     help="DESTINATION is a registry, optionally with a path prefix.",
 )
 @option("--scoped", is_flag=True, help="Keep the full source reference under DESTINATION.")
-@option("-a", "--all", "all_images", is_flag=True, help="Copy every image of an index (whole).")
-@option("--platform", callback=_platform, help="Image taken from an index (default linux/amd64).")
+@option(
+    "-a",
+    "--all",
+    "all_images",
+    is_flag=True,
+    help="Copy an index whole: every platform, digest kept.",
+)
+@option(
+    "--platform",
+    callback=_platform,
+    metavar=PLATFORM_METAVAR,
+    help="The platform taken from an index without --all, copied under its own manifest "
+    "digest (the index is not copied). Without it that is linux/amd64; an index without "
+    "linux/amd64 then fails, as in skopeo. With --all the whole index is copied and this is "
+    "ignored.",
+)
 @option("--dry-run", is_flag=True, help="Report what would be copied; write nothing.")
 @option("--keep-going", is_flag=True, help="Do not stop at the first failed image.")
 @src_registry_options
@@ -840,6 +1160,7 @@ def restore_command(
 @option("--dest-authfile", metavar="PATH", help="auth file for the destination.")
 @referrer_options
 @transfer_options
+@timeout_options
 @report_options
 @handles_errors
 def sync_command(
@@ -855,8 +1176,10 @@ def sync_command(
     src_creds: str | None,
     authfile: str | None,
     src_tls_verify: bool,
+    src_cert_dir: str | None,
     dest_creds: str | None,
     dest_tls_verify: bool,
+    dest_cert_dir: str | None,
     src_authfile: str | None,
     dest_authfile: str | None,
     referrers: bool,
@@ -865,6 +1188,7 @@ def sync_command(
     jobs: int,
     limit_rate: int | None,
     retries: int,
+    read_timeout: float,
     report_path: str | None,
     junit_path: str | None,
 ) -> None:
@@ -879,8 +1203,17 @@ def sync_command(
     from pipeline.ops.sync import Syncer, SyncOptions, plan_repository, plan_spec, sync_many
 
     del dest_transport  # only docker, as a choice: skopeo's spelling
-    src_options = _registry_options(src_creds, src_authfile or authfile, src_tls_verify)
-    dest_options = _registry_options(dest_creds, dest_authfile or authfile, dest_tls_verify)
+    src_options = _registry_options(
+        src_creds, src_authfile or authfile, src_tls_verify, src_cert_dir, "src", "--src-authfile"
+    )
+    dest_options = _registry_options(
+        dest_creds,
+        dest_authfile or authfile,
+        dest_tls_verify,
+        dest_cert_dir,
+        "dest",
+        "--dest-authfile",
+    )
     options = SyncOptions(
         scoped=scoped,
         all_platforms=all_images,
@@ -905,8 +1238,12 @@ def sync_command(
 
     def show(item: Any, result: Any) -> None:
         if not result.failed:
-            click.echo(
-                f"{result.status:<9} {result.source} {result.digest} -> docker://{item.dest}"
+            echo_result(
+                f"{result.status:<9} {result.source} {result.digest} -> docker://{item.dest}",
+                status=result.status,
+                image=result.source,
+                digest=result.digest,
+                destination=f"docker://{item.dest}",
             )
 
     with _session(jobs, limit_rate, retries) as session, _display(secrets) as display:
@@ -919,8 +1256,7 @@ def sync_command(
             display.on_image_done(failure)
         report = sync_many(Syncer(session, dest_options, options, display), plan, on_result=show)
         display.on_run_done(report)
-    for failure in report.failures:
-        click.echo(f"failed    {failure.source}: {failure.error}", err=True)
+    _echo_failures(report)
     _write_reports(report, report_path, junit_path, secrets)
     sys.exit(report.exit_code())
 
@@ -928,6 +1264,10 @@ def sync_command(
 # ---- verify, gc ----------------------------------------------------------------------------
 
 
+@examples(
+    "bale verify s3://my-archive/images",
+    "bale verify ./archive registry.example.com/team/app:1.0 --deep",
+)
 @main.command("verify")
 @click.argument("store_url", metavar="STORE")
 @click.argument("images", nargs=-1, metavar="[IMAGE]...")
@@ -960,8 +1300,8 @@ def verify_command(
     if as_json:
         click.echo(report.to_json(), nl=False)
     for fault in [] if as_json else report.faults:
-        click.echo(str(fault))
-    click.echo(report.summary(), err=True)
+        echo_result(str(fault), event="fault", **fault.to_json())
+    echo_result(report.summary(), err=True, event="summary", message=report.summary(), ok=report.ok)
     sys.exit(0 if report.ok else 1)
 
 
@@ -978,6 +1318,7 @@ def _older_than_option(func: F) -> F:
     )(func)
 
 
+@examples("bale gc s3://my-archive/images --dry-run", "bale gc ./archive --older-than 0s")
 @main.command("gc")
 @click.argument("store_url", metavar="STORE")
 @option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint.")
@@ -1017,13 +1358,36 @@ def gc_command(
     )
     verb = "would remove" if dry_run else "removed"
     for blob in report.blobs:
-        click.echo(f"{verb} blob {blob.digest} {format_size(blob.size)} {blob.key}")
+        echo_result(
+            f"{verb} blob {blob.digest} {format_size(blob.size)} {blob.key}",
+            event="gc",
+            action=verb,
+            kind="blob",
+            key=blob.key,
+            digest=blob.digest,
+            bytes=blob.size,
+        )
     for key in report.links:
-        click.echo(f"{verb} link {key}")
+        echo_result(f"{verb} link {key}", event="gc", action=verb, kind="link", key=key)
     for upload in report.uploads:
         when = upload.initiated.isoformat() if upload.initiated else "unknown time"
         verb_upload = "would abort" if dry_run else "aborted"
-        click.echo(f"{verb_upload} upload {upload.key} {upload.upload_id} (started {when})")
+        echo_result(
+            f"{verb_upload} upload {upload.key} {upload.upload_id} (started {when})",
+            event="gc",
+            action=verb_upload,
+            kind="upload",
+            key=upload.key,
+            upload_id=upload.upload_id,
+            started=when,
+        )
     for link in report.dangling:
-        click.echo(f"dangling link {link.key} -> {link.digest} (blob missing)")
-    click.echo(report.summary(), err=True)
+        echo_result(
+            f"dangling link {link.key} -> {link.digest} (blob missing)",
+            event="gc",
+            action="dangling",
+            kind="link",
+            key=link.key,
+            digest=link.digest,
+        )
+    echo_result(report.summary(), err=True, event="summary", message=report.summary())

@@ -17,7 +17,8 @@ the CLI contract: 2 for bad input (nothing was written), 1 for a runtime failure
     ├── StoreError                   the object store failed
     │   ├── StoreNotFound            a key that is not there
     │   └── StoreUnusable (exit 2)   the store cannot be used at all: checked before any image
-    └── TransferError                a stream broke and could not be resumed
+    ├── TransferError                a stream broke and could not be resumed
+    └── CommandTimeout               --command-timeout ran out
 """
 
 from __future__ import annotations
@@ -90,3 +91,7 @@ class StoreUnusable(StoreError):
 
 class TransferError(BaleError):
     """A transfer broke and could not be resumed or retried."""
+
+
+class CommandTimeout(BaleError):
+    """The whole command ran longer than `--command-timeout` (skopeo's flag)."""

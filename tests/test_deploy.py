@@ -144,3 +144,116 @@ def test_gitlab_ci_archives_the_pushed_list_and_keeps_reports() -> None:
 def test_parse_bale_rejects_an_unknown_option() -> None:
     with pytest.raises(click.UsageError):
         parse_bale(["run", "spec.yaml", "--to", "x", "--shards", "4"])
+
+
+# ---- how bale gets into the pods and CI jobs -----------------------------------------------
+
+ROOT = DEPLOY.parent
+
+
+def _deploy_texts() -> dict[str, str]:
+    return {
+        str(p.relative_to(ROOT)): p.read_text()
+        for p in sorted(DEPLOY.rglob("*"))
+        if p.is_file() and p.suffix in (".yml", ".yaml", ".md")
+    }
+
+
+def test_nothing_installs_bale_from_a_package_index() -> None:
+    """bale is not on any package index: a wheel built from a checkout, or the image."""
+    for name, text in _deploy_texts().items():
+        assert not re.search(r"bale\s*==", text), name
+        for args in re.findall(r"pip install\s+([^&;|`\n]+)", text):
+            for arg in args.split():
+                if "bale" in arg and not arg.startswith("-"):
+                    assert arg.endswith(".whl"), f"{name}: pip install {args}"
+
+
+def _image_user() -> tuple[int, int]:
+    (user,) = re.findall(r"^USER\s+(\d+):(\d+)\s*$", (ROOT / "Containerfile").read_text(), re.M)
+    return int(user[0]), int(user[1])
+
+
+@pytest.mark.parametrize("kind", ["Job", "CronJob"])
+def test_pods_run_the_containerfile_image_as_its_user(kind: str) -> None:
+    pod = dict(_job_specs())[kind]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"].rsplit(":", 1)[0].endswith("/bale")
+    security = pod["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert (security["runAsUser"], security["runAsGroup"]) == _image_user()
+    assert re.search(r'^ENTRYPOINT \["bale"\]$', (ROOT / "Containerfile").read_text(), re.M)
+    assert container.get("command") is None  # args go to the image's `bale` entrypoint
+
+
+def test_github_actions_installs_a_wheel_built_from_a_checkout_of_bale() -> None:
+    flow = yaml.safe_load((DEPLOY / "ci" / "github-actions.yml").read_text())
+    steps = flow["jobs"]["archive"]["steps"]
+    names = [str(s.get("uses", "")) + s.get("run", "") for s in steps]
+    (checkout_at,) = [i for i, n in enumerate(names) if n.startswith("actions/checkout@")]
+    (build_at,) = [i for i, n in enumerate(names) if "python -m build --wheel" in n]
+    archive_at = next(i for i, n in enumerate(names) if "bale archive" in n)
+    assert checkout_at < build_at < archive_at
+    src = steps[checkout_at]["with"]["path"]
+    build = shlex.split(next(ln for ln in names[build_at].splitlines() if "-m build" in ln))
+    assert build[-1] == src
+    outdir = build[build.index("--outdir") + 1]
+    assert f"pip install {outdir}/bale-*.whl" in names[build_at]
+
+
+def test_github_actions_never_drops_a_pending_archive_run() -> None:
+    """A concurrency group holds one pending run and cancels it when a third push arrives:
+    shared by all pushes, it would lose the middle push's images."""
+    flow = yaml.safe_load((DEPLOY / "ci" / "github-actions.yml").read_text())
+    concurrency = flow.get("concurrency") or flow["jobs"]["archive"].get("concurrency")
+    if concurrency is not None:
+        group = concurrency["group"] if isinstance(concurrency, dict) else concurrency
+        assert "github.run_id" in group or "images" in group, group
+
+
+def test_gitlab_ci_runs_the_bale_image_with_a_shell() -> None:
+    job = yaml.safe_load((DEPLOY / "ci" / "gitlab-ci.yml").read_text())["archive-pushed"]
+    image = job["image"]
+    assert image["name"] == dict(_job_specs())["Job"]["template"]["spec"]["containers"][0]["image"]
+    assert image["entrypoint"] == [""]  # the image's entrypoint is bale, the job needs sh
+
+
+# ---- job failure handling on new and older clusters ---------------------------------------
+
+
+def _check_failure_fields(spec: dict[str, Any]) -> None:
+    """The fields Kubernetes accepts together: FailIndex and maxFailedIndexes need
+    backoffLimitPerIndex, and exit 2 (bad input) is never retried."""
+    actions = {r["action"] for r in spec["podFailurePolicy"]["rules"]}
+    if "FailIndex" in actions or "maxFailedIndexes" in spec:
+        assert "backoffLimitPerIndex" in spec
+    (rule,) = [r for r in spec["podFailurePolicy"]["rules"] if r["onExitCodes"]["values"] == [2]]
+    assert rule["action"] in ("FailIndex", "FailJob")
+    assert rule["onExitCodes"]["containerName"] == "bale"
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy needs it
+
+
+def _older_clusters_variant() -> dict[str, Any]:
+    """The commented alternative in job.yaml, applied to its Job."""
+    lines = (DEPLOY / "k8s" / "job.yaml").read_text().splitlines()
+    start = lines.index("# older-clusters:") + 1
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#   "):
+            break
+        block.append(line[4:])
+    replacement = yaml.safe_load("\n".join(block))
+    spec = {
+        k: v
+        for k, v in dict(_job_specs())["Job"].items()
+        if k not in ("backoffLimitPerIndex", "maxFailedIndexes", "podFailurePolicy")
+    }
+    return {**spec, **replacement}
+
+
+def test_job_failure_fields_fit_together_on_new_and_older_clusters() -> None:
+    for _, spec in _job_specs():
+        _check_failure_fields(spec)
+    older = _older_clusters_variant()
+    assert "backoffLimitPerIndex" not in older and older["backoffLimit"] >= 1
+    _check_failure_fields(older)

@@ -212,12 +212,13 @@ def test_wrong_password(auth_mode: str, registries: dict[str, RegistryServer], i
     with client, pytest.raises(AuthError) as info:
         client.get_manifest("client/oci", "1.0")
     message = str(info.value)
-    assert message.startswith(server.host) and secret not in message and "\n" not in message
+    assert message.startswith(f"the registry refused these credentials for {server.host} ")
+    assert secret not in message and "\n" not in message
 
 
 def test_anonymous_on_htpasswd_registry(htpasswd_registry: RegistryServer, images: Any) -> None:
     client = connect(htpasswd_registry.host)
-    hint = rf"authentication required \(401\); no credentials found for {htpasswd_registry.host} "
+    hint = rf"^{htpasswd_registry.host} requires credentials: give --creds USER:PASS or log in"
     with client, pytest.raises(AuthError, match=hint):
         client.get_manifest("client/oci", "1.0")
 

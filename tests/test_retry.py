@@ -23,6 +23,7 @@ from pipeline.transfer.retry import (
     RetryPolicy,
     call_with_retry,
     describe_error,
+    is_stall,
     is_transient_error,
     parse_retry_after,
 )
@@ -302,8 +303,35 @@ def test_describe_error_is_one_line_without_query_strings() -> None:
     )
     text = describe_error(error)
     assert "SECRET" not in text and "KEY" not in text and "\n" not in text
-    assert text.startswith("ReadTimeoutError: ")
+    assert text == "no data from the server"
     assert len(describe_error(ValueError("x" * 1000))) < 230
+
+
+def test_stalls_are_described_in_words() -> None:
+    pool = urllib3.HTTPSConnectionPool("registry.example", 5000, timeout=urllib3.Timeout(read=15))
+    body = urllib3.exceptions.ReadTimeoutError(pool, None, "Read timed out.")
+    head = urllib3.exceptions.ReadTimeoutError(pool, "/v2/", "Read timed out. (read timeout=7)")
+    assert describe_error(body) == "no data from registry.example:5000 for 15 s"
+    assert describe_error(head) == "no data from registry.example:5000 for 7 s"
+    assert is_stall(body) and is_stall(TimeoutError()) and not is_stall(ConnectionResetError())
+    refused = urllib3.exceptions.NewConnectionError(None, "Connection refused")  # type: ignore[arg-type]
+    assert not is_stall(refused)
+
+
+def test_a_stall_is_retried_once_within_the_retries() -> None:
+    stall = urllib3.exceptions.ReadTimeoutError(None, "/v2/", "Read timed out.")  # type: ignore[arg-type]
+    p, _ = policy(retries=5, initial=0.0)
+    fn, calls = failing([stall] * 6)
+    with pytest.raises(TransferError, match="gave up after 2 attempts"):
+        call_with_retry(p, fn, describe="GET x")
+    assert calls == [2]
+    # Other failures between stalls still get every retry; --retries 0 retries no stall.
+    reset = ConnectionResetError()
+    fn, calls = failing([stall, reset, reset, reset])
+    assert call_with_retry(p, fn, describe="GET x") == "ok" and calls == [5]
+    fn, calls = failing([stall])
+    with pytest.raises(TransferError):
+        call_with_retry(policy(retries=0)[0], fn, describe="GET x")
 
 
 # --- against a real socket: urllib3 raises what it raises, and the retry loop copes ---
@@ -362,7 +390,7 @@ def flaky_server(behaviours: list[str]) -> Iterator[int]:
 def test_real_urllib3_failures_are_retried(behaviour: str) -> None:
     with flaky_server([behaviour, behaviour]) as port:
         pool = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=1, read=0.2))
-        p, rec = policy(retries=3, initial=0.0)
+        p, rec = policy(retries=3, initial=0.0, stall_retries=2)
 
         def fetch() -> bytes:
             response = pool.request("GET", f"http://127.0.0.1:{port}/blob")

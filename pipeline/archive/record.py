@@ -176,6 +176,29 @@ class ImageRecord:
         return record
 
 
+def select_records(records: Iterable[ImageRecord], pattern: str) -> list[ImageRecord]:
+    """The records `pattern` names, as `bale ls` filters them.
+
+    `pattern` is a repository, written in full (`127.0.0.1:5000/team/app`) or as its trailing
+    path (`team/app`: a shorter name would otherwise mean Docker Hub's), optionally with
+    `:TAG` or `@DIGEST` for one image. A pattern that is no reference is a `UsageError`.
+    """
+    wanted = Reference.parse(pattern, default_tag=None)
+    typed = pattern.removeprefix("docker://").split("@", 1)[0]
+    if typed.rfind(":") > typed.rfind("/"):
+        typed = typed[: typed.rfind(":")]
+
+    def named(record: ImageRecord) -> bool:
+        name = record.reference.name
+        if name != wanted.name and not name.endswith("/" + typed):
+            return False
+        if wanted.tag is not None and record.tag != wanted.tag:
+            return False
+        return wanted.digest is None or wanted.digest in (record.digest, record.tar_digest)
+
+    return [r for r in records if named(r)]
+
+
 def _str(obj: dict[str, Any], name: str) -> str:
     value = obj[name]
     if not isinstance(value, str) or not value:

@@ -3,10 +3,9 @@
     plan = expand_spec(spec, session, defaults, shard=(0, 2))   # reads only: tag lists
     report = run_plan(plan, Archiver(bucket, session), options)  # or dryrun.Planner
 
-Options per registry: a spec entry's `credentials` and `tls-verify` override the command line's
-`--src-creds` / `--src-tls-verify` for that registry's images (as in `skopeo sync`); what the
-entry leaves out comes from the command line. `cert-dir` is not supported yet: the entry's
-images are fetched with the system's CAs, and a warning says so.
+Options per registry: a spec entry's `credentials`, `tls-verify` and `cert-dir` override the
+command line's `--src-creds` / `--src-tls-verify` / `--src-cert-dir` for that registry's images
+(as in `skopeo sync`); what the entry leaves out comes from the command line.
 
 A repository whose tags cannot be listed does not stop the run: it becomes a failed entry of
 the report, named by the repository (`host/repo`), and the run exits 1. Every shard lists every
@@ -16,7 +15,6 @@ that fails to list one reports it: its own slice of that repository is missing.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,8 +27,7 @@ from pipeline.errors import BaleError, UsageError
 from pipeline.ops.archive import ArchiveOptions, ImageWorker, archive_many
 from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
-
-log = logging.getLogger("bale.run")
+from pipeline.registry.tls import read_cert_dir
 
 
 @dataclass
@@ -52,6 +49,8 @@ def registry_options(entry: RegistrySpec | SpecImage, defaults: RegistryOptions)
         credentials=entry.credentials or defaults.credentials,
         authfile=defaults.authfile,
         tls_verify=defaults.tls_verify if entry.tls_verify is None else entry.tls_verify,
+        cert_dir=entry.cert_dir or defaults.cert_dir,
+        flags=defaults.flags,
     )
 
 
@@ -73,9 +72,18 @@ def expand_spec(
     *,
     shard: tuple[int, int] | None = None,
 ) -> RunPlan:
-    """List tags where the spec asks for it, select the shard, attach per-registry options."""
+    """List tags where the spec asks for it, select the shard, attach per-registry options.
+
+    A `cert-dir` that is missing or holds half a client certificate is bad input, said before
+    any tag is listed."""
     started = datetime.now(UTC)
     failures: list[ImageResult] = []
+    for entry in spec.registries:
+        if entry.cert_dir:
+            try:
+                read_cert_dir(Path(entry.cert_dir).expanduser())
+            except UsageError as exc:
+                raise UsageError(f"{spec.source}:{entry.line}: cert-dir: {exc}") from None
 
     def list_tags(registry: str, repository: str, entry: RegistrySpec) -> list[str]:
         client = session.client(registry, registry_options(entry, defaults))
@@ -92,16 +100,6 @@ def expand_spec(
             )
         )
 
-    warned: set[str] = set()
-    for entry in spec.registries:
-        if entry.cert_dir and entry.name not in warned:
-            warned.add(entry.name)
-            log.warning(
-                "%s:%d: cert-dir is not supported yet; %s is reached with the system CAs",
-                spec.source,
-                entry.line,
-                entry.name,
-            )
     images = expand(spec, list_tags, on_error=on_error)
     chosen = select(images, *shard) if shard is not None else images
     return RunPlan(

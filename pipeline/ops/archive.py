@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -26,6 +27,7 @@ from pipeline.errors import BaleError, DigestMismatch
 from pipeline.image import ImageSource, ResolvedImage, resolve_image, select_platforms
 from pipeline.oci import Descriptor, ImageIndex, Platform, RawManifest
 from pipeline.ops.events import image_events
+from pipeline.ops.readahead import ReadAhead
 from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
 from pipeline.registry.source import RegistrySource
@@ -116,6 +118,14 @@ class BucketWorker:
             **counts,
         )
 
+    def sizes_ahead(
+        self,
+        images: list[tuple[Reference, RegistryOptions | None]],
+        options: ArchiveOptions | None = None,
+    ) -> AbstractContextManager[object]:
+        """While the block runs, read waiting images ahead of their turn (see `Archiver`)."""
+        return nullcontext()
+
     def _is_current(self, ref: Reference, digest: str, options: ArchiveOptions) -> bool:
         """Archived with this digest and its tar there: skipped, unless --force."""
         if options.force:
@@ -135,8 +145,64 @@ class BucketWorker:
         )
 
 
+@dataclass
+class _Ahead:
+    """An image's manifests read before its turn (`Archiver.sizes_ahead`)."""
+
+    source: RegistrySource
+    resolved: ResolvedImage | None = None
+    """None when it was already archived then."""
+    reported: bool = False
+    """Its size went to the events already."""
+
+
 class Archiver(BucketWorker):
     """Archives images into one bucket, sharing transfers of common blobs between images."""
+
+    def __init__(
+        self, bucket: ArchiveBucket, session: Session, events: TransferEvents | None = None
+    ) -> None:
+        super().__init__(bucket, session, events)
+        self._ahead: ReadAhead[tuple[Reference, RegistryOptions | None], _Ahead] | None = None
+
+    @contextmanager
+    def sizes_ahead(
+        self,
+        images: list[tuple[Reference, RegistryOptions | None]],
+        options: ArchiveOptions | None = None,
+    ) -> Iterator[object]:
+        """Read the manifests of the images waiting for their turn in the background and
+        report their sizes, so the run's whole size is known soon after it starts; each
+        image's turn reuses what was read (no manifest is fetched twice)."""
+        opts = options or ArchiveOptions()
+
+        def prepare(image: tuple[Reference, RegistryOptions | None]) -> _Ahead:
+            ref, registry = image
+            source = RegistrySource(self.session.client(ref.registry, registry), ref)
+            if self._is_current(ref, self._stored_digest(ref, source.manifest(), opts), opts):
+                return _Ahead(source)
+            return _Ahead(source, self._resolve(source, opts))
+
+        def ready(name: str, ahead: _Ahead) -> None:
+            if ahead.resolved is not None:
+                self.events.on_image_size(name, sum(b.size for b in ahead.resolved.blobs()))
+
+        self._ahead = ReadAhead(lambda image: str(image[0]), prepare, ready)
+        try:
+            with self._ahead.running(images) as running:
+                yield running
+        finally:
+            self._ahead = None
+
+    def _take_ahead(self, ref: Reference, registry: RegistryOptions | None) -> _Ahead | None:
+        if self._ahead is None:
+            return None
+        prepared = self._ahead.take((ref, registry))
+        if prepared.error is not None:
+            raise prepared.error
+        if prepared.value is not None:
+            prepared.value.reported = prepared.reported
+        return prepared.value
 
     def _image(
         self, ref: Reference, registry: RegistryOptions | None, options: ArchiveOptions
@@ -144,10 +210,14 @@ class Archiver(BucketWorker):
         counts = _Counts()
         digest: str | None = None
         try:
-            source = RegistrySource(self.session.client(ref.registry, registry), ref)
+            ahead = self._take_ahead(ref, registry)
+            if ahead is not None:
+                source = ahead.source
+            else:
+                source = RegistrySource(self.session.client(ref.registry, registry), ref)
             top = source.manifest()
             digest = self._stored_digest(ref, top, options)
-            record = self._archive(source, digest, options, counts)
+            record = self._archive(source, digest, options, counts, ahead)
             status: Status = "archived" if record is not None else "skipped"
         except BaleError as exc:
             return ImageResult(
@@ -173,20 +243,31 @@ class Archiver(BucketWorker):
 
     # -- steps -----------------------------------------------------------------------------
     def _archive(
-        self, source: ImageSource, digest: str, options: ArchiveOptions, counts: _Counts
+        self,
+        source: ImageSource,
+        digest: str,
+        options: ArchiveOptions,
+        counts: _Counts,
+        ahead: _Ahead | None = None,
     ) -> ImageRecord | None:
         ref = source.reference
         if self._is_current(ref, digest, options):
             return None
-        resolved = self._resolve(source, options)
+        if ahead is not None and ahead.resolved is not None:
+            resolved = ahead.resolved
+        else:
+            resolved = self._resolve(source, options)
         blobs = resolved.blobs()
-        self.events.on_image_size(str(ref), sum(b.size for b in blobs))
+        if ahead is None or ahead.resolved is None or not ahead.reported:
+            self.events.on_image_size(str(ref), sum(b.size for b in blobs))
         plan = plan_resolved(resolved, all_platforms=options.all_platforms)
         pieces = to_compose_pieces(plan, layout.blob_key_for)
         # The tar's parts go up while its blobs stream in; it becomes visible only at `finish`,
         # after the tags, and is abandoned (nothing left) if any step before fails.
+        name = str(ref)
         with self.bucket.start_tar(layout.tar_key_for(ref), pieces) as tar:
             self._store_blobs(source, blobs, counts, tar)
+            self.events.on_image_phase(name, "writing manifests")
             repo = ref.store_repo
             manifests = [i.raw for i in resolved.images] + list(resolved.extra_manifests)
             if resolved.top.digest not in {m.digest for m in manifests}:
@@ -197,9 +278,12 @@ class Archiver(BucketWorker):
             if ref.tag and not ref.digest:
                 self.bucket.tag(repo, ref.tag, resolved.top.digest)
             if options.referrers:
+                self.events.on_image_phase(name, "checking signatures")
                 self._archive_referrers(source, [m.digest for m in manifests], counts)
+            self.events.on_image_phase(name, "composing the tar")
             written = tar.finish()
         counts.add(uploaded=written.sent, copied=written.copied)
+        self.events.on_image_phase(name, "writing the record")
         return self._write_record(resolved, plan)
 
     def _archive_referrers(self, source: ImageSource, subjects: list[str], counts: _Counts) -> None:
@@ -249,6 +333,7 @@ class Archiver(BucketWorker):
                 counts.add(downloaded=moved[0], uploaded=moved[1])
         if errors:
             raise errors[0]
+        self.events.on_image_phase(name, "writing links")
         self.bucket.link_layers(repo, (d.digest for d in blobs))
 
     def _store_blob(
@@ -316,6 +401,12 @@ class ImageWorker(Protocol):
 
     session: Session
 
+    def sizes_ahead(
+        self,
+        images: list[tuple[Reference, RegistryOptions | None]],
+        options: ArchiveOptions | None = None,
+    ) -> AbstractContextManager[object]: ...
+
     def archive(
         self,
         ref: Reference,
@@ -349,6 +440,7 @@ def archive_many(
             on_result(result)
         return result
 
-    report.add_each(images, lambda image: one(*image), archiver.session.transfer.jobs)
+    with archiver.sizes_ahead(images, options):
+        report.add_each(images, lambda image: one(*image), archiver.session.transfer.jobs)
     report.finish()
     return report

@@ -507,6 +507,22 @@ def open_source(
     return archive_image(archive, transport.name)
 
 
+def check_archive_destination(
+    dest: ArchiveTransport, *, force: bool = False, endpoint_url: str | None = None
+) -> None:
+    """Refuse, as skopeo and `docker save` do, to replace an existing tar (unless `force`) or
+    to write one to a terminal: either is a typo that costs a file or floods a screen."""
+    if dest.is_stdio:
+        if sys.stdout.isatty():
+            raise UsageError("refusing to write a tar to a terminal; redirect stdout")
+        return
+    if force:
+        return
+    store, key = open_location(dest.location, endpoint_url=endpoint_url)
+    if store.head(key) is not None:
+        raise UsageError(f"{dest.location} already exists: give --force to replace it")
+
+
 def copy_transports(
     src: Transport,
     dst: Transport,
@@ -521,9 +537,11 @@ def copy_transports(
     events: TransferEvents | None = None,
     referrers: bool = True,
     compress: CompressOptions | None = None,
+    force: bool = False,
 ) -> CopyResult:
     """`bale copy SRC DST` for any pair of transports. Bad input (a malformed or incomplete
-    tar, a digest as the destination) fails before anything is written.
+    tar, a digest as the destination, an existing tar without `force`, a tar to a terminal)
+    fails before anything is written.
 
     Registry to registry, the image's signatures and attestations follow it (`referrers`);
     `compress` recompresses its layers on the way (to a registry or into a tar)."""
@@ -532,6 +550,8 @@ def copy_transports(
     stdio = [t for t in (src, dst) if isinstance(t, ArchiveTransport) and t.is_stdio]
     if len(stdio) == 2:
         raise UsageError("copy cannot read and write standard input/output at once")
+    if isinstance(dst, ArchiveTransport):
+        check_archive_destination(dst, force=force, endpoint_url=endpoint_url)
     original = source = open_source(
         src,
         session=session,

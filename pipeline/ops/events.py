@@ -5,10 +5,14 @@ all a single copy needs. A run of many images wants progress per image and overa
 archive loop also reports, per image (named by `ImageResult.source`, the normalised reference):
 
     on_image_start(source)                 work on the image begins
-    on_image_size(source, nbytes)          its blobs total `nbytes` (known once manifests are read)
+    on_image_size(source, nbytes)          its blobs total `nbytes` (known once manifests are read;
+                                           may come before `on_image_start`: a run reads the
+                                           manifests of waiting images ahead, and sends it once)
     on_image_bytes(source, moved, skipped) `moved` bytes went through us; `skipped` bytes of its
                                            blobs need no transfer (already stored, or moved for
                                            another image of the run)
+    on_image_phase(source, phase)          what it does when no bytes move, in words
+                                           ("composing the tar", "writing the record")
     on_image_done(result)                  the image's `ImageResult`, whatever its status
 
 For one image, `moved + skipped` reaches `nbytes` when it succeeds. Events come from worker
@@ -31,6 +35,8 @@ class ImageEvents(TransferEvents, Protocol):
 
     def on_image_bytes(self, source: str, moved: int = 0, skipped: int = 0) -> None: ...
 
+    def on_image_phase(self, source: str, phase: str) -> None: ...
+
     def on_image_done(self, result: ImageResult) -> None: ...
 
 
@@ -44,6 +50,9 @@ class NullImageEvents(NullEvents):
         pass
 
     def on_image_bytes(self, source: str, moved: int = 0, skipped: int = 0) -> None:
+        pass
+
+    def on_image_phase(self, source: str, phase: str) -> None:
         pass
 
     def on_image_done(self, result: ImageResult) -> None:

@@ -14,8 +14,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from pipeline.registry.client import RegistryClient
-from pipeline.registry.credentials import Credentials
+from pipeline.registry.client import READ_TIMEOUT, RegistryClient
+from pipeline.registry.credentials import CredentialFlags, Credentials
 from pipeline.transfer.ratelimit import make_limiter
 from pipeline.transfer.retry import RetryPolicy
 
@@ -29,6 +29,10 @@ class RegistryOptions:
     credentials: Credentials | None = None
     authfile: str | None = None
     tls_verify: bool = True
+    cert_dir: str | None = None
+    """`*.crt` CAs and a `*.cert`/`*.key` client certificate; None: the certs.d defaults."""
+    flags: CredentialFlags = field(default_factory=CredentialFlags)
+    """How the command spells these options (`--src-creds`, `--src-cert-dir`, ...): hints name them."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class TransferOptions:
     """Total bytes per second across all transfers of the process; None for no cap."""
     range_streams: int = field(default_factory=lambda: _env_int("BALE_RANGE_STREAMS", 4))
     """Parallel `Range` GETs for each large blob (1 turns it off); `BALE_RANGE_STREAMS`."""
+    read_timeout: float = READ_TIMEOUT
+    """Seconds without a byte from a registry before a request counts as stalled."""
 
 
 def _env_int(name: str, default: int) -> int:
@@ -70,10 +76,13 @@ class Session:
                     credentials=options.credentials,
                     authfile=options.authfile,
                     tls_verify=options.tls_verify,
+                    flags=options.flags,
                     retry=self.transfer.retry,
                     limiter=self.limiter,
                     pool_size=max(16, self.transfer.jobs * 2 + self.transfer.range_streams),
                     range_streams=self.transfer.range_streams,
+                    cert_dir=options.cert_dir,
+                    read_timeout=self.transfer.read_timeout,
                 )
                 self._clients[key] = client
             return client

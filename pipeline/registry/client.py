@@ -26,7 +26,6 @@ from typing import TypeVar
 
 import urllib3
 import urllib3.exceptions
-from urllib3.util.ssl_ import create_urllib3_context
 
 from pipeline.errors import (
     AuthError,
@@ -53,10 +52,12 @@ from pipeline.registry.auth import (
     AuthRequest,
     AuthResponse,
     RegistryAuth,
+    parse_www_authenticate,
     pull_scope,
 )
-from pipeline.registry.credentials import Credentials, find_credentials
+from pipeline.registry.credentials import CredentialFlags, Credentials, find_credentials
 from pipeline.registry.ranged import RANGE_CHUNK, RangeBudget, RangedBlobBody
+from pipeline.registry.tls import describe_tls_error, tls_context
 from pipeline.transfer.ratelimit import RateLimiter, limited
 from pipeline.transfer.retry import (
     RETRYABLE_STATUS,
@@ -64,6 +65,7 @@ from pipeline.transfer.retry import (
     RetryPolicy,
     call_with_retry,
     describe_error,
+    is_stall,
     is_transient_error,
     parse_retry_after,
 )
@@ -83,9 +85,19 @@ MAX_ERROR_BODY = 64 * 1024
 MAX_TAGS_PAGE = 64 * 1024 * 1024
 MAX_REDIRECTS = 10
 CONNECT_TIMEOUT = 30.0
+"""Longest wait for a TCP connection (and for the socket to take more of a request body);
+never more than the read timeout."""
 PROBE_TIMEOUT = 10.0
 """How long the https-or-http probe of an insecure registry waits for each scheme."""
-READ_TIMEOUT = 120.0
+READ_TIMEOUT = 15.0
+"""`--read-timeout`'s default: seconds without a byte from the registry before a request is
+called stalled. A live registry answers a manifest or tag page, or sends the next bytes of a
+blob, within a few seconds; TCP itself resends a lost segment within ~13 s of backoff, so 15 s
+does not mistake a lossy link for a dead one. A false alarm is cheap (a blob resumes with
+`Range` from the byte it reached) and a stall is retried once only (`RetryPolicy.stall_retries`),
+so a registry that accepts and then says nothing fails a request in about 30 s (it took six
+full timeouts of 30 s to 120 s before). Registries that think longer before answering (huge tag lists) are
+given more with `--read-timeout`."""
 
 RECEIVE_WINDOW_SECONDS = 0.02
 """Under `--limit-rate`, each connection's receive buffer holds about this much of the rate.
@@ -120,18 +132,6 @@ class _QuietHTTPSConnectionPool(urllib3.HTTPSConnectionPool):
     def _validate_conn(self, conn: urllib3.connection.HTTPConnection) -> None:  # type: ignore[override]
         if conn.is_closed:
             conn.connect()
-
-
-def _tls_context(cert_reqs: int) -> ssl.SSLContext:
-    """One TLS context for every connection of a client. Left to itself urllib3 builds a
-    context per connection and loads the system's CA certificates into it (about 20 ms each
-    here): for every connection to an https registry, and for the https probe of an insecure
-    one, which needs no certificates at all. The CA certificates (`SSL_CERT_FILE` and
-    `SSL_CERT_DIR` are honoured, as before) are loaded once, and only when they are checked."""
-    context = create_urllib3_context(cert_reqs=cert_reqs)
-    if cert_reqs != ssl.CERT_NONE:
-        context.load_default_certs()
-    return context
 
 
 def api_host(registry: str) -> str:
@@ -224,12 +224,21 @@ class RegistryClient:
         credentials: Credentials | None = None,
         authfile: str | None = None,
         tls_verify: bool = True,
+        flags: CredentialFlags | None = None,
         retry: RetryPolicy | None = None,
         limiter: RateLimiter | None = None,
         pool_size: int = 16,
         range_streams: int = 1,
+        cert_dir: str | None = None,
+        read_timeout: float = READ_TIMEOUT,
     ) -> None:
         self.registry = registry
+        self.cert_dir = cert_dir
+        """The registry's certificate directory (None: the certs.d defaults); see tls.py."""
+        self.read_timeout = read_timeout
+        self.timeout = urllib3.Timeout(
+            connect=min(CONNECT_TIMEOUT, read_timeout), read=read_timeout
+        )
         self.range_streams = max(1, range_streams)
         """Parallel `Range` GETs for a large blob (1: one stream per blob); see ranged.py."""
         self._range_budget = RangeBudget(self.range_streams)
@@ -239,6 +248,8 @@ class RegistryClient:
         self.limiter = limiter
         self._credentials = credentials
         self._authfile = authfile
+        self.flags = flags or CredentialFlags()
+        """The command's options for this registry's credentials, named by refusals."""
         self._found: dict[str | None, Credentials | None] = {}
         self._lock = threading.Lock()
         self._scheme: str | None = "https" if tls_verify else None
@@ -259,8 +270,8 @@ class RegistryClient:
             num_pools=8,
             maxsize=max(1, pool_size),
             cert_reqs=cert_reqs,
-            ssl_context=_tls_context(cert_reqs),
-            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
+            ssl_context=tls_context(registry, verify=tls_verify, cert_dir=cert_dir),
+            timeout=self.timeout,
             retries=False,
             **connection_options,
         )
@@ -295,8 +306,11 @@ class RegistryClient:
 
     def _probe_scheme(self) -> str:
         """skopeo's order for an insecure registry: https if it answers, else http if that
-        answers, else https again (so the real request reports the https failure)."""
-        timeout = urllib3.Timeout(connect=PROBE_TIMEOUT, read=PROBE_TIMEOUT)
+        answers, else https again (so the real request reports the https failure). A host that
+        stalls both ways is reported at once: the real request would only stall again."""
+        wait = min(PROBE_TIMEOUT, self.read_timeout)
+        timeout = urllib3.Timeout(connect=wait, read=wait)
+        stalls = 0
         for scheme in ("https", "http"):
             try:
                 resp = self._pool.request(
@@ -311,9 +325,12 @@ class RegistryClient:
                 return "https"
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 log.debug("%s: %s probe failed: %s", self.host, scheme, describe_error(exc))
+                stalls += is_stall(exc)
                 continue
             _discard(resp)
             return scheme
+        if stalls == 2:
+            raise TransferError(f"no data from {self.host} for {wait:g} s, over https or http")
         return "https"
 
     # ---- the request machinery ---------------------------------------------------------------
@@ -349,6 +366,10 @@ class RegistryClient:
                 answer = self._token_exchange(request)
                 try:
                     request = flow.send(answer)
+                except AuthError as exc:
+                    if exc.status in (401, 403):  # the token service refused us
+                        raise self._refused(401, str(exc)) from None
+                    raise
                 except StopIteration:  # pragma: no cover - flows end on a registry response
                     raise RegistryError(
                         f"{self.registry}: authentication flow ended early"
@@ -385,19 +406,55 @@ class RegistryClient:
         if status in RETRYABLE_STATUS:
             raise Retryable(f"HTTP {status}", parse_retry_after(resp.headers.get("Retry-After")))
         message = f"{_error_message(body, status, resp.reason)} ({status})"
-        if status in (401, 403) and not self._has_credentials():
-            message += f"; no credentials found for {self.registry} (--creds or --authfile)"
-        cls = AuthError if status in (401, 403) else NotFound if status == 404 else RegistryError
+        if status in (401, 403):
+            challenges = parse_www_authenticate(resp.headers.get("WWW-Authenticate"))
+            short = [c for c in challenges if c.error == "insufficient_scope"]
+            if short:  # a token was issued, without this scope: the user, not the password
+                scopes = " ".join(short[0].scopes) or "the scope asked for"
+                status, message = 403, f"{scopes} not granted: {message}"
+            raise self._refused(status, message)
+        cls = NotFound if status == 404 else RegistryError
         raise cls(f"{what}: {message}", registry=self.registry, status=status)
 
-    def _has_credentials(self) -> bool:
+    def _sent_credentials(self) -> Credentials | None:
+        """The credentials this client authenticates with (given, or found in a login file)."""
         with self._lock:
-            return self._credentials is not None or any(self._found.values())
+            if self._credentials is not None:
+                return self._credentials
+            return next((c for c in self._found.values() if c is not None), None)
+
+    def _refused(self, status: int | None, detail: str) -> AuthError:
+        """A 401/403 as the user can act on it: no credentials at all (name the option that
+        gives them), credentials the registry rejects, or a user without access (403, or a
+        token short of the scope; `detail` says which). Not a blob digest: the image is named
+        by whoever reports the failure."""
+        creds = self._sent_credentials()
+        host = self.registry
+        if creds is None:
+            message = (
+                f"{host} requires credentials: give {self.flags.creds} USER:PASS or log in with "
+                f"`podman login {host}` or `docker login {host}` ({self.flags.authfile} FILE "
+                "for another auth file)"
+            )
+        elif status == 403:
+            message = f"{host} denied user {creds.username} access: {detail}"
+        else:
+            origin = "" if self._credentials is not None else " from a saved login"
+            message = (
+                f"the registry refused these credentials for {host} (HTTP {status}, user "
+                f"{creds.username}{origin}): check the user and password"
+            )
+        return AuthError(message, registry=host, status=status)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         """`fn` under the retry policy, network failures turned into one-line errors."""
         try:
             return call_with_retry(self.retry, fn, describe=what)
+        except TransferError as exc:
+            text = str(exc)
+            if exc.__cause__ is not None and is_stall(exc.__cause__) and text.endswith(")"):
+                raise TransferError(f"{text[:-1]}; --read-timeout)") from exc.__cause__
+            raise
         except BaleError:
             raise
         except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -411,10 +468,14 @@ class RegistryClient:
         if isinstance(exc, urllib3.exceptions.NewConnectionError):
             return f"cannot connect to registry {self.host}: {_errno_text(exc)}"
         if isinstance(exc, urllib3.exceptions.SSLError):
-            hint = (
-                "" if not self.tls_verify else " (--tls-verify=false for plain HTTP or self-signed)"
+            return describe_tls_error(
+                exc,
+                self.host,
+                self.registry,
+                verify=self.tls_verify,
+                prefix=self.flags.prefix,
+                cert_dir=self.cert_dir,
             )
-            return f"TLS error talking to {self.host}{hint}"
         return describe_error(exc)
 
     def _what(self, repository: str, reference: str | None = None) -> str:
@@ -717,6 +778,7 @@ class BlobBody:
         self._resp: urllib3.BaseHTTPResponse | None = None
         self._skip = 0
         self._failures = 0
+        self._stalls = 0
         self._closed = False
 
     def open(self) -> None:
@@ -803,7 +865,7 @@ class BlobBody:
         return self._resp
 
     def _advance(self, n: int) -> None:
-        self._failures = 0
+        self._failures = self._stalls = 0
         self.position += n
         if self.position >= self.end:
             self._finish()
@@ -818,12 +880,15 @@ class BlobBody:
             resp.close()
             resp.release_conn()
         self._failures += 1
+        stalled = is_stall(exc)
+        self._stalls += stalled
         policy = self._client.retry
         reason = "connection closed early" if isinstance(exc, _BodyEnded) else describe_error(exc)
-        if self._failures > policy.retries:
+        if policy.exhausted(self._failures, self._stalls):
+            hint = "; --read-timeout" if stalled else ""
             raise TransferError(
                 f"{self.what}: {reason} at byte {self.position} of {self.descriptor.size} "
-                f"(gave up after {self._failures} attempts)"
+                f"(gave up after {self._failures} attempts{hint})"
             ) from exc
         wait = policy.wait_for(self._failures, None)
         log.warning(

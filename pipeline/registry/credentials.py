@@ -54,6 +54,30 @@ class Credentials:
     __str__ = __repr__
 
 
+@dataclass(frozen=True)
+class CredentialFlags:
+    """The options that give one registry's credentials on this command line.
+
+    Errors name them (`give --src-creds USER:PASS`), so the hint is one the user can act on: the
+    same registry is `--src-creds` in `archive` and `--dest-creds` in `restore`.
+    """
+
+    creds: str = "--creds"
+    authfile: str = "--authfile"
+    prefix: str = ""
+    """How the command spells this registry's other options (`src-`, `dest-`, none):
+    TLS hints name `--src-cert-dir`, `--dest-tls-verify=false`."""
+
+    @classmethod
+    def of_role(cls, role: str, authfile: str = "--authfile") -> CredentialFlags:
+        """The options of the `src` or `dest` registry (`--src-creds`, `--src-cert-dir`, ...)."""
+        return cls(f"--{role}-creds", authfile, f"{role}-")
+
+
+SOURCE_FLAGS = CredentialFlags.of_role("src")
+DEST_FLAGS = CredentialFlags.of_role("dest")
+
+
 def parse_creds(text: str) -> Credentials:
     """`USER[:PASS]` as `--creds` takes it; the password may itself contain `:`."""
     username, sep, password = text.partition(":")

@@ -45,7 +45,6 @@ from pipeline.oci import Descriptor, RawManifest
 from pipeline.refs import is_valid_digest
 from pipeline.registry.auth import AuthRequest, AuthResponse, pull_scope
 from pipeline.registry.client import (
-    CONNECT_TIMEOUT,
     RANGED_MIN_SIZE,
     RegistryClient,
     _discard,
@@ -59,10 +58,10 @@ log = logging.getLogger("bale.registry")
 READ_SIZE = 1024 * 1024
 """Bytes taken from the source per read while an upload body streams."""
 
-COMMIT_TIMEOUT = urllib3.Timeout(connect=CONNECT_TIMEOUT, read=600.0)
+COMMIT_READ_TIMEOUT = 600.0
 """For requests that carry data: after the last byte the registry may take long to answer (a
 storage backend moving a multi-GiB blob into place) while saying nothing. Sending still fails
-fast on a stalled connection: urllib3 sends under the connect timeout."""
+fast on a stalled connection: urllib3 sends under the client's connect timeout."""
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
@@ -436,7 +435,12 @@ class RegistryPusher:
         else:
             payload = body
         log.debug("%s %s", request.method, request.url.split("?", 1)[0])
-        extra = {"timeout": COMMIT_TIMEOUT} if request.method in ("PUT", "PATCH") else {}
+        extra = {}
+        if request.method in ("PUT", "PATCH"):
+            read = max(COMMIT_READ_TIMEOUT, self.client.read_timeout)
+            extra["timeout"] = urllib3.Timeout(
+                connect=self.client.timeout.connect_timeout, read=read
+            )
         return self.client._pool.request(
             request.method,
             request.url,

@@ -86,6 +86,10 @@ class RetryPolicy:
     initial: float = 0.5
     maximum: float = 30.0
     max_retry_after: float = MAX_RETRY_AFTER
+    stall_retries: int = 1
+    """Extra attempts after a stall (a read or connect timeout), within `retries`. A server
+    that accepted and then said nothing for a whole timeout rarely answers the next time;
+    five more timeouts only made the message minutes late."""
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
     random: Callable[[], float] = field(default=random.random, repr=False, compare=False)
 
@@ -99,6 +103,10 @@ class RetryPolicy:
     def attempts(self) -> int:
         """Total attempts, the first one included."""
         return self.retries + 1
+
+    def exhausted(self, failures: int, stalls: int) -> bool:
+        """True when `failures` in a row, `stalls` of them timeouts, are all the policy allows."""
+        return failures > self.retries or stalls > min(self.retries, self.stall_retries)
 
     def backoff(self, attempt: int) -> float:
         """Wait after failed attempt number `attempt` (1-based): full jitter under a doubling cap."""
@@ -208,12 +216,54 @@ def is_transient_error(exc: BaseException) -> bool:
     return isinstance(exc, _botocore_errors() + _requests_errors())
 
 
+def is_stall(exc: BaseException) -> bool:
+    """True for a timeout: the server said nothing for a whole read (or connect) timeout."""
+    inner = _unwrap(exc)
+    if isinstance(inner, urllib3.exceptions.NewConnectionError):  # a subclass, but refused/DNS
+        return False
+    return isinstance(
+        inner,
+        TimeoutError | urllib3.exceptions.ReadTimeoutError | urllib3.exceptions.ConnectTimeoutError,
+    )
+
+
+_SECONDS_RE = re.compile(r"timeout=([0-9.]+)")
+
+
+def _stall_text(exc: BaseException) -> str | None:
+    """A timeout in words, `no data from HOST for N s`: urllib3's own text names its classes
+    (`_QuietHTTPSConnectionPool(host=…): Read timed out.`)."""
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        return None
+    if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+        source, what = exc.pool, "no data from"
+    elif isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
+        source = exc.args[0] if exc.args else None
+        what = "no answer from"
+    else:
+        return None
+    host, port = getattr(source, "host", None), getattr(source, "port", None)
+    where = f"{host}:{port}" if host and port else host or "the server"
+    match = _SECONDS_RE.search(str(exc))
+    # A timeout while reading a body does not say how long: the pool's own read timeout.
+    value = (
+        float(match.group(1))
+        if match
+        else getattr(getattr(source, "timeout", None), "read_timeout", None)
+    )
+    seconds = f" for {value:g} s" if isinstance(value, int | float) else ""
+    return f"{what} {where}{seconds}"
+
+
 _QUERY_RE = re.compile(r"\?[^\s'\")]*")
 
 
 def describe_error(exc: BaseException) -> str:
     """One line for a network error, with URL query strings (signatures) cut out."""
     inner = _unwrap(exc)
+    stalled = _stall_text(inner)
+    if stalled is not None:
+        return stalled
     text = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
     text = _QUERY_RE.sub("?…", text)
     if len(text) > 200:
@@ -240,9 +290,13 @@ def call_with_retry(
     attempt the failure becomes a `TransferError` chained to the last exception.
     """
     transient = is_transient or is_transient_error
+    stalls = 0
+
+    def retried(exc: BaseException) -> bool:
+        return isinstance(exc, Retryable) or transient(exc)
 
     def should_retry(exc: BaseException) -> bool:
-        return isinstance(exc, Retryable) or transient(exc)
+        return retried(exc) and not policy.exhausted(0, stalls)
 
     def wait(state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -271,14 +325,19 @@ def call_with_retry(
     attempts = 0
 
     def attempt() -> T:
-        nonlocal attempts
+        nonlocal attempts, stalls
         attempts += 1
-        return fn()
+        try:
+            return fn()
+        except Exception as exc:
+            if not isinstance(exc, Retryable) and is_stall(exc):
+                stalls += 1
+            raise
 
     try:
         return retrying(attempt)
     except Exception as exc:
-        if not should_retry(exc):
+        if not retried(exc):
             raise
         plural = "attempt" if attempts == 1 else "attempts"
         raise TransferError(

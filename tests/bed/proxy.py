@@ -15,6 +15,9 @@ answer back, except where a `Fault` matches the request:
 - `Corrupt(at)`: flip one byte of the response body (default: the middle);
 - `Trickle(rate)`: send the body at `rate` bytes/s in small pieces (a slow, live link);
 - `Delay(seconds)`: wait before forwarding the response (the upstream has acted already);
+- `Stall(after, head)`: forward the response head and `after` body bytes (with `head`: only
+  that many bytes of the head), then send nothing more, the connection open, for `seconds`
+  or until `release()` (a registry that accepted and then hangs);
 - `Hold(seconds, forward)`: wait before forwarding the request (the upstream has not seen it
   yet); with `forward=False` the request is then dropped, never reaching the upstream (what a
   client killed during the wait leaves behind); `release()` ends the wait early;
@@ -130,6 +133,20 @@ class Trickle(_BodyFault):
 
     rate: float = 64 * 1024
     piece: int = 4096
+
+
+@dataclass
+class Stall(_BodyFault):
+    """Send the head and `after` body bytes (or with `head`, that many bytes of the head only),
+    then nothing, keeping the connection open, for `seconds` or until `release()`."""
+
+    after: int = 0
+    head: int | None = None
+    seconds: float = 60.0
+    released: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def release(self) -> None:
+        self.released.set()
 
 
 @dataclass
@@ -576,11 +593,14 @@ class FaultProxy:
                 declared = _get(rheaders, "Content-Length")
                 real_length = int(declared) if declared is not None else None
                 drop = take(DropAfter, status)
+                stall = take(Stall, status) if drop is None else None
                 truncate = take(Truncate, status) if not no_body else None
                 wrong = take(WrongLength, status) if not no_body else None
                 corrupt = take(Corrupt, status) if not no_body else None
                 trickle = take(Trickle, status) if not no_body else None
                 limit = drop.after if isinstance(drop, DropAfter) else None
+                if isinstance(stall, Stall):
+                    limit = stall.after
                 if isinstance(truncate, Truncate) and real_length is not None:
                     rheaders = _set(rheaders, "Content-Length", str(truncate.keep))
                     limit = truncate.keep
@@ -589,7 +609,7 @@ class FaultProxy:
                 corrupt_at = None
                 if isinstance(corrupt, Corrupt):
                     corrupt_at = corrupt.at if corrupt.at is not None else (real_length or 0) // 2
-                for f in (drop, truncate, wrong, corrupt, trickle):
+                for f in (drop, stall, truncate, wrong, corrupt, trickle):
                     if f is not None:
                         fired.append(type(f).__name__)
                 budget = _Budget(
@@ -605,6 +625,10 @@ class FaultProxy:
                     method, target, logged_headers, status, 0, "+".join(fired) or None, started
                 )
                 self._log(entry)
+                if isinstance(stall, Stall) and stall.head is not None:
+                    client.sendall(_head_bytes(status_line, rheaders)[: stall.head])
+                    stall.released.wait(stall.seconds)
+                    return
                 client.sendall(_head_bytes(status_line, rheaders))
                 try:
                     if not no_body:
@@ -617,6 +641,8 @@ class FaultProxy:
                     upstream = ufile = None
                     continue
                 except _Closed:
+                    if isinstance(stall, Stall):
+                        stall.released.wait(stall.seconds)
                     reset = isinstance(drop, ResetAfter)
                     raise
                 finally:
