@@ -105,10 +105,10 @@ def copy_to_archive(
     """Stream `source` as a dual-format tar to `dest` (a path, `-`, s3:// or oss://)."""
     started = time.monotonic()
     shown = str(dest)
-    if not dest.is_stdio:  # checked before the source is read: a store problem is one line
+    if not dest.is_stdio:  # (checked for writing by check_archive_destination)
         where = parse_location(dest.location)
         shown = str(replace(dest, location=str(where)))  # in full: s3://, /abs
-        store, key = open_location(where, endpoint_url=endpoint_url, retry=retry, check="write")
+        store, key = open_location(where, endpoint_url=endpoint_url, retry=retry)
     resolved = resolve_image(
         source, platform=platform, all_platforms=all_platforms, store_all=all_platforms
     )
@@ -511,15 +511,14 @@ def check_archive_destination(
     dest: ArchiveTransport, *, force: bool = False, endpoint_url: str | None = None
 ) -> None:
     """Refuse, as skopeo and `docker save` do, to replace an existing tar (unless `force`) or
-    to write one to a terminal: either is a typo that costs a file or floods a screen."""
+    to write one to a terminal: either is a typo that costs a file or floods a screen. A
+    store that cannot be written is said here too, before the source is read."""
     if dest.is_stdio:
         if sys.stdout.isatty():
             raise UsageError("refusing to write a tar to a terminal; redirect stdout")
         return
-    if force:
-        return
-    store, key = open_location(dest.location, endpoint_url=endpoint_url)
-    if store.head(key) is not None:
+    store, key = open_location(dest.location, endpoint_url=endpoint_url, check="write")
+    if not force and store.head(key) is not None:
         raise UsageError(f"{dest.location} already exists: give --force to replace it")
 
 
