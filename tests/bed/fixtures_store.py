@@ -26,7 +26,7 @@ from urllib.parse import quote, unquote
 
 import pytest
 
-from tests.bed.moto import ACCESS_KEY, SECRET_KEY, MotoServer, start_moto_server
+from tests.bed.moto import MotoServer, start_moto_server
 from tests.bed.oss_server import OssServer
 from tests.bed.rgw import RgwServer, missing_binaries, start_rgw
 
@@ -135,8 +135,8 @@ def _s3_bed(server: S3Server, prefix: str, kind: str = "s3", **tuning: Any) -> S
         bucket,
         prefix,
         endpoint_url=server.endpoint_url,
-        access_key=server.access_key if isinstance(server, RgwServer) else ACCESS_KEY,
-        secret_key=server.secret_key if isinstance(server, RgwServer) else SECRET_KEY,
+        access_key=server.access_key,
+        secret_key=server.secret_key,
         **tuning,
     )
     client = server.client()
