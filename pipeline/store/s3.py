@@ -123,26 +123,33 @@ def make_client(
     secret_key: str | None = None,
     session_token: str | None = None,
     max_connections: int = 64,
+    addressing: str | None = None,
+    ca_bundle: str | None = None,
 ) -> Any:
-    """A boto3 S3 client: explicit credentials if given, else the standard AWS chain."""
+    """A boto3 S3 client: explicit credentials if given, else the standard AWS chain.
+
+    `addressing` is botocore's `addressing_style` (path, virtual, auto); without it, path-style
+    whenever an endpoint is given (most S3-compatible servers know no bucket host names).
+    `ca_bundle` replaces the trusted CAs (None: botocore's own, which reads AWS_CA_BUNDLE)."""
     session = boto3.session.Session(
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
         aws_session_token=session_token,
     )
     region = region or session.region_name or ("us-east-1" if endpoint_url else None)
+    style = addressing or ("path" if endpoint_url else None)
     config = botocore.config.Config(
         region_name=region,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        s3={"addressing_style": "path"} if endpoint_url else {},
+        s3={"addressing_style": style} if style else {},
         max_pool_connections=max_connections,
         retries={"total_max_attempts": 1},
         connect_timeout=10,
         read_timeout=120,
         tcp_keepalive=True,
     )
-    return session.client("s3", endpoint_url=endpoint_url, config=config)
+    return session.client("s3", endpoint_url=endpoint_url, config=config, verify=ca_bundle)
 
 
 def multipart_etag(parts: list[Part]) -> str | None:
@@ -198,6 +205,8 @@ class S3Store(RemoteStore):
         retry: RetryPolicy | None = None,
         part_size: int = DEFAULT_PART_SIZE,
         parallel: int = DEFAULT_PARALLEL,
+        addressing: str | None = None,
+        ca_bundle: str | None = None,
     ) -> None:
         super().__init__(bucket, prefix, retry=retry, part_size=part_size, parallel=parallel)
         self.endpoint_url = endpoint_url
@@ -208,6 +217,8 @@ class S3Store(RemoteStore):
             secret_key=secret_key,
             session_token=session_token,
             max_connections=max(64, 4 * self.parallel),
+            addressing=addressing,
+            ca_bundle=ca_bundle,
         )
 
     @property

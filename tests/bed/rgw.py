@@ -170,19 +170,57 @@ class RgwServer:
         path = self.root / "log" / f"{name}.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
+    def start_gateway(
+        self, name: str, *, ssl: tuple[Path, Path] | None = None, **settings: str
+    ) -> str:
+        """One more radosgw on the same cluster (same users, buckets and objects) with its own
+        frontend and `settings` (e.g. rgw_dns_name); its endpoint URL. HTTPS with `ssl`, a
+        (certificate, key) pair of PEM files."""
+        frontend, endpoint = _frontend(free_port(), ssl)
+        lines = [f"[client.rgw.{name}]", f"rgw_frontends = {frontend}"]
+        lines += [f"{key} = {value}" for key, value in settings.items()]
+        with self.config.open("a") as conf:
+            conf.write("\n" + "\n".join(lines) + "\n")
+        process = _daemon(
+            ["radosgw", "-c", str(self.config), "-f", "-n", f"client.rgw.{name}"],
+            self.root,
+            f"radosgw-{name}",
+        )
+        self.processes[f"radosgw-{name}"] = process
+        _wait_for_s3(endpoint, process, time.monotonic() + 60, self.log(f"client.rgw.{name}"))
+        return endpoint
+
+    def stop_gateway(self, name: str) -> None:
+        _stop(self.processes.pop(f"radosgw-{name}"))
+
     def stop(self) -> None:
-        """radosgw first, then the OSD, then the monitor; each by its PID."""
-        for name in ("radosgw", "osd", "mon"):
+        """The gateways first, then the OSD, then the monitor; each by its PID."""
+        order = sorted(self.processes, key=lambda n: (n != "radosgw", not n.startswith("radosgw")))
+        for name in [n for n in order if n not in ("osd", "mon")] + ["osd", "mon"]:
             process = self.processes.get(name)
-            if process is None or process.poll() is not None:
-                continue
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            if process is not None:
+                _stop(process)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _frontend(port: int, ssl: tuple[Path, Path] | None) -> tuple[str, str]:
+    """beast's frontend line for a loopback port, and the endpoint URL it serves."""
+    if ssl is None:
+        return f"beast endpoint=127.0.0.1:{port}", f"http://127.0.0.1:{port}"
+    cert, key = ssl
+    line = f"beast ssl_endpoint=127.0.0.1:{port} ssl_certificate={cert} ssl_private_key={key}"
+    return line, f"https://127.0.0.1:{port}"
 
 
 def _run(argv: list[str], *, timeout: float = 60.0) -> str:
@@ -222,21 +260,13 @@ def start_rgw(
     for sub in ("run", "log", "mon", "osd/ceph-0"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     fsid = str(uuid.uuid4())
-    mon_v2, mon_v1, port = free_port(), free_port(), free_port()
-    if ssl is None:
-        frontend = f"beast endpoint=127.0.0.1:{port}"
-        scheme = "http"
-    else:
-        cert, key = ssl
-        frontend = (
-            f"beast ssl_endpoint=127.0.0.1:{port} ssl_certificate={cert} ssl_private_key={key}"
-        )
-        scheme = "https"
+    mon_v2, mon_v1 = free_port(), free_port()
+    frontend, endpoint = _frontend(free_port(), ssl)
     conf = root / "ceph.conf"
     conf.write_text(_config(root, fsid, mon_v2, mon_v1, frontend))
     c = ["-c", str(conf)]
     processes: dict[str, subprocess.Popen[bytes]] = {}
-    server = RgwServer(f"{scheme}://127.0.0.1:{port}", root, conf, processes, 0.0)
+    server = RgwServer(endpoint, root, conf, processes, 0.0)
     try:
         monmap = root / "monmap"
         _run(
@@ -253,7 +283,7 @@ def start_rgw(
         processes["radosgw"] = _daemon(
             ["radosgw", *c, "-f", "-n", "client.rgw.bed"], root, "radosgw"
         )
-        _wait_for_s3(server, began + timeout)
+        _wait_for_s3(endpoint, processes["radosgw"], began + timeout, server.log())
     except BaseException:
         server.stop()
         raise
@@ -281,23 +311,24 @@ def _set_up_gateway(c: list[str]) -> None:
         )  # fmt: skip
 
 
-def _wait_for_s3(server: RgwServer, deadline: float) -> None:
+def _wait_for_s3(
+    endpoint: str, gateway: subprocess.Popen[bytes], deadline: float, log: str
+) -> None:
     """Until radosgw answers an anonymous ListBuckets (any HTTP answer will do)."""
     import ssl
 
     context = ssl._create_unverified_context()  # the bed's own certificate, when HTTPS
     while True:
-        gateway = server.processes["radosgw"]
         if gateway.poll() is not None:
-            raise RuntimeError(f"radosgw exited ({gateway.returncode}): {server.log()}")
+            raise RuntimeError(f"radosgw exited ({gateway.returncode}): {log}")
         try:
-            with urllib.request.urlopen(server.endpoint_url, timeout=2, context=context):
+            with urllib.request.urlopen(endpoint, timeout=2, context=context):
                 return
         except urllib.error.HTTPError:
             return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"radosgw did not answer in time: {server.log()}") from None
+                raise RuntimeError(f"radosgw at {endpoint} did not answer in time: {log}") from None
             time.sleep(0.05)
 
 
