@@ -136,12 +136,13 @@ def test_store_ca_bundle_over_https(
     assert listed.returncode == 0 and pushed.digest in listed.stdout, show(listed)
 
 
-@pytest.mark.parametrize("addressing", ["path", "auto"])
-def test_profile_region_and_addressing(
-    rgw_server: RgwServer, registry, image_factory, unique_repo, tmp_path: Path, addressing: str
+def test_profile_region_and_auto_addressing(
+    rgw_server: RgwServer, registry, image_factory, unique_repo, tmp_path: Path
 ) -> None:
-    """Credentials and region from AWS_PROFILE (no key variables), --region over it, and the
-    addressing styles that reach an endpoint given by IP address."""
+    """Credentials and region from AWS_PROFILE (no key variables), --region over it, and
+    `auto` addressing, which reaches an endpoint given by IP address path-style (path and
+    virtual: test_virtual_host_and_path_addressing)."""
+    addressing = "auto"
     image_factory.push(
         image_factory.image(layers=(LayerSpec(20_000, seed=1512),)),
         f"{registry.host}/{unique_repo}:p",
