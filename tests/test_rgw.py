@@ -4,9 +4,6 @@ registry (distribution's S3 driver) serving the archive straight from RGW."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +13,7 @@ from pipeline.refs import Reference
 from tests.bed.images import LayerSpec
 from tests.bed.registry import S3Storage
 from tests.bed.rgw import RgwServer
+from tests.test_archive_stores import podman_load
 from tests.test_faults import bale, cli_env, show
 
 pytestmark = pytest.mark.integration
@@ -30,23 +28,6 @@ def rgw_env(rgw_server: RgwServer, tmp_path: Path) -> dict[str, str]:
             "AWS_SECRET_ACCESS_KEY": rgw_server.secret_key,
         },
     )
-
-
-def podman_load(tar: Path, root: Path) -> str:
-    """`podman load` of `tar` into a throwaway storage; the images it then lists."""
-    runroot = tempfile.mkdtemp(prefix="bale-prr-")  # podman caps runroot at 50 characters
-    podman = ["podman", "--storage-driver", "vfs", "--root", str(root), "--runroot", runroot]
-    try:
-        proc = subprocess.run([*podman, "load", "-i", str(tar)], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
-        return subprocess.run(
-            [*podman, "images", "--format", "{{.Repository}}:{{.Tag}}"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    finally:
-        shutil.rmtree(runroot, ignore_errors=True)
 
 
 def test_archive_verify_restore_load_and_stock_registry_on_rgw(

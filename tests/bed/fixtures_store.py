@@ -100,11 +100,6 @@ def rgw_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RgwServer]:
         server.stop()
 
 
-@pytest.fixture
-def rgw_bucket(rgw_server: RgwServer) -> str:
-    return rgw_server.create_bucket()
-
-
 @pytest.fixture(scope="session")
 def oss_server() -> Iterator[OssServer]:
     server = OssServer(access_key_id=OSS_ACCESS_KEY_ID, region=OSS_REGION)
