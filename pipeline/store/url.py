@@ -191,7 +191,9 @@ def open_store(
             )
         ca_bundle = env.get("AWS_CA_BUNDLE") or None
         if ca_bundle is not None and not Path(ca_bundle).is_file():
-            raise UsageError(f"store CA bundle {ca_bundle} (AWS_CA_BUNDLE) is not a file")
+            raise UsageError(
+                f"store CA bundle {ca_bundle} (--store-ca-bundle, AWS_CA_BUNDLE) is not a file"
+            )
         return S3Store(
             parsed.bucket,
             parsed.prefix,

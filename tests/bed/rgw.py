@@ -274,10 +274,20 @@ def start_rgw(
              f"[v2:127.0.0.1:{mon_v2},v1:127.0.0.1:{mon_v1}]", str(monmap)]
         )  # fmt: skip
         _run(["ceph-mon", *c, "--mkfs", "-i", "a", "--monmap", str(monmap)])
-        processes["mon"] = _daemon(["ceph-mon", *c, "-f", "-i", "a"], root, "mon")
+        # The OSD's store is made while the monitor starts and registers it (id 0: the first).
         osd_uuid = str(uuid.uuid4())
+        mkfs = subprocess.Popen(
+            ["ceph-osd", *c, "--no-mon-config", "--mkfs", "-i", "0", "--osd-uuid", osd_uuid],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        processes["mon"] = _daemon(["ceph-mon", *c, "-f", "-i", "a"], root, "mon")
         osd_id = _run(["ceph", *c, "--connect-timeout", "30", "osd", "new", osd_uuid]).strip()
-        _run(["ceph-osd", *c, "--mkfs", "-i", osd_id, "--osd-uuid", osd_uuid])
+        _, err = mkfs.communicate(timeout=120)
+        if mkfs.returncode != 0 or osd_id != "0":
+            raise RuntimeError(
+                f"ceph-osd --mkfs failed ({mkfs.returncode}, id {osd_id}): {err[-2000:]!r}"
+            )
         processes["osd"] = _daemon(["ceph-osd", *c, "-f", "-i", osd_id], root, "osd")
         _set_up_gateway(c)
         processes["radosgw"] = _daemon(
