@@ -281,9 +281,11 @@ def start_rgw(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
+        processes["mkfs"] = mkfs  # stopped with the rest if what follows fails
         processes["mon"] = _daemon(["ceph-mon", *c, "-f", "-i", "a"], root, "mon")
         osd_id = _run(["ceph", *c, "--connect-timeout", "30", "osd", "new", osd_uuid]).strip()
         _, err = mkfs.communicate(timeout=120)
+        del processes["mkfs"]
         if mkfs.returncode != 0 or osd_id != "0":
             raise RuntimeError(
                 f"ceph-osd --mkfs failed ({mkfs.returncode}, id {osd_id}): {err[-2000:]!r}"
