@@ -3,19 +3,27 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := docker-registry skopeo podman buildah debootstrap
+# Ceph RGW for the test bed (tests/bed/rgw.py); without recommends (no mgr, no dashboards).
+APT_PACKAGES_NO_RECOMMENDS := ceph-mon ceph-osd radosgw ceph-common
 PYTEST_ARGS ?=
 
 .PHONY: all deps venv test test-all lint format demo bench image clean
 
 all: test
 
-# System packages the test bed drives as independent peers (registry, skopeo, podman), and
-# what the image test builds with (buildah, debootstrap for a base made locally).
+# System packages the test bed drives as independent peers (registry, skopeo, podman, Ceph
+# RGW), and what the image test builds with (buildah, debootstrap for a base made locally).
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	bare=""; for p in $(APT_PACKAGES_NO_RECOMMENDS); do dpkg -s $$p >/dev/null 2>&1 || bare="$$bare $$p"; done; \
+	if [ -n "$$missing$$bare" ]; then apt-get update -qq; fi; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi; \
+	if [ -n "$$bare" ]; then \
+		echo "installing:$$bare"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$bare; \
 	fi
 
 $(VENV)/.installed: pyproject.toml

@@ -4,7 +4,9 @@ Options (or environment): `--quick` (`BENCH_QUICK=1`: small images, 3 runs), `--
 (`BENCH_CASES`; default all: e a a-shaped b c d m r), `--out DIR` (`BENCH_OUT`, default
 bench/results), `--workdir DIR` (`BENCH_WORKDIR`, default a directory under /var/tmp: the
 images, registry storage and moto's spool need several GiB in the full run), `--code REV|DIR`
-(`BENCH_CODE`, default HEAD: the committed bale, exported, is what gets measured).
+(`BENCH_CODE`, default HEAD: the committed bale, exported, is what gets measured), `--store
+moto|rgw` (`BENCH_STORE`, default moto: the S3 server of the S3 cases; rgw is Ceph's RADOS Gateway
+on bluestore, tests/bed/rgw.py).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import config as bench_config
-from bench.bed import ROOT, Bed
+from bench.bed import ROOT, STORES, Bed
 from bench.cases import Bench
 from bench.report import Results, markdown, plot
 
@@ -109,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         help="What bale to measure: a git revision (exported, default HEAD) or a directory "
         "(`.` for the work tree as it is).",
     )
+    parser.add_argument(
+        "--store", choices=STORES, default=os.environ.get("BENCH_STORE", "moto"), help="S3 server."
+    )
     parser.add_argument("--keep", action="store_true", help="Keep the work directory.")
     args = parser.parse_args(argv)
     cfg = bench_config.load(args.quick)
@@ -138,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     log(f"bench {'quick' if cfg.quick else 'full'}: cases {' '.join(cases)}, {cfg.runs} runs")
     log(f"machine: {info['nproc']} cores, {info['cpu']}, {info['memory_gib']} GiB")
-    with Bed(Path(args.workdir), keep=args.keep) as bed:
+    log(f"S3 server: {args.store}")
+    with Bed(Path(args.workdir), keep=args.keep, store=args.store) as bed:
         code, commit = snapshot(args.code, bed.workdir / "code")
         bed.code = code
         log(f"measuring bale from {code} ({commit})")
@@ -155,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "jobs": cfg.jobs,
         "machine": info,
         "code": args.code,
+        "store": args.store,
         "commit": commit,
         "load": loads,
         "seconds": round(time.monotonic() - started, 1),

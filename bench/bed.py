@@ -1,7 +1,7 @@
 """The servers and images every contender shares, built from the test bed's own pieces.
 
-One docker-registry (the source), a second one (sync's destination), one moto_server, and
-images made by the test bed's `ImageFactory` and pushed with skopeo. Everything lives under one
+One docker-registry (the source), a second one (sync's destination), one S3 server (moto_server,
+or Ceph RGW with `--store rgw`: a real S3 implementation, whose speed moto hides), and images made by the test bed's `ImageFactory` and pushed with skopeo. Everything lives under one
 work directory, and each contender process gets its own empty TMPDIR there.
 """
 
@@ -18,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec, Skopeo
-from tests.bed.moto import ACCESS_KEY, REGION, SECRET_KEY, MotoServer, start_moto_server
+from tests.bed.moto import REGION, MotoServer, start_moto_server
 from tests.bed.registry import RegistryServer
+from tests.bed.rgw import RgwServer, start_rgw
+
+STORES = ("moto", "rgw")
 
 ROOT = Path(__file__).resolve().parent.parent
 BALE = [sys.executable, "-m", "pipeline"]
@@ -50,15 +53,19 @@ class Pushed:
 class Bed:
     """Start with `with Bed(workdir) as bed:`; everything stops and is removed on exit."""
 
-    def __init__(self, workdir: Path, *, code: Path = ROOT, keep: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, *, code: Path = ROOT, keep: bool = False, store: str = "moto"
+    ) -> None:
         self.workdir = workdir
+        self.store = store
+        """Which S3 server the S3 cases write to: one of STORES."""
         self.code = code
         """The tree whose `pipeline` is measured (a snapshot of a commit, or the work tree)."""
         self.keep = keep
         self._stack = contextlib.ExitStack()
         self.registry: RegistryServer
         self.registry2: RegistryServer
-        self.moto: MotoServer
+        self.s3: MotoServer | RgwServer
         self.factory: ImageFactory
         self.skopeo: Skopeo
         self._tmp_n = 0
@@ -70,11 +77,14 @@ class Bed:
         try:
             self.registry = self._stack.enter_context(RegistryServer(self.workdir / "registry"))
             self.registry2 = self._stack.enter_context(RegistryServer(self.workdir / "registry2"))
-            moto_tmp = self.workdir / "moto-tmp"
-            moto_tmp.mkdir()
-            with _env(TMPDIR=str(moto_tmp)):  # moto spools objects over 5 MiB to disk there
-                self.moto = start_moto_server(self.workdir)
-            self._stack.callback(self.moto.stop)
+            if self.store == "rgw":
+                self.s3 = start_rgw(self.workdir / "rgw")
+            else:
+                moto_tmp = self.workdir / "moto-tmp"
+                moto_tmp.mkdir()
+                with _env(TMPDIR=str(moto_tmp)):  # moto spools objects over 5 MiB to disk there
+                    self.s3 = start_moto_server(self.workdir)
+            self._stack.callback(self.s3.stop)
             self.factory = ImageFactory(self.workdir / "images")
             self.skopeo = Skopeo(self.workdir / "skopeo")
         except BaseException:
@@ -113,13 +123,13 @@ class Bed:
         return path
 
     def s3_env(self, endpoint: str | None = None) -> dict[str, str]:
-        """The environment of a contender talking to moto: fixed keys, no CA bundle."""
+        """The environment of a contender talking to the S3 server: fixed keys, no CA bundle."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BALE_"))}
         env.update(
-            AWS_ACCESS_KEY_ID=ACCESS_KEY,
-            AWS_SECRET_ACCESS_KEY=SECRET_KEY,
+            AWS_ACCESS_KEY_ID=self.s3.access_key,
+            AWS_SECRET_ACCESS_KEY=self.s3.secret_key,
             AWS_DEFAULT_REGION=REGION,
-            AWS_ENDPOINT_URL=endpoint or self.moto.endpoint_url,
+            AWS_ENDPOINT_URL=endpoint or self.s3.endpoint_url,
             PYTHONPATH=os.pathsep.join(dict.fromkeys([str(self.code), str(ROOT)])),
         )
         return env
@@ -142,11 +152,11 @@ class Bed:
     # ---- buckets -----------------------------------------------------------------------
 
     def new_bucket(self) -> str:
-        return self.moto.create_bucket(f"bench-{uuid.uuid4().hex[:10]}")
+        return self.s3.create_bucket(f"bench-{uuid.uuid4().hex[:10]}")
 
     def drop_bucket(self, name: str) -> None:
-        """Empty and delete a bucket (keeps moto's memory and disk flat across runs)."""
-        client = self.moto.client()
+        """Empty and delete a bucket (keeps the server's memory and disk flat across runs)."""
+        client = self.s3.client()
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
             keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
             if keys:
@@ -157,7 +167,7 @@ class Bed:
         client.delete_bucket(Bucket=name)
 
     def bucket_bytes(self, name: str) -> int:
-        client: Any = self.moto.client()
+        client: Any = self.s3.client()
         total = 0
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
             total += sum(o["Size"] for o in page.get("Contents", []))

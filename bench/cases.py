@@ -90,7 +90,7 @@ class Bench:
         """Where contenders run: not the repository, so `python -m pipeline` imports the
         measured tree from PYTHONPATH and not the work tree from the current directory."""
         self.put_rate: float | None = None
-        """Bytes/s of the plain boto3 PUT to moto (case e, big shape), for case a shaped."""
+        """Bytes/s of the plain boto3 PUT to the S3 server (case e, big shape), for case a shaped."""
         self.sha_rate: float | None = None
 
     # ---- plumbing ----------------------------------------------------------------------
@@ -420,7 +420,7 @@ class Bench:
             result.info.update(new_layer_bytes=new_bytes, image_bytes=second.size)
             with (
                 Relay(self.bed.registry.host) as reg,
-                Relay(self.bed.moto.endpoint_url.rsplit("/", 1)[1]) as s3,
+                Relay(self.bed.s3.endpoint_url.rsplit("/", 1)[1]) as s3,
             ):
                 for i in range(cfg.runs):
                     sample = self._archive_second(base, second, reg, s3)

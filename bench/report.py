@@ -254,6 +254,8 @@ def _s(v: float | None) -> str:
 
 def markdown(results: Results) -> str:
     lines = [
+        f"S3 server: {results.data.get('store', 'moto')}",
+        "",
         "| case | image | contender | median s | min-max s | MiB/s | peak RSS MiB | temp disk MiB |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]

@@ -33,6 +33,45 @@ def option(*decls: str, **kwargs: Any) -> Callable[[F], F]:
     return click.option(*decls, **kwargs)
 
 
+def _store_setting(variable: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    """A store option's callback: the flag sets the variable boto3 and open_store read, so the
+    flag and the variable are one setting (the flag wins)."""
+
+    def remember(_ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if value is not None:
+            import os
+
+            os.environ[variable] = str(value)
+
+    return remember
+
+
+def store_options(func: F) -> F:
+    """--s3-addressing, --region, --store-ca-bundle: how to reach an s3:// store."""
+    addressing = option(
+        "--s3-addressing",
+        type=click.Choice(["path", "virtual", "auto"]),
+        expose_value=False,
+        callback=_store_setting("AWS_S3_ADDRESSING_STYLE"),
+        help="S3 bucket addressing (AWS_S3_ADDRESSING_STYLE; default: path with an endpoint).",
+    )
+    region = option(
+        "--region",
+        metavar="REGION",
+        expose_value=False,
+        callback=_store_setting("AWS_REGION"),
+        help="S3 region (AWS_REGION, AWS_DEFAULT_REGION or the profile's otherwise).",
+    )
+    ca_bundle = option(
+        "--store-ca-bundle",
+        metavar="PEM",
+        expose_value=False,
+        callback=_store_setting("AWS_CA_BUNDLE"),
+        help="CA certificates to trust for an https store endpoint (AWS_CA_BUNDLE).",
+    )
+    return addressing(region(ca_bundle(func)))
+
+
 _log_format = ["text"]
 """`main`'s --log-format, for lines written from worker threads (click's context is per thread)."""
 
@@ -342,6 +381,7 @@ def _registry_client(
 )
 @option("--from", "from_store", metavar="STORE", help="Inspect the image as archived in STORE.")
 @option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint (with --from).")
+@store_options
 @registry_options
 @handles_errors
 def inspect_command(
@@ -688,6 +728,7 @@ def archive_options(func: F) -> F:
                 help="s3://, oss://, file:// or a path.",
             ),
             option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint."),
+            store_options,
             option(
                 "--dry-run",
                 is_flag=True,
@@ -824,6 +865,7 @@ def run_command(spec_path: str, shard: str | None, **common: Any) -> None:
 @click.argument("store_url", metavar="STORE")
 @click.argument("pattern", metavar="[REPO[:TAG]]", required=False)
 @option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint.")
+@store_options
 @option("--json", "as_json", is_flag=True, help="One JSON array of records.")
 @handles_errors
 def ls_command(
@@ -936,6 +978,7 @@ def _registry_options(
 @click.argument("src")
 @click.argument("dst")
 @option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint for s3:// / oss://.")
+@store_options
 @option(
     "--stdin-memory",
     type=_size_type(),
@@ -1027,6 +1070,7 @@ def copy_command(
     "--from", "store_url", required=True, metavar="STORE", help="s3://, oss://, file:// or a path."
 )
 @option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint.")
+@store_options
 @option("--all-tags", is_flag=True, help="Restore every archived tag of IMAGE's repository.")
 @option(
     "--platform",
@@ -1272,6 +1316,7 @@ def sync_command(
 @click.argument("store_url", metavar="STORE")
 @click.argument("images", nargs=-1, metavar="[IMAGE]...")
 @option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint.")
+@store_options
 @option("--deep", is_flag=True, help="Also decompress layers (gzip, zstd) and check diff_ids.")
 @option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of lines.")
 @transfer_options
@@ -1322,6 +1367,7 @@ def _older_than_option(func: F) -> F:
 @main.command("gc")
 @click.argument("store_url", metavar="STORE")
 @option("--endpoint-url", metavar="URL", help="S3-compatible or OSS endpoint.")
+@store_options
 @option("--dry-run", is_flag=True, help="List what would be removed, with sizes; remove nothing.")
 @_older_than_option
 @option("--jobs", type=click.IntRange(min=1), default=4, help="Parallel reads and deletes.")

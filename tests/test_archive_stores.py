@@ -196,6 +196,23 @@ def test_multi_arch(registry, image_factory, skopeo, unique_repo, tmp_path):
     assert not bucket.has_blob(amd64.descriptor)
 
 
+def podman_load(tar: Path, root: Path) -> str:
+    """`podman load` of `tar` into a throwaway storage under `root`; the images it then lists."""
+    runroot = tempfile.mkdtemp(prefix="bale-prr-")  # podman caps runroot at 50 characters
+    podman = ["podman", "--storage-driver", "vfs", "--root", str(root), "--runroot", runroot]
+    try:
+        proc = subprocess.run([*podman, "load", "-i", str(tar)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return subprocess.run(
+            [*podman, "images", "--format", "{{.Repository}}:{{.Tag}}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        shutil.rmtree(runroot, ignore_errors=True)
+
+
 def test_podman_loads_and_skopeo_restores_the_tar(
     registry, image_factory, unique_repo, tmp_path, skopeo
 ):
@@ -208,28 +225,7 @@ def test_podman_loads_and_skopeo_restores_the_tar(
     ref = Reference.parse(f"{registry.host}/{unique_repo}:p")
     assert _archive(bucket, str(ref)).status == "archived"
     tar = tmp_path / "s" / layout.tar_key_for(ref)
-    runroot = tempfile.mkdtemp(prefix="bale-prr-")  # podman caps runroot at 50 characters
-    podman = [
-        "podman",
-        "--storage-driver",
-        "vfs",
-        "--root",
-        str(tmp_path / "pr"),
-        "--runroot",
-        runroot,
-    ]
-    try:
-        proc = subprocess.run([*podman, "load", "-i", str(tar)], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
-        images = subprocess.run(
-            [*podman, "images", "--format", "{{.Repository}}:{{.Tag}}"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    finally:
-        shutil.rmtree(runroot, ignore_errors=True)
-    assert f"{ref.name}:p" in images
+    assert f"{ref.name}:p" in podman_load(tar, tmp_path / "pr")
     skopeo.copy(
         f"oci-archive:{tar}",
         f"docker://{registry.host}/{unique_repo}-back:p",

@@ -529,3 +529,20 @@ def test_big_image_push(
     assert skopeo.inspect(f"docker://{pushed.reference}", raw=True) == img.manifest
     puts = registry.requests("PUT", rf"^/v2/{unique_repo}/blobs/uploads/")
     assert len(puts) == 3
+
+
+def test_rgw_serves_s3_with_extra_storage_classes(rgw_server: Any) -> None:
+    """The bed's Ceph RGW: its daemons are its own processes, its user's keys work, and the
+    placement offers storage classes besides STANDARD (unconfigured, RGW answers 400)."""
+    from tests.bed.rgw import STORAGE_CLASSES
+
+    assert all(p.poll() is None for p in rgw_server.processes.values())
+    assert set(rgw_server.pids) == {"mon", "osd", "radosgw"}
+    client = rgw_server.client()
+    bucket = rgw_server.create_bucket()
+    for storage_class in ("STANDARD", *STORAGE_CLASSES):
+        client.put_object(Bucket=bucket, Key=storage_class, Body=b"x", StorageClass=storage_class)
+        head = client.head_object(Bucket=bucket, Key=storage_class)
+        assert head.get("StorageClass", "STANDARD") == storage_class
+    with pytest.raises(client.exceptions.ClientError, match=r"InvalidArgument|InvalidStorageClass"):
+        client.put_object(Bucket=bucket, Key="no", Body=b"x", StorageClass="REDUCED_REDUNDANCY")

@@ -32,6 +32,7 @@ import pytest
 
 from pipeline.archive import layout
 from pipeline.refs import Reference
+from tests.bed.fixtures_store import S3Server
 from tests.bed.images import ImageFactory, LayerSpec
 from tests.bed.moto import MotoServer
 from tests.bed.proxy import FaultProxy, Hold
@@ -117,9 +118,9 @@ def kill_when(
 
 
 class S3View:
-    """What moto holds, read with boto3 directly (not through bale's store code)."""
+    """What moto or RGW holds, read with boto3 directly (not through bale's store code)."""
 
-    def __init__(self, server: MotoServer, bucket: str, prefix: str) -> None:
+    def __init__(self, server: S3Server, bucket: str, prefix: str) -> None:
         self.client = server.client()
         self.bucket = bucket
         self.prefix = prefix
@@ -175,7 +176,7 @@ def check_no_dangling(keys: set[str]) -> None:
 ARCHIVE_SLOW = ("--jobs", "2", "--limit-rate", "12M")
 
 
-@pytest.mark.parametrize("kind", ["local", "s3"])
+@pytest.mark.parametrize("kind", ["local", "s3", "rgw"])
 def test_kill_9_mid_upload_then_rerun(
     kind: str,
     pair: Pair,
@@ -184,12 +185,13 @@ def test_kill_9_mid_upload_then_rerun(
     tmp_path: Path,
 ) -> None:
     env = cli_env(tmp_path)
-    if kind == "s3":
-        moto: MotoServer = request.getfixturevalue("moto_server")
-        bucket = moto.create_bucket()
-        view = S3View(moto, bucket, "arch")
+    if kind in ("s3", "rgw"):
+        server: S3Server = request.getfixturevalue("rgw_server" if kind == "rgw" else "moto_server")
+        env.update(AWS_ACCESS_KEY_ID=server.access_key, AWS_SECRET_ACCESS_KEY=server.secret_key)
+        bucket = server.create_bucket()
+        view = S3View(server, bucket, "arch")
         store = f"s3://{bucket}/arch"
-        store_args = [store, "--endpoint-url", moto.endpoint_url]
+        store_args = [store, "--endpoint-url", server.endpoint_url]
 
         def keys() -> set[str]:
             return view.keys()
@@ -268,7 +270,7 @@ def test_kill_9_mid_upload_then_rerun(
     aborted = [line for line in dry.stdout.splitlines() if line.startswith("would abort upload ")]
     assert len(aborted) == len(left_open) >= 1, show(dry)
     assert not [line for line in dry.stdout.splitlines() if " blob " in line], show(dry)
-    if kind == "s3":
+    if kind != "local":
         assert sorted(line.split()[3] for line in aborted) == sorted(left_open), show(dry)
     else:
         assert {line.split()[4] for line in aborted} == set(left_open), show(dry)
@@ -278,7 +280,7 @@ def test_kill_9_mid_upload_then_rerun(
         aborted
     )
     assert in_flight() == []
-    if kind == "s3":
+    if kind != "local":
         assert view.uploads() == []
     assert keys() == after
     proc = bale("verify", *store_args, env=env)

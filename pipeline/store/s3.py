@@ -4,12 +4,16 @@ The client is set up for S3-compatible servers as much as for AWS: checksums onl
 operation requires them (boto3 >= 1.36 otherwise sends trailers many servers reject), path-style
 addressing whenever an endpoint is given, a connection pool large enough for parallel parts, and
 botocore's own retries off so that throttling goes through bale's one retry policy.
-Create-if-absent is `If-None-Match: *` on PutObject and CompleteMultipartUpload.
+Create-if-absent is `If-None-Match: *` on PutObject and CompleteMultipartUpload where the server
+honours it, and a HEAD before and after the write where it does not (probed once per endpoint:
+s3_probe.py). An upload the server no longer knows (`NoSuchUpload`, or RGW's `NoSuchKey` after an
+abort) is gone.
 Everything but the boto3 calls is shared with OSS in remote.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -47,6 +51,7 @@ from pipeline.store.remote import (
     network_reason,
     service_error,
 )
+from pipeline.store.s3_probe import ServerTraits, traits_of
 from pipeline.transfer.retry import (
     RETRYABLE_STATUS,
     Retryable,
@@ -71,6 +76,9 @@ _TRANSIENT_CODES = frozenset(
     }
 )
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_UPLOAD_GONE_CODES = frozenset({"NoSuchUpload", "NoSuchKey"})
+"""An upload id the server no longer knows: AWS and moto say NoSuchUpload; RGW 16 answers
+ListParts of an aborted upload with 404 NoSuchKey."""
 _CREDENTIAL_CODES = frozenset(
     {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
 )
@@ -162,26 +170,45 @@ def make_client(
     secret_key: str | None = None,
     session_token: str | None = None,
     max_connections: int = 64,
+    addressing: str | None = None,
+    ca_bundle: str | None = None,
 ) -> Any:
-    """A boto3 S3 client: explicit credentials if given, else the standard AWS chain."""
+    """A boto3 S3 client: explicit credentials if given, else the standard AWS chain.
+
+    `addressing` is botocore's `addressing_style` (path, virtual, auto); without it, path-style
+    whenever an endpoint is given (most S3-compatible servers know no bucket host names).
+    `ca_bundle` replaces the trusted CAs (None: botocore's own, which reads AWS_CA_BUNDLE)."""
     session = boto3.session.Session(
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
         aws_session_token=session_token,
     )
     region = region or session.region_name or ("us-east-1" if endpoint_url else None)
+    style = addressing or ("path" if endpoint_url else None)
     config = botocore.config.Config(
         region_name=region,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        s3={"addressing_style": "path"} if endpoint_url else {},
+        s3={"addressing_style": style} if style else {},
         max_pool_connections=max_connections,
         retries={"total_max_attempts": 1},
         connect_timeout=10,
         read_timeout=120,
         tcp_keepalive=True,
     )
-    return session.client("s3", endpoint_url=endpoint_url, config=config)
+    return session.client("s3", endpoint_url=endpoint_url, config=config, verify=ca_bundle)
+
+
+def multipart_etag(parts: list[Part]) -> str | None:
+    """The ETag S3 gives an object completed from `parts`: the MD5 of their binary MD5s, then
+    `-count` (None when a part's ETag is not an MD5, as under SSE-KMS)."""
+    try:
+        digests = b"".join(bytes.fromhex(_unquote(p.etag) or "") for p in parts)
+    except ValueError:
+        return None
+    if len(digests) != 16 * len(parts):
+        return None
+    return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(parts)}"
 
 
 class _Body(StoreBody):
@@ -227,6 +254,8 @@ class S3Store(RemoteStore):
         retry: RetryPolicy | None = None,
         part_size: int = DEFAULT_PART_SIZE,
         parallel: int = DEFAULT_PARALLEL,
+        addressing: str | None = None,
+        ca_bundle: str | None = None,
     ) -> None:
         super().__init__(bucket, prefix, retry=retry, part_size=part_size, parallel=parallel)
         self.endpoint_url = endpoint_url
@@ -237,6 +266,8 @@ class S3Store(RemoteStore):
             secret_key=secret_key,
             session_token=session_token,
             max_connections=max(64, 4 * self.parallel),
+            addressing=addressing,
+            ca_bundle=ca_bundle,
         )
 
     @property
@@ -305,10 +336,24 @@ class S3Store(RemoteStore):
     def _delete_object(self, name: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=name)
 
-    def _write(self, call: Callable[..., Any], *, if_absent: bool, **args: Any) -> bool:
+    def _traits(self) -> ServerTraits:
+        return traits_of(self.client, self.bucket, self.prefix)
+
+    def _write(
+        self,
+        call: Callable[..., Any],
+        *,
+        if_absent: bool,
+        honoured: bool,
+        expected_etag: str | None = None,
+        **args: Any,
+    ) -> bool:
         """A write that creates the object (PutObject, CompleteMultipartUpload), made
-        conditional by `If-None-Match: *` when `if_absent`; False when the key was taken."""
+        conditional by `If-None-Match: *` when `if_absent`; False when the key was taken.
+        Where the server ignores the condition (`honoured` False), HEADs keep the promise."""
         extra = {"IfNoneMatch": "*"} if if_absent else {}
+        if if_absent and not honoured:
+            return self._write_checked(call, expected_etag=expected_etag, **args, **extra)
         try:
             call(Bucket=self.bucket, **args, **extra)
         except ClientError as exc:
@@ -317,8 +362,36 @@ class S3Store(RemoteStore):
             raise
         return True
 
+    def _write_checked(
+        self,
+        call: Callable[..., Any],
+        *,
+        Key: str,  # boto3 spells it so; passed through
+        expected_etag: str | None = None,
+        **args: Any,
+    ) -> bool:
+        """An if-absent write on a server that ignores `If-None-Match` for it: nothing is
+        written over an object seen by a HEAD first, and if a HEAD after shows another ETag
+        than ours, a concurrent writer's object replaced ours and the key counts as taken.
+        The window between the first HEAD and the write is documented in s3_probe.py.
+        `expected_etag` stands in where the answer has none (RGW's completions)."""
+        if self._head_object(Key) is not None:
+            return False
+        try:
+            r = call(Bucket=self.bucket, Key=Key, **args)
+        except ClientError as exc:
+            if _taken(exc, True):
+                return False
+            raise
+        ours = _unquote(r.get("ETag")) or expected_etag
+        after = self._head_object(Key)
+        return after is None or ours is None or after.etag == ours
+
     def _put_object(self, name: str, data: bytes, *, if_absent: bool) -> bool:
-        return self._write(self.client.put_object, if_absent=if_absent, Key=name, Body=data)
+        honoured = not if_absent or self._traits().conditional_put
+        return self._write(
+            self.client.put_object, if_absent=if_absent, honoured=honoured, Key=name, Body=data
+        )
 
     def _initiate(self, name: str) -> str:
         r = self.client.create_multipart_upload(Bucket=self.bucket, Key=name)
@@ -351,13 +424,15 @@ class S3Store(RemoteStore):
         return self._write(
             self.client.complete_multipart_upload,
             if_absent=if_absent,
+            honoured=not if_absent or self._traits().conditional_complete,
+            expected_etag=multipart_etag(parts),
             Key=name,
             UploadId=upload_id,
             MultipartUpload=body,
         )
 
     def _no_such_upload(self, exc: BaseException) -> bool:
-        return isinstance(exc, ClientError) and _code(exc) == "NoSuchUpload"
+        return isinstance(exc, ClientError) and _code(exc) in _UPLOAD_GONE_CODES
 
     def _abort(self, name: str, upload_id: str) -> bool:
         try:

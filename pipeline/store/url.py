@@ -1,7 +1,9 @@
 """Store URLs and object locations, parsed in one place, exactly as DESIGN's Stores table says.
 
     s3://bucket[/prefix]     boto3; the standard AWS credential chain; `--endpoint-url` or
-                             AWS_ENDPOINT_URL (AWS_ENDPOINT_URL_S3) for S3-compatible servers
+                             AWS_ENDPOINT_URL (AWS_ENDPOINT_URL_S3) for S3-compatible servers;
+                             AWS_S3_ADDRESSING_STYLE (path, virtual, auto), AWS_REGION,
+                             AWS_CA_BUNDLE (the CLI's store options set these)
     oss://bucket[/prefix]    oss2; OSS_ENDPOINT (or `--endpoint-url`), OSS_ACCESS_KEY_ID,
                              OSS_ACCESS_KEY_SECRET, OSS_SESSION_TOKEN, OSS_REGION (V4 signing)
     file:///dir, or a path   a local directory
@@ -21,12 +23,13 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from pipeline.errors import InvalidStoreURL, StoreError
+from pipeline.errors import InvalidStoreURL, StoreError, UsageError
 from pipeline.store import keys
 from pipeline.store.base import ObjectStore
 from pipeline.transfer.retry import RetryPolicy
 
 SCHEMES = ("s3", "oss", "file")
+S3_ADDRESSING = ("path", "virtual", "auto")
 
 _BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 
@@ -228,8 +231,25 @@ def _configured(
         from pipeline.store.s3 import S3Store
 
         endpoint = endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+        addressing = env.get("AWS_S3_ADDRESSING_STYLE") or None
+        if addressing is not None and addressing not in S3_ADDRESSING:
+            raise UsageError(
+                f"S3 addressing {addressing!r} (AWS_S3_ADDRESSING_STYLE): use path, virtual or auto"
+            )
+        ca_bundle = env.get("AWS_CA_BUNDLE") or None
+        if ca_bundle is not None and not Path(ca_bundle).is_file():
+            raise UsageError(
+                f"store CA bundle {ca_bundle} (--store-ca-bundle, AWS_CA_BUNDLE) is not a file"
+            )
         return S3Store(
-            parsed.bucket, parsed.prefix, endpoint_url=endpoint or None, retry=retry, **tuning
+            parsed.bucket,
+            parsed.prefix,
+            endpoint_url=endpoint or None,
+            region=env.get("AWS_REGION") or None,
+            addressing=addressing,
+            ca_bundle=ca_bundle,
+            retry=retry,
+            **tuning,
         )
 
     if parsed.scheme == "oss":

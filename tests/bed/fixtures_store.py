@@ -1,13 +1,15 @@
-"""Store test bed fixtures: moto_server (S3 over HTTP), the OSS protocol server, local dirs.
+"""Store test bed fixtures: moto_server and Ceph RGW (S3 over HTTP), the OSS protocol server,
+local dirs.
 
     moto_server      session: `moto_server` on a free loopback port (tests/bed/moto.py)
+    rgw_server       session: a single-node Ceph cluster with radosgw (tests/bed/rgw.py)
     oss_server       session: the OSS protocol server (tests/bed/oss_server.py)
     s3_bucket        a fresh, empty bucket on moto_server
     oss_bucket       a fresh, empty bucket on oss_server
-    store_bed        factory: a fresh store of one kind ("local", "s3", "oss") with a prefix,
+    store_bed        factory: a fresh store of one kind ("local", "s3", "rgw", "oss") with a prefix,
                      plus inspection that bypasses the store code (boto3 client, server state,
                      a directory walk) so tests can check what the server really holds
-    any_store_bed    parametrized over all three kinds: the contract suite runs on it
+    any_store_bed    parametrized over all four kinds: the contract suite runs on it
 
 Credentials are fixed test values given to each store explicitly; the process environment is
 not changed (tests of `open_store` set variables with monkeypatch).
@@ -24,14 +26,28 @@ from urllib.parse import quote, unquote
 
 import pytest
 
-from tests.bed.moto import ACCESS_KEY, SECRET_KEY, MotoServer, start_moto_server
+from tests.bed.moto import MotoServer, start_moto_server
 from tests.bed.oss_server import OssServer
+from tests.bed.rgw import RgwServer, missing_binaries, start_rgw
 
 OSS_ACCESS_KEY_ID = "bale-test-ak"
 OSS_ACCESS_KEY_SECRET = "bale-test-secret"
 OSS_REGION = "cn-test"
 
-KINDS = ("local", "s3", "oss", "live-s3", "live-oss")
+KINDS = ("local", "s3", "rgw", "oss", "live-s3", "live-oss")
+
+S3Server = MotoServer | RgwServer
+"""Either S3 server of the bed: both offer `endpoint_url`, `client()` and `create_bucket()`."""
+
+UPLOAD_GONE = frozenset({"NoSuchUpload", "NoSuchKey"})
+"""ListParts' answers for an upload that is gone: moto and AWS say NoSuchUpload, RGW 16 says
+NoSuchKey once the upload was aborted."""
+
+
+def upload_gone(exc: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    return isinstance(exc, ClientError) and exc.response["Error"]["Code"] in UPLOAD_GONE
 
 
 def fast_retry() -> Any:
@@ -72,6 +88,19 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer
 
 
 @pytest.fixture(scope="session")
+def rgw_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RgwServer]:
+    missing = missing_binaries()
+    if missing:
+        pytest.fail(f"Ceph RGW bed: {', '.join(missing)} not installed (`make deps` installs it)")
+    server = start_rgw(tmp_path_factory.mktemp("rgw"))
+    print(f"\nCeph RGW up at {server.endpoint_url} in {server.started_in:.1f} s")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def oss_server() -> Iterator[OssServer]:
     server = OssServer(access_key_id=OSS_ACCESS_KEY_ID, region=OSS_REGION)
     try:
@@ -90,7 +119,7 @@ def oss_bucket(oss_server: OssServer) -> str:
     return oss_server.create_bucket()
 
 
-def _s3_bed(server: MotoServer, prefix: str, **tuning: Any) -> StoreBed:
+def _s3_bed(server: S3Server, prefix: str, kind: str = "s3", **tuning: Any) -> StoreBed:
     from pipeline.store.multipart import S3_LIMITS
     from pipeline.store.s3 import S3Store
 
@@ -101,8 +130,8 @@ def _s3_bed(server: MotoServer, prefix: str, **tuning: Any) -> StoreBed:
         bucket,
         prefix,
         endpoint_url=server.endpoint_url,
-        access_key=ACCESS_KEY,
-        secret_key=SECRET_KEY,
+        access_key=server.access_key,
+        secret_key=server.secret_key,
         **tuning,
     )
     client = server.client()
@@ -114,8 +143,10 @@ def _s3_bed(server: MotoServer, prefix: str, **tuning: Any) -> StoreBed:
     def parts_of(name: str, upload_id: str) -> int | None:
         try:
             r = client.list_parts(Bucket=bucket, Key=name, UploadId=upload_id)
-        except client.exceptions.NoSuchUpload:
-            return None
+        except client.exceptions.ClientError as exc:
+            if upload_gone(exc):
+                return None
+            raise
         return len(r.get("Parts", []))
 
     def names() -> list[str]:
@@ -135,7 +166,7 @@ def _s3_bed(server: MotoServer, prefix: str, **tuning: Any) -> StoreBed:
             client.delete_object(Bucket=bucket, Key=name)
         client.delete_bucket(Bucket=bucket)
 
-    return StoreBed("s3", store, prefix, open_uploads, parts_of, names, start_stale_upload, cleanup)
+    return StoreBed(kind, store, prefix, open_uploads, parts_of, names, start_stale_upload, cleanup)
 
 
 def _oss_bed(server: OssServer, prefix: str, **tuning: Any) -> StoreBed:
@@ -261,8 +292,10 @@ def _live_bed(kind: str, **tuning: Any) -> StoreBed:
         def parts_of(name: str, upload_id: str) -> int | None:
             try:
                 r = client.list_parts(Bucket=bucket, Key=name, UploadId=upload_id)
-            except client.exceptions.NoSuchUpload:
-                return None
+            except client.exceptions.ClientError as exc:
+                if upload_gone(exc):
+                    return None
+                raise
             return len(r.get("Parts", []))
 
         def names() -> list[str]:
@@ -321,14 +354,16 @@ def _live_bed(kind: str, **tuning: Any) -> StoreBed:
 def store_bed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., StoreBed]]:
     """`store_bed(kind, prefix="pfx", **tuning)`: a fresh store; servers start on first use.
 
-    Kinds: "local", "s3" (moto_server), "oss" (the OSS protocol server), and "live-s3" /
-    "live-oss" (real clouds, skipped unless their credentials are set).
+    Kinds: "local", "s3" (moto_server), "rgw" (Ceph RGW), "oss" (the OSS protocol server), and
+    "live-s3" / "live-oss" (real clouds, skipped unless their credentials are set).
     """
     beds: list[StoreBed] = []
 
     def make(kind: str, prefix: str = "pfx", **tuning: Any) -> StoreBed:
         if kind == "s3":
             bed = _s3_bed(request.getfixturevalue("moto_server"), prefix, **tuning)
+        elif kind == "rgw":
+            bed = _s3_bed(request.getfixturevalue("rgw_server"), prefix, "rgw", **tuning)
         elif kind == "oss":
             bed = _oss_bed(request.getfixturevalue("oss_server"), prefix, **tuning)
         elif kind == "local":
@@ -349,6 +384,7 @@ def store_bed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callab
     params=[
         pytest.param("local"),
         pytest.param("s3", marks=pytest.mark.integration),
+        pytest.param("rgw", marks=pytest.mark.integration),
         pytest.param("oss", marks=pytest.mark.integration),
         pytest.param("live-s3", marks=pytest.mark.live),
         pytest.param("live-oss", marks=pytest.mark.live),

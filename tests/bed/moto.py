@@ -54,6 +54,8 @@ class MotoServer:
     process: subprocess.Popen[bytes]
     log_path: Path
     _clients: list[Any] = field(default_factory=list)
+    access_key: str = ACCESS_KEY
+    secret_key: str = SECRET_KEY
 
     def client(self) -> Any:
         """A boto3 S3 client for test set-up and inspection (not the code under test)."""
