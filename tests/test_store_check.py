@@ -223,6 +223,31 @@ def test_s3_write_check_leaves_nothing_behind(
     assert s3_names(moto_server, s3_bucket) == ([], [])
 
 
+def test_ceph_rgw_problems_and_a_check_that_leaves_nothing(rgw_server: Any, tmp_path: Path) -> None:
+    """A real S3 server that checks every signature: the same lines as on moto."""
+    bucket = rgw_server.create_bucket()
+    url = f"s3://{bucket}/arch"
+    env = cli_env(
+        tmp_path,
+        {
+            "AWS_ACCESS_KEY_ID": rgw_server.access_key,
+            "AWS_SECRET_ACCESS_KEY": rgw_server.secret_key,
+            "AWS_ENDPOINT_URL": rgw_server.endpoint_url,
+        },
+    )
+    proc = bale("archive", *IMAGES, "--to", "s3://no-such-bucket-13/arch", env=env)
+    one_line(proc, "bucket no-such-bucket-13 does not exist")
+    wrong = {**env, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    one_line(bale("archive", *IMAGES, "--to", url, env=wrong), "SignatureDoesNotMatch")
+    unknown = {**env, "AWS_ACCESS_KEY_ID": "NOSUCHKEY"}
+    one_line(bale("ls", url, env=unknown), "InvalidAccessKeyId")
+    proc = bale("archive", IMAGES[0], "--to", url, "--retries", "0", env=env)
+    assert proc.returncode == 1, show(proc)  # past the check; the image's registry is not there
+    client = rgw_server.client()
+    assert client.list_objects_v2(Bucket=bucket).get("Contents", []) == []
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
 # ---- OSS (the OSS protocol server) ---------------------------------------------------------
 
 
