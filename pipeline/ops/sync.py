@@ -236,7 +236,7 @@ class Syncer:
                 source=name,
                 status="failed",
                 error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-            )
+            ).after_signal()
         result.seconds = round(time.monotonic() - started, 3)
         self.events.on_image_done(result)
         return result
@@ -416,6 +416,6 @@ def sync_many(
     ]
     for items in phases:
         if not stop.is_set():
-            report.add_each(items, one, syncer.session.transfer.jobs)
+            report.add_each(items, one, syncer.session.transfer.jobs, lambda i: str(i.source))
     report.finish()
     return report
