@@ -37,6 +37,7 @@ import pytest
 from pipeline.archive import layout
 from tests.bed.images import ImageFactory, LayerSpec
 from tests.bed.moto import MotoServer
+from tests.bed.proxy import FaultProxy, Respond
 from tests.bed.registry import RegistryServer
 from tests.test_crash import S3View, blob_gets, check_no_dangling, start
 from tests.test_faults import bale, blob_digests, cli_env, local_keys, show
@@ -211,6 +212,28 @@ def test_archive_signal_mid_transfer(
     assert all(gets[d] == 1 for d in stored), gets
     verify = bale("verify", *store_args, env=env)
     assert verify.returncode == 0 and verify.stdout == "", show(verify)
+
+
+def test_signal_ends_a_retry_wait(trio: Trio, registry: RegistryServer, tmp_path: Path) -> None:
+    """Every blob GET answers 503 with `Retry-After: 300`: bale waits 300 s before its next
+    attempt, and the signal ends that wait (the test's 60 s bound would catch it otherwise)."""
+    env = cli_env(tmp_path)
+    root = tmp_path / "store"
+    report, junit = tmp_path / "r.json", tmp_path / "r.xml"
+    with FaultProxy(registry.host) as proxy:
+        busy = proxy.add(
+            Respond(path=r"/blobs/sha256:", times=None, headers={"Retry-After": "300"})
+        )
+        ref = f"docker://{proxy.host}/{trio.repo.split('/', 1)[1]}:1"
+        archive = ["archive", ref, "--to", str(root), "--src-tls-verify=false"]
+        proc = start([*archive, "--report", str(report), "--junit", str(junit)], env)
+        wait_for(proc, lambda: busy.fired > 0)
+        time.sleep(0.3)
+        _out, err = interrupt(proc, signal.SIGTERM)
+    check_reports(report, junit, err, signal.SIGTERM)
+    assert "retrying" in err, err
+    assert not [k for k in local_keys(root) if k.startswith(".bale-tmp/")]
+    check_no_dangling(local_keys(root))
 
 
 def test_second_signal_exits_at_once_leaving_no_temporary_file(trio: Trio, tmp_path: Path) -> None:
