@@ -89,6 +89,7 @@ def wait_for(proc: subprocess.Popen[str], ready: Callable[[], bool], timeout: fl
 
 def interrupt(proc: subprocess.Popen[str], signum: int, *, again: bool = False) -> tuple[str, str]:
     """Send `signum` (twice with `again`) and wait for the exit; 60 s is a bound, not a goal."""
+    sent = time.monotonic()
     os.kill(proc.pid, signum)
     if again:
         time.sleep(0.05)
@@ -99,6 +100,7 @@ def interrupt(proc: subprocess.Popen[str], signum: int, *, again: bool = False) 
         proc.kill()
         out, err = proc.communicate()
         raise AssertionError(f"bale did not exit after {signum!r}\n{err}") from None
+    print(f"\n{signal.Signals(signum).name}: exit {proc.returncode} {time.monotonic() - sent:.2f}s")
     # A second signal after the first one's wind-down (fast here) may meet the interpreter's
     # own exit, whose default handler ends the process by the signal: that is at once too.
     expected = {EXIT[signum], -signum} if again else {EXIT[signum]}
