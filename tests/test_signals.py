@@ -39,6 +39,7 @@ from tests.bed.images import ImageFactory, LayerSpec
 from tests.bed.moto import MotoServer
 from tests.bed.proxy import FaultProxy, Respond
 from tests.bed.registry import RegistryServer
+from tests.bed.terminal import run_on_terminal
 from tests.test_crash import S3View, blob_gets, check_no_dangling, start
 from tests.test_faults import bale, blob_digests, cli_env, local_keys, show
 
@@ -213,6 +214,22 @@ def test_archive_signal_mid_transfer(
     gets = blob_gets(registry, since)
     assert all(gets[d] == 1 for d in stored), gets
     verify = bale("verify", *store_args, env=env)
+    assert verify.returncode == 0 and verify.stdout == "", show(verify)
+
+
+def test_ctrl_c_typed_on_a_terminal(trio: Trio, tmp_path: Path) -> None:
+    """A person's Ctrl-C: the pty's line discipline sends SIGINT while the bars move; the bars
+    give way to the summary and the one line, nothing is left behind."""
+    env = cli_env(tmp_path)
+    root = tmp_path / "store"
+    refs = [f"docker://{trio.repo}:{t}" for t in trio.tags]
+    archive = ["archive", *refs, "--to", str(root), "--src-tls-verify=false", "--jobs", "2"]
+    run = run_on_terminal(*archive, *SLOW, env=env, timeout=120, ctrl_c_after="MiB/s")
+    assert run.returncode == 130, run.text
+    assert "Traceback" not in run.text, run.text
+    assert re.search(r"bale: interrupted by SIGINT; 0 done, 3 interrupted\n", run.text), run.text
+    assert not [k for k in local_keys(root) if k.startswith(".bale-tmp/")]
+    verify = bale("verify", str(root), env=env)
     assert verify.returncode == 0 and verify.stdout == "", show(verify)
 
 
