@@ -37,7 +37,7 @@ import pytest
 from pipeline.archive import layout
 from tests.bed.images import ImageFactory, LayerSpec
 from tests.bed.moto import MotoServer
-from tests.bed.proxy import FaultProxy, Respond
+from tests.bed.proxy import Delay, FaultProxy, Respond
 from tests.bed.registry import RegistryServer
 from tests.bed.terminal import run_on_terminal
 from tests.test_crash import S3View, blob_gets, check_no_dangling, start
@@ -231,6 +231,30 @@ def test_ctrl_c_typed_on_a_terminal(trio: Trio, tmp_path: Path) -> None:
     assert not [k for k in local_keys(root) if k.startswith(".bale-tmp/")]
     verify = bale("verify", str(root), env=env)
     assert verify.returncode == 0 and verify.stdout == "", show(verify)
+
+
+def test_signal_while_a_spec_is_listed(
+    trio: Trio, registry: RegistryServer, tmp_path: Path
+) -> None:
+    """`bale run` lists every repository of its spec before it archives; each listing takes 1 s
+    here (a proxy delays it). SIGTERM during the first: no further repository is listed, and
+    the report names every repository and image as interrupted."""
+    env = cli_env(tmp_path)
+    report, junit = tmp_path / "r.json", tmp_path / "r.xml"
+    with FaultProxy(registry.host) as proxy:
+        slow = proxy.add(Delay(path=r"/tags/list$", seconds=1.0, times=None))
+        repos = "".join(f"    signals/app{n}: []\n" for n in ("", 2, 3, 4, 5))
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(f"{proxy.host}:\n  tls-verify: false\n  images:\n{repos}")
+        args = ["run", str(spec), "--to", str(tmp_path / "store")]
+        proc = start([*args, "--report", str(report), "--junit", str(junit)], env)
+        wait_for(proc, lambda: slow.fired > 0)
+        _out, err = interrupt(proc, signal.SIGTERM)
+        listed = len(proxy.find("GET", r"/tags/list$"))
+    data = check_reports(report, junit, err, signal.SIGTERM)
+    assert listed == 1, listed
+    assert {i["status"] for i in data["images"]} == {"interrupted"}
+    assert len(data["images"]) >= 4  # the four repositories never listed, at least
 
 
 def test_signal_ends_a_retry_wait(trio: Trio, registry: RegistryServer, tmp_path: Path) -> None:
