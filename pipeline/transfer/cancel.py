@@ -9,8 +9,9 @@ paths do that) and still write its report. So the first signal only sets a token
 - the batch loop (`RunReport.add_each`) starts no further image and reports the queued ones
   and the cut ones as `interrupted`;
 - every place a transfer can wait checks it: the `--limit-rate` limiter and the retry backoff
-  sleep on it (`sleep`), stream reads check it (`check`), and both raise `Interrupted`, which
-  unwinds like any other failure;
+  sleep on it (`sleep`); stream reads (`CountingReader`, `VerifyingReader`, a registry blob
+  body), blob transfers still queued (`Session.once`) and a spec's tag listing check it
+  (`check`); both raise `Interrupted`, which unwinds like any other failure;
 - the command then writes its report and exits 128 + the signal's number (130, 143).
 
 A second signal exits at once (`os._exit`), after removing the temporary files this process
