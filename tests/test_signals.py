@@ -509,3 +509,24 @@ def test_copy_to_tar_signal_mid_transfer(
     rerun = bale(*copy, env=env)
     assert rerun.returncode == 0, show(rerun)
     assert leftovers() != []
+
+
+def test_copy_to_a_registry_signal_mid_push(
+    trio: Trio, dest: RegistryServer, tmp_path: Path
+) -> None:
+    """One image, no report: the one line, exit 130, and no tag at the destination until the
+    rerun writes it (with every blob there)."""
+    env = cli_env(tmp_path)
+    target = f"docker://{dest.host}/copied/app:1"
+    copy = ["copy", f"docker://{trio.repo}:1", target, "--src-tls-verify=false"]
+    copy += ["--dest-tls-verify=false"]
+    since = dest.mark()
+    proc = start([*copy, *SLOW], env)
+    wait_for(proc, lambda: dest.count("PUT", r"/blobs/uploads/", since=since, status=201) >= 1)
+    time.sleep(1.0)
+    _out, err = interrupt(proc, signal.SIGINT)
+    assert err.strip().splitlines()[-1] == "bale: interrupted by SIGINT", err
+    assert complete_tags(dest, "copied/app") == set()
+    rerun = bale(*copy, env=env)
+    assert rerun.returncode == 0, show(rerun)
+    assert complete_tags(dest, "copied/app") == {"1"}
