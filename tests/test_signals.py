@@ -233,12 +233,14 @@ def test_ctrl_c_typed_on_a_terminal(trio: Trio, tmp_path: Path) -> None:
     assert verify.returncode == 0 and verify.stdout == "", show(verify)
 
 
+@pytest.mark.parametrize("command", ["run", "sync"])
 def test_signal_while_a_spec_is_listed(
-    trio: Trio, registry: RegistryServer, tmp_path: Path
+    command: str, trio: Trio, registry: RegistryServer, dest: RegistryServer, tmp_path: Path
 ) -> None:
-    """`bale run` lists every repository of its spec before it archives; each listing takes 1 s
-    here (a proxy delays it). SIGTERM during the first: no further repository is listed, and
-    the report names every repository and image as interrupted."""
+    """`bale run` and `sync --src yaml` list every repository of a spec before any image
+    moves; each listing takes 1 s here (a proxy delays it). SIGTERM during the first: no
+    further repository is listed, and the report names every repository and image as
+    interrupted."""
     env = cli_env(tmp_path)
     report, junit = tmp_path / "r.json", tmp_path / "r.xml"
     with FaultProxy(registry.host) as proxy:
@@ -246,7 +248,11 @@ def test_signal_while_a_spec_is_listed(
         repos = "".join(f"    signals/app{n}: []\n" for n in ("", 2, 3, 4, 5))
         spec = tmp_path / "spec.yaml"
         spec.write_text(f"{proxy.host}:\n  tls-verify: false\n  images:\n{repos}")
-        args = ["run", str(spec), "--to", str(tmp_path / "store")]
+        if command == "run":
+            args = ["run", str(spec), "--to", str(tmp_path / "store")]
+        else:
+            args = ["sync", "--src", "yaml", str(spec), f"docker://{dest.host}/listed"]
+            args.append("--dest-tls-verify=false")
         proc = start([*args, "--report", str(report), "--junit", str(junit)], env)
         wait_for(proc, lambda: slow.fired > 0)
         _out, err = interrupt(proc, signal.SIGTERM)
@@ -254,7 +260,8 @@ def test_signal_while_a_spec_is_listed(
     data = check_reports(report, junit, err, signal.SIGTERM)
     assert listed == 1, listed
     assert {i["status"] for i in data["images"]} == {"interrupted"}
-    assert len(data["images"]) >= 4  # the four repositories never listed, at least
+    # the three tags of the repository listed before the signal, the four never listed
+    assert len(data["images"]) == 7, data
 
 
 def test_signal_ends_a_retry_wait(trio: Trio, registry: RegistryServer, tmp_path: Path) -> None:

@@ -125,7 +125,7 @@ def run_plan(
 
     With `fail_fast`, a listing failure stops the run before any image starts.
     """
-    if fail_fast and plan.failures:
+    if fail_fast and any(f.failed for f in plan.failures):  # not an `interrupted` listing
         report = RunReport(started=plan.started, results=list(plan.failures))
         report.finish()
         return report

@@ -394,7 +394,9 @@ def sync_many(
     report = RunReport(started=plan.started, results=list(plan.failures))
     stop = threading.Event()
     keep_going = syncer.options.keep_going
-    if plan.failures and not keep_going:
+    # A listing cut by a signal is `interrupted`, not failed: its images are then reported
+    # `interrupted` too (none starts).
+    if any(f.failed for f in plan.failures) and not keep_going:
         report.finish()
         return report
     lock = threading.Lock()
