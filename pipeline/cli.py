@@ -703,7 +703,7 @@ def _exit_after(report: Any, *written: str | None) -> NoReturn:
         reports=paths,
         exit_code=RUN.exit_code,
     )
-    sys.exit(RUN.exit_code)
+    sys.exit(report.exit_code())
 
 
 def _display(secrets: list[str]) -> Any:

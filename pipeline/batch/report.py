@@ -162,7 +162,8 @@ class RunReport:
 
         def run(item: T) -> ImageResult | None:
             if cancel.RUN.cancelled:
-                return ImageResult(source(item), "interrupted", error=cancel.RUN.error().args[0])
+                error = f"{cancel.RUN.error()} before it started"
+                return ImageResult(source(item), "interrupted", error=error)
             result = one(item)
             return result.after_signal() if result is not None else None
 
@@ -197,7 +198,10 @@ class RunReport:
         return totals
 
     def exit_code(self) -> int:
-        """DESIGN's contract: 0 when every image is done, 1 when one or more failed."""
+        """DESIGN's contract: 0 when every image is done, 1 when one or more failed; after
+        Ctrl-C or SIGTERM, the shell's 128 + the signal's number (130, 143)."""
+        if cancel.RUN.cancelled:
+            return cancel.RUN.exit_code
         return 1 if any(r.failed for r in self.results) else 0
 
     def to_dict(self, secrets: Iterable[str | None] = ()) -> dict[str, Any]:
