@@ -58,8 +58,12 @@ class Trio:
     """host/repo"""
     tags: tuple[str, ...]
     shared: str
-    blobs: frozenset[str]
-    sizes: dict[str, int]
+    blobs: dict[str, dict[str, int]]
+    """tag -> digest -> size of its config and layers"""
+
+    def sizes(self, *tags: str) -> dict[str, int]:
+        """digest -> size of every blob of these tags (all when none are named)."""
+        return {d: n for t in tags or self.tags for d, n in self.blobs[t].items()}
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +77,24 @@ def trio(registry: RegistryServer, image_factory: ImageFactory) -> Trio:
     tags = ("1", "2", "3")
     for image, tag in zip(images, tags, strict=True):
         image_factory.push(image, f"{repo}:{tag}", registry)
-    blobs = {d.digest: d.size for image in images for d in image.blobs}
-    return Trio(repo, tags, images[0].layers[0].digest, frozenset(blobs), blobs)
+    blobs = {t: {d.digest: d.size for d in i.blobs} for t, i in zip(tags, images, strict=True)}
+    return Trio(repo, tags, images[0].layers[0].digest, blobs)
+
+
+@dataclass(frozen=True)
+class Big:
+    """An image whose 20 MiB layer is three multipart parts (8 MiB each) in S3."""
+
+    ref: str
+    blobs: dict[str, int]
+
+
+@pytest.fixture(scope="module")
+def big(registry: RegistryServer, image_factory: ImageFactory) -> Big:
+    image = image_factory.image(layers=(LayerSpec(20 * MiB, "none", seed=8201),))
+    ref = f"{registry.host}/signals/big:1"
+    image_factory.push(image, ref, registry)
+    return Big(ref, {d.digest: d.size for d in image.blobs})
 
 
 def wait_for(proc: subprocess.Popen[str], ready: Callable[[], bool], timeout: float = 60) -> None:
@@ -155,27 +175,42 @@ def test_archive_signal_mid_transfer(
     tmp_path: Path,
 ) -> None:
     """Two images move (`--jobs 2`), the third waits; the signal comes once the shared layer is
-    stored and the large ones are half through."""
+    stored and the large ones are part way through (in S3: with a part of a multipart upload
+    stored, so the abort is seen)."""
     env = cli_env(tmp_path)
+    shared = layout.blob_key(trio.shared)
+    refs = [f"{trio.repo}:{t}" for t in trio.tags]
+    blobs = trio.sizes()
     if kind == "s3":
         moto: MotoServer = request.getfixturevalue("moto_server")
         bucket = moto.create_bucket()
         view = S3View(moto, bucket, "arch")
         store_args = [f"s3://{bucket}/arch", "--endpoint-url", moto.endpoint_url]
         keys: Callable[[], set[str]] = view.keys
+        large: Big = request.getfixturevalue("big")
+        refs = [large.ref, *refs[:2]]
+        blobs = {**large.blobs, **trio.sizes(*trio.tags[:2])}
+        rate = "4M"  # the first 8 MiB part of the large layer is stored after 2 to 4 s
 
         def leftovers() -> list[Any]:
             return view.uploads()
 
+        def in_flight() -> bool:
+            return shared in keys() and any(parts for _key, _id, parts in view.uploads())
+
     else:
         root = tmp_path / "store"
         store_args = [str(root)]
+        rate = "1M"
 
         def keys() -> set[str]:
             return {k for k in local_keys(root) if not k.startswith(".bale-tmp/")}
 
         def leftovers() -> list[Any]:
             return sorted(local_keys(root) - keys())
+
+        def in_flight() -> bool:
+            return shared in keys() and any(local_keys(root) - keys())
 
     report, junit = tmp_path / "r.json", tmp_path / "r.xml"
     if command == "run":  # the same images from a spec, in the same order
@@ -184,15 +219,16 @@ def test_archive_signal_mid_transfer(
         spec.write_text(f"{host}:\n  tls-verify: false\n  images:\n    {repo}: {list(trio.tags)}\n")
         images = [str(spec)]
     else:
-        images = [f"docker://{trio.repo}:{t}" for t in trio.tags]
+        images = [f"docker://{ref}" for ref in refs]
     archive = [command, *images, "--to", *store_args, "--src-tls-verify=false", "--jobs", "2"]
     reports = ["--report", str(report), "--junit", str(junit)]
     since = registry.mark()
-    proc = start([*archive, *SLOW, *reports], env)
-    shared = layout.blob_key(trio.shared)
-    wait_for(proc, lambda: shared in keys())
-    time.sleep(1.0)  # the large layers are now a few hundred KiB in (of 6 MiB, at 1 MiB/s)
+    proc = start([*archive, "--limit-rate", rate, *reports], env)
+    wait_for(proc, in_flight)
+    time.sleep(0.5)
+    open_before = leftovers()  # S3: multipart uploads; local: the blobs' temporary files
     _out, err = interrupt(proc, signum)
+    assert open_before, "nothing was in flight when the signal came"
 
     data = check_reports(report, junit, err, signum)
     never = data["images"][2]  # --jobs 2: the third image waited for its turn
@@ -201,8 +237,8 @@ def test_archive_signal_mid_transfer(
     assert leftovers() == []
     before = keys()
     check_no_dangling(before)
-    stored = blob_digests(before) & trio.blobs
-    assert trio.shared in stored and stored != trio.blobs
+    stored = blob_digests(before) & set(blobs)
+    assert trio.shared in stored and stored != set(blobs)
     verify = bale("verify", *store_args, env=env)
     assert verify.returncode == 0 and verify.stdout == "", show(verify)
 
@@ -210,7 +246,7 @@ def test_archive_signal_mid_transfer(
     assert rerun.returncode == 0, show(rerun)
     again = json.loads(report.read_text())
     assert [i["status"] for i in again["images"]] == ["archived"] * 3, again
-    missing = sum(trio.sizes[d] for d in trio.blobs - stored)
+    missing = sum(blobs[d] for d in set(blobs) - stored)
     assert again["totals"]["bytes_downloaded"] == missing  # nothing stored is fetched again
     gets = blob_gets(registry, since)
     assert all(gets[d] == 1 for d in stored), gets
@@ -437,7 +473,7 @@ def test_restore_all_tags_signal_mid_push(
     assert rerun.returncode == 0, show(rerun)
     assert complete_tags(dest, "restored/app") == set(trio.tags)
     puts = blob_puts(dest, since)
-    assert set(puts) == set(trio.blobs) and set(puts.values()) == {1}, puts  # none sent twice
+    assert set(puts) == set(trio.sizes()) and set(puts.values()) == {1}, puts  # none sent twice
 
 
 def test_sync_signal_mid_push(trio: Trio, dest: RegistryServer, tmp_path: Path) -> None:
@@ -459,19 +495,10 @@ def test_sync_signal_mid_push(trio: Trio, dest: RegistryServer, tmp_path: Path) 
     assert rerun.returncode == 0, show(rerun)
     assert complete_tags(dest, "mirror/app") == set(trio.tags)
     puts = blob_puts(dest, since)
-    assert set(puts) == set(trio.blobs) and set(puts.values()) == {1}, puts
+    assert set(puts) == set(trio.sizes()) and set(puts.values()) == {1}, puts
 
 
 # ---- copy into a tar -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def big(registry: RegistryServer, image_factory: ImageFactory) -> str:
-    """An image whose tar is three S3 parts (8 MiB each): the signal lands with one uploaded."""
-    image = image_factory.image(layers=(LayerSpec(20 * MiB, "none", seed=8201),))
-    ref = f"{registry.host}/signals/big:1"
-    image_factory.push(image, ref, registry)
-    return ref
 
 
 @pytest.mark.parametrize(("kind", "signum"), [("local", signal.SIGINT), ("s3", signal.SIGTERM)])
@@ -486,7 +513,7 @@ def test_copy_to_tar_signal_mid_transfer(
         moto: MotoServer = request.getfixturevalue("moto_server")
         bucket = moto.create_bucket()
         view = S3View(moto, bucket, "tars")
-        source = request.getfixturevalue("big")
+        source = request.getfixturevalue("big").ref
         target = [f"oci-archive:s3://{bucket}/tars/app.tar", "--endpoint-url", moto.endpoint_url]
         rate = "4M"  # 8 MiB parts: the first is uploaded after 2 s
 
