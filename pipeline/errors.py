@@ -18,7 +18,8 @@ the CLI contract: 2 for bad input (nothing was written), 1 for a runtime failure
     │   ├── StoreNotFound            a key that is not there
     │   └── StoreUnusable (exit 2)   the store cannot be used at all: checked before any image
     ├── TransferError                a stream broke and could not be resumed
-    └── CommandTimeout               --command-timeout ran out
+    ├── CommandTimeout               --command-timeout ran out
+    └── Interrupted (exit 130/143)   Ctrl-C or SIGTERM cut the work short
 """
 
 from __future__ import annotations
@@ -95,3 +96,12 @@ class TransferError(BaleError):
 
 class CommandTimeout(BaleError):
     """The whole command ran longer than `--command-timeout` (skopeo's flag)."""
+
+
+class Interrupted(BaleError):
+    """The run was cancelled by a signal (`pipeline/transfer/cancel.py`); the exit code is the
+    shell's 128 + the signal's number."""
+
+    def __init__(self, message: str, *, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -83,7 +83,7 @@ class BucketWorker:
         """One image; failures are returned in the result, not raised."""
         started = time.monotonic()
         self.events.on_image_start(str(ref))
-        result = self._image(ref, registry, options or ArchiveOptions())
+        result = self._image(ref, registry, options or ArchiveOptions()).after_signal()
         result.seconds = round(time.monotonic() - started, 3)
         self.events.on_image_done(result)
         return result
@@ -441,6 +441,8 @@ def archive_many(
         return result
 
     with archiver.sizes_ahead(images, options):
-        report.add_each(images, lambda image: one(*image), archiver.session.transfer.jobs)
+        report.add_each(
+            images, lambda image: one(*image), archiver.session.transfer.jobs, lambda i: str(i[0])
+        )
     report.finish()
     return report

@@ -38,6 +38,7 @@ from pipeline.store.base import (
 )
 from pipeline.store.compose import DeferredComposition
 from pipeline.store.source import READ_CHUNK, expect_end, read_exactly, read_up_to
+from pipeline.transfer import cancel
 
 TMP_DIR = ".bale-tmp"
 """Reserved top-level directory for writes in progress; never a key."""
@@ -233,6 +234,7 @@ class LocalStore:
         """Write through a temporary file, then publish it at `key` in one atomic step."""
         final = self._path(key)
         tmp = self.root / TMP_DIR / f"{_tmp_stem(key)}.{uuid.uuid4().hex[:12]}{_TMP_SUFFIX}"
+        cancel.scratch_file(tmp)  # a second Ctrl-C exits at once: it removes the file then
         try:
             with self._create(tmp) as f:
                 fill(f)
@@ -280,6 +282,7 @@ class LocalStore:
             # a file makes even this unlink fail with NotADirectoryError).
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
+            cancel.scratch_done(tmp)
             self._prune(tmp.parent, self.root)
 
     @staticmethod
