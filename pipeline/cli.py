@@ -640,10 +640,16 @@ def _session(jobs: int, limit_rate: int | None, retries: int) -> Iterator[Any]:
 
 
 def _open_bucket(
-    url: str, endpoint_url: str | None, retries: int = 5, *, existing: bool = True
+    url: str,
+    endpoint_url: str | None,
+    retries: int = 5,
+    *,
+    existing: bool = True,
+    write: bool = False,
 ) -> Any:
-    """The archive at `url`; with `existing`, a local directory that is not there is bad input
-    (a typo must not read as an empty, clean archive)."""
+    """The archive at `url`, checked once for reading (or `write`) before any image; with
+    `existing`, a local directory that is not there is bad input (a typo must not read as an
+    empty, clean archive)."""
     from pathlib import Path
 
     from pipeline.archive.bucket import ArchiveBucket
@@ -651,7 +657,9 @@ def _open_bucket(
     from pipeline.store.url import open_store
     from pipeline.transfer.retry import RetryPolicy
 
-    store = open_store(url, endpoint_url=endpoint_url, retry=RetryPolicy(retries=retries))
+    retry = RetryPolicy(retries=retries)
+    access = "write" if write else "read"
+    store = open_store(url, endpoint_url=endpoint_url, retry=retry, check=access)
     root = getattr(store, "root", None)
     if existing and root is not None and not Path(root).is_dir():
         raise UsageError(f"no archive at {url}: {root} is not a directory")
@@ -816,7 +824,7 @@ def _archive_images(
 
     registry = _registry_options(src_creds, authfile, src_tls_verify, src_cert_dir, "src")
     check_output_paths((report_path, junit_path))
-    bucket = _open_bucket(store_url, endpoint_url, retries, existing=False)
+    bucket = _open_bucket(store_url, endpoint_url, retries, existing=False, write=not dry_run)
     options = ArchiveOptions(
         platform=platform, all_platforms=all_platforms, force=force, referrers=referrers
     )

@@ -154,7 +154,8 @@ class Display(NullImageEvents):
             if r.failed:
                 lines.append(f"{'failed':<9} {r.source}: {self.scrub(r.error or 'failed')}")
             else:
-                lines.append(f"{r.status:<9} {r.source} {r.digest or '-'} -> {r.tar_key or '-'}")
+                where = r.destination or r.tar_key or "-"
+                lines.append(f"{r.status:<9} {r.source} {r.digest or '-'} -> {where}")
         with self._lock:
             for line in lines:
                 self.stdout.write(line + "\n")

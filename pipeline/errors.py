@@ -15,7 +15,8 @@ the CLI contract: 2 for bad input (nothing was written), 1 for a runtime failure
     ├── DigestMismatch               bytes that do not hash to the digest they were asked for
     ├── ManifestError                a manifest we cannot parse, or cannot archive (schema1)
     ├── StoreError                   the object store failed
-    │   └── StoreNotFound            a key that is not there
+    │   ├── StoreNotFound            a key that is not there
+    │   └── StoreUnusable (exit 2)   the store cannot be used at all: checked before any image
     ├── TransferError                a stream broke and could not be resumed
     ├── CommandTimeout               --command-timeout ran out
     └── Interrupted (exit 130/143)   Ctrl-C or SIGTERM cut the work short
@@ -79,6 +80,14 @@ class StoreError(BaleError):
 
 class StoreNotFound(StoreError):
     """The object store has no object at the key."""
+
+
+class StoreUnusable(StoreError):
+    """The store cannot be used as the command needs: no such bucket, credentials missing or
+    refused, access denied, endpoint unreachable. Found by `ObjectStore.check` before the first
+    image, so a run says it once instead of once per image; nothing has been written."""
+
+    exit_code = 2
 
 
 class TransferError(BaleError):

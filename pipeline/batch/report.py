@@ -82,6 +82,12 @@ class ImageResult:
     bytes_copied_server_side: int = 0
     seconds: float = 0.0
     tar_key: str | None = None
+    destination: str | None = None
+    """Where the image went, in full: `s3://bucket/prefix/images/….tar`, a local file's
+    absolute path (`tar_key` is the same tar as a key of the store)."""
+    source_digest: str | None = None
+    """The index the reference resolved to at the source, when `digest` (what was stored) is
+    one platform's manifest taken from it (`--platform`); None when they are the same."""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -113,11 +119,14 @@ class ImageResult:
             "bytes_copied_server_side": self.bytes_copied_server_side,
             "seconds": round(self.seconds, 3),
             "tar_key": self.tar_key,
+            "destination": self.destination,
+            "source_digest": self.source_digest,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImageResult:
         names = {"source", "status", "digest", "error", "seconds", "tar_key", *BYTE_FIELDS}
+        names |= {"destination", "source_digest"}
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
@@ -279,7 +288,9 @@ class RunReport:
                     for k, v in (
                         ("status", result.status),
                         ("digest", result.digest),
+                        ("source_digest", result.source_digest),
                         ("tar_key", result.tar_key),
+                        ("destination", result.destination),
                         *((name, getattr(result, name)) for name in BYTE_FIELDS),
                     )
                     if v is not None

@@ -139,6 +139,7 @@ class Restorer:
                 bytes_uploaded=stats.bytes_uploaded,
                 bytes_already_stored=stats.bytes_skipped,
                 seconds=round(time.monotonic() - started, 3),
+                destination=f"docker://{target.dest}",
             )
         except BaleError as exc:
             result = ImageResult(

@@ -306,6 +306,7 @@ class Syncer:
             bytes_downloaded=downloaded,
             bytes_uploaded=uploaded,
             bytes_already_stored=skipped,
+            destination=f"docker://{item.dest}",
         )
 
 

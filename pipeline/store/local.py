@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote, unquote
 
-from pipeline.errors import StoreError, StoreNotFound
+from pipeline.errors import StoreError, StoreNotFound, StoreUnusable
 from pipeline.store import direct, keys
 from pipeline.store.base import (
     CopyRange,
@@ -131,6 +131,39 @@ class LocalStore:
         if exc.errno == errno.ENOSPC:
             return StoreError(f"{what}: no space left on device")
         return StoreError(f"{what}: {exc.strerror or exc}")
+
+    # -- the up-front check ----------------------------------------------------------------
+
+    def check(self, *, write: bool = False) -> None:
+        """Read the directory (a missing one is an empty store); with `write`, create and remove
+        a temporary file in it the way every write does, which also creates the directory."""
+        try:
+            if self.root.exists() and not self.root.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+            if self.root.is_dir():
+                with os.scandir(self.root) as entries:
+                    next(entries, None)
+        except OSError as exc:
+            raise StoreUnusable(f"cannot read {self.root}: {self._reason(exc)}") from exc
+        if not write:
+            return
+        probe = self.root / TMP_DIR / f"check.{uuid.uuid4().hex[:12]}{_TMP_SUFFIX}"
+        try:
+            self._create(probe).close()
+        except OSError as exc:
+            raise StoreUnusable(f"cannot write to {self.root}: {self._reason(exc)}") from exc
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink(missing_ok=True)
+            self._prune(probe.parent, self.root)
+
+    @staticmethod
+    def _reason(exc: OSError) -> str:
+        if isinstance(exc, NotADirectoryError | FileExistsError):
+            return "a file is in the way"
+        if isinstance(exc, PermissionError):
+            return "permission denied"
+        return (exc.strerror or str(exc)).lower()
 
     # -- reading ---------------------------------------------------------------------------
 
