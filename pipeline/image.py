@@ -13,17 +13,17 @@ from typing import Literal, Protocol
 
 from pipeline.errors import ManifestError
 from pipeline.oci import (
+    DEFAULT_PLATFORM,
     Descriptor,
     ImageIndex,
     ImageManifest,
     Platform,
     RawManifest,
     Schema1Manifest,
+    choose_platform,
 )
 from pipeline.refs import Reference
 from pipeline.store.base import Readable
-
-DEFAULT_PLATFORM = Platform("linux", "amd64")
 
 
 class ImageSource(Protocol):
@@ -171,21 +171,22 @@ def select_platforms(index: ImageIndex, wanted: Platform | None, *, what: str) -
     Entries without a platform (attestations, signatures stored in an index) are never picked
     as the platform image.
     """
-    candidates = [
-        d for d in index.manifests if d.platform is not None and d.platform.os != "unknown"
-    ] or list(index.manifests)
-    if not candidates:
+    entries = index.manifests
+    if not entries:
         raise ManifestError(f"{what}: index lists no manifests")
-    if wanted is not None:
-        hits = [d for d in candidates if d.platform is not None and d.platform.matches(wanted)]
-        if not hits:
-            have = ", ".join(str(d.platform) for d in candidates if d.platform) or "none"
-            raise ManifestError(f"{what}: no manifest for platform {wanted} (has {have})")
-        return hits[:1]
-    hits = [
-        d for d in candidates if d.platform is not None and d.platform.matches(DEFAULT_PLATFORM)
+    platforms = [
+        d.platform if d.platform is not None and d.platform.os != "unknown" else None
+        for d in entries
     ]
-    return hits[:1] or candidates[:1]
+    if wanted is None:
+        position = choose_platform(platforms, [DEFAULT_PLATFORM], fallback=True, unplatformed=True)
+    else:
+        position = choose_platform(platforms, [wanted])
+        if position is None:
+            have = ", ".join(str(p) for p in platforms if p) or "none"
+            raise ManifestError(f"{what}: no manifest for platform {wanted} (has {have})")
+    assert position is not None
+    return [entries[position]]
 
 
 def read_top(
