@@ -47,7 +47,6 @@ from pipeline.oci import (
 )
 from pipeline.refs import Reference
 from pipeline.registry.client import RegistryClient
-from pipeline.registry.source import RegistrySource
 
 log = logging.getLogger("bale.inspect")
 
@@ -416,19 +415,6 @@ def inspect_source(
     out["LayersData"] = info["LayersData"]
     out["Env"] = info["Env"]
     return out
-
-
-def inspect_image(
-    ref: Reference,
-    client: RegistryClient,
-    *,
-    platform: Platform | None = None,
-    list_tags: bool = True,
-) -> dict[str, Any]:
-    """`skopeo inspect docker://REF` as a dict with skopeo's keys, in skopeo's order."""
-    source = RegistrySource(client, ref)
-    tags = (lambda: client.list_tags(ref.repository)) if list_tags else None
-    return inspect_source(source, name=ref.name, tags=tags, platform=platform)
 
 
 def raw_manifest(source: ManifestSource) -> bytes:
