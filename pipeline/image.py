@@ -21,6 +21,7 @@ from pipeline.oci import (
     RawManifest,
     Schema1Manifest,
     choose_platform,
+    walk_manifests,
 )
 from pipeline.refs import Reference
 from pipeline.store.base import Readable
@@ -227,17 +228,21 @@ def resolve_image(
     chosen = {d.digest for d in select_platforms(index, platform, what=what)}
     images: list[PlatformImage] = []
     extra: list[RawManifest] = []
-    for desc in index.manifests:
-        wanted_here = all_platforms or desc.digest in chosen or store_all
-        if not wanted_here:
-            continue
-        raw = source.manifest(desc.digest)
-        child = raw.parse()
-        if isinstance(child, ImageManifest):
-            images.append(PlatformImage(raw, child, desc.platform))
+    children = walk_manifests(
+        [top],
+        lambda digest, _listed: source.manifest(digest),
+        max_depth=1,
+        too_deep="skip",
+        once=False,
+        follow=lambda d: all_platforms or store_all or d.digest in chosen,
+    )
+    for node in children.nodes[1:]:
+        if isinstance(node.manifest, ImageManifest):
+            assert node.listed_as is not None
+            images.append(PlatformImage(node.raw, node.manifest, node.listed_as.platform))
         else:
             # Nested indexes or other artifacts are kept as bytes so the index stays whole.
-            extra.append(raw)
+            extra.append(node.raw)
     if all_platforms:
         selected = tuple(i for i in images if i.platform is not None) or tuple(images)
     else:
