@@ -13,17 +13,18 @@ from typing import Literal, Protocol
 
 from pipeline.errors import ManifestError
 from pipeline.oci import (
+    DEFAULT_PLATFORM,
     Descriptor,
     ImageIndex,
     ImageManifest,
     Platform,
     RawManifest,
     Schema1Manifest,
+    choose_platform,
+    walk_manifests,
 )
 from pipeline.refs import Reference
 from pipeline.store.base import Readable
-
-DEFAULT_PLATFORM = Platform("linux", "amd64")
 
 
 class ImageSource(Protocol):
@@ -171,21 +172,22 @@ def select_platforms(index: ImageIndex, wanted: Platform | None, *, what: str) -
     Entries without a platform (attestations, signatures stored in an index) are never picked
     as the platform image.
     """
-    candidates = [
-        d for d in index.manifests if d.platform is not None and d.platform.os != "unknown"
-    ] or list(index.manifests)
-    if not candidates:
+    entries = index.manifests
+    if not entries:
         raise ManifestError(f"{what}: index lists no manifests")
-    if wanted is not None:
-        hits = [d for d in candidates if d.platform is not None and d.platform.matches(wanted)]
-        if not hits:
-            have = ", ".join(str(d.platform) for d in candidates if d.platform) or "none"
-            raise ManifestError(f"{what}: no manifest for platform {wanted} (has {have})")
-        return hits[:1]
-    hits = [
-        d for d in candidates if d.platform is not None and d.platform.matches(DEFAULT_PLATFORM)
+    platforms = [
+        d.platform if d.platform is not None and d.platform.os != "unknown" else None
+        for d in entries
     ]
-    return hits[:1] or candidates[:1]
+    if wanted is None:
+        position = choose_platform(platforms, [DEFAULT_PLATFORM], fallback=True, unplatformed=True)
+    else:
+        position = choose_platform(platforms, [wanted])
+        if position is None:
+            have = ", ".join(str(p) for p in platforms if p) or "none"
+            raise ManifestError(f"{what}: no manifest for platform {wanted} (has {have})")
+    assert position is not None
+    return [entries[position]]
 
 
 def read_top(
@@ -226,17 +228,21 @@ def resolve_image(
     chosen = {d.digest for d in select_platforms(index, platform, what=what)}
     images: list[PlatformImage] = []
     extra: list[RawManifest] = []
-    for desc in index.manifests:
-        wanted_here = all_platforms or desc.digest in chosen or store_all
-        if not wanted_here:
-            continue
-        raw = source.manifest(desc.digest)
-        child = raw.parse()
-        if isinstance(child, ImageManifest):
-            images.append(PlatformImage(raw, child, desc.platform))
+    children = walk_manifests(
+        [top],
+        lambda digest, _listed: source.manifest(digest),
+        max_depth=1,
+        too_deep="skip",
+        once=False,
+        follow=lambda d: all_platforms or store_all or d.digest in chosen,
+    )
+    for node in children.nodes[1:]:
+        if isinstance(node.manifest, ImageManifest):
+            assert node.listed_as is not None
+            images.append(PlatformImage(node.raw, node.manifest, node.listed_as.platform))
         else:
             # Nested indexes or other artifacts are kept as bytes so the index stays whole.
-            extra.append(raw)
+            extra.append(node.raw)
     if all_platforms:
         selected = tuple(i for i in images if i.platform is not None) or tuple(images)
     else:

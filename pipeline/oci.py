@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pipeline.errors import DigestMismatch, ManifestError
 from pipeline.refs import is_valid_digest
@@ -180,10 +181,24 @@ class ImageIndex:
 
 @dataclass(frozen=True)
 class Schema1Manifest:
-    """Docker schema1: readable for inspect, never archived."""
+    """Docker schema1: readable for inspect, never archived. A stock registry sharing a bucket
+    can still hold one, so gc and verify read its layers (`fsLayers[].blobSum`)."""
 
     media_type: str
     data: dict[str, Any] = field(hash=False, compare=False)
+    subject: None = None
+    """Schema1 has no subject; here so every `Manifest` answers `.subject`."""
+
+    @property
+    def layer_digests(self) -> tuple[str, ...]:
+        """The layer blobs it names, each once (schema1 lists no sizes, and no config blob)."""
+        layers = self.data.get("fsLayers")
+        digests = [
+            d.get("blobSum")
+            for d in (layers if isinstance(layers, list) else ())
+            if isinstance(d, dict)
+        ]
+        return tuple(dict.fromkeys(d for d in digests if isinstance(d, str) and is_valid_digest(d)))
 
 
 Manifest = ImageManifest | ImageIndex | Schema1Manifest
@@ -274,3 +289,212 @@ def parse_manifest(data: bytes, media_type: str) -> Manifest:
             annotations=dict(obj.get("annotations") or {}),
         )
     raise ManifestError(f"unsupported manifest media type {media_type!r}")
+
+
+# --- platforms ---------------------------------------------------------------------------------
+
+DEFAULT_PLATFORM = Platform("linux", "amd64")
+"""The platform taken from an index when none is asked for (what a registry client on a
+typical host pulls)."""
+
+
+def choose_platform(
+    platforms: Sequence[Platform | None],
+    wanted: Sequence[Platform],
+    *,
+    exact_variant: bool = False,
+    fallback: bool = False,
+    unplatformed: bool = False,
+    preferred: Sequence[bool] = (),
+) -> int | None:
+    """The position of the entry to take among an index's `platforms`, or None.
+
+    The one platform chooser: an entry matching an earlier `wanted` platform wins, then one
+    that is `preferred` (skopeo prefers zstd instances), then the earlier position. Matching
+    ignores the variant when a wanted platform has none, unless `exact_variant` (skopeo's
+    rule, where `wanted` already lists acceptable variants in order). With `fallback`, any
+    platformed entry is taken when none matches; with `unplatformed`, entries without a
+    platform (None) are taken last, when no platformed one is.
+    """
+    best: tuple[int, int, int] | None = None
+    chosen: int | None = None
+    last = len(wanted)
+    for position, have in enumerate(platforms):
+        if have is None:
+            if not unplatformed:
+                continue
+            rank = last + 1
+        else:
+            rank = next(
+                (
+                    i
+                    for i, want in enumerate(wanted)
+                    if _platform_matches(have, want, exact_variant)
+                ),
+                last,
+            )
+            if rank == last and not fallback:
+                continue
+        prefer = 0 if position < len(preferred) and preferred[position] else 1
+        key = (rank, prefer, position)
+        if best is None or key < best:
+            best, chosen = key, position
+    return chosen
+
+
+def _platform_matches(have: Platform, want: Platform, exact_variant: bool) -> bool:
+    if exact_variant:
+        return (have.os, have.architecture, have.variant or "") == (
+            want.os,
+            want.architecture,
+            want.variant or "",
+        )
+    return have.matches(want)
+
+
+# --- the manifest graph ------------------------------------------------------------------------
+
+MAX_INDEX_DEPTH = 4
+"""How deep indexes may nest below the top manifest (an index of indexes of ... images)."""
+
+MissingPolicy = Literal["raise", "skip", "report"]
+"""What a walk does with a child manifest it cannot get: raise ManifestError, pass over it, or
+pass over it and list it in `ManifestGraph.missing`."""
+
+Fetch = Callable[[str, "Descriptor | None"], "RawManifest | None"]
+"""`fetch(digest, listed_as)`: the manifest's bytes, or None when it is not there.
+`listed_as` is the descriptor its parent gave it (None for a root named by digest alone)."""
+
+_FetchItem = tuple[str, "Descriptor | None"]
+FetchMap = Callable[
+    [Callable[[_FetchItem], "RawManifest | None"], list[_FetchItem]], Iterable["RawManifest | None"]
+]
+"""`map`-shaped: how one index's children are fetched (a thread pool's `map` reads them at once)."""
+_Pending = tuple[str, "Descriptor | None", "RawManifest | None", "str | None", int]
+"""(digest, listed as, bytes or None when missing, parent digest, depth): a walk's to-do."""
+
+
+@dataclass(frozen=True)
+class GraphNode:
+    """One manifest reached by a walk, with how it was reached."""
+
+    raw: RawManifest
+    manifest: Manifest
+    listed_as: Descriptor | None
+    """The descriptor its parent (or the caller, for a root) gave it; None for a bare root."""
+    parent: str | None
+    depth: int
+    """0 for a root; an index's children are one deeper."""
+
+
+@dataclass
+class ManifestGraph:
+    """What a walk reached: manifests in depth-first order, root first, children in index order."""
+
+    nodes: list[GraphNode] = field(default_factory=list)
+    missing: list[tuple[str, Descriptor | None, str | None]] = field(default_factory=list)
+    """(digest, listed as, parent digest) of every manifest that was not there (policy
+    `report`); a root has no parent."""
+
+    def images(self) -> Iterator[tuple[GraphNode, ImageManifest]]:
+        for node in self.nodes:
+            if isinstance(node.manifest, ImageManifest):
+                yield node, node.manifest
+
+    def blob_digests(self) -> list[str]:
+        """Every non-manifest blob the reached manifests name (configs, layers, schema1
+        layers), each once, in walk order."""
+        out: dict[str, None] = {}
+        for node in self.nodes:
+            parsed = node.manifest
+            if isinstance(parsed, ImageManifest):
+                out.update(dict.fromkeys(d.digest for d in parsed.blobs))
+            elif isinstance(parsed, Schema1Manifest):
+                out.update(dict.fromkeys(parsed.layer_digests))
+        return list(out)
+
+
+def _serial_map(
+    fn: Callable[[_FetchItem], RawManifest | None], items: list[_FetchItem]
+) -> list[RawManifest | None]:
+    return [fn(item) for item in items]
+
+
+def child_manifests(parsed: Manifest, *, subjects: bool = False) -> list[Descriptor]:
+    """The manifests `parsed` points at: an index's entries, and its subject when asked."""
+    children = list(parsed.manifests) if isinstance(parsed, ImageIndex) else []
+    if subjects and parsed.subject is not None:
+        children.append(parsed.subject)
+    return children
+
+
+def walk_manifests(
+    roots: Iterable[RawManifest | Descriptor | str],
+    fetch: Fetch,
+    *,
+    max_depth: int | None = MAX_INDEX_DEPTH,
+    too_deep: Literal["raise", "skip"] = "raise",
+    missing: MissingPolicy = "raise",
+    once: bool = True,
+    subjects: bool = False,
+    follow: Callable[[Descriptor], bool] | None = None,
+    fetch_map: FetchMap | None = None,
+) -> ManifestGraph:
+    """Walk the manifest graph under `roots`: the one walker every operation uses.
+
+    Roots are manifests in hand, descriptors or bare digests (those are fetched). Children are
+    an index's entries (those `follow` accepts, when given) and, with `subjects`, a manifest's
+    subject. `max_depth` bounds index nesting (None: no bound); `too_deep` says whether going
+    past it raises ManifestError or stops there. With `once` a manifest reached twice is
+    visited once. A parse error raises ManifestError: a caller that wants to note and go on
+    checks in `fetch` and returns None. `fetch_map` reads one index's children together
+    (pass a thread pool's `map`); the order of the walk does not depend on it.
+    """
+    graph = ManifestGraph()
+    seen: set[str] = set()
+
+    def fetched(
+        items: list[tuple[str, Descriptor | None]], parent: str | None, depth: int
+    ) -> list[_Pending]:
+        wanted = [(d, listed) for d, listed in dict(items).items() if not (once and d in seen)]
+        mapper = fetch_map or _serial_map
+        raws = list(mapper(lambda item: fetch(*item), wanted)) if wanted else []
+        got = {d: raw for (d, _), raw in zip(wanted, raws, strict=True)}
+        return [(d, listed, got[d], parent, depth) for d, listed in items if d in got]
+
+    given: list[_Pending] = []
+    to_fetch: list[tuple[str, Descriptor | None]] = []
+    for root in roots:
+        if isinstance(root, RawManifest):
+            given.append((root.digest, None, root, None, 0))
+        elif isinstance(root, Descriptor):
+            to_fetch.append((root.digest, root))
+        else:
+            to_fetch.append((root, None))
+    stack = [*given, *fetched(to_fetch, None, 0)]
+    stack.reverse()
+    while stack:
+        digest, listed, raw, parent, depth = stack.pop()
+        if once and digest in seen:
+            continue
+        seen.add(digest)
+        if raw is None:
+            if missing == "raise":
+                where = f"index {parent}: child manifest" if parent else "manifest"
+                raise ManifestError(f"{where} {digest} is missing")
+            if missing == "report":
+                graph.missing.append((digest, listed, parent))
+            continue
+        parsed = raw.parse()
+        graph.nodes.append(GraphNode(raw, parsed, listed, parent, depth))
+        children = [
+            c for c in child_manifests(parsed, subjects=subjects) if follow is None or follow(c)
+        ]
+        if not children:
+            continue
+        if max_depth is not None and depth + 1 > max_depth:
+            if too_deep == "raise":
+                raise ManifestError(f"manifest {raw.digest}: indexes nested too deep")
+            continue
+        stack.extend(reversed(fetched([(c.digest, c) for c in children], raw.digest, depth + 1)))
+    return graph

@@ -119,10 +119,6 @@ def test_parse_image_keys() -> None:
         "images/docker.io/library/nginx/sha256-" + HEX + ".tar",
         "images/README",
     ]
-    assert layout.image_repositories_from_keys(keys) == [
-        "127.0.0.1-5000/team/app",
-        "docker.io/library/nginx",
-    ]
     for key in keys[:3]:
         parsed = layout.parse_image_key(key)
         assert parsed is not None
@@ -130,7 +126,7 @@ def test_parse_image_keys() -> None:
         assert builder(parsed.repo, parsed.tag, parsed.digest) == key
 
 
-def test_tags_and_repositories_from_keys() -> None:
+def test_tags_from_keys() -> None:
     keys = [
         layout.tag_current_link_key(REPO, "1.0"),
         layout.tag_index_link_key(REPO, "1.0", DIGEST),
@@ -142,12 +138,6 @@ def test_tags_and_repositories_from_keys() -> None:
         layout.blob_key(DIGEST),
     ]
     assert layout.tags_from_keys(REPO, keys) == ["1.0", "latest"]
-    assert layout.repositories_from_keys(keys) == [
-        REPO,
-        REPO + "/sub",
-        "docker.io/library/nginx",
-        "other/repo",
-    ]
 
 
 def _files(root: Path) -> dict[str, bytes]:

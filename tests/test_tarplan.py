@@ -286,8 +286,9 @@ def test_held_blob_bytes_go_inline(docker_image: BuiltImage) -> None:
     config = docker_image.config_descriptor
     assert config is not None and docker_image.config is not None
     plan = plan_for(docker_image, blob_bytes={config.digest: docker_image.config})
-    assert config.digest not in {s.descriptor.digest for s in plan.blob_sources}
-    assert len(plan.blob_sources) == 2
+    sources = [e.source for e in plan.entries if isinstance(e.source, BlobSource)]
+    assert config.digest not in {s.descriptor.digest for s in sources}
+    assert len(sources) == 2
     with pytest.raises(DigestMismatch):
         plan_for(docker_image, blob_bytes={config.digest: docker_image.config[:-1] + b" "})
     with pytest.raises(ManifestError):
@@ -314,7 +315,9 @@ def test_compose_pieces_rebuild_the_tar(docker_image: BuiltImage, tmp_path: Path
     )
     copies = [p for p in pieces if isinstance(p, CopyRange)]
     assert [c.key for c in copies] == [
-        layout.blob_key(s.descriptor.digest) for s in plan.blob_sources
+        layout.blob_key(e.source.descriptor.digest)
+        for e in plan.entries
+        if isinstance(e.source, BlobSource)
     ]
     rebuilt = b""
     by_key = {layout.blob_key(d.digest): docker_image.read_blob(d.digest) for d in plan.blobs}

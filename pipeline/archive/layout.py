@@ -161,26 +161,6 @@ def tags_from_keys(repo: str, keys: Iterable[str]) -> list[str]:
     return sorted(tags)
 
 
-def repositories_from_keys(keys: Iterable[str]) -> list[str]:
-    """Repositories found in keys under `REPOSITORIES_PREFIX` (any of their links), sorted.
-
-    The repository is the path before the first `_layers`, `_manifests` or `_uploads` segment:
-    distribution forbids path components that start with `_`, so this cannot be ambiguous.
-    """
-    repos = set()
-    for key in keys:
-        if not key.startswith(REPOSITORIES_PREFIX):
-            continue
-        parts = key[len(REPOSITORIES_PREFIX) :].split("/")
-        for i, part in enumerate(parts):
-            if part.startswith("_"):
-                repo = "/".join(parts[:i])
-                if i > 0 and is_valid_repository(repo):
-                    repos.add(repo)
-                break
-    return sorted(repos)
-
-
 # --- images/: per-image tars and records -----------------------------------------------------
 
 
@@ -259,8 +239,3 @@ def parse_image_key(key: str) -> ImageKey | None:
     if is_valid_tag(name):
         return ImageKey(key=key, repo=repo, kind=kind, tag=name)
     return None
-
-
-def image_repositories_from_keys(keys: Iterable[str]) -> list[str]:
-    """Repositories that have at least one tar or record under `images/`, sorted."""
-    return sorted({p.repo for p in map(parse_image_key, keys) if p is not None})

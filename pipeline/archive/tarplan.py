@@ -20,6 +20,7 @@ from typing import Protocol
 
 from pipeline.errors import ManifestError, TransferError
 from pipeline.oci import (
+    DEFAULT_PLATFORM,
     DOCKER_CONFIG,
     OCI_CONFIG,
     OCI_INDEX,
@@ -28,8 +29,10 @@ from pipeline.oci import (
     ImageManifest,
     Platform,
     RawManifest,
+    choose_platform,
     digest_hex,
     verify_digest,
+    walk_manifests,
 )
 from pipeline.refs import Reference
 from pipeline.store.base import CopyRange, Inline, Readable
@@ -44,7 +47,6 @@ OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 ANNOTATION_CONTAINERD_NAME = "io.containerd.image.name"
 ANNOTATION_REFERENCE_TYPE = "vnd.docker.reference.type"
-_DEFAULT_PLATFORM = Platform("linux", "amd64")
 BLOBS_DIR = "blobs/"
 
 _PAX_NAME = "././@PaxHeader"
@@ -240,11 +242,6 @@ class TarPlan:
     def total_size(self) -> int:
         return sum(len(p) if isinstance(p, bytes) else p.descriptor.size for p in self.pieces())
 
-    @property
-    def blob_sources(self) -> tuple[BlobSource, ...]:
-        """The blobs the caller must provide bytes for (those not held inline)."""
-        return tuple(e.source for e in self.entries if isinstance(e.source, BlobSource))
-
 
 def blob_path(digest: str) -> str:
     """A blob's name inside the tar (and in an OCI image layout): `blobs/sha256/<hex>`."""
@@ -271,7 +268,6 @@ def image_names(ref: Reference) -> tuple[str | None, str]:
 class _Graph:
     """The manifests reachable from the root, each parsed once, in index order."""
 
-    manifests: dict[str, RawManifest] = field(default_factory=dict)
     images: list[ImageManifest] = field(default_factory=list)
     runnable: list[tuple[ImageManifest, Platform | None]] = field(default_factory=list)
     """Images a `docker load` can run: not attestations, not other artifacts."""
@@ -294,16 +290,22 @@ def _is_runnable(image: ImageManifest, desc: Descriptor | None) -> bool:
 def _walk(
     root: RawManifest, available: Mapping[str, RawManifest], root_desc: Descriptor | None
 ) -> _Graph:
-    graph = _Graph()
+    def fetch(digest: str, listed: Descriptor | None) -> RawManifest:
+        found = available.get(digest)
+        if found is None:
+            raise ManifestError(f"child manifest {digest} was not provided")
+        if listed is not None and len(found.data) != listed.size:
+            raise ManifestError(
+                f"child {digest} is {len(found.data)} bytes, the index says {listed.size}"
+            )
+        return found
 
-    def visit(raw: RawManifest, desc: Descriptor | None, depth: int) -> None:
-        if raw.digest in graph.manifests:
-            return
-        if depth > 4:
-            raise ManifestError(f"manifest {raw.digest}: indexes nested too deep")
-        graph.manifests[raw.digest] = raw
-        graph.order.append(raw)
-        parsed = raw.parse()
+    walked = walk_manifests([root], fetch)
+    graph = _Graph()
+    for node in walked.nodes:
+        graph.order.append(node.raw)
+        parsed = node.manifest
+        desc = node.listed_as if node.parent is not None else root_desc
         if isinstance(parsed, ImageManifest):
             graph.images.append(parsed)
             plat = desc.platform if desc is not None else None
@@ -311,23 +313,8 @@ def _walk(
                 graph.runnable.append((parsed, plat))
                 if plat is not None and str(plat) not in graph.platforms:
                     graph.platforms.append(str(plat))
-        elif isinstance(parsed, ImageIndex):
-            for child in parsed.manifests:
-                found = available.get(child.digest)
-                if found is None:
-                    raise ManifestError(
-                        f"index {raw.digest}: child manifest {child.digest} was not provided"
-                    )
-                if len(found.data) != child.size:
-                    raise ManifestError(
-                        f"index {raw.digest}: child {child.digest} is {len(found.data)} bytes, "
-                        f"the index says {child.size}"
-                    )
-                visit(found, child, depth + 1)
-        else:
-            raise ManifestError(f"manifest {raw.digest}: schema1 images cannot be archived")
-
-    visit(root, root_desc, 0)
+        elif not isinstance(parsed, ImageIndex):
+            raise ManifestError(f"manifest {node.raw.digest}: schema1 images cannot be archived")
     return graph
 
 
@@ -389,9 +376,9 @@ def plan_image_tar(
         {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [root_desc.to_json()]}
     )
 
-    tag_holder = next(
-        (i for i, (_, p) in enumerate(graph.runnable) if p and p.matches(_DEFAULT_PLATFORM)), 0
-    )
+    tag_holder = choose_platform([p for _, p in graph.runnable], [DEFAULT_PLATFORM])
+    if tag_holder is None:
+        tag_holder = 0
     docker_entries = [
         {
             "Config": blob_path(image.config.digest),

@@ -1,10 +1,10 @@
 """Read image tars (docker-archive, oci-archive, bale's dual format) by their headers.
 
-A tar is read through a random-access source (`read_at(offset, length)`): a local file, an
-object in the store through ranged reads, or a spooled copy of stdin. Only headers and small
-JSON members are read up front; a blob is a byte range of the tar, opened when it is copied.
-A pipe cannot seek, so stdin must be read once into a spool (`spool_stream`) before anything
-else: docker-archive's `manifest.json` may come after the layers it names.
+A tar is read through a random-access source (`read_at(offset, length)`): a local file, or
+an object in the store through ranged reads. Only headers and small JSON members are read up
+front; a blob is a byte range of the tar, opened when it is copied. A pipe cannot seek, and
+docker-archive's `manifest.json` may come after the layers it names, so stdin is not a source
+(spooling it to local disk is what bale never does).
 
 Formats understood:
 - an OCI image layout (`oci-layout` + `index.json` + `blobs/<alg>/<hex>`): skopeo's
@@ -24,9 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,11 +43,10 @@ from pipeline.oci import (
     OCI_MANIFEST,
     Descriptor,
     ImageIndex,
-    ImageManifest,
-    Manifest,
     RawManifest,
     sha256_digest,
     verify_digest,
+    walk_manifests,
 )
 from pipeline.refs import Reference, is_valid_digest
 from pipeline.store.base import ObjectStore, Readable
@@ -145,43 +141,6 @@ class StoreSource:
         if length <= 0:
             return b""
         return self.store.read(self.key, offset, length)
-
-
-class SpooledSource:
-    """A stream read once into memory, then a temporary file past `memory_limit`.
-
-    This is how stdin becomes random-access: a pipe can be read only once, and a
-    docker-archive's `manifest.json` may sit after the layers.
-    """
-
-    def __init__(self, spool: Any, size: int) -> None:
-        self._spool = spool
-        self._lock = threading.Lock()
-        self.size = size
-
-    def read_at(self, offset: int, length: int) -> bytes:
-        with self._lock:
-            self._spool.seek(offset)
-            return bytes(self._spool.read(length))
-
-    def close(self) -> None:
-        self._spool.close()
-
-
-def spool_stream(
-    stream: Readable, *, memory_limit: int = 64 * 1024 * 1024, directory: str | None = None
-) -> SpooledSource:
-    """Read `stream` to its end (one pass) into a spool that `read_at` can use."""
-    spool = tempfile.SpooledTemporaryFile(max_size=memory_limit, dir=directory)  # noqa: SIM115
-    size = 0
-    try:
-        while data := stream.read(1 << 20):
-            spool.write(data)
-            size += len(data)
-    except BaseException:
-        spool.close()
-        raise
-    return SpooledSource(spool, size)
 
 
 class _Window:
@@ -463,18 +422,6 @@ def _blob_name(digest: str) -> str:
     return f"blobs/{algorithm}/{hex_}"
 
 
-def _each_once(stack: list[RawManifest]) -> Iterator[Manifest]:
-    """Pops `stack` until it is empty, parsing each manifest once (nested indexes may name one
-    twice); the caller pushes children onto `stack` as it goes."""
-    seen: set[str] = set()
-    while stack:
-        raw = stack.pop()
-        if raw.digest in seen:
-            continue
-        seen.add(raw.digest)
-        yield raw.parse()
-
-
 def _same_name(a: str, b: str) -> bool:
     """Names match literally, or as references once normalised the way skopeo's docker-archive
     does (`nginx` = `docker.io/library/nginx:latest`)."""
@@ -526,9 +473,11 @@ def _parse_docker_items(data: Any) -> list[DockerItem]:
 class ImageArchive:
     """An image tar: which images it holds, and each one as a source of manifests and blobs."""
 
-    def __init__(self, source: RandomAccess) -> None:
+    def __init__(self, source: RandomAccess, tar: TarIndex | None = None) -> None:
+        """`tar`: the source's member index when the caller has built it already."""
         self.source = source
-        self.tar = TarIndex(source)
+        self.tar = tar if tar is not None else TarIndex(source)
+        self._manifests: dict[str, RawManifest] = {}
         self.docker_items: list[DockerItem] = []
         if "manifest.json" in self.tar:
             self.docker_items = _parse_docker_items(_load_json(self.tar, "manifest.json"))
@@ -587,28 +536,35 @@ class ImageArchive:
             entries.append(ArchiveEntry(i, tuple(dict.fromkeys(names)), descriptor=desc))
         return tuple(entries)
 
-    def _configs_under(self, desc: Descriptor, depth: int = 0) -> Iterator[str]:
-        """Config digests of the image(s) an index.json entry reaches (missing ones skipped)."""
-        if depth > 4 or _blob_name(desc.digest) not in self.tar:
-            return
+    def _configs_under(self, desc: Descriptor) -> list[str]:
+        """Config digests of the image(s) an index.json entry reaches (missing or unreadable
+        ones, and indexes nested too deep, skipped)."""
+        graph = walk_manifests([desc], self._manifest_or_none, too_deep="skip", missing="skip")
+        return [image.config.digest for _, image in graph.images()]
+
+    def _manifest_or_none(self, digest: str, listed: Descriptor | None) -> RawManifest | None:
+        """The layout's manifest `listed` names, or None when it is absent or unreadable."""
+        if listed is None or _blob_name(digest) not in self.tar:
+            return None
         try:
-            parsed = self.read_manifest(desc).parse()
+            raw = self.read_manifest(listed)
+            raw.parse()
         except (InvalidArchive, ManifestError):
-            return
-        if isinstance(parsed, ImageManifest):
-            yield parsed.config.digest
-        elif isinstance(parsed, ImageIndex):
-            for child in parsed.manifests:
-                yield from self._configs_under(child, depth + 1)
+            return None
+        return raw
 
     def read_manifest(self, desc: Descriptor) -> RawManifest:
-        """A manifest blob of the layout, checked against its descriptor."""
+        """A manifest blob of the layout, checked against its descriptor (read once)."""
+        held = self._manifests.get(desc.digest)
+        if held is not None and len(held.data) == desc.size:
+            return held
         data = self.read_blob_bytes(desc, MAX_MANIFEST_BYTES)
         media_type = desc.media_type or None
         try:
             raw = RawManifest.from_bytes(data, media_type)
         except ManifestError as exc:
             raise InvalidArchive(f"archive manifest {desc.digest}: {exc}") from None
+        self._manifests[desc.digest] = raw
         return raw
 
     def read_blob_bytes(self, desc: Descriptor, limit: int) -> bytes:
@@ -688,14 +644,18 @@ class ArchiveImage:
 
     def _find_manifest(self, digest: str) -> Descriptor | None:
         """The descriptor of `digest` anywhere under the top index (nested indexes too)."""
-        stack = [self.manifest()]
-        for parsed in _each_once(stack):
-            if isinstance(parsed, ImageIndex):
-                for child in parsed.manifests:
+
+        def fetch(child: str, listed: Descriptor | None) -> RawManifest:
+            return self.manifest() if listed is None else self.archive.read_manifest(listed)
+
+        graph = walk_manifests(
+            [self.manifest()], fetch, max_depth=None, follow=lambda d: d.media_type in INDEX_TYPES
+        )
+        for node in graph.nodes:
+            if isinstance(node.manifest, ImageIndex):
+                for child in node.manifest.manifests:
                     if child.digest == digest:
                         return child
-                    if child.media_type in INDEX_TYPES:
-                        stack.append(self.archive.read_manifest(child))
         return None
 
     def blob(self, descriptor: Descriptor) -> bytes:
@@ -738,21 +698,21 @@ class ArchiveImage:
 
     def missing_blobs(self) -> list[str]:
         """Digests referenced under this image that the archive lacks (empty when complete)."""
-        missing: list[str] = []
-        stack = [self.manifest()]
-        for parsed in _each_once(stack):
-            if isinstance(parsed, ImageIndex):
-                for child in parsed.manifests:
-                    try:
-                        stack.append(self.manifest(child.digest))
-                    except InvalidArchive:
-                        missing.append(child.digest)
-            elif isinstance(parsed, ImageManifest):
-                for desc in parsed.blobs:
-                    try:
-                        self._member_of(desc)
-                    except InvalidArchive:
-                        missing.append(desc.digest)
+
+        def fetch(digest: str, listed: Descriptor | None) -> RawManifest | None:
+            try:
+                return self.manifest(digest if listed is not None else None)
+            except InvalidArchive:
+                return None
+
+        graph = walk_manifests([self.manifest()], fetch, max_depth=None, missing="report")
+        missing = [digest for digest, _, _ in graph.missing]
+        for _, image in graph.images():
+            for desc in image.blobs:
+                try:
+                    self._member_of(desc)
+                except InvalidArchive:
+                    missing.append(desc.digest)
         return list(dict.fromkeys(missing))
 
     def check(self) -> None:

@@ -44,7 +44,14 @@ from pipeline.archive.bucket import ArchiveBucket
 from pipeline.archive.links import LinkKey, parse_link_key
 from pipeline.archive.record import ImageRecord
 from pipeline.errors import InvalidArchive, ManifestError, StoreError, StoreNotFound
-from pipeline.oci import MANIFEST_TYPES, MAX_MANIFEST_BYTES, ImageIndex, ImageManifest, RawManifest
+from pipeline.oci import (
+    MANIFEST_TYPES,
+    MAX_MANIFEST_BYTES,
+    Descriptor,
+    RawManifest,
+    child_manifests,
+    walk_manifests,
+)
 from pipeline.store.base import MultipartUpload, ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -243,50 +250,52 @@ class _Marker:
         self.pool = pool
         self.blobs = blobs
         self.marked: set[str] = set()
-        self._walked: set[str] = set()
-        self._to_walk: list[str] = []
+        self._roots: list[str] = []
 
     def mark(self, digest: str, *, walk: bool) -> None:
         self.marked.add(digest)
-        if walk and digest not in self._walked:
-            self._walked.add(digest)
-            self._to_walk.append(digest)
+        if walk:
+            self._roots.append(digest)
 
     def finish(self) -> None:
-        """Walk every manifest marked so far, level by level, reading each once."""
-        while self._to_walk:
-            batch = [d for d in self._to_walk if d in self.blobs]
-            self._to_walk = []
-            for children in self.pool.map(self._children, batch):
-                for digest, is_manifest in children:
-                    self.mark(digest, walk=is_manifest)
+        """Walk every manifest marked as a root, reading each once (an index's children
+        together), and mark everything they reach: children, subjects, configs, layers."""
+        graph = walk_manifests(
+            dict.fromkeys(self._roots),
+            self._read,
+            max_depth=None,
+            missing="skip",
+            subjects=True,
+            fetch_map=self.pool.map,
+        )
+        self._roots = []
+        for node in graph.nodes:
+            self.marked.update(d.digest for d in child_manifests(node.manifest, subjects=True))
+        self.marked.update(graph.blob_digests())
 
-    def _children(self, digest: str) -> list[tuple[str, bool]]:
-        info = self.blobs[digest]
+    def _read(self, digest: str, _listed: Descriptor | None) -> RawManifest | None:
+        """A stored manifest's bytes, checked; None when it is not stored. One that cannot be
+        read or parsed stops gc: what it references could not be marked."""
+        info = self.blobs.get(digest)
+        if info is None:
+            return None
         what = f"manifest {digest}"
         if info.size > MAX_MANIFEST_BYTES:
             raise GcStopped(f"gc stopped, nothing deleted: {what} is {info.size} bytes")
         try:
             data = self.store.read(info.key)
         except StoreNotFound:
-            return []
+            return None
         try:
             raw = RawManifest.from_bytes(data)
             if raw.digest != digest:
                 raise ManifestError(f"bytes hash to {raw.digest}")
-            parsed = raw.parse()
+            raw.parse()
         except ManifestError as exc:
             raise GcStopped(
                 f"gc stopped, nothing deleted: {what} cannot be read ({exc}); run bale verify"
             ) from None
-        out: list[tuple[str, bool]] = []
-        if isinstance(parsed, ImageManifest):
-            out += [(d.digest, False) for d in parsed.blobs]
-        elif isinstance(parsed, ImageIndex):
-            out += [(d.digest, True) for d in parsed.manifests]
-        if parsed.subject is not None:
-            out.append((parsed.subject.digest, True))
-        return out
+        return raw
 
 
 def _each(pool: ThreadPoolExecutor, fn: Callable[[Any], None], items: Iterable[Any]) -> None:

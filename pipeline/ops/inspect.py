@@ -42,11 +42,11 @@ from pipeline.oci import (
     ImageManifest,
     Platform,
     RawManifest,
+    choose_platform,
     verify_digest,
 )
 from pipeline.refs import Reference
 from pipeline.registry.client import RegistryClient
-from pipeline.registry.source import RegistrySource
 
 log = logging.getLogger("bale.inspect")
 
@@ -126,41 +126,23 @@ def wanted_platforms(choice: Platform | None = None) -> list[Platform]:
     return [Platform(os_name, arch, v or None) for v in variants]
 
 
-def _matches(have: Platform, want: Platform) -> bool:
-    return (have.os, have.architecture, have.variant or "") == (
-        want.os,
-        want.architecture,
-        want.variant or "",
-    )
-
-
 def choose_instance(index: ImageIndex, choice: Platform | None = None) -> Descriptor:
-    """The index entry skopeo would inspect (`ChooseInstance`)."""
+    """The index entry skopeo would inspect (`ChooseInstance`): wanted platforms in order
+    (variants exactly), then for an OCI index entries without a platform, zstd instances
+    preferred on ties, then position."""
     wanted = wanted_platforms(choice)
     oci = index.media_type == OCI_INDEX
-    if not oci:  # Docker manifest list: first wanted platform that any entry matches
-        for want in wanted:
-            for entry in index.manifests:
-                if entry.platform is not None and _matches(entry.platform, want):
-                    return entry
-    else:
-        best: tuple[int, int, int] | None = None
-        chosen: Descriptor | None = None
-        for position, entry in enumerate(index.manifests):
-            if entry.platform is not None:
-                rank = next(
-                    (i for i, want in enumerate(wanted) if _matches(entry.platform, want)), None
-                )
-                if rank is None:
-                    continue
-            else:
-                rank = 1 << 62
-            zstd = entry.annotations.get(ZSTD_INSTANCE_ANNOTATION) == "true"
-            key = (rank, 0 if zstd else 1, position)
-            if best is None or key < best:
-                best, chosen = key, entry
-        if chosen is not None:
-            return chosen
+    position = choose_platform(
+        [d.platform for d in index.manifests],
+        wanted,
+        exact_variant=True,
+        unplatformed=oci,
+        preferred=[
+            oci and d.annotations.get(ZSTD_INSTANCE_ANNOTATION) == "true" for d in index.manifests
+        ],
+    )
+    if position is not None:
+        return index.manifests[position]
     first = wanted[0]
     kind = "image index" if oci else "manifest list"
     raise ManifestError(
@@ -433,19 +415,6 @@ def inspect_source(
     out["LayersData"] = info["LayersData"]
     out["Env"] = info["Env"]
     return out
-
-
-def inspect_image(
-    ref: Reference,
-    client: RegistryClient,
-    *,
-    platform: Platform | None = None,
-    list_tags: bool = True,
-) -> dict[str, Any]:
-    """`skopeo inspect docker://REF` as a dict with skopeo's keys, in skopeo's order."""
-    source = RegistrySource(client, ref)
-    tags = (lambda: client.list_tags(ref.repository)) if list_tags else None
-    return inspect_source(source, name=ref.name, tags=tags, platform=platform)
 
 
 def raw_manifest(source: ManifestSource) -> bytes:

@@ -47,7 +47,7 @@ from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket
 from pipeline.archive.links import parse_link_key
 from pipeline.archive.record import ImageRecord
-from pipeline.archive.tarread import StoreSource, TarIndex, TarMember
+from pipeline.archive.tarread import ImageArchive, StoreSource, TarIndex, TarMember
 from pipeline.compression import (
     DECOMPRESS_ERRORS,
     MAGIC_LEN,
@@ -69,8 +69,11 @@ from pipeline.oci import (
     Descriptor,
     ImageIndex,
     ImageManifest,
+    Manifest,
     RawManifest,
+    Schema1Manifest,
     sha256_digest,
+    walk_manifests,
 )
 from pipeline.refs import Reference
 from pipeline.store.base import ObjectStore, Readable
@@ -264,7 +267,6 @@ class _Verifier:
         self._checked: set[str] = set()
         self._diff_ids: dict[str, dict[str, str]] = {}
         """(--deep) layer digest -> {diff_id: config digest that lists it}."""
-        self._manifests: set[str] = set()
         self._pending_configs: list[tuple[Descriptor, tuple[Descriptor, ...]]] = []
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -468,31 +470,45 @@ class _Verifier:
             return digest, None
 
     def _walk_manifests(self, pool: ThreadPoolExecutor, roots: list[str]) -> None:
-        frontier = list(dict.fromkeys(roots))
-        while frontier:
-            todo = [d for d in frontier if d not in self._manifests and _blob_key(d)]
-            self._manifests.update(todo)
-            frontier = []
-            for digest, data in self._map(pool, self._load_manifest, todo):
-                if data is not None:
-                    frontier += self._read_manifest(digest, data)
+        """Read every manifest the roots reach, once; an absent child is no fault by itself
+        (see the module docstring), an unreadable one is a fault and is not walked further."""
+        graph = walk_manifests(
+            dict.fromkeys(roots),
+            self._fetch_manifest,
+            max_depth=None,
+            missing="skip",
+            fetch_map=lambda fn, items: self._map(pool, fn, items),
+        )
+        for node in graph.nodes:
+            self._note_manifest(node.raw.digest, node.manifest)
 
-    def _read_manifest(self, digest: str, data: bytes) -> list[str]:
-        """Check one manifest's bytes; note what it needs; return child manifests to walk."""
-        key = layout.blob_key(digest)
+    def _fetch_manifest(self, digest: str, _listed: Descriptor | None) -> RawManifest | None:
+        """A stored manifest whose bytes hash to its digest and parse; None (with a fault when
+        it is there but bad) otherwise."""
+        key = _blob_key(digest)
+        if key is None:
+            return None
+        digest, data = self._load_manifest(digest)
+        if data is None:
+            return None
         self._checked.add(digest)
         self._count(blobs=1, manifests=1, bytes_hashed=len(data))
         actual = sha256_digest(data)
         if actual != digest:
             self.fault("blob-corrupt", key, f"hashes to {actual}")
-            return []
+            return None
         try:
-            parsed = RawManifest.from_bytes(data).parse()
+            raw = RawManifest.from_bytes(data)
+            raw.parse()
         except ManifestError as exc:
             self.fault("manifest-invalid", key, str(exc))
-            return []
+            return None
+        return raw
+
+    def _note_manifest(self, digest: str, parsed: Manifest) -> None:
+        """Note what one manifest needs (its blobs) and claims (its children's sizes)."""
+        key = layout.blob_key(digest)
         who = f"manifest {digest}"
-        children: list[str] = []
         if isinstance(parsed, ImageManifest):
             for desc in parsed.blobs:
                 self._need_desc(desc, who, key)
@@ -504,11 +520,12 @@ class _Verifier:
                     self.fault("manifest-invalid", key, f"names unsupported digest {desc.digest}")
                     continue
                 self.claim(desc.digest, desc.size, who)
-                if self.stored_size(desc.digest) is not None:
-                    children.append(desc.digest)
+        elif isinstance(parsed, Schema1Manifest):
+            for layer in parsed.layer_digests:
+                if _blob_key(layer) is not None:
+                    self.need(layer, who)
         if parsed.subject is not None and _blob_key(parsed.subject.digest):
             self.claim(parsed.subject.digest, parsed.subject.size, who)
-        return children
 
     def _need_desc(self, desc: Descriptor, who: str, key: str) -> None:
         if _blob_key(desc.digest) is None:
@@ -610,8 +627,8 @@ class _Verifier:
             if size is not None:
                 self._size_fault(digest, size)
         tar_futures = [pool.submit(self._tar_ranges, record) for record in records]
-        for fut in as_completed(tar_futures):
-            for entry in fut.result():
+        for tar_fut in as_completed(tar_futures):
+            for entry in tar_fut.result():
                 futures.append(pool.submit(self._hash_range, entry))
         for fut in futures:
             fut.result()
@@ -699,10 +716,12 @@ class _Verifier:
                 self.fault("tar-entry-missing", key, name)
         verified: set[str] = set()
         try:
-            self._check_tar_index(record, tar, blobs, verified)
-            self._check_tar_docker(key, tar)
+            archive = ImageArchive(tar.source, tar)
         except InvalidArchive as exc:
             self.fault("tar-invalid", key, str(exc))
+        else:
+            self._check_tar_index(record, archive, blobs, verified)
+            self._check_tar_docker(key, archive)
         return [
             _Range(key, member.name, member.offset, member.size, digest)
             for digest, member in blobs.items()
@@ -710,76 +729,77 @@ class _Verifier:
         ]
 
     def _check_tar_index(
-        self, record: ImageRecord, tar: TarIndex, blobs: dict[str, TarMember], verified: set[str]
+        self,
+        record: ImageRecord,
+        archive: ImageArchive,
+        blobs: dict[str, TarMember],
+        verified: set[str],
     ) -> None:
+        """index.json names the record's image, and everything it reaches is in the tar with
+        the size its descriptor says; manifests are hashed here (`verified`)."""
         key = record.tar_key
-        if "index.json" not in tar:
+        if not archive.is_oci:
             return
-        try:
-            index = json.loads(tar.read("index.json"))
-            descs = [Descriptor.from_json(d, "index.json") for d in index["manifests"]]
-        except (ValueError, UnicodeDecodeError, KeyError, TypeError, ManifestError):
-            self.fault("tar-invalid", key, "index.json is not an OCI index")
-            return
+        descs = [e.descriptor for e in archive.entries if e.descriptor is not None]
         if [d.digest for d in descs] != [record.tar_digest]:
             shown = ", ".join(d.digest for d in descs) or "nothing"
             self.fault("tar-invalid", key, f"index.json points at {shown}, not {record.tar_digest}")
-        stack = [(d, "index.json") for d in descs]
-        seen: set[str] = set()
-        while stack:
-            desc, who = stack.pop()
-            if desc.digest in seen:
-                continue
-            seen.add(desc.digest)
-            member = blobs.get(desc.digest)
+        wrong_size: dict[str, TarMember] = {}
+
+        def fetch(digest: str, listed: Descriptor | None) -> RawManifest | None:
+            member = blobs.get(digest)
+            if member is None or listed is None:
+                return None
+            if member.size != listed.size:
+                wrong_size[digest] = member
+                return None
+            if listed.media_type not in MANIFEST_TYPES or member.size > MAX_MANIFEST_BYTES:
+                return None
+            data = archive.source.read_at(member.offset, member.size)
+            verified.add(digest)
+            self._count(tar_entries=1, bytes_hashed=len(data))
+            actual = sha256_digest(data)
+            if actual != digest:
+                self.fault("tar-entry-corrupt", key, f"{member.name} hashes to {actual}")
+                return None
+            try:
+                raw = RawManifest.from_bytes(data, listed.media_type)
+                raw.parse()
+            except ManifestError as exc:
+                self.fault("tar-invalid", key, f"{member.name}: {exc}")
+                return None
+            return raw
+
+        graph = walk_manifests(descs, fetch, max_depth=None, missing="report")
+        named = [
+            (digest, f"manifest {parent}" if parent else "index.json", listed.size)
+            for digest, listed, parent in graph.missing
+            if listed is not None
+        ]
+        seen = {digest for digest, _, _ in named} | {n.raw.digest for n in graph.nodes}
+        for node, image in graph.images():
+            for desc in image.blobs:
+                if not desc.urls and desc.digest not in seen:
+                    seen.add(desc.digest)
+                    named.append((desc.digest, f"manifest {node.raw.digest}", desc.size))
+        for digest, who, size in named:
+            member = wrong_size.get(digest) or blobs.get(digest)
             if member is None:
                 self.fault(
-                    "tar-entry-missing",
-                    key,
-                    f"blobs/{desc.digest.replace(':', '/')} (named by {who})",
+                    "tar-entry-missing", key, f"blobs/{digest.replace(':', '/')} (named by {who})"
                 )
-                continue
-            if member.size != desc.size:
+            elif member.size != size:
                 self.fault(
                     "tar-entry-size",
                     key,
-                    f"{member.name} is {member.size} bytes, {who} says {desc.size}",
+                    f"{member.name} is {member.size} bytes, {who} says {size}",
                 )
-                continue
-            if desc.media_type not in MANIFEST_TYPES or member.size > MAX_MANIFEST_BYTES:
-                continue
-            data = tar.source.read_at(member.offset, member.size)
-            verified.add(desc.digest)
-            self._count(tar_entries=1, bytes_hashed=len(data))
-            actual = sha256_digest(data)
-            if actual != desc.digest:
-                self.fault("tar-entry-corrupt", key, f"{member.name} hashes to {actual}")
-                continue
-            try:
-                parsed = RawManifest.from_bytes(data, desc.media_type).parse()
-            except ManifestError as exc:
-                self.fault("tar-invalid", key, f"{member.name}: {exc}")
-                continue
-            child_who = f"manifest {desc.digest}"
-            if isinstance(parsed, ImageManifest):
-                stack += [(d, child_who) for d in parsed.blobs if not d.urls]
-            elif isinstance(parsed, ImageIndex):
-                stack += [(d, child_who) for d in parsed.manifests]
 
-    def _check_tar_docker(self, key: str, tar: TarIndex) -> None:
-        if "manifest.json" not in tar:
-            return
-        try:
-            items = json.loads(tar.read("manifest.json"))
-            paths = [p for item in items for p in (item["Config"], *item["Layers"])]
-        except (ValueError, UnicodeDecodeError, KeyError, TypeError):
-            self.fault("tar-invalid", key, "manifest.json is not a docker-archive manifest")
-            return
-        for path in paths:
-            if not isinstance(path, str):
-                self.fault("tar-invalid", key, "manifest.json names a non-string path")
-            elif path not in tar:
-                self.fault("tar-entry-missing", key, f"{path} (named by manifest.json)")
+    def _check_tar_docker(self, key: str, archive: ImageArchive) -> None:
+        for item in archive.docker_items:
+            for path in (item.config, *item.layers):
+                if path not in archive.tar:
+                    self.fault("tar-entry-missing", key, f"{path} (named by manifest.json)")
 
     def _hash_range(self, entry: _Range) -> None:
         stream = self._open(entry.key, entry.offset, entry.size)
