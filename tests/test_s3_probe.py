@@ -48,6 +48,10 @@ def test_probe_measures_the_server_and_leaves_nothing(
     assert traits.conditional_complete is conditional_complete
     assert traits.copy_part is True
     assert traits.checksum_validated is checksum_validated
+    assert traits.checksum_accepted is True
+    assert traits.md5_validated is (kind == "rgw")  # moto_server accepts a wrong Content-MD5
+    assert traits.integrity == "signature"
+    assert "uploads are guarded only by the payload hash" in caplog.text
     assert bed.names() == [] and bed.open_uploads() == []
     assert f"probed: {traits.describe()}" in caplog.text
     assert ("checked by HEAD" in caplog.text) is not conditional_complete

@@ -281,23 +281,21 @@ class RemoteStore(ABC):
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> Part:
         name = self._name(key)
-        etag, crc = self._call(
+        return self._call(
             f"UploadPart {number}",
             self.describe(key),
             lambda: self._upload_part(name, upload_id, number, data),
         )
-        return Part(number=number, etag=etag, size=len(data), crc=crc)
 
     def copy_part(self, key: str, upload_id: str, number: int, source: CopyRange) -> Part:
         name = self._name(key)
         src = self._name(source.key)
         span = (source.start, source.start + source.length - 1)
-        etag, crc = self._call(
+        return self._call(
             f"UploadPartCopy {number}",
             self.describe(source.key),
             lambda: self._copy_part(name, upload_id, number, src, span),
         )
-        return Part(number=number, etag=etag, size=source.length, crc=crc)
 
     def complete(self, key: str, upload_id: str, parts: list[Part], *, if_absent: bool) -> bool:
         name = self._name(key)
@@ -383,16 +381,13 @@ class RemoteStore(ABC):
         """A new multipart upload's id."""
 
     @abstractmethod
-    def _upload_part(
-        self, name: str, upload_id: str, number: int, data: bytes
-    ) -> tuple[str, int | None]:
-        """The part's ETag and the provider's CRC64 of it (None where it reports none)."""
+    def _upload_part(self, name: str, upload_id: str, number: int, data: bytes) -> Part:
+        """Upload a part, sent with the checksum the server checks; the part with its ETag,
+        the provider's CRC64 (OSS) and SHA-256 (S3 composite checksum) where there are any."""
 
     @abstractmethod
-    def _copy_part(
-        self, name: str, upload_id: str, number: int, source: str, span: Span
-    ) -> tuple[str, int | None]:
-        """Copy `span` of object `source` as a part; its ETag and CRC64 as for `_upload_part`."""
+    def _copy_part(self, name: str, upload_id: str, number: int, source: str, span: Span) -> Part:
+        """Copy `span` of object `source` as a part, as for `_upload_part`."""
 
     @abstractmethod
     def _complete(self, name: str, upload_id: str, parts: list[Part], *, if_absent: bool) -> bool:

@@ -354,9 +354,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200)
 
     def _put_object(self, bucket: str, key: str, body: bytes) -> None:
-        md5 = self.headers.get("Content-MD5")
-        if md5 and base64.b64encode(hashlib.md5(body).digest()).decode() != md5:
-            raise OssError(400, "InvalidDigest", "The Content-MD5 you specified is not valid.")
+        self._check_md5(body)
         obj = StoredObject(
             data=body,
             etag=_etag(body),
@@ -538,8 +536,16 @@ class _Handler(BaseHTTPRequestHandler):
             )
         return number
 
+    def _check_md5(self, body: bytes) -> None:
+        """OSS refuses a body whose `Content-MD5` differs (nothing stored). It checks no CRC64
+        a client sends: it answers the CRC64 of what it received, the client compares."""
+        md5 = self.headers.get("Content-MD5")
+        if md5 and base64.b64encode(hashlib.md5(body).digest()).decode() != md5:
+            raise OssError(400, "InvalidDigest", "The Content-MD5 you specified is not valid.")
+
     def _upload_part(self, bucket: str, key: str, query: dict[str, str], body: bytes) -> None:
         number = self._part_number(query)
+        self._check_md5(body)
         part = StoredPart(body, _etag(body), crc64(body), time.time())
         with self.state.lock:
             self._upload(query["uploadId"], bucket, key).parts[number] = part
