@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -17,16 +17,6 @@ from tests.bed.fixtures_store import StoreBed
 pytestmark = pytest.mark.integration
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def fresh_probe() -> Iterator[None]:
-    """Forget what earlier tests probed, so this test's store probes again."""
-    saved = dict(s3_probe._known)
-    s3_probe._known.clear()
-    yield
-    s3_probe._known.clear()
-    s3_probe._known.update(saved)
 
 
 @pytest.mark.parametrize(

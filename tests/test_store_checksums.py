@@ -54,15 +54,6 @@ def b64sha256(data: bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
-@pytest.fixture
-def fresh_probe() -> Iterator[None]:
-    saved = dict(s3_probe._known)
-    s3_probe._known.clear()
-    yield
-    s3_probe._known.clear()
-    s3_probe._known.update(saved)
-
-
 def endpoint_of(bed: StoreBed) -> str:
     store = bed.store
     return str(store.endpoint_url if isinstance(store, S3Store) else store.endpoint)

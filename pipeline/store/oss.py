@@ -27,6 +27,7 @@ import oss2.exceptions
 
 from pipeline.errors import StoreError, TransferError
 from pipeline.store.base import MultipartUpload, ObjectInfo
+from pipeline.store.classes import OSS_ARCHIVE, parse_restore
 from pipeline.store.multipart import (
     DEFAULT_PARALLEL,
     DEFAULT_PART_SIZE,
@@ -207,11 +208,15 @@ class OSSStore(RemoteStore):
             if exc.code == "NoSuchBucket":
                 raise
             return None
+        storage_class = r.headers.get("x-oss-storage-class") or "Standard"
         return ObjectInfo(
             key=name,
             size=int(r.content_length),
             modified=_when(r.last_modified),
             etag=r.etag,
+            storage_class=storage_class,
+            archived=storage_class in OSS_ARCHIVE,
+            restore=parse_restore(r.headers.get("x-oss-restore")),
         )
 
     def _get(self, name: str, span: Span | None) -> bytes:
@@ -238,6 +243,8 @@ class OSSStore(RemoteStore):
                 size=int(item.size),
                 modified=_when(item.last_modified),
                 etag=item.etag,
+                storage_class=item.storage_class or "Standard",
+                archived=(item.storage_class or "Standard") in OSS_ARCHIVE,
             )
             for item in page.object_list
         ]
@@ -249,7 +256,7 @@ class OSSStore(RemoteStore):
 
     def _put_object(self, name: str, data: bytes, *, if_absent: bool) -> bool:
         md5 = hashlib.md5(data, usedforsecurity=False).digest()
-        headers = {"Content-MD5": base64.b64encode(md5).decode()}
+        headers = {"Content-MD5": base64.b64encode(md5).decode()} | self._class_header()
         if if_absent:
             headers |= FORBID_OVERWRITE
         try:
@@ -265,8 +272,22 @@ class OSSStore(RemoteStore):
             raise
         return True
 
+    def _class_header(self) -> dict[str, str]:
+        return {"x-oss-storage-class": self.storage_class} if self.storage_class else {}
+
     def _initiate(self, name: str) -> str:
-        return str(self.bucket.init_multipart_upload(name).upload_id)
+        upload = self.bucket.init_multipart_upload(name, headers=self._class_header() or None)
+        return str(upload.upload_id)
+
+    def _restore_object(self, name: str, days: int, tier: str, storage_class: str) -> None:
+        # Archive restores at one speed; the colder classes take a tier.
+        job = None if storage_class == "Archive" else oss2.models.RestoreJobParameters(tier)
+        config = oss2.models.RestoreConfiguration(days, job_parameters=job)
+        try:
+            self.bucket.restore_object(name, input=config)
+        except oss2.exceptions.ServerError as exc:
+            if exc.code != "RestoreAlreadyInProgress":
+                raise
 
     def _upload_part(self, name: str, upload_id: str, number: int, data: bytes) -> Part:
         # oss2 compares the part's CRC64 with the server's (InconsistentError, retried).

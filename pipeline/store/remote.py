@@ -10,6 +10,7 @@ full object names (prefix included); mapping them to and from keys happens here.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import threading
 from abc import ABC, abstractmethod
@@ -19,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, ClassVar, TypeVar
 
-from pipeline.errors import StoreError, StoreNotFound, TransferError
+from pipeline.errors import ObjectFrozen, StoreError, StoreNotFound, TransferError, UsageError
 from pipeline.store import keys
 from pipeline.store.base import (
     CopyRange,
@@ -29,6 +30,7 @@ from pipeline.store.base import (
     Readable,
     WriteResult,
 )
+from pipeline.store.classes import RestoreState, Thaw, check_storage_class, check_tier
 from pipeline.store.compose import StreamingComposition, plan_compose
 from pipeline.store.multipart import (
     DEFAULT_PARALLEL,
@@ -61,6 +63,10 @@ def service_error(
     bucket or object (never credentials)."""
     if code == "NoSuchBucket":
         return StoreError(f"bucket {bucket} does not exist ({what})")
+    if code == "InvalidObjectState":
+        return ObjectFrozen(
+            f"{what}: in an archive storage class and not restored (thaw it first)", key=what
+        )
     if code in not_found_codes or (status == 404 and code != "NoSuchUpload"):
         return StoreNotFound(f"{what}: not found")
     if code in credential_codes:
@@ -125,6 +131,15 @@ class Provider:
     """The provider's name for starting a multipart upload, for retry log lines."""
 
 
+def _thaw_of(archived: bool, restore: RestoreState | None) -> Thaw | None:
+    """What a HEAD says about thawing: None when a restore must be asked for."""
+    if not archived:
+        return Thaw.NOT_NEEDED
+    if restore is None:
+        return None
+    return Thaw.IN_PROGRESS if restore.ongoing else Thaw.READY
+
+
 class RemoteStore(ABC):
     """`scheme://bucket/prefix` (see ObjectStore for the contract, PartSink for the primitives)."""
 
@@ -151,6 +166,7 @@ class RemoteStore(ABC):
         once): one being read and `parallel` uploading for a lone blob, as before."""
         self.page_size = 1000
         self.retry = retry or RetryPolicy()
+        self.storage_class: str | None = None
         scheme = self.provider.scheme
         self.url = f"{scheme}://{bucket}/{self.prefix}" if self.prefix else f"{scheme}://{bucket}"
 
@@ -183,6 +199,52 @@ class RemoteStore(ABC):
         if start == 0 and length is None:
             return None
         return (start, None if length is None else start + length - 1)
+
+    # -- storage classes -------------------------------------------------------------------
+
+    def with_storage_class(self, storage_class: str | None) -> RemoteStore:
+        """A view of this store (same client, connections and part slots) writing new objects
+        in `storage_class`; UnknownStorageClass before anything is written."""
+        view = copy.copy(self)
+        scheme = self.provider.scheme
+        view.storage_class = check_storage_class(scheme, storage_class) if storage_class else None
+        return view
+
+    def restore(self, key: str, *, days: int = 1, tier: str = "Standard") -> Thaw:
+        tier = check_tier(tier)
+        if days < 1:
+            raise UsageError(f"a restore lasts at least 1 day, not {days}")
+        info = self.head(key)
+        if info is None:
+            raise StoreNotFound(f"{self.describe(key)}: not found")
+        state = _thaw_of(info.archived, info.restore)
+        if state is not None:
+            return state
+        name = self._name(key)
+        storage_class = info.storage_class or ""
+        try:
+            self._call(
+                "RestoreObject",
+                self.describe(key),
+                lambda: self._restore_object(name, days, tier, storage_class),
+            )
+        except StoreError:
+            # A server may keep an archive class's name and have no restore (Ceph RGW 16
+            # serves such objects as they are): readable means nothing to thaw.
+            if self._readable(key, info.size):
+                return Thaw.NOT_NEEDED
+            raise
+        after = self.head(key)
+        if after is None:
+            raise StoreNotFound(f"{self.describe(key)}: not found")
+        return _thaw_of(after.archived, after.restore) or Thaw.IN_PROGRESS
+
+    def _readable(self, key: str, size: int) -> bool:
+        try:
+            self.read(key, 0, 1 if size else None)
+        except StoreError:
+            return False
+        return True
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -351,6 +413,11 @@ class RemoteStore(ABC):
         self.abort(upload.key, upload.upload_id)
 
     # -- provider hooks: one SDK call each, on full object names, retried by the caller -----
+
+    @abstractmethod
+    def _restore_object(self, name: str, days: int, tier: str, storage_class: str) -> None:
+        """Ask for a restore of an archived object (`storage_class` is its class); one
+        already running is fine."""
 
     @abstractmethod
     def _head_object(self, name: str) -> ObjectInfo | None:

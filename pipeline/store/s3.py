@@ -28,6 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.errors import StoreError, TransferError
 from pipeline.store.base import MultipartUpload, ObjectInfo
+from pipeline.store.classes import S3_ARCHIVE, parse_restore
 from pipeline.store.multipart import (
     DEFAULT_PARALLEL,
     DEFAULT_PART_SIZE,
@@ -160,6 +161,14 @@ def make_client(
     return session.client("s3", endpoint_url=endpoint_url, config=config, verify=ca_bundle)
 
 
+def _archived(storage_class: str, archive_status: str | None) -> bool:
+    """GLACIER and DEEP_ARCHIVE, and INTELLIGENT_TIERING's opt-in archive tiers."""
+    return storage_class in S3_ARCHIVE or archive_status in (
+        "ARCHIVE_ACCESS",
+        "DEEP_ARCHIVE_ACCESS",
+    )
+
+
 def body_checksum(data: bytes, integrity: Integrity) -> dict[str, str]:
     """The boto3 argument that makes the server check `data` as it arrives."""
     if integrity == "sha256":
@@ -255,11 +264,15 @@ class S3Store(RemoteStore):
             if _status(exc) == 404 and _code(exc) != "NoSuchBucket":
                 return None
             raise
+        storage_class = r.get("StorageClass") or "STANDARD"  # S3 omits the header for it
         return ObjectInfo(
             key=name,
             size=int(r["ContentLength"]),
             modified=r.get("LastModified"),
             etag=_unquote(r.get("ETag")),
+            storage_class=storage_class,
+            archived=_archived(storage_class, r.get("ArchiveStatus")),
+            restore=parse_restore(r.get("Restore")),
         )
 
     def _get_object(self, name: str, span: Span | None) -> Any:
@@ -290,6 +303,8 @@ class S3Store(RemoteStore):
                 size=int(item["Size"]),
                 modified=item.get("LastModified"),
                 etag=_unquote(item.get("ETag")),
+                storage_class=item.get("StorageClass") or "STANDARD",
+                archived=_archived(item.get("StorageClass") or "STANDARD", None),
             )
             for item in page.get("Contents", [])
         ]
@@ -362,12 +377,28 @@ class S3Store(RemoteStore):
             Key=name,
             Body=data,
             **body_checksum(data, self._integrity()),
+            **self._class_arg(),
         )
+
+    def _class_arg(self) -> dict[str, str]:
+        return {"StorageClass": self.storage_class} if self.storage_class else {}
 
     def _initiate(self, name: str) -> str:
         composite = {"ChecksumAlgorithm": "SHA256"} if self._integrity() == "sha256" else {}
-        r = self.client.create_multipart_upload(Bucket=self.bucket, Key=name, **composite)
+        r = self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=name, **composite, **self._class_arg()
+        )
         return str(r["UploadId"])
+
+    def _restore_object(self, name: str, days: int, tier: str, storage_class: str) -> None:
+        request = {"Days": days, "GlacierJobParameters": {"Tier": tier}}
+        if storage_class == "INTELLIGENT_TIERING":
+            request = {}  # its archive tiers take neither (S3 RestoreObject docs)
+        try:
+            self.client.restore_object(Bucket=self.bucket, Key=name, RestoreRequest=request)
+        except ClientError as exc:
+            if _code(exc) != "RestoreAlreadyInProgress":
+                raise
 
     def _upload_part(self, name: str, upload_id: str, number: int, data: bytes) -> Part:
         check = body_checksum(data, self._integrity())
