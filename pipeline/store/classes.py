@@ -43,6 +43,38 @@ TIERS = ("Expedited", "Standard", "Bulk")
 Archive object restores at one speed and the tier is not sent)."""
 
 
+RESTORE_TIME: dict[str, dict[str, str]] = {
+    "GLACIER": {"Expedited": "1-5 minutes", "Standard": "3-5 hours", "Bulk": "5-12 hours"},
+    "DEEP_ARCHIVE": {"Standard": "within 12 hours", "Bulk": "within 48 hours"},
+    "INTELLIGENT_TIERING": {"Standard": "3-5 hours (12 hours from Deep Archive Access)"},
+    "Archive": {
+        "Expedited": "about 1 minute",
+        "Standard": "about 1 minute",
+        "Bulk": "about 1 minute",
+    },
+    "ColdArchive": {"Expedited": "within 1 hour", "Standard": "2-5 hours", "Bulk": "5-12 hours"},
+    "DeepColdArchive": {"Expedited": "within 12 hours", "Standard": "within 48 hours"},
+}
+"""How long a restore takes, per archive class and tier, as the providers document it (AWS
+"Restoring an archived object", OSS "Restore objects"): estimates, for telling a user what
+to expect, never for waiting on. A tier missing for a class is one the provider does not offer
+for it (DEEP_ARCHIVE has no Expedited; OSS Archive restores at one speed, whatever the tier)."""
+
+
+def restore_time(storage_class: str, tier: str) -> str:
+    """The provider's estimate for restoring `storage_class` at `tier`; UnknownStorageClass
+    when the provider offers no such tier for that class."""
+    tiers = RESTORE_TIME.get(storage_class)
+    if tiers is None:
+        return "unknown"
+    tier = check_tier(tier)
+    if tier not in tiers:
+        raise UnknownStorageClass(
+            f"restore tier {tier} is not offered for {storage_class} (it offers {', '.join(tiers)})"
+        )
+    return tiers[tier]
+
+
 def check_storage_class(scheme: str, name: str) -> str:
     """`name` as the store of `scheme` (`s3`, `oss`, `file`) spells it; UnknownStorageClass
     (exit 2) naming the store's classes when it has no such class."""

@@ -30,7 +30,13 @@ from pipeline.store.base import (
     Readable,
     WriteResult,
 )
-from pipeline.store.classes import RestoreState, Thaw, check_storage_class, check_tier
+from pipeline.store.classes import (
+    RestoreState,
+    Thaw,
+    check_storage_class,
+    check_tier,
+    restore_time,
+)
 from pipeline.store.compose import StreamingComposition, plan_compose
 from pipeline.store.multipart import (
     DEFAULT_PARALLEL,
@@ -222,6 +228,7 @@ class RemoteStore(ABC):
             return state
         name = self._name(key)
         storage_class = info.storage_class or ""
+        restore_time(storage_class, tier)  # a tier the class does not offer: refused here
         try:
             self._call(
                 "RestoreObject",
