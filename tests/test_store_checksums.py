@@ -59,17 +59,17 @@ def endpoint_of(bed: StoreBed) -> str:
     return str(store.endpoint_url if isinstance(store, S3Store) else store.endpoint)
 
 
-def behind(bed: StoreBed, proxy: FaultProxy, **options: Any) -> Any:
-    """A store of the bed's bucket and prefix that talks to its server through `proxy`."""
+def behind(bed: StoreBed, proxy: FaultProxy, server: Any = None, **options: Any) -> Any:
+    """A store of the bed's bucket and prefix that talks to its server through `proxy`
+    (`server`: the S3 server of the bed, for its keys)."""
     store = bed.store
     if isinstance(store, S3Store):
-        credentials = store.client._get_credentials()
         return S3Store(
             store.bucket,
             bed.prefix,
             endpoint_url=proxy.url,
-            access_key=credentials.access_key,
-            secret_key=credentials.secret_key,
+            access_key=server.access_key,
+            secret_key=server.secret_key,
             part_size=5 * MiB,
             retry=fast_retry(),
             **options,
@@ -87,17 +87,22 @@ def behind(bed: StoreBed, proxy: FaultProxy, **options: Any) -> Any:
     )
 
 
+SERVERS = {"s3": "moto_server", "rgw": "rgw_server"}
+
+
 @pytest.fixture
 def proxied(
-    store_bed: Callable[..., StoreBed], fresh_probe: None
-) -> Iterator[Callable[[str], tuple[StoreBed, FaultProxy, Any]]]:
+    request: pytest.FixtureRequest, store_bed: Callable[..., StoreBed], fresh_probe: None
+) -> Iterator[Callable[..., tuple[StoreBed, FaultProxy, Any]]]:
+    """`proxied(kind, **options)`: a fresh store of the bed behind a fault proxy, probed."""
     proxies: list[FaultProxy] = []
 
-    def make(kind: str) -> tuple[StoreBed, FaultProxy, Any]:
+    def make(kind: str, **options: Any) -> tuple[StoreBed, FaultProxy, Any]:
         bed = store_bed(kind)
         proxy = FaultProxy(endpoint_of(bed).removeprefix("http://")).start()
         proxies.append(proxy)
-        store = behind(bed, proxy)
+        server = request.getfixturevalue(SERVERS[kind]) if kind in SERVERS else None
+        store = behind(bed, proxy, server, **options)
         store.put("warm-up", b"probed")  # the S3 probe runs before any fault is armed
         store.delete("warm-up")
         return bed, proxy, store
@@ -191,8 +196,7 @@ def test_s3_sha256_and_composite_checksum_on_the_wire(proxied: Callable[..., Any
     """Where the server checks x-amz-checksum-sha256 (AWS), single PUTs carry the SHA-256 of
     the body and multipart uploads declare SHA256 and send each part's: the server's composite
     checksum of the object is then the SHA-256 of the parts' digests."""
-    bed, proxy, _ = proxied("s3")
-    store = behind(bed, proxy, checksums="sha256")
+    bed, proxy, store = proxied("s3", checksums="sha256")
     client = bed.store.client
     store.put("small", b"hello")
     put = [r for r in proxy.requests if r.method == "PUT"][-1]
