@@ -11,7 +11,7 @@ import functools
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -103,7 +103,16 @@ def echo_result(text: str, *, err: bool = False, event: str = "result", **fields
 
 def fail(exc: BaleError, about: str = "") -> None:
     """Report a user-facing error as one line and exit with its code; `about` names the
-    image or transfer it concerns when the message alone may not."""
+    image or transfer it concerns when the message alone may not. After Ctrl-C or SIGTERM,
+    whatever error the cut work became, the line says that the signal ended it (130 or 143)."""
+    from pipeline.transfer.cancel import RUN
+
+    if RUN.cancelled:
+        text = str(RUN.error())
+        echo_result(
+            f"bale: {text}", err=True, event="interrupted", message=text, exit_code=RUN.exit_code
+        )
+        sys.exit(RUN.exit_code)
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if about:
         message = f"{about}: {message}"
@@ -609,28 +618,38 @@ def _compress(fmt: str | None, level: int | None) -> Any:
     return CompressOptions(fmt, DEFAULT_LEVEL if level is None else level)
 
 
-def _session(jobs: int, limit_rate: int | None, retries: int) -> Any:
-    """The command's session; --read-timeout comes from the command's own options."""
+@contextlib.contextmanager
+def _session(jobs: int, limit_rate: int | None, retries: int) -> Iterator[Any]:
+    """The command's session; --read-timeout comes from the command's own options. While it
+    is open, Ctrl-C and SIGTERM stop the work cleanly (the first signal cancels, see
+    `pipeline/transfer/cancel.py`; the second exits at once)."""
     from pipeline.ops.session import Session, TransferOptions
     from pipeline.registry.client import READ_TIMEOUT
+    from pipeline.transfer.cancel import on_signals
     from pipeline.transfer.retry import RetryPolicy
 
     read_timeout = click.get_current_context().params.get("read_timeout") or READ_TIMEOUT
-    return Session(
-        TransferOptions(
-            jobs=jobs,
-            retry=RetryPolicy(retries=retries),
-            limit_rate=limit_rate,
-            read_timeout=read_timeout,
-        )
+    options = TransferOptions(
+        jobs=jobs,
+        retry=RetryPolicy(retries=retries),
+        limit_rate=limit_rate,
+        read_timeout=read_timeout,
     )
+    with on_signals(), Session(options) as session:
+        yield session
 
 
 def _open_bucket(
-    url: str, endpoint_url: str | None, retries: int = 5, *, existing: bool = True
+    url: str,
+    endpoint_url: str | None,
+    retries: int = 5,
+    *,
+    existing: bool = True,
+    write: bool = False,
 ) -> Any:
-    """The archive at `url`; with `existing`, a local directory that is not there is bad input
-    (a typo must not read as an empty, clean archive)."""
+    """The archive at `url`, checked once for reading (or `write`) before any image; with
+    `existing`, a local directory that is not there is bad input (a typo must not read as an
+    empty, clean archive)."""
     from pathlib import Path
 
     from pipeline.archive.bucket import ArchiveBucket
@@ -638,7 +657,9 @@ def _open_bucket(
     from pipeline.store.url import open_store
     from pipeline.transfer.retry import RetryPolicy
 
-    store = open_store(url, endpoint_url=endpoint_url, retry=RetryPolicy(retries=retries))
+    retry = RetryPolicy(retries=retries)
+    access = "write" if write else "read"
+    store = open_store(url, endpoint_url=endpoint_url, retry=retry, check=access)
     root = getattr(store, "root", None)
     if existing and root is not None and not Path(root).is_dir():
         raise UsageError(f"no archive at {url}: {root} is not a directory")
@@ -666,6 +687,31 @@ def _echo_failures(report: Any) -> None:
             image=failure.source,
             error=failure.error,
         )
+
+
+def _exit_after(report: Any, *written: str | None) -> NoReturn:
+    """The run's exit code; after Ctrl-C or SIGTERM, one line saying so, and 130 or 143."""
+    from pipeline.transfer.cancel import RUN
+
+    if not RUN.cancelled:
+        sys.exit(report.exit_code())
+    totals = report.totals()
+    counts = [f"{totals['images'] - totals['failed'] - totals['interrupted']} done"]
+    if totals["failed"]:
+        counts.append(f"{totals['failed']} failed")
+    counts.append(f"{totals['interrupted']} interrupted")
+    paths = [p for p in written if p]
+    where = f", report written to {' and '.join(paths)}" if paths else ""
+    echo_result(
+        f"bale: interrupted by {RUN.signal_name}; {', '.join(counts)}{where}",
+        err=True,
+        event="interrupted",
+        signal=RUN.signal_name,
+        **{k: totals[k] for k in ("images", "failed", "interrupted")},
+        reports=paths,
+        exit_code=RUN.exit_code,
+    )
+    sys.exit(report.exit_code())
 
 
 def _display(secrets: list[str]) -> Any:
@@ -778,7 +824,7 @@ def _archive_images(
 
     registry = _registry_options(src_creds, authfile, src_tls_verify, src_cert_dir, "src")
     check_output_paths((report_path, junit_path))
-    bucket = _open_bucket(store_url, endpoint_url, retries, existing=False)
+    bucket = _open_bucket(store_url, endpoint_url, retries, existing=False, write=not dry_run)
     options = ArchiveOptions(
         platform=platform, all_platforms=all_platforms, force=force, referrers=referrers
     )
@@ -788,7 +834,7 @@ def _archive_images(
         plan = plan_for(session, registry)
         report = _archive_plan(session, bucket, plan, options, dry_run, fail_fast, secrets, what)
     _write_reports(report, report_path, junit_path, secrets)
-    sys.exit(report.exit_code())
+    _exit_after(report, report_path, junit_path)
 
 
 @examples(
@@ -1139,7 +1185,7 @@ def restore_command(
         display.on_run_done(report)
     _echo_failures(report)
     _write_reports(report, report_path, junit_path, secrets)
-    sys.exit(report.exit_code())
+    _exit_after(report, report_path, junit_path)
 
 
 # ---- sync ----------------------------------------------------------------------------------
@@ -1294,7 +1340,7 @@ def sync_command(
         display.on_run_done(report)
     _echo_failures(report)
     _write_reports(report, report_path, junit_path, secrets)
-    sys.exit(report.exit_code())
+    _exit_after(report, report_path, junit_path)
 
 
 # ---- verify, gc ----------------------------------------------------------------------------

@@ -100,7 +100,7 @@ def _totals_text(report: RunReport) -> str:
     totals = report.totals()
     counts = ", ".join(
         f"{totals[s]} {s}"
-        for s in ("archived", "skipped", "planned", "restored", "copied", "failed")
+        for s in ("archived", "skipped", "planned", "restored", "copied", "failed", "interrupted")
         if totals.get(s)
     )
     verb = "would download" if totals.get("planned") else "downloaded"
@@ -154,7 +154,8 @@ class Display(NullImageEvents):
             if r.failed:
                 lines.append(f"{'failed':<9} {r.source}: {self.scrub(r.error or 'failed')}")
             else:
-                lines.append(f"{r.status:<9} {r.source} {r.digest or '-'} -> {r.tar_key or '-'}")
+                where = r.destination or r.tar_key or "-"
+                lines.append(f"{r.status:<9} {r.source} {r.digest or '-'} -> {where}")
         with self._lock:
             for line in lines:
                 self.stdout.write(line + "\n")
@@ -186,7 +187,7 @@ class Display(NullImageEvents):
                 title, justify="right", no_wrap=True, footer=format_size(int(totals[name]))
             )
         table.add_column("TIME", justify="right", no_wrap=True, footer=f"{report.seconds:.1f}s")
-        style = {"failed": "red", "archived": "green", "planned": "cyan"}
+        style = {"failed": "red", "archived": "green", "planned": "cyan", "interrupted": "yellow"}
         for r in report.results:
             table.add_row(
                 escape(r.source),
@@ -602,7 +603,8 @@ class RichProgress(TextLog):
         self.console.print(self._result_line(result), highlight=False)
 
     def _result_line(self, result: ImageResult) -> str:
-        colour = {"failed": "red", "archived": "green", "planned": "cyan"}.get(result.status, "")
+        colours = {"failed": "red", "archived": "green", "planned": "cyan", "interrupted": "yellow"}
+        colour = colours.get(result.status, "")
         if result.failed:
             text = escape(f"{result.source}: {self.scrub(result.error or '')}")
         else:

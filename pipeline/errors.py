@@ -17,9 +17,11 @@ the CLI contract: 2 for bad input (nothing was written), 1 for a runtime failure
     ├── ManifestError                a manifest we cannot parse, or cannot archive (schema1)
     ├── StoreError                   the object store failed
     │   ├── StoreNotFound            a key that is not there
+    │   ├── StoreUnusable (exit 2)   the store cannot be used at all: checked before any image
     │   └── ObjectFrozen (exit 2)    an object in an archive class, not restored: thaw it first
     ├── TransferError                a stream broke and could not be resumed
-    └── CommandTimeout               --command-timeout ran out
+    ├── CommandTimeout               --command-timeout ran out
+    └── Interrupted (exit 130/143)   Ctrl-C or SIGTERM cut the work short
 """
 
 from __future__ import annotations
@@ -98,9 +100,26 @@ class ObjectFrozen(StoreError):
         self.key = key
 
 
+class StoreUnusable(StoreError):
+    """The store cannot be used as the command needs: no such bucket, credentials missing or
+    refused, access denied, endpoint unreachable. Found by `ObjectStore.check` before the first
+    image, so a run says it once instead of once per image; nothing has been written."""
+
+    exit_code = 2
+
+
 class TransferError(BaleError):
     """A transfer broke and could not be resumed or retried."""
 
 
 class CommandTimeout(BaleError):
     """The whole command ran longer than `--command-timeout` (skopeo's flag)."""
+
+
+class Interrupted(BaleError):
+    """The run was cancelled by a signal (`pipeline/transfer/cancel.py`); the exit code is the
+    shell's 128 + the signal's number."""
+
+    def __init__(self, message: str, *, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -93,6 +93,8 @@ def test_json_report_fields_and_round_trip() -> None:
         "bytes_copied_server_side",
         "seconds",
         "tar_key",
+        "destination",
+        "source_digest",
     ]
     failed = data["images"][2]
     assert failed["status"] == "failed" and failed["digest"] is None

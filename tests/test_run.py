@@ -287,7 +287,8 @@ def test_dry_run_reads_only_and_counts_what_would_move(fleet: Fleet, tmp_path: P
     one = next(iter(fleet.images))
     proc = _run(tmp_path, "archive", one, "--to", str(store), "--dry-run", "--src-tls-verify=false")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith(f"planned   {one} {fleet.images[one].digest} -> images/")
+    digest = fleet.images[one].digest
+    assert proc.stdout.startswith(f"planned   {one} {digest} -> {store}/images/")
     assert "would download" in proc.stderr and not store.exists()
 
     # Archive one repository; the dry run then sees its blobs (and the shared base) as stored.

@@ -100,3 +100,30 @@ def test_open_location_writes_a_local_file(tmp_path: Path) -> None:
     store.put(key, b"tar bytes")
     assert (tmp_path / "out" / "image.tar").read_bytes() == b"tar bytes"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["image.tar"]  # no temp dir left
+
+
+@pytest.mark.parametrize(
+    ("text", "meant"),
+    [
+        ("s3//bucket/x", "s3://bucket/x"),
+        ("S3//bucket", "s3://bucket"),
+        ("oss//bucket/a/b", "oss://bucket/a/b"),
+        ("gs//bucket", "gs://bucket"),
+        ("https//host/k.tar", "https://host/k.tar"),
+        ("docker//host/repo", "docker://host/repo"),
+        ("file//srv/archive", "file:///srv/archive"),
+    ],
+)
+def test_a_url_without_its_colon_is_refused(text: str, meant: str) -> None:
+    """`s3//bucket/x` would be the directory ./s3/bucket/x: refused, naming what was meant."""
+    for parse in (parse_store_url, parse_location):
+        with pytest.raises(InvalidStoreURL, match=f"did you mean {meant}\\?"):
+            parse(text)
+
+
+@pytest.mark.parametrize("text", ["./s3//x", "s3/bucket/x", "archive//x", "/s3//x", "s3"])
+def test_paths_that_only_resemble_a_url_are_paths(
+    text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert parse_store_url(text) == StoreURL("file", "", str(Path(text).absolute()).rstrip("/"))

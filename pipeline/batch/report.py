@@ -2,7 +2,8 @@
 
 One `ImageResult` per image, collected into a `RunReport`. The JSON form is the contract for
 scripts (field names below are stable; `version` changes if they do). The JUnit form has one
-testcase per image so CI systems show failed images as failed tests: GitHub and GitLab test
+testcase per image so CI systems show failed images as failed tests (and images a signal
+interrupted as errors): GitHub and GitLab test
 reports, Jenkins' junit step and similar parsers read `testsuites/testsuite/testcase` with
 `tests`, `failures`, `errors`, `skipped` and `time` attributes.
 
@@ -13,6 +14,7 @@ cannot leak one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -23,13 +25,25 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote, quote_plus
 
+from pipeline.transfer import cancel
+
 T = TypeVar("T")
 
 REPORT_VERSION = 1
 
-Status = Literal["archived", "restored", "copied", "skipped", "planned", "failed"]
-STATUSES: tuple[str, ...] = ("archived", "restored", "copied", "skipped", "planned", "failed")
-"""`skipped`: nothing to do (already archived with that digest); `planned`: `--dry-run`."""
+Status = Literal["archived", "restored", "copied", "skipped", "planned", "failed", "interrupted"]
+STATUSES: tuple[str, ...] = (
+    "archived",
+    "restored",
+    "copied",
+    "skipped",
+    "planned",
+    "failed",
+    "interrupted",
+)
+"""`skipped`: nothing to do (already archived with that digest); `planned`: `--dry-run`;
+`interrupted`: Ctrl-C or SIGTERM stopped the image, or came before it started (nothing of it
+is visible: a rerun does it)."""
 
 BYTE_FIELDS = (
     "bytes_downloaded",
@@ -68,12 +82,25 @@ class ImageResult:
     bytes_copied_server_side: int = 0
     seconds: float = 0.0
     tar_key: str | None = None
+    destination: str | None = None
+    """Where the image went, in full: `s3://bucket/prefix/images/….tar`, a local file's
+    absolute path (`tar_key` is the same tar as a key of the store)."""
+    source_digest: str | None = None
+    """The index the reference resolved to at the source, when `digest` (what was stored) is
+    one platform's manifest taken from it (`--platform`); None when they are the same."""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"unknown status {self.status!r}; expected one of {STATUSES}")
         if self.status == "failed" and not self.error:
             self.error = "failed (no error message)"
+
+    def after_signal(self) -> ImageResult:
+        """This result as a cancelled run leaves it: once a signal came, an image that did not
+        finish is `interrupted` (whatever error its cut transfer became); others stay as is."""
+        if self.status != "failed" or not cancel.RUN.cancelled:
+            return self
+        return dataclasses.replace(self, status="interrupted", error=cancel.RUN.error().args[0])
 
     @property
     def failed(self) -> bool:
@@ -92,11 +119,14 @@ class ImageResult:
             "bytes_copied_server_side": self.bytes_copied_server_side,
             "seconds": round(self.seconds, 3),
             "tar_key": self.tar_key,
+            "destination": self.destination,
+            "source_digest": self.source_digest,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImageResult:
         names = {"source", "status", "digest", "error", "seconds", "tar_key", *BYTE_FIELDS}
+        names |= {"destination", "source_digest"}
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
@@ -124,16 +154,31 @@ class RunReport:
         self.results.append(result)
 
     def add_each(
-        self, items: Sequence[T], one: Callable[[T], ImageResult | None], jobs: int
+        self,
+        items: Sequence[T],
+        one: Callable[[T], ImageResult | None],
+        jobs: int,
+        source: Callable[[T], str],
     ) -> None:
         """Run `one` on every item, at most `jobs` images at once (their blob transfers are
         bounded by the session on top), and add the results in item order; None (an item
-        skipped after a failure) adds nothing."""
+        skipped after a failure) adds nothing.
+
+        Once a signal cancels the run (`transfer/cancel.py`) no further item starts: each is
+        reported `interrupted` under its `source` name, as is every image the signal cut."""
         if not items:
             return
+
+        def run(item: T) -> ImageResult | None:
+            if cancel.RUN.cancelled:
+                error = f"{cancel.RUN.error()} before it started"
+                return ImageResult(source(item), "interrupted", error=error)
+            result = one(item)
+            return result.after_signal() if result is not None else None
+
         workers = max(1, min(len(items), jobs))
         with ThreadPoolExecutor(workers, thread_name_prefix="bale-image") as pool:
-            for future in [pool.submit(one, item) for item in items]:
+            for future in [pool.submit(run, item) for item in items]:
                 result = future.result()
                 if result is not None:
                     self.add(result)
@@ -162,7 +207,10 @@ class RunReport:
         return totals
 
     def exit_code(self) -> int:
-        """DESIGN's contract: 0 when every image is done, 1 when one or more failed."""
+        """DESIGN's contract: 0 when every image is done, 1 when one or more failed; after
+        Ctrl-C or SIGTERM, the shell's 128 + the signal's number (130, 143)."""
+        if cancel.RUN.cancelled:
+            return cancel.RUN.exit_code
         return 1 if any(r.failed for r in self.results) else 0
 
     def to_dict(self, secrets: Iterable[str | None] = ()) -> dict[str, Any]:
@@ -196,7 +244,7 @@ class RunReport:
         counts = {
             "tests": str(len(self.results)),
             "failures": str(totals["failed"]),
-            "errors": "0",
+            "errors": str(totals["interrupted"]),
             "skipped": str(totals["skipped"]),
             "time": f"{self.seconds:.3f}",
         }
@@ -228,6 +276,9 @@ class RunReport:
                     {"message": message.splitlines()[0] if message else "failed", "type": "failed"},
                 )
                 failure.text = message
+            elif result.status == "interrupted":
+                message = _xml_text(result.error or "interrupted")
+                ET.SubElement(case, "error", {"message": message, "type": "interrupted"})
             elif result.status == "skipped":
                 ET.SubElement(case, "skipped", {"message": "nothing to do: already done"})
             out = ET.SubElement(case, "system-out")
@@ -237,7 +288,9 @@ class RunReport:
                     for k, v in (
                         ("status", result.status),
                         ("digest", result.digest),
+                        ("source_digest", result.source_digest),
                         ("tar_key", result.tar_key),
+                        ("destination", result.destination),
                         *((name, getattr(result, name)) for name in BYTE_FIELDS),
                     )
                     if v is not None

@@ -28,6 +28,7 @@ from pipeline.ops.archive import ArchiveOptions, ImageWorker, archive_many
 from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
 from pipeline.registry.tls import read_cert_dir
+from pipeline.transfer import cancel
 
 
 @dataclass
@@ -86,6 +87,7 @@ def expand_spec(
                 raise UsageError(f"{spec.source}:{entry.line}: cert-dir: {exc}") from None
 
     def list_tags(registry: str, repository: str, entry: RegistrySpec) -> list[str]:
+        cancel.check()  # after Ctrl-C or SIGTERM, the rest of a long spec is not listed
         client = session.client(registry, registry_options(entry, defaults))
         return client.list_tags(repository)
 
@@ -97,7 +99,7 @@ def expand_spec(
                 "failed",
                 error=f"cannot list tags ({selector.kind}, {spec.source}:{selector.line}): "
                 f"{message}",
-            )
+            ).after_signal()
         )
 
     images = expand(spec, list_tags, on_error=on_error)
@@ -123,7 +125,7 @@ def run_plan(
 
     With `fail_fast`, a listing failure stops the run before any image starts.
     """
-    if fail_fast and plan.failures:
+    if fail_fast and any(f.failed for f in plan.failures):  # not an `interrupted` listing
         report = RunReport(started=plan.started, results=list(plan.failures))
         report.finish()
         return report

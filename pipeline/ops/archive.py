@@ -22,10 +22,10 @@ from pipeline.archive.bucket import ArchiveBucket
 from pipeline.archive.record import ImageRecord
 from pipeline.archive.tarplan import TarPlan, to_compose_pieces
 from pipeline.archive.tarstream import plan_resolved
-from pipeline.batch.report import ImageResult, RunReport
+from pipeline.batch.report import ImageResult, RunReport, Status
 from pipeline.errors import BaleError, DigestMismatch
-from pipeline.image import ImageSource, ResolvedImage, resolve_image
-from pipeline.oci import Descriptor, Platform
+from pipeline.image import ImageSource, ResolvedImage, resolve_image, select_platforms
+from pipeline.oci import Descriptor, ImageIndex, Platform, RawManifest
 from pipeline.ops.events import image_events
 from pipeline.ops.readahead import ReadAhead
 from pipeline.ops.session import RegistryOptions, Session
@@ -83,7 +83,7 @@ class BucketWorker:
         """One image; failures are returned in the result, not raised."""
         started = time.monotonic()
         self.events.on_image_start(str(ref))
-        result = self._image(ref, registry, options or ArchiveOptions())
+        result = self._image(ref, registry, options or ArchiveOptions()).after_signal()
         result.seconds = round(time.monotonic() - started, 3)
         self.events.on_image_done(result)
         return result
@@ -92,6 +92,31 @@ class BucketWorker:
         self, ref: Reference, registry: RegistryOptions | None, options: ArchiveOptions
     ) -> ImageResult:
         raise NotImplementedError
+
+    def _stored_digest(self, ref: Reference, top: RawManifest, options: ArchiveOptions) -> str:
+        """What the tag and record will name: `top` itself, or the one platform's manifest when
+        `--platform` alone drops the index (as `_resolve` does), read from the index at hand."""
+        if options.platform is None or options.all_platforms:
+            return top.digest
+        index = top.parse()
+        if not isinstance(index, ImageIndex):
+            return top.digest
+        return select_platforms(index, options.platform, what=str(ref))[0].digest
+
+    def _done(
+        self, ref: Reference, status: Status, top: RawManifest, digest: str, **counts: int
+    ) -> ImageResult:
+        """The result of an image whose digest is known, naming its tar in full."""
+        tar_key = layout.tar_key_for(ref)
+        return ImageResult(
+            str(ref),
+            status,
+            digest=digest,
+            source_digest=top.digest if top.digest != digest else None,
+            tar_key=tar_key,
+            destination=self.bucket.store.describe(tar_key),
+            **counts,
+        )
 
     def sizes_ahead(
         self,
@@ -154,7 +179,7 @@ class Archiver(BucketWorker):
         def prepare(image: tuple[Reference, RegistryOptions | None]) -> _Ahead:
             ref, registry = image
             source = RegistrySource(self.session.client(ref.registry, registry), ref)
-            if self._is_current(ref, source.manifest().digest, opts):
+            if self._is_current(ref, self._stored_digest(ref, source.manifest(), opts), opts):
                 return _Ahead(source)
             return _Ahead(source, self._resolve(source, opts))
 
@@ -190,36 +215,43 @@ class Archiver(BucketWorker):
                 source = ahead.source
             else:
                 source = RegistrySource(self.session.client(ref.registry, registry), ref)
-            digest = source.manifest().digest
-            record = self._archive(source, options, counts, ahead)
-            status = "archived" if record is not None else "skipped"
-            tar_key = record.tar_key if record else layout.tar_key_for(ref)
-            error = None
+            top = source.manifest()
+            digest = self._stored_digest(ref, top, options)
+            record = self._archive(source, digest, options, counts, ahead)
+            status: Status = "archived" if record is not None else "skipped"
         except BaleError as exc:
-            status, error, tar_key = "failed", str(exc).splitlines()[0], None
-        return ImageResult(
-            source=str(ref),
-            digest=digest,
-            status=status,
-            error=error,
+            return ImageResult(
+                source=str(ref),
+                digest=digest,
+                status="failed",
+                error=str(exc).splitlines()[0],
+                bytes_downloaded=counts.downloaded,
+                bytes_uploaded=counts.uploaded,
+                bytes_already_stored=counts.already,
+                bytes_copied_server_side=counts.copied,
+            )
+        return self._done(
+            ref,
+            status,
+            top,
+            digest,
             bytes_downloaded=counts.downloaded,
             bytes_uploaded=counts.uploaded,
             bytes_already_stored=counts.already,
             bytes_copied_server_side=counts.copied,
-            tar_key=tar_key,
         )
 
     # -- steps -----------------------------------------------------------------------------
     def _archive(
         self,
         source: ImageSource,
+        digest: str,
         options: ArchiveOptions,
         counts: _Counts,
         ahead: _Ahead | None = None,
     ) -> ImageRecord | None:
         ref = source.reference
-        top = source.manifest()
-        if self._is_current(ref, top.digest, options):
+        if self._is_current(ref, digest, options):
             return None
         if ahead is not None and ahead.resolved is not None:
             resolved = ahead.resolved
@@ -409,6 +441,8 @@ def archive_many(
         return result
 
     with archiver.sizes_ahead(images, options):
-        report.add_each(images, lambda image: one(*image), archiver.session.transfer.jobs)
+        report.add_each(
+            images, lambda image: one(*image), archiver.session.transfer.jobs, lambda i: str(i[0])
+        )
     report.finish()
     return report

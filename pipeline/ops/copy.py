@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pipeline.archive.tarplan import write_tar
 from pipeline.archive.tarread import (
@@ -65,7 +65,7 @@ from pipeline.ops.session import RegistryOptions, Session
 from pipeline.registry.destination import RegistryDestination
 from pipeline.registry.source import RegistrySource
 from pipeline.store.base import Readable
-from pipeline.store.url import open_location
+from pipeline.store.url import open_location, parse_location
 from pipeline.transfer.progress import CountingReader, TransferEvents
 from pipeline.transfer.ratelimit import limited
 from pipeline.transfer.recompress import CompressOptions
@@ -104,6 +104,11 @@ def copy_to_archive(
 ) -> CopyResult:
     """Stream `source` as a dual-format tar to `dest` (a path, `-`, s3:// or oss://)."""
     started = time.monotonic()
+    shown = str(dest)
+    if not dest.is_stdio:  # (checked for writing by check_archive_destination)
+        where = parse_location(dest.location)
+        shown = str(replace(dest, location=str(where)))  # in full: s3://, /abs
+        store, key = open_location(where, endpoint_url=endpoint_url, retry=retry)
     resolved = resolve_image(
         source, platform=platform, all_platforms=all_platforms, store_all=all_platforms
     )
@@ -115,14 +120,13 @@ def copy_to_archive(
         write_tar(plan, out, source.open_blob, verify=False)
         out.flush()
     else:
-        store, key = open_location(dest.location, endpoint_url=endpoint_url, retry=retry)
         stream = TarStream(plan, source.open_blob)
         try:
             store.put_stream(key, stream, plan.total_size)
         finally:
             stream.close()
     assert plan.root is not None
-    return CopyResult(plan.root.digest, plan.total_size, time.monotonic() - started, str(dest))
+    return CopyResult(plan.root.digest, plan.total_size, time.monotonic() - started, shown)
 
 
 # ---- the generic engine: any ImageSource into any ImageDestination ------------------------
@@ -414,12 +418,10 @@ def _random_access(
 ) -> RandomAccess:
     if location == "-":
         return stdin_source(stdin if stdin is not None else sys.stdin.buffer, stdin_limit)
-    from pipeline.store.url import parse_location
-
     parsed = parse_location(location)
     if parsed.store.scheme == "file":
         return FileSource(os.path.join(parsed.store.prefix, parsed.key))
-    store, key = open_location(parsed, endpoint_url=endpoint_url, retry=retry)
+    store, key = open_location(parsed, endpoint_url=endpoint_url, retry=retry, check="read")
     return StoreSource(store, key)
 
 
@@ -509,15 +511,14 @@ def check_archive_destination(
     dest: ArchiveTransport, *, force: bool = False, endpoint_url: str | None = None
 ) -> None:
     """Refuse, as skopeo and `docker save` do, to replace an existing tar (unless `force`) or
-    to write one to a terminal: either is a typo that costs a file or floods a screen."""
+    to write one to a terminal: either is a typo that costs a file or floods a screen. A
+    store that cannot be written is said here too, before the source is read."""
     if dest.is_stdio:
         if sys.stdout.isatty():
             raise UsageError("refusing to write a tar to a terminal; redirect stdout")
         return
-    if force:
-        return
-    store, key = open_location(dest.location, endpoint_url=endpoint_url)
-    if store.head(key) is not None:
+    store, key = open_location(dest.location, endpoint_url=endpoint_url, check="write")
+    if not force and store.head(key) is not None:
         raise UsageError(f"{dest.location} already exists: give --force to replace it")
 
 

@@ -57,9 +57,9 @@ class Planner(BucketWorker):
     ) -> ImageResult:
         source = RegistrySource(self.session.client(ref.registry, registry), ref)
         top = source.manifest()
-        tar_key = layout.tar_key_for(ref)
-        if self._is_current(ref, top.digest, options):
-            return ImageResult(str(ref), "skipped", digest=top.digest, tar_key=tar_key)
+        digest = self._stored_digest(ref, top, options)
+        if self._is_current(ref, digest, options):
+            return self._done(ref, "skipped", top, digest)
         resolved = self._resolve(source, options)
         blobs = resolved.blobs()
         present = [
@@ -85,13 +85,13 @@ class Planner(BucketWorker):
         pieces = to_compose_pieces(plan, layout.blob_key_for)
         copied = sum(p.size for p in pieces if isinstance(p, CopyRange))
         inline = sum(p.size for p in pieces if not isinstance(p, CopyRange))
-        return ImageResult(
-            str(ref),
+        return self._done(
+            ref,
             "planned",
-            digest=top.digest,
+            top,
+            digest,
             bytes_downloaded=to_move,
             bytes_uploaded=to_move + inline,
             bytes_already_stored=already,
             bytes_copied_server_side=copied,
-            tar_key=tar_key,
         )

@@ -139,6 +139,7 @@ class Restorer:
                 bytes_uploaded=stats.bytes_uploaded,
                 bytes_already_stored=stats.bytes_skipped,
                 seconds=round(time.monotonic() - started, 3),
+                destination=f"docker://{target.dest}",
             )
         except BaleError as exc:
             result = ImageResult(
@@ -146,7 +147,7 @@ class Restorer:
                 status="failed",
                 error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
                 seconds=round(time.monotonic() - started, 3),
-            )
+            ).after_signal()
         self.events.on_image_done(result)
         return result
 
@@ -173,6 +174,6 @@ def restore_many(
             on_result(target, result)
         return result
 
-    report.add_each(targets, one, restorer.session.transfer.jobs)
+    report.add_each(targets, one, restorer.session.transfer.jobs, lambda t: str(t.source))
     report.finish()
     return report

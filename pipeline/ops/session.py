@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from pipeline.registry.client import READ_TIMEOUT, RegistryClient
 from pipeline.registry.credentials import CredentialFlags, Credentials
+from pipeline.transfer import cancel
 from pipeline.transfer.ratelimit import make_limiter
 from pipeline.transfer.retry import RetryPolicy
 
@@ -91,13 +92,19 @@ class Session:
         """Run `fn` in the blob pool at most once per key at a time; failures are forgotten.
 
         Two images sharing a layer wait on the same transfer instead of both downloading it;
-        a failed transfer is dropped so that a later image (or a retry) tries again.
+        a failed transfer is dropped so that a later image (or a retry) tries again. A transfer
+        still queued when a signal cancels the run does not start (not even its first request).
         """
+
+        def checked() -> T:
+            cancel.check()
+            return fn()
+
         with self._lock:
             fut = self._once.get(key)
             if fut is not None and not (fut.done() and fut.exception() is not None):
                 return fut  # type: ignore[return-value]
-            fut = self.pool.submit(fn)
+            fut = self.pool.submit(checked)
             self._once[key] = fut  # type: ignore[assignment]
         return fut
 

@@ -236,7 +236,7 @@ class Syncer:
                 source=name,
                 status="failed",
                 error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-            )
+            ).after_signal()
         result.seconds = round(time.monotonic() - started, 3)
         self.events.on_image_done(result)
         return result
@@ -306,6 +306,7 @@ class Syncer:
             bytes_downloaded=downloaded,
             bytes_uploaded=uploaded,
             bytes_already_stored=skipped,
+            destination=f"docker://{item.dest}",
         )
 
 
@@ -394,7 +395,9 @@ def sync_many(
     report = RunReport(started=plan.started, results=list(plan.failures))
     stop = threading.Event()
     keep_going = syncer.options.keep_going
-    if plan.failures and not keep_going:
+    # A listing cut by a signal is `interrupted`, not failed: its images are then reported
+    # `interrupted` too (none starts).
+    if any(f.failed for f in plan.failures) and not keep_going:
         report.finish()
         return report
     lock = threading.Lock()
@@ -416,6 +419,6 @@ def sync_many(
     ]
     for items in phases:
         if not stop.is_set():
-            report.add_each(items, one, syncer.session.transfer.jobs)
+            report.add_each(items, one, syncer.session.transfer.jobs, lambda i: str(i.source))
     report.finish()
     return report

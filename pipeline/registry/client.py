@@ -58,6 +58,7 @@ from pipeline.registry.auth import (
 from pipeline.registry.credentials import CredentialFlags, Credentials, find_credentials
 from pipeline.registry.ranged import RANGE_CHUNK, RangeBudget, RangedBlobBody
 from pipeline.registry.tls import describe_tls_error, tls_context
+from pipeline.transfer import cancel
 from pipeline.transfer.ratelimit import RateLimiter, limited
 from pipeline.transfer.retry import (
     RETRYABLE_STATUS,
@@ -841,6 +842,7 @@ class BlobBody:
         """How much the next read may take (0 at the end, which releases the connection)."""
         if self._closed:
             raise ValueError("read from a closed blob stream")
+        cancel.check()  # a signal stops parallel range fetches too, which no limiter holds
         remaining = self.end - self.position
         if remaining <= 0:
             self._finish()

@@ -139,6 +139,19 @@ class ObjectStore(Protocol):
     url: str
     """The store's URL for display (never contains secrets)."""
 
+    def describe(self, key: str) -> str:
+        """`key` in full, for messages and reports: `s3://bucket/prefix/key`, a file's path."""
+        ...
+
+    def check(self, *, write: bool = False) -> None:
+        """Raise StoreUnusable when the store cannot be used at all, with one cheap request
+        (with `write`, one more that proves we may write, leaving nothing behind).
+
+        Called once before a command's first image: a missing bucket or refused credentials
+        are one line and exit 2, not the same failure for every image of a run.
+        """
+        ...
+
     storage_class: str | None
     """The class new objects are written in; None: the bucket's default (S3 STANDARD, OSS
     the bucket's class)."""

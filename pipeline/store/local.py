@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote, unquote
 
-from pipeline.errors import StoreError, StoreNotFound
+from pipeline.errors import StoreError, StoreNotFound, StoreUnusable
 from pipeline.store import direct, keys
 from pipeline.store.base import (
     CopyRange,
@@ -43,6 +43,7 @@ from pipeline.store.base import (
 from pipeline.store.classes import Thaw, check_storage_class, check_tier
 from pipeline.store.compose import DeferredComposition
 from pipeline.store.source import READ_CHUNK, expect_end, read_exactly, read_up_to
+from pipeline.transfer import cancel
 
 TMP_DIR = ".bale-tmp"
 """Reserved top-level directory for writes in progress; never a key."""
@@ -136,6 +137,39 @@ class LocalStore:
             return StoreError(f"{what}: no space left on device")
         return StoreError(f"{what}: {exc.strerror or exc}")
 
+    # -- the up-front check ----------------------------------------------------------------
+
+    def check(self, *, write: bool = False) -> None:
+        """Read the directory (a missing one is an empty store); with `write`, create and remove
+        a temporary file in it the way every write does, which also creates the directory."""
+        try:
+            if self.root.exists() and not self.root.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+            if self.root.is_dir():
+                with os.scandir(self.root) as entries:
+                    next(entries, None)
+        except OSError as exc:
+            raise StoreUnusable(f"cannot read {self.root}: {self._reason(exc)}") from exc
+        if not write:
+            return
+        probe = self.root / TMP_DIR / f"check.{uuid.uuid4().hex[:12]}{_TMP_SUFFIX}"
+        try:
+            self._create(probe).close()
+        except OSError as exc:
+            raise StoreUnusable(f"cannot write to {self.root}: {self._reason(exc)}") from exc
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink(missing_ok=True)
+            self._prune(probe.parent, self.root)
+
+    @staticmethod
+    def _reason(exc: OSError) -> str:
+        if isinstance(exc, NotADirectoryError | FileExistsError):
+            return "a file is in the way"
+        if isinstance(exc, PermissionError):
+            return "permission denied"
+        return (exc.strerror or str(exc)).lower()
+
     # -- storage classes -------------------------------------------------------------------
 
     storage_class: str | None = None
@@ -220,6 +254,7 @@ class LocalStore:
         """Write through a temporary file, then publish it at `key` in one atomic step."""
         final = self._path(key)
         tmp = self.root / TMP_DIR / f"{_tmp_stem(key)}.{uuid.uuid4().hex[:12]}{_TMP_SUFFIX}"
+        cancel.scratch_file(tmp)  # a second Ctrl-C exits at once: it removes the file then
         try:
             with self._create(tmp) as f:
                 fill(f)
@@ -267,6 +302,7 @@ class LocalStore:
             # a file makes even this unlink fail with NotADirectoryError).
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
+            cancel.scratch_done(tmp)
             self._prune(tmp.parent, self.root)
 
     @staticmethod

@@ -24,6 +24,7 @@ from typing import Any
 
 import oss2
 import oss2.exceptions
+import requests
 
 from pipeline.errors import StoreError, TransferError
 from pipeline.store.base import MultipartUpload, ObjectInfo
@@ -35,7 +36,18 @@ from pipeline.store.multipart import (
     Part,
     PartLimits,
 )
-from pipeline.store.remote import Provider, RemoteStore, Span, StoreBody, service_error
+from pipeline.store.remote import (
+    DENIED,
+    NO_BUCKET,
+    REFUSED,
+    UNREACHABLE,
+    Provider,
+    RemoteStore,
+    Span,
+    StoreBody,
+    network_reason,
+    service_error,
+)
 from pipeline.transfer.retry import (
     RETRYABLE_STATUS,
     Retryable,
@@ -116,6 +128,24 @@ def store_error(exc: BaseException, bucket: str, what: str) -> StoreError:
     return StoreError(f"{what}: {describe_error(exc)}")
 
 
+def problem(exc: BaseException) -> tuple[str, str] | None:
+    """What an OSS failure says about the store as a whole (see `RemoteStore.check`)."""
+    if isinstance(exc, oss2.exceptions.RequestError):
+        cause = getattr(exc, "exception", None)
+        if isinstance(cause, requests.exceptions.ConnectionError):
+            return UNREACHABLE, network_reason(cause)
+        return None
+    if not isinstance(exc, oss2.exceptions.ServerError):
+        return None
+    if exc.code == "NoSuchBucket" or exc.status == 404:  # a LIST of the bucket found nothing
+        return NO_BUCKET, exc.code
+    if exc.code in _CREDENTIAL_CODES:
+        return REFUSED, exc.code
+    if exc.code == "AccessDenied" or exc.status == 403:
+        return DENIED, exc.code or "403"
+    return None
+
+
 def _when(unix: int | None) -> datetime | None:
     return datetime.fromtimestamp(unix, UTC) if unix is not None else None
 
@@ -144,6 +174,8 @@ OSS = Provider(
     store_error=store_error,
     body=_Body,
     initiate_op="InitiateMultipartUpload",
+    problem=problem,
+    credentials_hint="set OSS_ACCESS_KEY_ID and OSS_ACCESS_KEY_SECRET",
 )
 
 
@@ -173,6 +205,7 @@ class OSSStore(RemoteStore):
         super().__init__(bucket, prefix, retry=retry, part_size=part_size, parallel=parallel)
         self.endpoint = endpoint
         self.region = region or region_from_endpoint(endpoint)
+        self.anonymous = not access_key_id
         auth: Any
         if access_key_id:
             credentials = oss2.credentials.StaticCredentialsProvider(
@@ -198,6 +231,18 @@ class OSSStore(RemoteStore):
 
     def __repr__(self) -> str:
         return f"OSSStore({self.url!r}, endpoint={self.endpoint!r})"
+
+    @property
+    def endpoint_shown(self) -> str:
+        return self.endpoint
+
+    def _unusable(self, kind: str, detail: str, *, writing: bool) -> str:
+        if self.anonymous and kind in (DENIED, REFUSED):
+            return (
+                f"{self.url}: OSS endpoint {self.endpoint} given without keys "
+                f"({self.provider.credentials_hint})"
+            )
+        return super()._unusable(kind, detail, writing=writing)
 
     # -- oss2 calls (RemoteStore hooks) ----------------------------------------------------
 
@@ -233,9 +278,11 @@ class OSSStore(RemoteStore):
     def _open(self, name: str, span: Span | None) -> Any:
         return self.bucket.get_object(name, byte_range=span, headers=STANDARD_RANGE)
 
-    def _list_page(self, prefix: str, token: str | None) -> tuple[list[ObjectInfo], str | None]:
+    def _list_page(
+        self, prefix: str, token: str | None, limit: int | None = None
+    ) -> tuple[list[ObjectInfo], str | None]:
         page = self.bucket.list_objects_v2(
-            prefix=prefix, continuation_token=token or "", max_keys=self.page_size
+            prefix=prefix, continuation_token=token or "", max_keys=limit or self.page_size
         )
         items = [
             ObjectInfo(

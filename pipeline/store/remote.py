@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import threading
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,7 +22,14 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, ClassVar, TypeVar
 
-from pipeline.errors import ObjectFrozen, StoreError, StoreNotFound, TransferError, UsageError
+from pipeline.errors import (
+    ObjectFrozen,
+    StoreError,
+    StoreNotFound,
+    StoreUnusable,
+    TransferError,
+    UsageError,
+)
 from pipeline.store import keys
 from pipeline.store.base import (
     CopyRange,
@@ -45,7 +54,7 @@ from pipeline.store.multipart import (
     PartLimits,
     stream_upload,
 )
-from pipeline.transfer.retry import RetryPolicy, call_with_retry
+from pipeline.transfer.retry import RetryPolicy, call_with_retry, describe_error
 
 T = TypeVar("T")
 
@@ -53,6 +62,27 @@ _ABORT_ATTEMPTS = 3
 
 Span = tuple[int, int | None]
 """A byte range as first and last offset (inclusive; None for "to the end")."""
+
+# What `RemoteStore.check` found wrong, as a provider's `problem` names it.
+NO_BUCKET = "no-bucket"
+NO_CREDENTIALS = "no-credentials"
+REFUSED = "refused"
+DENIED = "denied"
+UNREACHABLE = "unreachable"
+
+_ERRNO_TEXT = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
+
+
+def network_reason(exc: BaseException) -> str:
+    """Why a connection failed, in the system's words (`Connection refused`, `Name or service
+    not known`), out of the layers of wrappers around it; else the error's own line."""
+    m = _ERRNO_TEXT.search(str(exc))
+    return m.group(1).strip().lower() if m else describe_error(exc)
+
+
+WRITE_PROBE = "bale-write-check-"
+"""Name (under the prefix) of the multipart upload `check(write=True)` starts and aborts: were
+an abort ever lost, gc reports and removes it like any stale upload."""
 
 
 def service_error(
@@ -135,6 +165,11 @@ class Provider:
     body: type[StoreBody]
     initiate_op: str
     """The provider's name for starting a multipart upload, for retry log lines."""
+    problem: Callable[[BaseException], tuple[str, str] | None]
+    """What an SDK exception says is wrong with the store as a whole (`NO_BUCKET`, `REFUSED`,
+    ...) and its detail, None for anything else (a failure of that one call)."""
+    credentials_hint: str
+    """How to give credentials, for the message when there are none."""
 
 
 def _thaw_of(archived: bool, restore: RestoreState | None) -> Thaw | None:
@@ -188,11 +223,20 @@ class RemoteStore(ABC):
         """`s3://bucket/name` for messages, from a full object name (or name prefix)."""
         return f"{self.provider.scheme}://{self.bucket_name}/{name}"
 
-    def _call(self, op: str, what: str, fn: Callable[[], T]) -> T:
+    def _call(
+        self,
+        op: str,
+        what: str,
+        fn: Callable[[], T],
+        is_transient: Callable[[BaseException], bool] | None = None,
+    ) -> T:
         provider = self.provider
         try:
             return call_with_retry(
-                self.retry, fn, describe=f"{op} {what}", is_transient=provider.is_transient
+                self.retry,
+                fn,
+                describe=f"{op} {what}",
+                is_transient=is_transient or provider.is_transient,
             )
         except (*provider.errors, TransferError) as exc:
             raise provider.store_error(exc, self.bucket_name, what) from exc
@@ -205,6 +249,65 @@ class RemoteStore(ABC):
         if start == 0 and length is None:
             return None
         return (start, None if length is None else start + length - 1)
+
+    # -- the up-front check ----------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def endpoint_shown(self) -> str:
+        """The endpoint requests go to, for messages."""
+
+    def check(self, *, write: bool = False) -> None:
+        """LIST one key under the prefix; with `write`, start a multipart upload there and abort
+        it. The upload is what every archive write needs (PutObject permission, the abort
+        that cleans a failed write) and, unlike a scratch object, leaves nothing even in a
+        versioned bucket or for credentials that may write but not delete."""
+        full = keys.join(self.prefix, "")
+        writing = False
+        try:
+            list_one = partial(self._list_page, full, None, 1)
+            self._call("LIST", self.url, list_one, self._transient_here)
+            if write:
+                writing = True
+                name = keys.join(self.prefix, WRITE_PROBE + uuid.uuid4().hex[:12])
+                initiate = self.provider.initiate_op
+                upload_id = self._call(initiate, self.url, lambda: self._initiate(name))
+                self._call("AbortMultipartUpload", self.url, lambda: self._abort(name, upload_id))
+        except StoreError as exc:
+            found = self._problem(exc)
+            if found is None:
+                raise
+            raise StoreUnusable(self._unusable(*found, writing=writing)) from exc
+
+    def _transient_here(self, exc: BaseException) -> bool:
+        """Worth another try at the first request: not when nothing answers at the endpoint
+        (refused, no such host, no connection in time), which is said at once, not after
+        every backoff of --retries."""
+        found = self.provider.problem(exc)
+        return (found is None or found[0] != UNREACHABLE) and self.provider.is_transient(exc)
+
+    def _problem(self, exc: BaseException) -> tuple[str, str] | None:
+        """The first store-wide problem along `exc`'s chain of causes."""
+        seen: BaseException | None = exc
+        while seen is not None:
+            if isinstance(seen, self.provider.errors):
+                return self.provider.problem(seen)
+            seen = seen.__cause__
+        return None
+
+    def _unusable(self, kind: str, detail: str, *, writing: bool) -> str:
+        """The one line `check` ends a command with."""
+        name = self.provider.name
+        if kind == NO_BUCKET:
+            return f"{self.url}: bucket {self.bucket_name} does not exist at {self.endpoint_shown}"
+        if kind == NO_CREDENTIALS:
+            return f"{self.url}: no {name} credentials ({self.provider.credentials_hint})"
+        if kind == REFUSED:
+            return f"{self.url}: {name} refused these credentials ({detail})"
+        if kind == DENIED:
+            verb = "writing" if writing else "reading"
+            return f"{self.url}: access denied for {verb} with these credentials ({detail})"
+        return f"{self.url}: endpoint {self.endpoint_shown} unreachable ({detail})"
 
     # -- storage classes -------------------------------------------------------------------
 
@@ -439,9 +542,11 @@ class RemoteStore(ABC):
         """The SDK's streaming body of the object or of `span`."""
 
     @abstractmethod
-    def _list_page(self, prefix: str, token: str | None) -> tuple[list[ObjectInfo], str | None]:
-        """One page of objects under `prefix` from `token`, and the next page's token (None
-        after the last page)."""
+    def _list_page(
+        self, prefix: str, token: str | None, limit: int | None = None
+    ) -> tuple[list[ObjectInfo], str | None]:
+        """One page (of `limit` objects, default `page_size`) under `prefix` from `token`, and
+        the next page's token (None after the last page)."""
 
     @abstractmethod
     def _delete_object(self, name: str) -> None: ...

@@ -24,7 +24,14 @@ from typing import Any
 
 import boto3
 import botocore.config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
 
 from pipeline.errors import StoreError, TransferError
 from pipeline.store.base import MultipartUpload, ObjectInfo
@@ -36,7 +43,19 @@ from pipeline.store.multipart import (
     Part,
     PartLimits,
 )
-from pipeline.store.remote import Provider, RemoteStore, Span, StoreBody, service_error
+from pipeline.store.remote import (
+    DENIED,
+    NO_BUCKET,
+    NO_CREDENTIALS,
+    REFUSED,
+    UNREACHABLE,
+    Provider,
+    RemoteStore,
+    Span,
+    StoreBody,
+    network_reason,
+    service_error,
+)
 from pipeline.store.s3_probe import Integrity, ServerTraits, traits_of
 from pipeline.transfer.retry import (
     RETRYABLE_STATUS,
@@ -72,6 +91,12 @@ ListParts of an aborted upload with 404 NoSuchKey."""
 _CREDENTIAL_CODES = frozenset(
     {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
 )
+_REFUSED_BECAUSE = {
+    "InvalidAccessKeyId": "the access key id is unknown",
+    "SignatureDoesNotMatch": "signature mismatch: wrong secret key",
+    "ExpiredToken": "the session token has expired",
+    "InvalidToken": "the session token is invalid",
+}
 
 
 def _code(exc: ClientError) -> str:
@@ -122,6 +147,28 @@ def store_error(exc: BaseException, bucket: str, what: str) -> StoreError:
     if isinstance(exc, TransferError):
         return StoreError(str(exc))
     return StoreError(f"{what}: {describe_error(exc)}")
+
+
+def problem(exc: BaseException) -> tuple[str, str] | None:
+    """What an S3 failure says about the store as a whole (see `RemoteStore.check`)."""
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return NO_CREDENTIALS, str(exc)
+    if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
+        # botocore wraps a reset connection (which S3 endpoints do under load) the same way
+        inner = exc.kwargs.get("error")
+        if inner is not None and is_transient_error(inner):
+            return None
+        return UNREACHABLE, network_reason(inner if inner is not None else exc)
+    if not isinstance(exc, ClientError):
+        return None
+    code = _code(exc)
+    if code == "NoSuchBucket" or _status(exc) == 404:  # a LIST of the bucket found nothing
+        return NO_BUCKET, code
+    if code in _CREDENTIAL_CODES:
+        return REFUSED, f"{code}: {_REFUSED_BECAUSE[code]}"
+    if code == "AccessDenied" or _status(exc) == 403:
+        return DENIED, code or "403"
+    return None
 
 
 def make_client(
@@ -206,6 +253,8 @@ S3 = Provider(
     store_error=store_error,
     body=_Body,
     initiate_op="CreateMultipartUpload",
+    problem=problem,
+    credentials_hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
 )
 
 
@@ -255,6 +304,10 @@ class S3Store(RemoteStore):
     def __repr__(self) -> str:
         return f"S3Store({self.url!r}, endpoint_url={self.endpoint_url!r})"
 
+    @property
+    def endpoint_shown(self) -> str:
+        return str(self.client.meta.endpoint_url)
+
     # -- boto3 calls (RemoteStore hooks) ---------------------------------------------------
 
     def _head_object(self, name: str) -> ObjectInfo | None:
@@ -292,10 +345,12 @@ class S3Store(RemoteStore):
     def _open(self, name: str, span: Span | None) -> Any:
         return self._get_object(name, span)
 
-    def _list_page(self, prefix: str, token: str | None) -> tuple[list[ObjectInfo], str | None]:
+    def _list_page(
+        self, prefix: str, token: str | None, limit: int | None = None
+    ) -> tuple[list[ObjectInfo], str | None]:
         more = {"ContinuationToken": token} if token else {}
         page = self.client.list_objects_v2(
-            Bucket=self.bucket, Prefix=prefix, MaxKeys=self.page_size, **more
+            Bucket=self.bucket, Prefix=prefix, MaxKeys=limit or self.page_size, **more
         )
         items = [
             ObjectInfo(

@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from pipeline.errors import InvalidStoreURL, StoreError, UsageError
@@ -84,6 +85,32 @@ def _split_remote(text: str, scheme: str) -> tuple[str, str]:
     return bucket, unquote(parts.path)
 
 
+_LOOKS_LIKE_SCHEME = frozenset(
+    {
+        *SCHEMES,
+        *("gs", "gcs", "az", "azure", "abfs", "cos", "obs", "r2", "minio", "swift", "hdfs"),
+        *("http", "https", "ftp", "sftp", "webdav", "docker", "oci", "oci-archive"),
+        *("docker-archive", "dir", "containers-storage", "docker-daemon"),
+    }
+)
+"""First path components that, followed by an empty one (`s3//bucket/x`), are a URL missing
+its colon rather than a directory anyone meant to create."""
+
+
+def _refuse_mistyped_url(text: str) -> None:
+    """`s3//bucket/x` would quietly become the directory ./s3/bucket/x: refuse it (exit 2) and
+    say what was probably meant. `./s3//x` says a local path was meant, and stays allowed."""
+    first, sep, rest = text.partition("//")
+    if not sep or "/" in first or first.lower() not in _LOOKS_LIKE_SCHEME:
+        return
+    scheme = first.lower()
+    meant = f"file:///{rest.lstrip('/')}" if scheme == "file" else f"{scheme}://{rest}"
+    raise InvalidStoreURL(
+        f"{_shown(text)!r} looks like a URL without its colon: did you mean {_shown(meant)}? "
+        f"(for a local directory write ./{_shown(text)})"
+    )
+
+
 def _local_dir(text: str) -> str:
     if text.startswith("file:"):
         parts = urlsplit(text)
@@ -93,6 +120,7 @@ def _local_dir(text: str) -> str:
         if not path:
             raise InvalidStoreURL(f"file URL {_shown(text)!r} has no directory")
     else:
+        _refuse_mistyped_url(text)
         path = text
     return str(Path(path).expanduser().absolute())
 
@@ -157,6 +185,9 @@ def parse_location(location: str) -> ObjectLocation:
     return ObjectLocation(StoreURL("file", "", str(path.parent)), path.name)
 
 
+Access = Literal["read", "write"]
+
+
 def open_store(
     url: str | StoreURL,
     *,
@@ -165,13 +196,29 @@ def open_store(
     parallel: int | None = None,
     part_size: int | None = None,
     env: Mapping[str, str] | None = None,
+    check: Access | None = None,
 ) -> ObjectStore:
     """The store for `url`, configured from the arguments and the environment as DESIGN's Stores
-    table says. Nothing is contacted yet.
+    table says. Nothing is contacted, unless `check` asks to prove first that the store can be
+    read (or written): then a store that cannot raises StoreUnusable (exit 2), once.
 
     `env` (default `os.environ`) supplies the endpoint and OSS variables; S3 credentials always
     come from boto3's standard chain (environment, profiles, instance roles).
     """
+    store = _configured(url, endpoint_url, retry, parallel, part_size, env)
+    if check is not None:
+        store.check(write=check == "write")
+    return store
+
+
+def _configured(
+    url: str | StoreURL,
+    endpoint_url: str | None,
+    retry: RetryPolicy | None,
+    parallel: int | None,
+    part_size: int | None,
+    env: Mapping[str, str] | None,
+) -> ObjectStore:
     parsed = url if isinstance(url, StoreURL) else parse_store_url(url)
     env = os.environ if env is None else env
     tuning: dict[str, int] = {}
@@ -236,8 +283,10 @@ def open_location(
     parallel: int | None = None,
     part_size: int | None = None,
     env: Mapping[str, str] | None = None,
+    check: Access | None = None,
 ) -> tuple[ObjectStore, str]:
-    """The store holding one object LOCATION, and the object's key in it."""
+    """The store holding one object LOCATION, and the object's key in it (`check` as for
+    `open_store`)."""
     parsed = location if isinstance(location, ObjectLocation) else parse_location(location)
     store = open_store(
         parsed.store,
@@ -246,5 +295,6 @@ def open_location(
         parallel=parallel,
         part_size=part_size,
         env=env,
+        check=check,
     )
     return store, parsed.key

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from pipeline.store.base import Readable
+from pipeline.transfer import cancel
 
 
 @runtime_checkable
@@ -30,7 +31,10 @@ class NullEvents:
 
 
 class CountingReader:
-    """Calls `callback(n)` with the length of every non-empty read."""
+    """Calls `callback(n)` with the length of every non-empty read.
+
+    Every transfer's bytes pass one of these, so each read is also where a cancelled run
+    (Ctrl-C, SIGTERM) stops a stream that no limiter or retry is holding."""
 
     def __init__(self, source: Readable, callback: Callable[[int], None]) -> None:
         self._source = source
@@ -42,6 +46,7 @@ class CountingReader:
             self.readinto = self._readinto
 
     def read(self, n: int = -1) -> bytes:
+        cancel.check()
         data = self._source.read(n)
         if data:
             self.count += len(data)
@@ -49,6 +54,7 @@ class CountingReader:
         return data
 
     def _readinto(self, buffer: bytearray | memoryview) -> int:
+        cancel.check()
         n: int = self._source.readinto(buffer)  # type: ignore[attr-defined]
         if n:
             self.count += n

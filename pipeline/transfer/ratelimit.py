@@ -5,7 +5,8 @@ sleeps, outside the lock, until the bucket would have refilled to cover them. Re
 handed out in arrival order, so concurrent threads share the rate roughly equally, and the
 schedule is absolute (computed from the clock, not from how long a sleep really took), so
 oversleeping never accumulates into a lower average. The burst is kept small (0.1 s of rate)
-so that any window of a few seconds sees the cap within a few percent.
+so that any window of a few seconds sees the cap within a few percent. The sleep is the run's
+cancellable one: Ctrl-C or SIGTERM ends it at once (`transfer/cancel.py`), even at 1 MiB/s.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from pipeline.store.base import Readable
+from pipeline.transfer import cancel
 
 MIN_BURST = 64 * 1024
 """Smallest default burst, so fast links are not throttled one tiny slice at a time."""
@@ -32,7 +34,7 @@ class RateLimiter:
         *,
         burst: float | None = None,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] = cancel.sleep,
     ) -> None:
         if not rate > 0:
             raise ValueError(f"rate must be positive, not {rate!r}")

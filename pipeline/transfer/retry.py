@@ -26,6 +26,7 @@ import tenacity
 import urllib3.exceptions
 
 from pipeline.errors import TransferError
+from pipeline.transfer import cancel
 
 T = TypeVar("T")
 
@@ -79,7 +80,8 @@ class RetryPolicy:
     """How often and how patiently to retry; one object validated once and passed around.
 
     `retries` counts extra attempts after the first (`retries=0` is one try). `sleep` and
-    `random` are injectable so tests run without waiting and with known jitter.
+    `random` are injectable so tests run without waiting and with known jitter; the default
+    sleep ends early, with `Interrupted`, when a signal cancels the run.
     """
 
     retries: int = 5
@@ -90,7 +92,7 @@ class RetryPolicy:
     """Extra attempts after a stall (a read or connect timeout), within `retries`. A server
     that accepted and then said nothing for a whole timeout rarely answers the next time;
     five more timeouts only made the message minutes late."""
-    sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
+    sleep: Callable[[float], None] = field(default=cancel.sleep, repr=False, compare=False)
     random: Callable[[], float] = field(default=random.random, repr=False, compare=False)
 
     def __post_init__(self) -> None:

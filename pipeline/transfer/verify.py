@@ -23,6 +23,7 @@ from typing import Any, Self
 from pipeline.errors import DigestMismatch, TransferError
 from pipeline.oci import digest_hex
 from pipeline.store.base import Readable
+from pipeline.transfer import cancel
 
 CHUNK = 1024 * 1024
 
@@ -187,6 +188,7 @@ class VerifyingReader(_Closing):
         return self._verified
 
     def read(self, n: int = -1) -> bytes:
+        cancel.check()  # every blob from a registry passes here: where a signal stops it
         if self._failure is not None:
             raise self._failure
         if self._verified:
@@ -227,6 +229,7 @@ class VerifyingReader(_Closing):
         has the disk work on another thread). The checks are `read`'s: the call that reaches
         `size` raises `DigestMismatch` instead of returning when the hash is wrong.
         """
+        cancel.check()
         if self._failure is not None:
             raise self._failure
         if self._verified:

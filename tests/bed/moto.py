@@ -95,12 +95,21 @@ class MotoServer:
                 self.process.wait()
 
 
-def start_moto_server(workdir: Path, *, timeout: float = 30.0) -> MotoServer:
-    """Start moto_server on a free loopback port and wait until it answers."""
+def start_moto_server(
+    workdir: Path, *, timeout: float = 30.0, no_auth_actions: int | None = None
+) -> MotoServer:
+    """Start moto_server on a free loopback port and wait until it answers.
+
+    With `no_auth_actions`, moto checks signatures and IAM policies from the request after that
+    many (the set-up calls that create users, keys and policies go first). Note that moto names
+    an S3 call's action after the call (`s3:ListObjectsV2`), not IAM's name for it.
+    """
     port = free_port()
     log_path = workdir / f"moto-{port}.log"
     env = dict(os.environ)
     env.pop("AWS_CA_BUNDLE", None)
+    if no_auth_actions is not None:
+        env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(no_auth_actions)
     log = log_path.open("wb")
     process = subprocess.Popen(
         [_moto_server_binary(), "-H", "127.0.0.1", "-p", str(port)],

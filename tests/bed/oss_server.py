@@ -165,6 +165,7 @@ class OssState:
         self.uploads: dict[str, Upload] = {}
         self.faults: list[Fault] = []
         self.denied: set[str] = set()
+        self.read_only: set[str] = set()
         self.log: list[LoggedRequest] = []
         self.access_key_id = access_key_id
         self.region = region
@@ -317,7 +318,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _check_faults(self, bucket: str, key: str, query: dict[str, str]) -> None:
         with self.state.lock:
-            if bucket in self.state.denied:
+            if bucket in self.state.denied or (
+                bucket in self.state.read_only and self.command in ("PUT", "POST", "DELETE")
+            ):
                 raise OssError(403, "AccessDenied", "You have no right to access this object.")
             for fault in self.state.faults:
                 if fault.times > 0 and fault.method == self.command and fault.matches(key, query):
@@ -900,6 +903,11 @@ class OssServer:
     def deny(self, bucket: str) -> None:
         with self.state.lock:
             self.state.denied.add(bucket)
+
+    def deny_writes(self, bucket: str) -> None:
+        """Answer 403 AccessDenied to every PUT, POST and DELETE in `bucket` (read-only keys)."""
+        with self.state.lock:
+            self.state.read_only.add(bucket)
 
     def __enter__(self) -> OssServer:
         return self

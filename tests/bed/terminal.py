@@ -38,8 +38,12 @@ def run_on_terminal(
     columns: int = 160,
     rows: int = 50,
     timeout: float = 300,
+    ctrl_c_after: str | None = None,
 ) -> TerminalRun:
-    """`python -m pipeline ARGS` with a pty of `columns` x `rows` as its terminal."""
+    """`python -m pipeline ARGS` with a pty of `columns` x `rows` as its terminal.
+
+    With `ctrl_c_after`, the pty is bale's controlling terminal and Ctrl-C is typed once that
+    text has appeared on it: the terminal sends SIGINT, as it does for a person."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     environ = dict(env if env is not None else os.environ)
@@ -53,6 +57,7 @@ def run_on_terminal(
         stderr=slave,
         env=environ,
         start_new_session=True,
+        preexec_fn=(lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0)) if ctrl_c_after else None,
     )
     os.close(slave)
     chunks: list[bytes] = []
@@ -72,6 +77,12 @@ def run_on_terminal(
             if not data:
                 break
             chunks.append(data)
+            if (
+                ctrl_c_after
+                and ctrl_c_after in TerminalRun(0, b"".join(chunks).decode("utf-8", "replace")).text
+            ):
+                os.write(master, b"\x03")
+                ctrl_c_after = None
         returncode = proc.wait(timeout=60)
     finally:
         os.close(master)
