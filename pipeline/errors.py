@@ -8,7 +8,8 @@ the CLI contract: 2 for bad input (nothing was written), 1 for a runtime failure
     ├── UsageError (exit 2)          bad input: references, URLs, specs, options, archives
     │   ├── InvalidReference
     │   ├── InvalidStoreURL
-    │   └── InvalidArchive
+    │   ├── InvalidArchive
+    │   └── UnknownStorageClass      a storage class (or thaw tier) the store does not have
     ├── RegistryError                the registry answered with an error, or could not be reached
     │   ├── AuthError                401/403, or the token service refused us
     │   └── NotFound                 404 for a manifest, blob or repository
@@ -16,7 +17,8 @@ the CLI contract: 2 for bad input (nothing was written), 1 for a runtime failure
     ├── ManifestError                a manifest we cannot parse, or cannot archive (schema1)
     ├── StoreError                   the object store failed
     │   ├── StoreNotFound            a key that is not there
-    │   └── StoreUnusable (exit 2)   the store cannot be used at all: checked before any image
+    │   ├── StoreUnusable (exit 2)   the store cannot be used at all: checked before any image
+    │   └── ObjectFrozen (exit 2)    an object in an archive class, not restored: thaw it first
     ├── TransferError                a stream broke and could not be resumed
     ├── CommandTimeout               --command-timeout ran out
     └── Interrupted (exit 130/143)   Ctrl-C or SIGTERM cut the work short
@@ -47,6 +49,10 @@ class InvalidStoreURL(UsageError):
 
 class InvalidArchive(UsageError):
     """A docker-archive / oci-archive tar that is malformed or unsafe."""
+
+
+class UnknownStorageClass(UsageError):
+    """A storage class (or restore tier) the store does not have; refused before any write."""
 
 
 class RegistryError(BaleError):
@@ -80,6 +86,18 @@ class StoreError(BaleError):
 
 class StoreNotFound(StoreError):
     """The object store has no object at the key."""
+
+
+class ObjectFrozen(StoreError):
+    """An object in an archive storage class (S3 GLACIER/DEEP_ARCHIVE, OSS Archive and colder)
+    that cannot be read until a restore (thaw) of it completes. Exit 2: nothing was read or
+    written; the remedy is a thaw, not a retry."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class StoreUnusable(StoreError):

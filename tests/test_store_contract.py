@@ -17,8 +17,16 @@ from datetime import timedelta
 
 import pytest
 
-from pipeline.errors import DigestMismatch, StoreError, StoreNotFound, TransferError
+from pipeline.errors import (
+    DigestMismatch,
+    ObjectFrozen,
+    StoreError,
+    StoreNotFound,
+    TransferError,
+    UnknownStorageClass,
+)
 from pipeline.store.base import CopyRange, Inline
+from pipeline.store.classes import Thaw
 from pipeline.store.compose import plan_compose
 from pipeline.transfer.verify import VerifyingReader
 from tests.bed.fixtures_store import StoreBed
@@ -31,6 +39,27 @@ MiB = 1024 * KiB
 MOTO_FIXED_INITIATED = {"s3"}
 """moto answers ListMultipartUploads with `Initiated` hard-coded to 2010-11-10
 (moto/s3/responses.py), so "younger than" cannot be observed there; live S3 checks it."""
+
+
+ONE_CLASS = {"local"}
+"""A directory has one storage class: `with_storage_class` takes STANDARD and refuses the rest
+(exit 2), so nothing below about other classes applies."""
+ARCHIVE_NOT_ENFORCED = {"rgw"}
+"""Ceph RGW 16 stores an object in a GLACIER class added to its placement (the bed adds it) and
+reports the class, but serves reads at once and has no restore: `restore` finds it readable
+and says NOT_NEEDED. Only moto, the OSS test server and the live clouds refuse reads."""
+RESTORE_TAKES_HOURS = {"live-s3", "live-oss"}
+"""A real cloud's restore runs for minutes to hours: the live suite checks it is in progress
+and stops there."""
+CLASSES = {
+    "s3": ("STANDARD", "STANDARD_IA", "GLACIER"),
+    "rgw": ("STANDARD", "STANDARD_IA", "GLACIER"),
+    "live-s3": ("STANDARD", "STANDARD_IA", "GLACIER"),
+    "oss": ("Standard", "IA", "Archive"),
+    "live-oss": ("Standard", "IA", "Archive"),
+}
+"""Per backend: its default class, a warm class and an archive class, as the provider spells
+them."""
 
 
 def blob(n: int, seed: int = 0) -> bytes:
@@ -530,3 +559,87 @@ def test_stale_uploads_listed_and_aborted(any_store_bed: StoreBed) -> None:
     assert list(store.list_uploads()) == []
     assert_clean(any_store_bed)
     store.abort_upload(uploads[0])  # gone already: fine
+
+
+# -- storage classes and restore -----------------------------------------------------------------
+
+
+def test_unknown_storage_class_is_refused_before_writing(any_store_bed: StoreBed) -> None:
+    store = any_store_bed.store
+    foreign = "GLACIER" if any_store_bed.kind in ("local", "oss", "live-oss") else "ColdArchive"
+    for name in ("NO_SUCH_CLASS", foreign):  # another provider's name is no class here
+        with pytest.raises(UnknownStorageClass) as caught:
+            store.with_storage_class(name)
+        assert caught.value.exit_code == 2 and repr(name) in str(caught.value)
+    if any_store_bed.kind in ONE_CLASS:
+        with pytest.raises(UnknownStorageClass, match="STANDARD"):
+            store.with_storage_class("STANDARD_IA")
+        assert store.with_storage_class("standard").put("k", b"x").written
+        assert store.head("k").storage_class is None
+        with pytest.raises(UnknownStorageClass):
+            store.restore("k", tier="Fast")
+        assert store.restore("k") is Thaw.NOT_NEEDED
+        return
+    assert any_store_bed.names() == []
+
+
+def test_writes_in_a_storage_class(any_store_bed: StoreBed) -> None:
+    if any_store_bed.kind in ONE_CLASS:
+        pytest.skip("listed gap: ONE_CLASS (checked in the test above)")
+    standard, warm, _ = CLASSES[any_store_bed.kind]
+    store = any_store_bed.store
+    view = store.with_storage_class(warm.lower())  # any case; kept as the provider spells it
+    assert view.storage_class == warm and store.storage_class is None
+    data = blob(11 * MiB + 5, 7)
+    view.put("small", b"tiny")
+    view.put_stream("big", io.BytesIO(data), len(data))
+    view.compose("tar", [Inline(b"h" * 512), CopyRange("big", 0, len(data))])
+    store.put("plain", b"default")
+    for key in ("small", "big", "tar"):
+        info = store.head(key)
+        assert info is not None and info.storage_class == warm, key
+        assert not info.archived and not info.frozen
+    assert store.head("plain").storage_class == standard
+    listed = {o.key: o.storage_class for o in store.list()}
+    assert listed == {"small": warm, "big": warm, "tar": warm, "plain": standard}
+    assert view.read("tar") == b"h" * 512 + data
+    assert store.restore("small") is Thaw.NOT_NEEDED
+    assert_clean(any_store_bed)
+
+
+def test_archived_object_reads_only_after_restore(any_store_bed: StoreBed) -> None:
+    if any_store_bed.kind in ONE_CLASS:
+        pytest.skip("listed gap: ONE_CLASS")
+    _, _, archive = CLASSES[any_store_bed.kind]
+    store = any_store_bed.store
+    cold = store.with_storage_class(archive)
+    data = blob(300_000, 8)
+    cold.put("ice", data)
+    info = store.head("ice")
+    assert info is not None and info.storage_class == archive and info.archived
+    assert info.restore is None
+    if any_store_bed.kind in ARCHIVE_NOT_ENFORCED:
+        assert store.read("ice") == data
+        assert store.restore("ice") is Thaw.NOT_NEEDED
+        return
+    assert info.frozen
+    with pytest.raises(ObjectFrozen, match="ice") as caught:
+        store.read("ice")
+    assert caught.value.exit_code == 2
+    with pytest.raises(ObjectFrozen):
+        store.open("ice", 0, 10).read()
+    with pytest.raises(ObjectFrozen):  # nor is it a source to compose from
+        store.compose("tar", [Inline(b"h" * 512), CopyRange("ice", 0, len(data))])
+    assert store.head("tar") is None
+    assert_clean(any_store_bed)
+
+    state = store.restore("ice", days=1, tier="Bulk")
+    assert state in (Thaw.IN_PROGRESS, Thaw.READY)
+    if any_store_bed.kind in RESTORE_TAKES_HOURS:
+        assert store.restore("ice") is Thaw.IN_PROGRESS  # asked once, not again
+        return
+    assert store.restore("ice") is Thaw.READY  # the bed's servers restore at once; idempotent
+    info = store.head("ice")
+    assert info.archived and info.restore is not None and not info.frozen
+    assert info.restore.expires
+    assert store.read("ice") == data

@@ -302,3 +302,68 @@ def test_server_requires_a_well_formed_authorization(oss_server: OssServer) -> N
         head.head_object("k")
     assert info.value.status == 403
     assert base64.b64decode(info.value.headers["x-oss-err"]).startswith(b"<?xml")
+
+
+@pytest.fixture
+def slow_restore(oss_server: OssServer) -> Callable[[float], None]:
+    """Make restores on the test server take a while (put back afterwards)."""
+    saved = oss_server.restore_delay
+
+    def set_delay(seconds: float) -> None:
+        oss_server.restore_delay = seconds
+
+    yield set_delay  # type: ignore[misc]
+    oss_server.restore_delay = saved
+
+
+def test_restore_in_progress_then_ready(
+    store_bed: Callable[..., StoreBed],
+    oss_server: OssServer,
+    slow_restore: Callable[[float], None],
+) -> None:
+    """A restore that takes time: in progress (reads still refused, a second request not
+    sent again), then ready; ColdArchive restores carry the tier."""
+    import time
+
+    from pipeline.errors import ObjectFrozen
+    from pipeline.store.classes import Thaw
+
+    slow_restore(1.0)
+    bed = store_bed("oss")
+    store = bed.store
+    store.with_storage_class("ColdArchive").put("ice", b"cold bytes")
+    assert store.restore("ice", days=3, tier="expedited") is Thaw.IN_PROGRESS
+    info = store.head("ice")
+    assert info.frozen and info.restore is not None and info.restore.ongoing
+    with pytest.raises(ObjectFrozen):
+        store.read("ice")
+    restores = [r for r in oss_server.requests(store.bucket_name) if "restore" in r.query]
+    assert [r.status for r in restores] == [202]
+    assert store.restore("ice") is Thaw.IN_PROGRESS  # HEAD says so: not asked again
+    while store.head("ice").frozen:
+        time.sleep(0.1)
+    assert store.restore("ice") is Thaw.READY
+    assert store.read("ice") == b"cold bytes"
+    restores = [r for r in oss_server.requests(store.bucket_name) if "restore" in r.query]
+    assert len(restores) == 1
+
+
+def test_server_models_archive_objects(oss_server: OssServer, oss_bucket: str) -> None:
+    """The test server answers as OSS does for archive objects (oss2 on its own)."""
+    bucket = raw_bucket(oss_server, oss_bucket)
+    bucket.put_object("ice", b"x", headers={"x-oss-storage-class": "Archive"})
+    with pytest.raises(oss2.exceptions.ServerError) as caught:
+        bucket.get_object("ice")
+    assert (caught.value.status, caught.value.code) == (403, "InvalidObjectState")
+    assert bucket.head_object("ice").headers["x-oss-storage-class"] == "Archive"
+    assert bucket.restore_object("ice").status == 202
+    assert bucket.restore_object("ice").status == 200  # done at once: extended
+    assert bucket.head_object("ice").headers["x-oss-restore"].startswith('ongoing-request="false"')
+    assert bucket.get_object("ice").read() == b"x"
+    bucket.put_object("warm", b"y")
+    with pytest.raises(oss2.exceptions.ServerError) as caught:
+        bucket.restore_object("warm")
+    assert caught.value.code == "OperationNotSupported"
+    with pytest.raises(oss2.exceptions.ServerError) as caught:
+        bucket.put_object("k", b"z", headers={"x-oss-storage-class": "Glacier"})
+    assert (caught.value.status, caught.value.code) == (400, "InvalidArgument")

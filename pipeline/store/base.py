@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
+from pipeline.store.classes import RestoreState, Thaw
+
 
 @runtime_checkable
 class Readable(Protocol):
@@ -26,6 +28,19 @@ class ObjectInfo:
     size: int
     modified: datetime | None = None
     etag: str | None = None
+    storage_class: str | None = None
+    """The object's class as the provider spells it (`STANDARD`, `Archive`); None where the
+    store has no classes (local files)."""
+    archived: bool = False
+    """In an archive class (S3 GLACIER/DEEP_ARCHIVE, OSS Archive and colder): reads need a
+    restore first."""
+    restore: RestoreState | None = None
+    """The object's restore, from `head` (listings do not say): None when none was asked."""
+
+    @property
+    def frozen(self) -> bool:
+        """Reads fail (ObjectFrozen) until a restore completes."""
+        return self.archived and (self.restore is None or self.restore.ongoing)
 
 
 @dataclass(frozen=True)
@@ -112,6 +127,13 @@ class ObjectStore(Protocol):
     write that fails (exception, Ctrl-C, a stream that raises) leaves no object and no open
     multipart upload behind. With `if_absent=True` an existing key is left untouched and the
     result says `written=False`; for content-addressed keys that counts as success.
+
+    Storage classes are a write option of the store, not of each call: `with_storage_class`
+    gives the same store (same client, same connections) writing every new object — put,
+    put_stream, compose, start_compose — in that class; one view per kind of object (blobs,
+    tars, small files) keeps the classes apart. A class the store does not have is refused
+    there, before anything is written. Objects in an archive class raise ObjectFrozen, naming
+    the key, on every read (and as a compose's copy source) until `restore` made them readable.
     """
 
     url: str
@@ -130,12 +152,32 @@ class ObjectStore(Protocol):
         """
         ...
 
+    storage_class: str | None
+    """The class new objects are written in; None: the bucket's default (S3 STANDARD, OSS
+    the bucket's class)."""
+
+    def with_storage_class(self, storage_class: str | None) -> ObjectStore:
+        """This store writing new objects in `storage_class` (None: the default). Raises
+        UnknownStorageClass (exit 2) for a class the store does not have; see classes.py."""
+        ...
+
     def head(self, key: str) -> ObjectInfo | None:
-        """Size and date of the object at `key`, None when there is none."""
+        """Size, date, class and restore state of the object at `key`, None when there is
+        none."""
+        ...
+
+    def restore(self, key: str, *, days: int = 1, tier: str = "Standard") -> Thaw:
+        """Make an archived object readable for `days` (S3 and OSS RestoreObject, at `tier`:
+        Expedited, Standard or Bulk). Idempotent: a restore already running or done is not
+        asked again. NOT_NEEDED for an object readable as it is (not archived, or a server
+        that keeps the class name and serves reads, as Ceph RGW 16), IN_PROGRESS while the
+        provider works (minutes to hours; 48 h for OSS DeepColdArchive), READY once readable.
+        Raises StoreNotFound for no object, UnknownStorageClass for an unknown tier."""
         ...
 
     def read(self, key: str, start: int = 0, length: int | None = None) -> bytes:
-        """Read a whole small object, or a byte range of any object. Raises StoreNotFound.
+        """Read a whole small object, or a byte range of any object. Raises StoreNotFound,
+        or ObjectFrozen for an archived object not restored.
 
         Ranges follow HTTP: a range running past the end returns what is there; one starting
         past the end (of a non-empty object) raises StoreError.

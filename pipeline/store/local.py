@@ -8,6 +8,10 @@ crashed write leaves only a file under `.bale-tmp/`, which `list` never shows an
 
 One difference from S3/OSS that a filesystem imposes: a key cannot also be a "directory" of
 other keys (`a` and `a/b`). bale's layout never does that.
+
+Storage classes: a directory has one. `with_storage_class` takes `STANDARD` (or `Standard`) and
+refuses every other class as unknown (exit 2) rather than record a class nothing enforces;
+`head` reports no class, and `restore` has nothing to do (NOT_NEEDED).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from pipeline.store.base import (
     Readable,
     WriteResult,
 )
+from pipeline.store.classes import Thaw, check_storage_class, check_tier
 from pipeline.store.compose import DeferredComposition
 from pipeline.store.source import READ_CHUNK, expect_end, read_exactly, read_up_to
 from pipeline.transfer import cancel
@@ -164,6 +169,21 @@ class LocalStore:
         if isinstance(exc, PermissionError):
             return "permission denied"
         return (exc.strerror or str(exc)).lower()
+
+    # -- storage classes -------------------------------------------------------------------
+
+    storage_class: str | None = None
+
+    def with_storage_class(self, storage_class: str | None) -> LocalStore:
+        if storage_class:
+            check_storage_class("file", storage_class)
+        return self
+
+    def restore(self, key: str, *, days: int = 1, tier: str = "Standard") -> Thaw:
+        check_tier(tier)
+        if self.head(key) is None:
+            raise StoreNotFound(f"{self.describe(key)}: not found")
+        return Thaw.NOT_NEEDED
 
     # -- reading ---------------------------------------------------------------------------
 

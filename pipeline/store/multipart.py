@@ -88,6 +88,8 @@ class Part:
     size: int
     crc: int | None = None
     """The provider's CRC64 of the part (OSS), when it reported one."""
+    checksum: str | None = None
+    """The part's SHA-256, base64, on an upload that declared S3's composite checksum."""
 
 
 class PartSink(Protocol):

@@ -3,7 +3,11 @@
 OSS is not S3 with another name: its XML has no namespace, create-if-absent is
 `x-oss-forbid-overwrite: true` (409 FileAlreadyExists), parts may be as small as 100 KB, and
 oss2 checks every upload against the server's CRC64 (`enable_crc`, kept on: CRC64 runs
-through crcmod's C extension at several hundred MiB/s). Unsatisfiable ranges are asked to fail
+through crcmod's C extension at several hundred MiB/s). OSS does not check a CRC64 it is sent,
+it answers the one of what it received, so the check comes after the write: a part that
+differs is sent again (parts are invisible), and a PutObject carries `Content-MD5` too, which
+OSS does check (400 InvalidDigest, nothing stored), so damaged bytes never become visible at a
+key; if the CRC64 still differs, the object is removed and the write retried. Unsatisfiable ranges are asked to fail
 (`x-oss-range-behavior: standard`) rather than silently return the whole object. V4 signing
 needs a region: `OSS_REGION`, or the one in an `oss-<region>.aliyuncs.com` endpoint.
 Everything but the oss2 calls is shared with S3 in remote.py.
@@ -11,6 +15,8 @@ Everything but the oss2 calls is shared with S3 in remote.py.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import re
 from datetime import UTC, datetime
@@ -22,6 +28,7 @@ import requests
 
 from pipeline.errors import StoreError, TransferError
 from pipeline.store.base import MultipartUpload, ObjectInfo
+from pipeline.store.classes import OSS_ARCHIVE, parse_restore
 from pipeline.store.multipart import (
     DEFAULT_PARALLEL,
     DEFAULT_PART_SIZE,
@@ -55,7 +62,14 @@ FORBID_OVERWRITE = {"x-oss-forbid-overwrite": "true"}
 STANDARD_RANGE = {"x-oss-range-behavior": "standard"}
 
 _TRANSIENT_CODES = frozenset(
-    {"RequestTimeout", "InternalError", "ServiceUnavailable", "SlowDown", "Throttling"}
+    {
+        "RequestTimeout",
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "Throttling",
+        "InvalidDigest",  # our Content-MD5 is right: the body was damaged on the way
+    }
 )
 _CREDENTIAL_CODES = frozenset(
     {
@@ -239,11 +253,15 @@ class OSSStore(RemoteStore):
             if exc.code == "NoSuchBucket":
                 raise
             return None
+        storage_class = r.headers.get("x-oss-storage-class") or "Standard"
         return ObjectInfo(
             key=name,
             size=int(r.content_length),
             modified=_when(r.last_modified),
             etag=r.etag,
+            storage_class=storage_class,
+            archived=storage_class in OSS_ARCHIVE,
+            restore=parse_restore(r.headers.get("x-oss-restore")),
         )
 
     def _get(self, name: str, span: Span | None) -> bytes:
@@ -272,6 +290,8 @@ class OSSStore(RemoteStore):
                 size=int(item.size),
                 modified=_when(item.last_modified),
                 etag=item.etag,
+                storage_class=item.storage_class or "Standard",
+                archived=(item.storage_class or "Standard") in OSS_ARCHIVE,
             )
             for item in page.object_list
         ]
@@ -282,28 +302,49 @@ class OSSStore(RemoteStore):
         self.bucket.delete_object(name)
 
     def _put_object(self, name: str, data: bytes, *, if_absent: bool) -> bool:
+        md5 = hashlib.md5(data, usedforsecurity=False).digest()
+        headers = {"Content-MD5": base64.b64encode(md5).decode()} | self._class_header()
+        if if_absent:
+            headers |= FORBID_OVERWRITE
         try:
-            self.bucket.put_object(name, data, headers=FORBID_OVERWRITE if if_absent else None)
+            self.bucket.put_object(name, data, headers=headers)
+        except oss2.exceptions.InconsistentError:
+            # Stored, but not what we sent: it must not stay (an if-absent retry would
+            # take it for ours). Removed, then the retry sends the bytes again.
+            self.bucket.delete_object(name)
+            raise
         except oss2.exceptions.ServerError as exc:
             if _taken(exc, if_absent):
                 return False
             raise
         return True
 
+    def _class_header(self) -> dict[str, str]:
+        return {"x-oss-storage-class": self.storage_class} if self.storage_class else {}
+
     def _initiate(self, name: str) -> str:
-        return str(self.bucket.init_multipart_upload(name).upload_id)
+        upload = self.bucket.init_multipart_upload(name, headers=self._class_header() or None)
+        return str(upload.upload_id)
 
-    def _upload_part(
-        self, name: str, upload_id: str, number: int, data: bytes
-    ) -> tuple[str, int | None]:
+    def _restore_object(self, name: str, days: int, tier: str, storage_class: str) -> None:
+        # Archive restores at one speed; the colder classes take a tier.
+        job = None if storage_class == "Archive" else oss2.models.RestoreJobParameters(tier)
+        config = oss2.models.RestoreConfiguration(days, job_parameters=job)
+        try:
+            self.bucket.restore_object(name, input=config)
+        except oss2.exceptions.ServerError as exc:
+            if exc.code != "RestoreAlreadyInProgress":
+                raise
+
+    def _upload_part(self, name: str, upload_id: str, number: int, data: bytes) -> Part:
+        # oss2 compares the part's CRC64 with the server's (InconsistentError, retried).
         r = self.bucket.upload_part(name, upload_id, number, data)
-        return str(r.etag), r.crc
+        return Part(number, str(r.etag), len(data), crc=r.crc)
 
-    def _copy_part(
-        self, name: str, upload_id: str, number: int, source: str, span: Span
-    ) -> tuple[str, int | None]:
+    def _copy_part(self, name: str, upload_id: str, number: int, source: str, span: Span) -> Part:
         r = self.bucket.upload_part_copy(self.bucket_name, source, span, name, upload_id, number)
-        return str(r.etag), r.crc
+        start, last = span
+        return Part(number, str(r.etag), last - start + 1, crc=r.crc)
 
     def _complete(self, name: str, upload_id: str, parts: list[Part], *, if_absent: bool) -> bool:
         infos = [oss2.models.PartInfo(p.number, p.etag, size=p.size, part_crc=p.crc) for p in parts]

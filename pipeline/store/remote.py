@@ -10,6 +10,7 @@ full object names (prefix included); mapping them to and from keys happens here.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import threading
@@ -21,7 +22,14 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, ClassVar, TypeVar
 
-from pipeline.errors import StoreError, StoreNotFound, StoreUnusable, TransferError
+from pipeline.errors import (
+    ObjectFrozen,
+    StoreError,
+    StoreNotFound,
+    StoreUnusable,
+    TransferError,
+    UsageError,
+)
 from pipeline.store import keys
 from pipeline.store.base import (
     CopyRange,
@@ -30,6 +38,13 @@ from pipeline.store.base import (
     Piece,
     Readable,
     WriteResult,
+)
+from pipeline.store.classes import (
+    RestoreState,
+    Thaw,
+    check_storage_class,
+    check_tier,
+    restore_time,
 )
 from pipeline.store.compose import StreamingComposition, plan_compose
 from pipeline.store.multipart import (
@@ -84,6 +99,10 @@ def service_error(
     bucket or object (never credentials)."""
     if code == "NoSuchBucket":
         return StoreError(f"bucket {bucket} does not exist ({what})")
+    if code == "InvalidObjectState":
+        return ObjectFrozen(
+            f"{what}: in an archive storage class and not restored (thaw it first)", key=what
+        )
     if code in not_found_codes or (status == 404 and code != "NoSuchUpload"):
         return StoreNotFound(f"{what}: not found")
     if code in credential_codes:
@@ -153,6 +172,15 @@ class Provider:
     """How to give credentials, for the message when there are none."""
 
 
+def _thaw_of(archived: bool, restore: RestoreState | None) -> Thaw | None:
+    """What a HEAD says about thawing: None when a restore must be asked for."""
+    if not archived:
+        return Thaw.NOT_NEEDED
+    if restore is None:
+        return None
+    return Thaw.IN_PROGRESS if restore.ongoing else Thaw.READY
+
+
 class RemoteStore(ABC):
     """`scheme://bucket/prefix` (see ObjectStore for the contract, PartSink for the primitives)."""
 
@@ -179,6 +207,7 @@ class RemoteStore(ABC):
         once): one being read and `parallel` uploading for a lone blob, as before."""
         self.page_size = 1000
         self.retry = retry or RetryPolicy()
+        self.storage_class: str | None = None
         scheme = self.provider.scheme
         self.url = f"{scheme}://{bucket}/{self.prefix}" if self.prefix else f"{scheme}://{bucket}"
 
@@ -280,6 +309,53 @@ class RemoteStore(ABC):
             return f"{self.url}: access denied for {verb} with these credentials ({detail})"
         return f"{self.url}: endpoint {self.endpoint_shown} unreachable ({detail})"
 
+    # -- storage classes -------------------------------------------------------------------
+
+    def with_storage_class(self, storage_class: str | None) -> RemoteStore:
+        """A view of this store (same client, connections and part slots) writing new objects
+        in `storage_class`; UnknownStorageClass before anything is written."""
+        view = copy.copy(self)
+        scheme = self.provider.scheme
+        view.storage_class = check_storage_class(scheme, storage_class) if storage_class else None
+        return view
+
+    def restore(self, key: str, *, days: int = 1, tier: str = "Standard") -> Thaw:
+        tier = check_tier(tier)
+        if days < 1:
+            raise UsageError(f"a restore lasts at least 1 day, not {days}")
+        info = self.head(key)
+        if info is None:
+            raise StoreNotFound(f"{self.describe(key)}: not found")
+        state = _thaw_of(info.archived, info.restore)
+        if state is not None:
+            return state
+        name = self._name(key)
+        storage_class = info.storage_class or ""
+        restore_time(storage_class, tier)  # a tier the class does not offer: refused here
+        try:
+            self._call(
+                "RestoreObject",
+                self.describe(key),
+                lambda: self._restore_object(name, days, tier, storage_class),
+            )
+        except StoreError:
+            # A server may keep an archive class's name and have no restore (Ceph RGW 16
+            # serves such objects as they are): readable means nothing to thaw.
+            if self._readable(key, info.size):
+                return Thaw.NOT_NEEDED
+            raise
+        after = self.head(key)
+        if after is None:
+            raise StoreNotFound(f"{self.describe(key)}: not found")
+        return _thaw_of(after.archived, after.restore) or Thaw.IN_PROGRESS
+
+    def _readable(self, key: str, size: int) -> bool:
+        try:
+            self.read(key, 0, 1 if size else None)
+        except StoreError:
+            return False
+        return True
+
     # -- reading ---------------------------------------------------------------------------
 
     def head(self, key: str) -> ObjectInfo | None:
@@ -377,23 +453,21 @@ class RemoteStore(ABC):
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> Part:
         name = self._name(key)
-        etag, crc = self._call(
+        return self._call(
             f"UploadPart {number}",
             self.describe(key),
             lambda: self._upload_part(name, upload_id, number, data),
         )
-        return Part(number=number, etag=etag, size=len(data), crc=crc)
 
     def copy_part(self, key: str, upload_id: str, number: int, source: CopyRange) -> Part:
         name = self._name(key)
         src = self._name(source.key)
         span = (source.start, source.start + source.length - 1)
-        etag, crc = self._call(
+        return self._call(
             f"UploadPartCopy {number}",
             self.describe(source.key),
             lambda: self._copy_part(name, upload_id, number, src, span),
         )
-        return Part(number=number, etag=etag, size=source.length, crc=crc)
 
     def complete(self, key: str, upload_id: str, parts: list[Part], *, if_absent: bool) -> bool:
         name = self._name(key)
@@ -451,6 +525,11 @@ class RemoteStore(ABC):
     # -- provider hooks: one SDK call each, on full object names, retried by the caller -----
 
     @abstractmethod
+    def _restore_object(self, name: str, days: int, tier: str, storage_class: str) -> None:
+        """Ask for a restore of an archived object (`storage_class` is its class); one
+        already running is fine."""
+
+    @abstractmethod
     def _head_object(self, name: str) -> ObjectInfo | None:
         """The object's size, date and ETag, None when there is none (a missing bucket raises)."""
 
@@ -481,16 +560,13 @@ class RemoteStore(ABC):
         """A new multipart upload's id."""
 
     @abstractmethod
-    def _upload_part(
-        self, name: str, upload_id: str, number: int, data: bytes
-    ) -> tuple[str, int | None]:
-        """The part's ETag and the provider's CRC64 of it (None where it reports none)."""
+    def _upload_part(self, name: str, upload_id: str, number: int, data: bytes) -> Part:
+        """Upload a part, sent with the checksum the server checks; the part with its ETag,
+        the provider's CRC64 (OSS) and SHA-256 (S3 composite checksum) where there are any."""
 
     @abstractmethod
-    def _copy_part(
-        self, name: str, upload_id: str, number: int, source: str, span: Span
-    ) -> tuple[str, int | None]:
-        """Copy `span` of object `source` as a part; its ETag and CRC64 as for `_upload_part`."""
+    def _copy_part(self, name: str, upload_id: str, number: int, source: str, span: Span) -> Part:
+        """Copy `span` of object `source` as a part, as for `_upload_part`."""
 
     @abstractmethod
     def _complete(self, name: str, upload_id: str, parts: list[Part], *, if_absent: bool) -> bool:

@@ -6,13 +6,17 @@ addressing whenever an endpoint is given, a connection pool large enough for par
 botocore's own retries off so that throttling goes through bale's one retry policy.
 Create-if-absent is `If-None-Match: *` on PutObject and CompleteMultipartUpload where the server
 honours it, and a HEAD before and after the write where it does not (probed once per endpoint:
-s3_probe.py). An upload the server no longer knows (`NoSuchUpload`, or RGW's `NoSuchKey` after an
+s3_probe.py). Where the server checks it (the same probe), every upload carries its SHA-256
+(`x-amz-checksum-sha256`; multipart uploads declare SHA256 and send each part's, S3's composite
+checksum); elsewhere the payload hash boto3 signs is the guard. A body refused as damaged (400
+BadDigest, XAmzContentSHA256Mismatch) is sent again: its bytes are in memory. An upload the server no longer knows (`NoSuchUpload`, or RGW's `NoSuchKey` after an
 abort) is gone.
 Everything but the boto3 calls is shared with OSS in remote.py.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 from collections.abc import Callable
@@ -31,6 +35,7 @@ from botocore.exceptions import (
 
 from pipeline.errors import StoreError, TransferError
 from pipeline.store.base import MultipartUpload, ObjectInfo
+from pipeline.store.classes import S3_ARCHIVE, parse_restore
 from pipeline.store.multipart import (
     DEFAULT_PARALLEL,
     DEFAULT_PART_SIZE,
@@ -51,7 +56,7 @@ from pipeline.store.remote import (
     network_reason,
     service_error,
 )
-from pipeline.store.s3_probe import ServerTraits, traits_of
+from pipeline.store.s3_probe import Integrity, ServerTraits, traits_of
 from pipeline.transfer.retry import (
     RETRYABLE_STATUS,
     Retryable,
@@ -73,8 +78,12 @@ _TRANSIENT_CODES = frozenset(
         "RequestTimeoutException",
         "InternalError",
         "ServiceUnavailable",
+        "BadDigest",
+        "XAmzContentSHA256Mismatch",
     }
 )
+"""BadDigest, XAmzContentSHA256Mismatch: the body's checksum or signed payload hash is not the
+one of what the server received, damaged on the way; sending the same bytes again cures it."""
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _UPLOAD_GONE_CODES = frozenset({"NoSuchUpload", "NoSuchKey"})
 """An upload id the server no longer knows: AWS and moto say NoSuchUpload; RGW 16 answers
@@ -199,6 +208,21 @@ def make_client(
     return session.client("s3", endpoint_url=endpoint_url, config=config, verify=ca_bundle)
 
 
+def _archived(storage_class: str, archive_status: str | None) -> bool:
+    """GLACIER and DEEP_ARCHIVE, and INTELLIGENT_TIERING's opt-in archive tiers."""
+    return storage_class in S3_ARCHIVE or archive_status in (
+        "ARCHIVE_ACCESS",
+        "DEEP_ARCHIVE_ACCESS",
+    )
+
+
+def body_checksum(data: bytes, integrity: Integrity) -> dict[str, str]:
+    """The boto3 argument that makes the server check `data` as it arrives."""
+    if integrity == "sha256":
+        return {"ChecksumSHA256": base64.b64encode(hashlib.sha256(data).digest()).decode()}
+    return {}  # boto3 signs the payload's SHA-256 (x-amz-content-sha256) instead
+
+
 def multipart_etag(parts: list[Part]) -> str | None:
     """The ETag S3 gives an object completed from `parts`: the MD5 of their binary MD5s, then
     `-count` (None when a part's ETag is not an MD5, as under SSE-KMS)."""
@@ -256,9 +280,12 @@ class S3Store(RemoteStore):
         parallel: int = DEFAULT_PARALLEL,
         addressing: str | None = None,
         ca_bundle: str | None = None,
+        checksums: Integrity | None = None,
     ) -> None:
         super().__init__(bucket, prefix, retry=retry, part_size=part_size, parallel=parallel)
         self.endpoint_url = endpoint_url
+        self.checksums = checksums
+        """What uploads carry for the server to check; None: what the probe found it checks."""
         self.client = client or make_client(
             endpoint_url=endpoint_url,
             region=region,
@@ -290,11 +317,15 @@ class S3Store(RemoteStore):
             if _status(exc) == 404 and _code(exc) != "NoSuchBucket":
                 return None
             raise
+        storage_class = r.get("StorageClass") or "STANDARD"  # S3 omits the header for it
         return ObjectInfo(
             key=name,
             size=int(r["ContentLength"]),
             modified=r.get("LastModified"),
             etag=_unquote(r.get("ETag")),
+            storage_class=storage_class,
+            archived=_archived(storage_class, r.get("ArchiveStatus")),
+            restore=parse_restore(r.get("Restore")),
         )
 
     def _get_object(self, name: str, span: Span | None) -> Any:
@@ -327,6 +358,8 @@ class S3Store(RemoteStore):
                 size=int(item["Size"]),
                 modified=item.get("LastModified"),
                 etag=_unquote(item.get("ETag")),
+                storage_class=item.get("StorageClass") or "STANDARD",
+                archived=_archived(item.get("StorageClass") or "STANDARD", None),
             )
             for item in page.get("Contents", [])
         ]
@@ -338,6 +371,9 @@ class S3Store(RemoteStore):
 
     def _traits(self) -> ServerTraits:
         return traits_of(self.client, self.bucket, self.prefix)
+
+    def _integrity(self) -> Integrity:
+        return self.checksums or self._traits().integrity
 
     def _write(
         self,
@@ -390,24 +426,43 @@ class S3Store(RemoteStore):
     def _put_object(self, name: str, data: bytes, *, if_absent: bool) -> bool:
         honoured = not if_absent or self._traits().conditional_put
         return self._write(
-            self.client.put_object, if_absent=if_absent, honoured=honoured, Key=name, Body=data
+            self.client.put_object,
+            if_absent=if_absent,
+            honoured=honoured,
+            Key=name,
+            Body=data,
+            **body_checksum(data, self._integrity()),
+            **self._class_arg(),
         )
+
+    def _class_arg(self) -> dict[str, str]:
+        return {"StorageClass": self.storage_class} if self.storage_class else {}
 
     def _initiate(self, name: str) -> str:
-        r = self.client.create_multipart_upload(Bucket=self.bucket, Key=name)
+        composite = {"ChecksumAlgorithm": "SHA256"} if self._integrity() == "sha256" else {}
+        r = self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=name, **composite, **self._class_arg()
+        )
         return str(r["UploadId"])
 
-    def _upload_part(
-        self, name: str, upload_id: str, number: int, data: bytes
-    ) -> tuple[str, int | None]:
-        r = self.client.upload_part(
-            Bucket=self.bucket, Key=name, UploadId=upload_id, PartNumber=number, Body=data
-        )
-        return str(r["ETag"]), None
+    def _restore_object(self, name: str, days: int, tier: str, storage_class: str) -> None:
+        request = {"Days": days, "GlacierJobParameters": {"Tier": tier}}
+        if storage_class == "INTELLIGENT_TIERING":
+            request = {}  # its archive tiers take neither (S3 RestoreObject docs)
+        try:
+            self.client.restore_object(Bucket=self.bucket, Key=name, RestoreRequest=request)
+        except ClientError as exc:
+            if _code(exc) != "RestoreAlreadyInProgress":
+                raise
 
-    def _copy_part(
-        self, name: str, upload_id: str, number: int, source: str, span: Span
-    ) -> tuple[str, int | None]:
+    def _upload_part(self, name: str, upload_id: str, number: int, data: bytes) -> Part:
+        check = body_checksum(data, self._integrity())
+        r = self.client.upload_part(
+            Bucket=self.bucket, Key=name, UploadId=upload_id, PartNumber=number, Body=data, **check
+        )
+        return Part(number, str(r["ETag"]), len(data), checksum=check.get("ChecksumSHA256"))
+
+    def _copy_part(self, name: str, upload_id: str, number: int, source: str, span: Span) -> Part:
         start, last = span
         r = self.client.upload_part_copy(
             Bucket=self.bucket,
@@ -417,10 +472,19 @@ class S3Store(RemoteStore):
             CopySource={"Bucket": self.bucket, "Key": source},
             CopySourceRange=f"bytes={start}-{last}",
         )
-        return str(r["CopyPartResult"]["ETag"]), None
+        result = r["CopyPartResult"]
+        # On an upload that declared SHA256, the server reports the copied part's own.
+        size = last - start + 1
+        return Part(number, str(result["ETag"]), size, checksum=result.get("ChecksumSHA256"))
 
     def _complete(self, name: str, upload_id: str, parts: list[Part], *, if_absent: bool) -> bool:
-        body = {"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]}
+        body = {
+            "Parts": [
+                {"PartNumber": p.number, "ETag": p.etag}
+                | ({"ChecksumSHA256": p.checksum} if p.checksum else {})
+                for p in parts
+            ]
+        }
         return self._write(
             self.client.complete_multipart_upload,
             if_absent=if_absent,

@@ -9,15 +9,17 @@ store's prefix (removed afterwards) and the result is kept per endpoint for the 
 - conditional PutObject: `If-None-Match: *` on an existing key is refused with 412;
 - conditional CompleteMultipartUpload: the same on the completion of an upload;
 - UploadPartCopy: a ranged copy of an object into an upload's part works;
-- checksum validation: a PutObject with a wrong `x-amz-checksum-sha256` is refused.
+- checksums: a PutObject with the right `x-amz-checksum-sha256` is accepted, one with a wrong
+  value refused; a PutObject with a wrong `Content-MD5` is refused.
 
-Where a condition is ignored, S3Store keeps the promise itself (see `S3Store._write_checked`): a
-HEAD before the write (an existing object is never replaced by a writer that saw it) and a HEAD
-after it (if another object replaced ours, the key counts as taken). What remains is a window
-between the first HEAD and the write, one request long: two writers of the same new key can both
-write, and the later one's bytes stay. bale writes such keys if-absent only where both writers'
-bytes are the same (content-addressed blobs; a tar or record of one digest), so losing that race
-replaces an object by an identical one.
+The checksum answers choose what uploads carry so the server refuses bytes damaged on the way
+(`ServerTraits.integrity`): where the server checks `x-amz-checksum-sha256` (AWS), every upload
+sends its SHA-256 (multipart uploads declare SHA256 and send each part's: S3's composite
+checksum), which the server also keeps with the object. Elsewhere the guard is the payload hash
+boto3 signs into every upload that carries no checksum (SigV4 `x-amz-content-sha256`, over HTTP
+and HTTPS alike), which Ceph RGW checks (400 XAmzContentSHA256Mismatch) and moto_server does
+not. `Content-MD5` is probed for the record only: where the signed hash is checked it adds
+nothing but an MD5 of every byte (and over HTTPS boto3 would drop the signed hash for it).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -45,6 +47,17 @@ class ServerTraits:
     conditional_complete: bool
     copy_part: bool
     checksum_validated: bool
+    checksum_accepted: bool = False
+    """A right `x-amz-checksum-sha256` is accepted (False: the server refuses the header)."""
+    md5_validated: bool = False
+    """A wrong `Content-MD5` is refused."""
+
+    @property
+    def integrity(self) -> Integrity:
+        """What uploads carry so that the server refuses damaged bytes."""
+        if self.checksum_accepted and self.checksum_validated:
+            return "sha256"
+        return "signature"
 
     def describe(self) -> str:
         def said(flag: bool, yes: str, no: str) -> str:
@@ -63,14 +76,26 @@ class ServerTraits:
                     "CompleteMultipartUpload ignores If-None-Match",
                 ),
                 said(self.copy_part, "UploadPartCopy works", "UploadPartCopy refused"),
-                said(
-                    self.checksum_validated,
-                    "x-amz-checksum-sha256 checked",
-                    "x-amz-checksum-sha256 not checked",
+                "x-amz-checksum-sha256 "
+                + (
+                    ("checked" if self.checksum_validated else "not checked")
+                    if self.checksum_accepted
+                    else "refused"
                 ),
+                said(self.md5_validated, "Content-MD5 checked", "Content-MD5 not checked"),
             )
         )
 
+
+Integrity = Literal["sha256", "signature"]
+
+INTEGRITY_SAID = {
+    "sha256": "uploads carry their SHA-256 (x-amz-checksum-sha256, per part on multipart "
+    "uploads), which the server checks",
+    "signature": "the server does not check x-amz-checksum-sha256: uploads are guarded only by "
+    "the payload hash in their signature, where the server checks it (Ceph RGW and AWS do, "
+    "moto_server does not)",
+}
 
 UNPROBED = ServerTraits(
     conditional_put=False, conditional_complete=False, copy_part=True, checksum_validated=False
@@ -108,8 +133,10 @@ def _probe(client: Any, bucket: str, prefix: str, endpoint: str) -> ServerTraits
             endpoint,
             exc,
         )
+        log.info("%s: %s", endpoint, INTEGRITY_SAID[UNPROBED.integrity])
         return UNPROBED
     log.info("%s: probed: %s", endpoint, traits.describe())
+    log.info("%s: %s", endpoint, INTEGRITY_SAID[traits.integrity])
     checked = [
         op
         for op, kept in (
@@ -148,14 +175,34 @@ def _try_all(client: Any, bucket: str, name: str) -> ServerTraits:
             412,
         )
         copy_part, conditional_complete = _try_multipart(client, bucket, name, len(body))
+        right = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        checksum_accepted = not _refused(
+            lambda: client.put_object(Bucket=bucket, Key=name, Body=body, ChecksumSHA256=right),
+            400,
+            501,
+        )
         wrong = base64.b64encode(hashlib.sha256(b"not the body").digest()).decode()
-        checksum_validated = _refused(
+        checksum_validated = checksum_accepted and _refused(
             lambda: client.put_object(Bucket=bucket, Key=name, Body=body, ChecksumSHA256=wrong),
+            400,
+        )
+        wrong_md5 = base64.b64encode(
+            hashlib.md5(b"not the body", usedforsecurity=False).digest()
+        ).decode()
+        md5_validated = _refused(
+            lambda: client.put_object(Bucket=bucket, Key=name, Body=body, ContentMD5=wrong_md5),
             400,
         )
     finally:
         client.delete_object(Bucket=bucket, Key=name)
-    return ServerTraits(conditional_put, conditional_complete, copy_part, checksum_validated)
+    return ServerTraits(
+        conditional_put,
+        conditional_complete,
+        copy_part,
+        checksum_validated,
+        checksum_accepted=checksum_accepted,
+        md5_validated=md5_validated,
+    )
 
 
 def _try_multipart(client: Any, bucket: str, name: str, size: int) -> tuple[bool, bool]:

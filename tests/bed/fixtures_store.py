@@ -5,6 +5,7 @@ local dirs.
     rgw_server       session: a single-node Ceph cluster with radosgw (tests/bed/rgw.py)
     oss_server       session: the OSS protocol server (tests/bed/oss_server.py)
     s3_bucket        a fresh, empty bucket on moto_server
+    fresh_probe      the S3 probe's per-endpoint memory emptied for the test, restored after
     oss_bucket       a fresh, empty bucket on oss_server
     store_bed        factory: a fresh store of one kind ("local", "s3", "rgw", "oss") with a prefix,
                      plus inspection that bypasses the store code (boto3 client, server state,
@@ -107,6 +108,18 @@ def oss_server() -> Iterator[OssServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def fresh_probe() -> Iterator[None]:
+    """Forget what earlier tests probed of S3 endpoints, so this test's stores probe again."""
+    from pipeline.store import s3_probe
+
+    saved = dict(s3_probe._known)
+    s3_probe._known.clear()
+    yield
+    s3_probe._known.clear()
+    s3_probe._known.update(saved)
 
 
 @pytest.fixture

@@ -12,7 +12,15 @@ the part of the OSS API that bale uses, the way the OSS documentation and oss2's
     token, max-keys, delimiter, encoding-type=url)   InitiateMultipartUpload   UploadPart
     UploadPartCopy (x-oss-copy-source, x-oss-copy-source-range)   CompleteMultipartUpload
     (part numbers ascending, ETags, parts >= 100 KB but the last, forbid-overwrite)
-    AbortMultipartUpload   ListParts   ListMultipartUploads   PutBucket
+    AbortMultipartUpload   ListParts   ListMultipartUploads   PutBucket   RestoreObject
+
+Storage classes as OSS has them (`x-oss-storage-class` on PutObject and
+InitiateMultipartUpload; an unknown name is 400 InvalidArgument): objects in Archive,
+ColdArchive and DeepColdArchive answer GET, and serve as an UploadPartCopy source, only once
+restored (403 InvalidObjectState before); HEAD shows `x-oss-restore`; RestoreObject answers
+202 the first time, 409 RestoreAlreadyInProgress while it runs, 200 once done (and 400
+OperationNotSupported for other classes). A restore completes `restore_delay` seconds after
+it was asked (`OssServer.restore_delay`, 0 by default: at once).
 
 Every response carries `x-oss-request-id`; objects and parts carry ETags (upper-case MD5, as
 OSS does) and `x-oss-hash-crc64ecma`. Signatures are not verified, but the Authorization header
@@ -41,6 +49,9 @@ import crcmod
 
 MIN_PART = 100 * 1024
 MAX_PARTS = 10_000
+STORAGE_CLASSES = ("Standard", "IA", "Archive", "ColdArchive", "DeepColdArchive")
+ARCHIVE_CLASSES = frozenset({"Archive", "ColdArchive", "DeepColdArchive"})
+RESTORED_DAYS = 86400.0
 
 _crc64 = crcmod.mkCrcFun(0x142F0E1EBA9EA3693, initCrc=0, xorOut=0xFFFFFFFFFFFFFFFF, rev=True)
 
@@ -75,6 +86,24 @@ class StoredObject:
     modified: float
     kind: str = "Normal"
     content_type: str = "application/octet-stream"
+    storage_class: str = "Standard"
+    restore_ready_at: float | None = None
+    """When a restore asked for completes (None: never asked)."""
+    restore_days: int = 0
+
+    def restore_header(self, now: float) -> str | None:
+        if self.restore_ready_at is None:
+            return None
+        if now < self.restore_ready_at:
+            return 'ongoing-request="true"'
+        expiry = _http_date(self.restore_ready_at + self.restore_days * RESTORED_DAYS)
+        return f'ongoing-request="false", expiry-date="{expiry}"'
+
+    def frozen(self, now: float) -> bool:
+        """In an archive class and not (yet) restored: reads refused."""
+        if self.storage_class not in ARCHIVE_CLASSES:
+            return False
+        return self.restore_ready_at is None or now < self.restore_ready_at
 
 
 @dataclass
@@ -92,6 +121,7 @@ class Upload:
     upload_id: str
     initiated: float
     parts: dict[int, StoredPart] = field(default_factory=dict)
+    storage_class: str = "Standard"
 
 
 @dataclass
@@ -143,6 +173,8 @@ class OssState:
         """Seconds to hold a request (method, key, query) before answering, for tests."""
         self.active = 0
         self.max_active = 0
+        self.restore_delay = 0.0
+        """Seconds from RestoreObject to a readable object."""
 
 
 def _xml(root: ET.Element) -> bytes:
@@ -311,6 +343,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._list_objects(bucket, objects, query)
             raise OssError(400, "InvalidArgument", f"bucket operation {method} is not implemented")
         self._bucket(bucket)
+        if method == "POST" and "restore" in query:
+            return self._restore(bucket, key, body)
         if method == "POST" and "uploads" in query:
             return self._initiate(bucket, key)
         if method == "POST" and "uploadId" in query:
@@ -346,6 +380,50 @@ class _Handler(BaseHTTPRequestHandler):
             )
         return objects
 
+    def _storage_class(self) -> str:
+        name = self.headers.get("x-oss-storage-class") or "Standard"
+        if name not in STORAGE_CLASSES:
+            raise OssError(400, "InvalidArgument", f"Invalid storage class {name}.")
+        return name
+
+    @staticmethod
+    def _check_readable(obj: StoredObject) -> None:
+        if obj.frozen(time.time()):
+            raise OssError(
+                403, "InvalidObjectState", "The operation is not valid for the object's state"
+            )
+
+    def _restore(self, bucket: str, key: str, body: bytes) -> None:
+        days = 1
+        if body:
+            try:
+                days = int(ET.fromstring(body).findtext("Days") or 1)
+            except (ET.ParseError, ValueError) as exc:
+                raise OssError(
+                    400, "MalformedXML", "The XML you provided was not well-formed."
+                ) from exc
+        now = time.time()
+        with self.state.lock:
+            obj = self._bucket(bucket).get(key)
+            if obj is None:
+                raise OssError(404, "NoSuchKey", "The specified key does not exist.", Key=key)
+            if obj.storage_class not in ARCHIVE_CLASSES:
+                raise OssError(
+                    400, "OperationNotSupported", "The operation is not supported for this resource"
+                )
+            if obj.restore_ready_at is None:
+                obj.restore_ready_at = now + self.state.restore_delay
+                obj.restore_days = days
+                status = 202
+            elif now < obj.restore_ready_at:
+                raise OssError(
+                    409, "RestoreAlreadyInProgress", "The restore operation is in progress."
+                )
+            else:
+                obj.restore_days = days
+                status = 200
+        self._send(status)
+
     def _forbid_overwrite(self) -> bool:
         return self.headers.get("x-oss-forbid-overwrite", "").lower() == "true"
 
@@ -357,15 +435,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200)
 
     def _put_object(self, bucket: str, key: str, body: bytes) -> None:
-        md5 = self.headers.get("Content-MD5")
-        if md5 and base64.b64encode(hashlib.md5(body).digest()).decode() != md5:
-            raise OssError(400, "InvalidDigest", "The Content-MD5 you specified is not valid.")
+        self._check_md5(body)
         obj = StoredObject(
             data=body,
             etag=_etag(body),
             crc=crc64(body),
             modified=time.time(),
             content_type=self.headers.get("Content-Type", "application/octet-stream"),
+            storage_class=self._storage_class(),
         )
         with self.state.lock:
             objects = self._bucket(bucket)
@@ -383,6 +460,8 @@ class _Handler(BaseHTTPRequestHandler):
             obj = self._bucket(bucket).get(key)
         if obj is None:
             raise OssError(404, "NoSuchKey", "The specified key does not exist.", Key=key)
+        if self.command == "GET":
+            self._check_readable(obj)
         size = len(obj.data)
         headers = {
             "ETag": obj.etag,
@@ -391,8 +470,11 @@ class _Handler(BaseHTTPRequestHandler):
             "Accept-Ranges": "bytes",
             "x-oss-object-type": obj.kind,
             "x-oss-hash-crc64ecma": str(obj.crc),
-            "x-oss-storage-class": "Standard",
+            "x-oss-storage-class": obj.storage_class,
         }
+        restore = obj.restore_header(time.time())
+        if restore is not None:
+            headers["x-oss-restore"] = restore
         span = self._range(self.headers.get("Range"), size)
         if span is None:
             return self._send(200, obj.data, headers)
@@ -501,7 +583,7 @@ class _Handler(BaseHTTPRequestHandler):
             _add(node, "ETag", obj.etag)
             _add(node, "Type", obj.kind)
             _add(node, "Size", len(obj.data))
-            _add(node, "StorageClass", "Standard")
+            _add(node, "StorageClass", obj.storage_class)
             if not v2 or query.get("fetch-owner") == "true":
                 owner = _add(node, "Owner")
                 _add(owner, "ID", "1234567890")
@@ -521,7 +603,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _initiate(self, bucket: str, key: str) -> None:
         upload_id = uuid.uuid4().hex.upper()
         with self.state.lock:
-            self.state.uploads[upload_id] = Upload(bucket, key, upload_id, time.time())
+            self.state.uploads[upload_id] = Upload(
+                bucket, key, upload_id, time.time(), storage_class=self._storage_class()
+            )
         root = ET.Element("InitiateMultipartUploadResult")
         _add(root, "Bucket", bucket)
         _add(root, "Key", key)
@@ -541,8 +625,16 @@ class _Handler(BaseHTTPRequestHandler):
             )
         return number
 
+    def _check_md5(self, body: bytes) -> None:
+        """OSS refuses a body whose `Content-MD5` differs (nothing stored). It checks no CRC64
+        a client sends: it answers the CRC64 of what it received, the client compares."""
+        md5 = self.headers.get("Content-MD5")
+        if md5 and base64.b64encode(hashlib.md5(body).digest()).decode() != md5:
+            raise OssError(400, "InvalidDigest", "The Content-MD5 you specified is not valid.")
+
     def _upload_part(self, bucket: str, key: str, query: dict[str, str], body: bytes) -> None:
         number = self._part_number(query)
+        self._check_md5(body)
         part = StoredPart(body, _etag(body), crc64(body), time.time())
         with self.state.lock:
             self._upload(query["uploadId"], bucket, key).parts[number] = part
@@ -560,6 +652,7 @@ class _Handler(BaseHTTPRequestHandler):
             src = self._bucket(src_bucket).get(src_key)
         if src is None:
             raise OssError(404, "NoSuchKey", "The specified key does not exist.", Key=src_key)
+        self._check_readable(src)
         data = src.data
         spec = self.headers.get("x-oss-copy-source-range")
         if spec:
@@ -631,7 +724,14 @@ class _Handler(BaseHTTPRequestHandler):
             data = b"".join(p.data for p in chosen)
             digest = hashlib.md5(b"".join(bytes.fromhex(p.etag.strip('"')) for p in chosen))
             etag = f'"{digest.hexdigest().upper()}-{len(chosen)}"'
-            obj = StoredObject(data, etag, crc64(data), time.time(), kind="Multipart")
+            obj = StoredObject(
+                data,
+                etag,
+                crc64(data),
+                time.time(),
+                kind="Multipart",
+                storage_class=upload.storage_class,
+            )
             objects[key] = obj
             del self.state.uploads[upload_id]
         result = ET.Element("CompleteMultipartUploadResult")
@@ -745,6 +845,15 @@ class OssServer:
             target=self._httpd.serve_forever, name="oss-server", daemon=True
         )
         self._thread.start()
+
+    @property
+    def restore_delay(self) -> float:
+        """Seconds from RestoreObject until the object reads (0: at once)."""
+        return self.state.restore_delay
+
+    @restore_delay.setter
+    def restore_delay(self, seconds: float) -> None:
+        self.state.restore_delay = seconds
 
     def stop(self) -> None:
         self._httpd.shutdown()

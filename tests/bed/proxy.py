@@ -25,7 +25,9 @@ answer back, except where a `Fault` matches the request:
   503, a 307 to another host, ...);
 - `StripHeader(name)`: forward the request without a header (a server that ignores `Range`);
 - `ResetRequest(after)`: reset the connection after `after` bytes of the *request* body (an
-  upload cut mid-way).
+  upload cut mid-way);
+- `CorruptRequest(at)`: flip one byte of the *request* body on its way to the upstream (an
+  upload damaged in transit: what a store's checksum check must refuse).
 
 Each fault fires `times` times (default once; None for always) on requests matching `method`,
 `path` (a regex searched in the path) and `query` (a regex searched in the query string).
@@ -198,6 +200,24 @@ class ResetRequest(Fault):
     (the upstream sees a request cut short)."""
 
     after: int = 0
+
+
+@dataclass
+class CorruptRequest(Fault):
+    """Flip the byte at offset `at` of the request body (None: the middle of a Content-Length
+    body); fires only on requests that carry a body."""
+
+    at: int | None = None
+
+    def matches(
+        self, method: str, path: str, headers: Mapping[str, str], status: int | None
+    ) -> bool:
+        length = next((v for k, v in headers.items() if k.lower() == "content-length"), "0")
+        chunked = any(
+            k.lower() == "transfer-encoding" and v.lower() == "chunked" for k, v in headers.items()
+        )
+        has_body = chunked or int(length or 0) > 0
+        return has_body and super().matches(method, path, headers, status)
 
 
 @dataclass
@@ -575,7 +595,13 @@ class FaultProxy:
                         _copy_body(cfile, upstream, headers, _Budget(cut.after), to_eof=False)
                     reset = True
                     return
-                _copy_body(cfile, upstream, headers, _Budget(None), to_eof=False)
+                damage = take(CorruptRequest)
+                damaged_at = None
+                if isinstance(damage, CorruptRequest):
+                    length = int(_get(headers, "Content-Length") or 0)
+                    damaged_at = damage.at if damage.at is not None else length // 2
+                request_budget = _Budget(None, corrupt_at=damaged_at)
+                _copy_body(cfile, upstream, headers, request_budget, to_eof=False)
                 rhead = _read_head(ufile)
                 if rhead is None:
                     return
@@ -583,6 +609,8 @@ class FaultProxy:
                 rheaders = _parse_headers(rhead[1:])
                 status = int(status_line.split(" ", 2)[1])
                 fired: list[str] = ["StripHeader"] if strip is not None else []
+                if damage is not None:
+                    fired.append("CorruptRequest")
                 if hold is not None:
                     fired.append("Hold")
                 delay = take(Delay, status)
