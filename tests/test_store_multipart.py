@@ -190,14 +190,12 @@ def test_parts_upload_in_parallel_within_the_bound(
     oss_server.state.latency = latency
     oss_server.state.max_active = 0
     try:
-        started = time.monotonic()
         bed.store.put_stream("slow", io.BytesIO(data), len(data))
-        elapsed = time.monotonic() - started
     finally:
         oss_server.state.latency = None
+    # The server counts the part requests it holds at once: the parallelism itself, measured
+    # without a clock (a time bound failed on a loaded 2-core machine; speed is the bench's).
     assert oss_server.state.max_active == 3
-    parts = math.ceil(len(data) / (100 * KiB))
-    assert elapsed < parts * 0.05 * 0.8  # one at a time would take parts x 50 ms
     assert bed.store.read("slow") == data
 
 
