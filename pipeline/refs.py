@@ -51,8 +51,7 @@ def _looks_like_domain(component: str) -> bool:
 class Reference:
     """A parsed image reference: `registry/repository[:tag][@digest]`.
 
-    `registry` is the domain as users write it (`docker.io`, `127.0.0.1:5000`); `api_host` is
-    where the HTTP API lives (`registry-1.docker.io` for Docker Hub).
+    `registry` is the domain as users write it (`docker.io`, `127.0.0.1:5000`).
     """
 
     registry: str
@@ -103,10 +102,6 @@ class Reference:
         return cls(registry=registry, repository=path, tag=tag, digest=digest)
 
     @property
-    def api_host(self) -> str:
-        return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
-
-    @property
     def name(self) -> str:
         """`registry/repository`, as skopeo prints it in `Name`."""
         return f"{self.registry}/{self.repository}"
@@ -127,9 +122,6 @@ class Reference:
 
     def with_digest(self, digest: str | None) -> Reference:
         return replace(self, digest=digest)
-
-    def in_repository(self, registry: str, repository: str) -> Reference:
-        return replace(self, registry=registry, repository=repository)
 
     def __str__(self) -> str:
         out = self.name

@@ -68,8 +68,3 @@ class CountingReader:
         close = getattr(self._source, "close", None)
         if close is not None:
             close()
-
-
-def counting(source: Readable, events: TransferEvents, key: str) -> CountingReader:
-    """`source`, reporting each read to `events` under `key`."""
-    return CountingReader(source, lambda n: events.on_bytes(key, n))
