@@ -16,7 +16,7 @@ from typing import Literal
 
 import zstandard
 
-from pipeline.store.base import Readable
+from pipeline.readable import Readable
 
 Compression = Literal["gzip", "zstd", "bzip2", "xz", "none"]
 

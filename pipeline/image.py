@@ -20,8 +20,8 @@ from pipeline.oci import (
     RawManifest,
     Schema1Manifest,
 )
+from pipeline.readable import Readable
 from pipeline.refs import Reference
-from pipeline.store.base import Readable
 
 DEFAULT_PLATFORM = Platform("linux", "amd64")
 

@@ -10,14 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
-
-@runtime_checkable
-class Readable(Protocol):
-    """Anything with `read(n)`: a file, an HTTP body, a verifying reader."""
-
-    def read(self, n: int = -1, /) -> bytes: ...
+from pipeline.readable import Readable as Readable  # where streams are defined
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from pipeline.store.base import Readable
+from pipeline.readable import Readable
 from pipeline.transfer import cancel
 
 
