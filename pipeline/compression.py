@@ -16,7 +16,7 @@ from typing import Literal
 
 import zstandard
 
-from pipeline.store.base import Readable
+from pipeline.readable import Readable
 
 Compression = Literal["gzip", "zstd", "bzip2", "xz", "none"]
 
@@ -149,10 +149,14 @@ def open_decompressed(kind: Compression, source: Readable) -> Readable:
         return GzipReader(source)
     if kind == "zstd":
         return _LibReader(
-            source, zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
+            source,
+            zstandard.ZstdDecompressor().stream_reader(
+                source,  # type: ignore[arg-type]  # it only calls read()
+                read_across_frames=True,
+            ),
         )
     if kind == "bzip2":
-        return _LibReader(source, bz2.BZ2File(source))  # type: ignore[arg-type]
+        return _LibReader(source, bz2.BZ2File(source))  # type: ignore[call-overload]
     if kind == "xz":
         return _LibReader(source, lzma.LZMAFile(source))  # type: ignore[arg-type]
     return source

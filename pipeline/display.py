@@ -330,7 +330,7 @@ class _RateColumn(ProgressColumn):
 
 
 class _RemainingColumn(TimeRemainingColumn):
-    def render(self, task: Task) -> RenderableType:
+    def render(self, task: Task) -> Text:
         if task.fields.get("phase"):
             return Text("")
         return super().render(task)

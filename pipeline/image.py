@@ -23,8 +23,8 @@ from pipeline.oci import (
     choose_platform,
     walk_manifests,
 )
+from pipeline.readable import Readable
 from pipeline.refs import Reference
-from pipeline.store.base import Readable
 
 
 class ImageSource(Protocol):

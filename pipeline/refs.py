@@ -6,6 +6,7 @@ and tag) can only ever come from validated names: no `..`, no absolute paths, no
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, replace
 
@@ -51,8 +52,7 @@ def _looks_like_domain(component: str) -> bool:
 class Reference:
     """A parsed image reference: `registry/repository[:tag][@digest]`.
 
-    `registry` is the domain as users write it (`docker.io`, `127.0.0.1:5000`); `api_host` is
-    where the HTTP API lives (`registry-1.docker.io` for Docker Hub).
+    `registry` is the domain as users write it (`docker.io`, `127.0.0.1:5000`, `[::1]:5000`).
     """
 
     registry: str
@@ -83,7 +83,9 @@ class Reference:
         first, _, rest = text.partition("/")
         if rest and _looks_like_domain(first):
             registry, path = first, rest
-            if not _DOMAIN_RE.match(registry):
+            if not _DOMAIN_RE.match(registry) or (
+                registry.startswith("[") and _ipv6_address(registry) is None
+            ):
                 raise InvalidReference(
                     f"invalid image reference {original!r}: bad registry {registry!r}"
                 )
@@ -103,10 +105,6 @@ class Reference:
         return cls(registry=registry, repository=path, tag=tag, digest=digest)
 
     @property
-    def api_host(self) -> str:
-        return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
-
-    @property
     def name(self) -> str:
         """`registry/repository`, as skopeo prints it in `Name`."""
         return f"{self.registry}/{self.repository}"
@@ -118,18 +116,14 @@ class Reference:
 
     @property
     def store_repo(self) -> str:
-        """The repository path inside the store: host lower-cased, `:` → `-`, then the path."""
-        host = self.registry.lower().replace(":", "-").replace("[", "").replace("]", "")
-        return f"{host}/{self.repository}"
+        """The repository path inside the store: `store_host(registry)`, then the path."""
+        return f"{store_host(self.registry)}/{self.repository}"
 
     def with_tag(self, tag: str | None) -> Reference:
         return replace(self, tag=tag, digest=None)
 
     def with_digest(self, digest: str | None) -> Reference:
         return replace(self, digest=digest)
-
-    def in_repository(self, registry: str, repository: str) -> Reference:
-        return replace(self, registry=registry, repository=repository)
 
     def __str__(self) -> str:
         out = self.name
@@ -138,6 +132,33 @@ class Reference:
         if self.digest:
             out += f"@{self.digest}"
         return out
+
+
+def _ipv6_address(registry: str) -> ipaddress.IPv6Address | None:
+    """The address of a bracketed registry (`[::1]:5000`), None for a name or a bad literal."""
+    if not registry.startswith("["):
+        return None
+    try:
+        return ipaddress.IPv6Address(registry[1:].partition("]")[0])
+    except ValueError:
+        return None
+
+
+def store_host(registry: str) -> str:
+    """The registry as the first component of a store repository.
+
+    A name or IPv4 host is lower-cased with its port's `:` as `-` (`127.0.0.1-5000`). An IPv6
+    literal is written as its eight groups in lower-case hex without leading zeros, joined by
+    `_`, brackets dropped (`[::1]:5000` → `0_0_0_0_0_0_0_1-5000`): a valid repository
+    component (a `-` or `::` at either end is not), one per address however it was spelt, and
+    unambiguous, because a DNS name never holds `_`. The address reads back by splitting the
+    groups on `_`.
+    """
+    address = _ipv6_address(registry)
+    if address is None:
+        return registry.lower().replace(":", "-")
+    groups = "_".join(f"{int(group, 16):x}" for group in address.exploded.split(":"))
+    return groups + registry.rpartition("]")[2].replace(":", "-")
 
 
 def parse_repository(text: str) -> Reference:

@@ -18,7 +18,14 @@ from pipeline.errors import UsageError
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 
-_DURATION_UNITS = {"ms": Decimal("0.001"), "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION_UNITS: dict[str, Decimal | int] = {
+    "ms": Decimal("0.001"),
+    "s": 1,
+    "m": 60,
+    "h": 3600,
+    "d": 86400,
+    "w": 604800,
+}
 _NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
 _DURATION_PART_RE = re.compile(rf"({_NUMBER})\s*(ms|[smhdw])", re.IGNORECASE)
 _DURATION_RE = re.compile(rf"^(?:{_NUMBER}\s*(?:ms|[smhdw])\s*)+$", re.IGNORECASE)

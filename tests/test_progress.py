@@ -3,7 +3,7 @@ from __future__ import annotations
 import io
 import threading
 
-from pipeline.transfer.progress import CountingReader, NullEvents, TransferEvents, counting
+from pipeline.transfer.progress import CountingReader, NullEvents, TransferEvents
 
 
 class Recording:
@@ -33,12 +33,12 @@ def test_counting_reader_closes_its_source() -> None:
     assert source.closed
 
 
-def test_events_protocol_and_counting_helper() -> None:
+def test_events_protocol() -> None:
     events = Recording()
     assert isinstance(events, TransferEvents)
     assert isinstance(NullEvents(), TransferEvents)
     NullEvents().on_bytes("k", 5)
-    reader = counting(io.BytesIO(b"y" * 10), events, "sha256:ab")
+    reader = CountingReader(io.BytesIO(b"y" * 10), lambda n: events.on_bytes("sha256:ab", n))
     while reader.read(4):
         pass
     assert events.seen == [("sha256:ab", 4), ("sha256:ab", 4), ("sha256:ab", 2)]

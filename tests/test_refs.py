@@ -22,8 +22,7 @@ def test_parse(text: str, registry: str, repo: str, tag: str | None, digest: str
     assert (ref.registry, ref.repository, ref.tag, ref.digest) == (registry, repo, tag, digest)
 
 
-def test_api_host_and_store_repo() -> None:
-    assert Reference.parse("nginx").api_host == "registry-1.docker.io"
+def test_store_repo() -> None:
     assert Reference.parse("nginx").store_repo == "docker.io/library/nginx"
     assert Reference.parse("127.0.0.1:5000/team/app").store_repo == "127.0.0.1-5000/team/app"
     assert str(Reference.parse("127.0.0.1:5000/a:b")) == "127.0.0.1:5000/a:b"

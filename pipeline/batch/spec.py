@@ -321,7 +321,7 @@ class _Parser:
                 return True
             if (plain and node.value in _FALSE_PLAIN) or node.value in _FALSE_WORDS:
                 return False
-        shown = node.value if isinstance(node, yaml.ScalarNode) else node.id
+        shown = node.value if isinstance(node, yaml.ScalarNode) else getattr(node, "id", "node")
         raise self.error(node, f"{what} must be true or false, not {shown!r}")
 
     # --- the format ----------------------------------------------------------------------

@@ -10,16 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
+from pipeline.readable import Readable as Readable  # where streams are defined
 from pipeline.store.classes import RestoreState, Thaw
-
-
-@runtime_checkable
-class Readable(Protocol):
-    """Anything with `read(n)`: a file, an HTTP body, a verifying reader."""
-
-    def read(self, n: int = -1, /) -> bytes: ...
 
 
 @dataclass(frozen=True)

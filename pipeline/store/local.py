@@ -410,7 +410,7 @@ class LocalStore:
             out.seek(0, os.SEEK_END)
             if left:
                 src.seek(offset)
-                shutil.copyfileobj(_FileRange(src, left), out, READ_CHUNK)  # type: ignore[misc]
+                shutil.copyfileobj(_FileRange(src, left), out, READ_CHUNK)
 
     def delete(self, key: str) -> None:
         path = self._path(key)

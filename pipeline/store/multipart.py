@@ -271,9 +271,9 @@ def stream_upload(
     base = choose_part_size(size, limits, part_size)
 
     if size is not None and size <= base:
-        data = read_exactly(stream, size, what=what, offset=0, size=size)
+        whole = read_exactly(stream, size, what=what, offset=0, size=size)
         expect_end(stream, what=what, size=size)
-        written = sink.put_single(key, data, if_absent=if_absent)
+        written = sink.put_single(key, whole, if_absent=if_absent)
         return WriteResult(key=key, size=size, written=written, sent=size)
 
     if size is not None:
@@ -286,7 +286,7 @@ def stream_upload(
 
     total = 0
     with Upload(sink, key) as upload:
-        with PartPool(parallel, "bale-part", slots) as pool:
+        with PartPool[Part](parallel, "bale-part", slots) as pool:
             number = 1
             data: bytes | None = first
             del first

@@ -10,6 +10,7 @@ full object names (prefix included); mapping them to and from keys happens here.
 
 from __future__ import annotations
 
+import builtins
 import copy
 import dataclasses
 import re
@@ -231,6 +232,7 @@ class RemoteStore(ABC):
         is_transient: Callable[[BaseException], bool] | None = None,
     ) -> T:
         provider = self.provider
+        errors: tuple[type[BaseException], ...] = (*provider.errors, TransferError)
         try:
             return call_with_retry(
                 self.retry,
@@ -238,7 +240,7 @@ class RemoteStore(ABC):
                 describe=f"{op} {what}",
                 is_transient=is_transient or provider.is_transient,
             )
-        except (*provider.errors, TransferError) as exc:
+        except errors as exc:
             raise provider.store_error(exc, self.bucket_name, what) from exc
 
     @staticmethod
@@ -469,7 +471,9 @@ class RemoteStore(ABC):
             lambda: self._copy_part(name, upload_id, number, src, span),
         )
 
-    def complete(self, key: str, upload_id: str, parts: list[Part], *, if_absent: bool) -> bool:
+    def complete(
+        self, key: str, upload_id: str, parts: builtins.list[Part], *, if_absent: bool
+    ) -> bool:
         name = self._name(key)
         attempts = 0
 
@@ -544,7 +548,7 @@ class RemoteStore(ABC):
     @abstractmethod
     def _list_page(
         self, prefix: str, token: str | None, limit: int | None = None
-    ) -> tuple[list[ObjectInfo], str | None]:
+    ) -> tuple[builtins.list[ObjectInfo], str | None]:
         """One page (of `limit` objects, default `page_size`) under `prefix` from `token`, and
         the next page's token (None after the last page)."""
 
@@ -569,7 +573,9 @@ class RemoteStore(ABC):
         """Copy `span` of object `source` as a part, as for `_upload_part`."""
 
     @abstractmethod
-    def _complete(self, name: str, upload_id: str, parts: list[Part], *, if_absent: bool) -> bool:
+    def _complete(
+        self, name: str, upload_id: str, parts: builtins.list[Part], *, if_absent: bool
+    ) -> bool:
         """Complete the upload; False when `if_absent` found the name taken."""
 
     @abstractmethod
@@ -587,6 +593,6 @@ class RemoteStore(ABC):
     @abstractmethod
     def _list_uploads_page(
         self, prefix: str, key_marker: str, upload_marker: str
-    ) -> tuple[list[MultipartUpload], tuple[str, str] | None]:
+    ) -> tuple[builtins.list[MultipartUpload], tuple[str, str] | None]:
         """One page of open uploads under `prefix` after the markers (both "" for the first),
         and the next page's markers (None after the last page)."""

@@ -198,7 +198,7 @@ def make_client(
         region_name=region,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        s3={"addressing_style": style} if style else {},
+        s3={"addressing_style": style} if style else {},  # type: ignore[arg-type]  # one of S3_ADDRESSING
         max_pool_connections=max_connections,
         retries={"total_max_attempts": 1},
         connect_timeout=10,

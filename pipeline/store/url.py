@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 from urllib.parse import unquote, urlsplit
 
 from pipeline.errors import InvalidStoreURL, StoreError, UsageError
@@ -181,8 +181,8 @@ def parse_location(location: str) -> ObjectLocation:
         return ObjectLocation(StoreURL(scheme, bucket, ""), key)
     if text.endswith("/"):
         raise InvalidStoreURL(f"object location {_shown(location)!r} is a directory, not a file")
-    path = Path(_local_dir(text))
-    return ObjectLocation(StoreURL("file", "", str(path.parent)), path.name)
+    local = Path(_local_dir(text))
+    return ObjectLocation(StoreURL("file", "", str(local.parent)), local.name)
 
 
 Access = Literal["read", "write"]
@@ -211,6 +211,13 @@ def open_store(
     return store
 
 
+class _Tuning(TypedDict, total=False):
+    """What the command line overrides of a remote store's defaults."""
+
+    parallel: int
+    part_size: int
+
+
 def _configured(
     url: str | StoreURL,
     endpoint_url: str | None,
@@ -221,7 +228,7 @@ def _configured(
 ) -> ObjectStore:
     parsed = url if isinstance(url, StoreURL) else parse_store_url(url)
     env = os.environ if env is None else env
-    tuning: dict[str, int] = {}
+    tuning: _Tuning = {}
     if parallel is not None:
         tuning["parallel"] = parallel
     if part_size is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from pipeline.store.base import Readable
+from pipeline.readable import Readable
 from pipeline.transfer import cancel
 
 
@@ -68,8 +68,3 @@ class CountingReader:
         close = getattr(self._source, "close", None)
         if close is not None:
             close()
-
-
-def counting(source: Readable, events: TransferEvents, key: str) -> CountingReader:
-    """`source`, reporting each read to `events` under `key`."""
-    return CountingReader(source, lambda n: events.on_bytes(key, n))

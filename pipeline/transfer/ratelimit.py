@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from pipeline.store.base import Readable
+from pipeline.readable import Readable
 from pipeline.transfer import cancel
 
 MIN_BURST = 64 * 1024

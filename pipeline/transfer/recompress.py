@@ -62,8 +62,8 @@ from pipeline.oci import (
     Platform,
     RawManifest,
 )
+from pipeline.readable import Readable
 from pipeline.refs import Reference
-from pipeline.store.base import Readable
 from pipeline.transfer.verify import BackgroundHasher, VerifyingReader
 
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"

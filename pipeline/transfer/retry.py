@@ -237,6 +237,7 @@ def _stall_text(exc: BaseException) -> str | None:
     (`_QuietHTTPSConnectionPool(host=…): Read timed out.`)."""
     if isinstance(exc, urllib3.exceptions.NewConnectionError):
         return None
+    source: object
     if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
         source, what = exc.pool, "no data from"
     elif isinstance(exc, urllib3.exceptions.ConnectTimeoutError):

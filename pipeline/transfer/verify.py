@@ -22,7 +22,7 @@ from typing import Any, Self
 
 from pipeline.errors import DigestMismatch, TransferError
 from pipeline.oci import digest_hex
-from pipeline.store.base import Readable
+from pipeline.readable import Readable
 from pipeline.transfer import cancel
 
 CHUNK = 1024 * 1024
