@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from pipeline.ops.archive import ArchiveOptions, Archiver
 from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
 from pipeline.store.local import LocalStore
+from tests.bed.cli import run_bale
 from tests.bed.images import LayerSpec
 
 pytestmark = pytest.mark.integration
@@ -49,24 +49,13 @@ def test_archive_oci_image_to_local(registry, image_factory, skopeo, unique_repo
     assert again.bytes_downloaded == 0
 
 
-def _bale(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"bale {args} exited {proc.returncode}: {proc.stderr}")
-    return proc
-
-
 def test_cli_archive_and_ls_with_auth(htpasswd_registry, image_factory, unique_repo, tmp_path):
     reg = htpasswd_registry
     image = image_factory.image(layers=(LayerSpec(5000, seed=21),), format="docker")
     pushed = image_factory.push(image, f"{reg.host}/{unique_repo}:v1", reg)
     store = tmp_path / "bucket"
     report = tmp_path / "report.json"
-    proc = _bale(
+    proc = run_bale(
         "archive",
         f"docker://{reg.host}/{unique_repo}:v1",
         f"docker://{reg.host}/{unique_repo}:missing",
@@ -87,19 +76,19 @@ def test_cli_archive_and_ls_with_auth(htpasswd_registry, image_factory, unique_r
     assert not list((store / "images").rglob("missing*"))
     assert reg.password not in proc.stdout + proc.stderr + report.read_text()
 
-    listing = _bale("ls", str(store), "--json", check=True)
+    listing = run_bale("ls", str(store), "--json", check=True)
     records = json.loads(listing.stdout)
     assert [r["digest"] for r in records] == [pushed.digest]
-    table = _bale("ls", str(store), check=True)
+    table = run_bale("ls", str(store), check=True)
     assert f"{unique_repo}:v1" in table.stdout
 
 
 def test_cli_bad_input_exit_2(tmp_path):
-    proc = _bale("archive", "Not A Ref", "--to", str(tmp_path / "s"))
+    proc = run_bale("archive", "Not A Ref", "--to", str(tmp_path / "s"))
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "s").exists()
-    proc = _bale("archive", "nginx:1", "--to", "s3://")
+    proc = run_bale("archive", "nginx:1", "--to", "s3://")
     assert proc.returncode == 2, proc.stderr
 
 
@@ -110,12 +99,12 @@ def test_inspect_from_store_matches_registry(registry, image_factory, unique_rep
     image_factory.push(index, f"{registry.host}/{unique_repo}:m", registry)
     store = tmp_path / "store"
     ref = f"docker://{registry.host}/{unique_repo}:m"
-    _bale("archive", ref, "--to", str(store), "--src-tls-verify=false", check=True)
-    live = json.loads(_bale("inspect", "--tls-verify=false", ref, check=True).stdout)
-    archived = json.loads(_bale("inspect", "--from", str(store), ref, check=True).stdout)
+    run_bale("archive", ref, "--to", str(store), "--src-tls-verify=false", check=True)
+    live = json.loads(run_bale("inspect", "--tls-verify=false", ref, check=True).stdout)
+    archived = json.loads(run_bale("inspect", "--from", str(store), ref, check=True).stdout)
     assert archived == live | {"RepoTags": ["m"]}
-    raw_live = _bale("inspect", "--raw", "--tls-verify=false", ref, check=True).stdout
-    raw_archived = _bale("inspect", "--raw", "--from", str(store), ref, check=True).stdout
+    raw_live = run_bale("inspect", "--raw", "--tls-verify=false", ref, check=True).stdout
+    raw_archived = run_bale("inspect", "--raw", "--from", str(store), ref, check=True).stdout
     assert raw_live == raw_archived
-    missing = _bale("inspect", "--from", str(store), f"{ref[:-2]}:nope")
+    missing = run_bale("inspect", "--from", str(store), f"{ref[:-2]}:nope")
     assert missing.returncode == 1 and "not archived" in missing.stderr

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,9 +19,10 @@ from pipeline.store.local import LocalStore
 from pipeline.store.multipart import S3_LIMITS
 from pipeline.store.oss import OSSStore
 from pipeline.store.s3 import S3Store
+from tests.bed.cli import isolated_env, run_bale
 from tests.bed.fixtures_store import OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET, OSS_REGION
-from tests.bed.images import LayerSpec
-from tests.bed.moto import ACCESS_KEY, REGION, SECRET_KEY
+from tests.bed.images import LayerSpec, podman_load
+from tests.bed.moto import ACCESS_KEY, MOTO_KEYS, REGION, SECRET_KEY
 from tests.bed.registry import FilesystemStorage, S3Storage
 
 pytestmark = pytest.mark.integration
@@ -196,23 +194,6 @@ def test_multi_arch(registry, image_factory, skopeo, unique_repo, tmp_path):
     assert not bucket.has_blob(amd64.descriptor)
 
 
-def podman_load(tar: Path, root: Path) -> str:
-    """`podman load` of `tar` into a throwaway storage under `root`; the images it then lists."""
-    runroot = tempfile.mkdtemp(prefix="bale-prr-")  # podman caps runroot at 50 characters
-    podman = ["podman", "--storage-driver", "vfs", "--root", str(root), "--runroot", runroot]
-    try:
-        proc = subprocess.run([*podman, "load", "-i", str(tar)], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
-        return subprocess.run(
-            [*podman, "images", "--format", "{{.Repository}}:{{.Tag}}"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    finally:
-        shutil.rmtree(runroot, ignore_errors=True)
-
-
 def test_podman_loads_and_skopeo_restores_the_tar(
     registry, image_factory, unique_repo, tmp_path, skopeo
 ):
@@ -270,22 +251,20 @@ def test_no_local_disk(registry, moto_server, image_factory, unique_repo, tmp_pa
     tmp, cwd, home = tmp_path / "tmp", tmp_path / "cwd", tmp_path / "home"
     for d in (tmp, cwd, home):
         d.mkdir()
-    env = _s3_env(moto_server) | {"TMPDIR": str(tmp), "HOME": str(home)}
-    env.pop("AWS_CA_BUNDLE", None)
+    env = isolated_env(
+        tmp_path,
+        **MOTO_KEYS,
+        AWS_ENDPOINT_URL=moto_server.endpoint_url,
+        TMPDIR=str(tmp),
+        HOME=str(home),
+    )
     cwd.chmod(0o555)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "archive",
-            f"docker://{registry.host}/{unique_repo}:huge",
-            "--to",
-            f"s3://{name}/p",
-            "--src-tls-verify=false",
-        ],
-        capture_output=True,
-        text=True,
+    proc = run_bale(
+        "archive",
+        f"docker://{registry.host}/{unique_repo}:huge",
+        "--to",
+        f"s3://{name}/p",
+        "--src-tls-verify=false",
         cwd=cwd,
         env=env,
         timeout=600,

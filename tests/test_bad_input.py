@@ -22,25 +22,14 @@ import pytest
 
 from pipeline.archive import layout
 from pipeline.oci import MAX_MANIFEST_BYTES, OCI_MANIFEST
+from tests.bed.cli import error_line, isolated_env, run_bale, show
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
-from tests.bed.moto import MotoServer
+from tests.bed.moto import MOTO_KEYS, MotoServer
 from tests.bed.proxy import FaultProxy, Respond
 from tests.bed.registry import RegistryServer
-from tests.test_faults import bale, cli_env, local_keys, show
+from tests.bed.store_view import local_keys
 
 pytestmark = pytest.mark.integration
-
-
-def error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    """The one error line of a run that failed as a whole (exit 2 or a store-wide error)."""
-    assert "Traceback" not in proc.stderr, show(proc)
-    lines = [
-        line for line in proc.stderr.splitlines() if line.startswith(("bale: error:", "Error:"))
-    ]
-    assert len(lines) == 1, show(proc)
-    if lines[0].startswith("bale: error:"):  # bale's own errors: that line and nothing else
-        assert proc.stderr.strip() == lines[0], show(proc)
-    return lines[0]
 
 
 def failed_line(proc: subprocess.CompletedProcess[str]) -> str:
@@ -133,7 +122,7 @@ def test_usage_errors_exit_2_with_one_line_and_write_nothing(case: Usage, tmp_pa
         (tmp_path / name).write_text(text)
     before = {p.name for p in tmp_path.iterdir()}
     args = [a.replace("{dir}", str(tmp_path)) for a in case.args]
-    proc = bale(*args, env=cli_env(tmp_path))
+    proc = run_bale(*args, env=isolated_env(tmp_path, **MOTO_KEYS))
     assert proc.returncode == 2, show(proc)
     assert case.says in error_line(proc), show(proc)
     assert {p.name for p in tmp_path.iterdir()} == before | {"cli-home"}  # nothing written
@@ -149,7 +138,9 @@ def test_spec_yaml_is_loaded_safely(tmp_path: Path) -> None:
         f"    x: !!python/object/apply:os.system ['touch {marker}']\n"
         "  tls-verify: false\n"
     )
-    proc = bale("run", str(spec), "--to", str(tmp_path / "store"), env=cli_env(tmp_path))
+    proc = run_bale(
+        "run", str(spec), "--to", str(tmp_path / "store"), env=isolated_env(tmp_path, **MOTO_KEYS)
+    )
     assert proc.returncode in (1, 2), show(proc)
     assert "Traceback" not in proc.stderr, show(proc)
     assert not marker.exists()
@@ -179,8 +170,14 @@ def proxy(registry: RegistryServer) -> Iterator[FaultProxy]:
 
 def archive(ref: str, tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], Path]:
     root = tmp_path / "store"
-    proc = bale(
-        "archive", ref, "--to", str(root), "--src-tls-verify=false", *extra, env=cli_env(tmp_path)
+    proc = run_bale(
+        "archive",
+        ref,
+        "--to",
+        str(root),
+        "--src-tls-verify=false",
+        *extra,
+        env=isolated_env(tmp_path, **MOTO_KEYS),
     )
     return proc, root
 
@@ -203,14 +200,14 @@ def test_one_missing_tag_does_not_stop_the_others(
     registry: RegistryServer, image: Image, tmp_path: Path
 ) -> None:
     root = tmp_path / "store"
-    proc = bale(
+    proc = run_bale(
         "archive",
         f"docker://{registry.host}/{image.repo}:nope",
         f"docker://{registry.host}/{image.repo}:1",
         "--to",
         str(root),
         "--src-tls-verify=false",
-        env=cli_env(tmp_path),
+        env=isolated_env(tmp_path, **MOTO_KEYS),
     )
     assert "nope" in failed_line(proc)
     assert proc.stdout.count("archived ") == 1, show(proc)
@@ -225,7 +222,7 @@ def test_spec_with_a_missing_tag_fails_that_image_only(
         f"{registry.host}:\n  images:\n    {image.repo}: ['1', 'nope']\n  tls-verify: false\n"
     )
     root = tmp_path / "store"
-    proc = bale("run", str(spec), "--to", str(root), env=cli_env(tmp_path))
+    proc = run_bale("run", str(spec), "--to", str(root), env=isolated_env(tmp_path, **MOTO_KEYS))
     assert "nope" in failed_line(proc)
     assert not [k for k in local_keys(root) if "nope" in k]
 
@@ -300,13 +297,13 @@ def test_store_under_a_file(registry: RegistryServer, image: Image, tmp_path: Pa
     blocker = tmp_path / "blocker"
     blocker.write_text("not a directory")
     root = blocker / "store"
-    proc = bale(
+    proc = run_bale(
         "archive",
         f"docker://{registry.host}/{image.repo}:1",
         "--to",
         str(root),
         "--src-tls-verify=false",
-        env=cli_env(tmp_path),
+        env=isolated_env(tmp_path, **MOTO_KEYS),
     )
     assert proc.returncode == 2, show(proc)
     line = error_line(proc)
@@ -317,7 +314,7 @@ def test_store_under_a_file(registry: RegistryServer, image: Image, tmp_path: Pa
 def test_s3_bucket_that_does_not_exist(
     registry: RegistryServer, image: Image, moto_server: MotoServer, tmp_path: Path
 ) -> None:
-    proc = bale(
+    proc = run_bale(
         "archive",
         f"docker://{registry.host}/{image.repo}:1",
         "--to",
@@ -325,19 +322,19 @@ def test_s3_bucket_that_does_not_exist(
         "--endpoint-url",
         moto_server.endpoint_url,
         "--src-tls-verify=false",
-        env=cli_env(tmp_path),
+        env=isolated_env(tmp_path, **MOTO_KEYS),
     )
     assert proc.returncode == 2, show(proc)
     assert "bucket no-such-bucket-7 does not exist" in error_line(proc)
     names = {b["Name"] for b in moto_server.client().list_buckets()["Buckets"]}
     assert "no-such-bucket-7" not in names  # not created behind the user's back
     for command in ("verify", "gc", "ls"):
-        proc = bale(
+        proc = run_bale(
             command,
             "s3://no-such-bucket-7/arch",
             "--endpoint-url",
             moto_server.endpoint_url,
-            env=cli_env(tmp_path),
+            env=isolated_env(tmp_path, **MOTO_KEYS),
         )
         assert proc.returncode == 2, show(proc)
         assert "bucket no-such-bucket-7 does not exist" in error_line(proc)
@@ -351,17 +348,16 @@ def test_oss_bucket_without_permission(
 
     bucket = oss_server.create_bucket()
     oss_server.deny(bucket)
-    env = cli_env(
+    env = isolated_env(
         tmp_path,
-        {
-            "OSS_ENDPOINT": oss_server.endpoint,
-            "OSS_ACCESS_KEY_ID": OSS_ACCESS_KEY_ID,
-            "OSS_ACCESS_KEY_SECRET": OSS_ACCESS_KEY_SECRET,
-            "OSS_REGION": OSS_REGION,
-        },
+        **MOTO_KEYS,
+        OSS_ENDPOINT=oss_server.endpoint,
+        OSS_ACCESS_KEY_ID=OSS_ACCESS_KEY_ID,
+        OSS_ACCESS_KEY_SECRET=OSS_ACCESS_KEY_SECRET,
+        OSS_REGION=OSS_REGION,
     )
     url = f"oss://{bucket}/arch"
-    proc = bale(
+    proc = run_bale(
         "archive",
         f"docker://{registry.host}/{image.repo}:1",
         "--to",
@@ -375,14 +371,14 @@ def test_oss_bucket_without_permission(
     assert "retrying" not in proc.stderr, show(proc)  # a 403 is not worth another try
     assert oss_server.objects(bucket) == {} and oss_server.uploads(bucket) == []
     for command in ("verify", "gc", "ls"):
-        proc = bale(command, url, env=env)
+        proc = run_bale(command, url, env=env)
         assert proc.returncode == 2, show(proc)
         assert "denied" in error_line(proc).lower(), show(proc)
     oss_server.drop_bucket(bucket)
 
 
 def test_verify_of_a_store_that_is_not_there(tmp_path: Path) -> None:
-    proc = bale("verify", str(tmp_path / "typo"), env=cli_env(tmp_path))
+    proc = run_bale("verify", str(tmp_path / "typo"), env=isolated_env(tmp_path, **MOTO_KEYS))
     assert proc.returncode != 0, show(proc)
     assert "typo" in error_line(proc)
 
@@ -412,12 +408,12 @@ def good_tar(
     """The image as a docker-archive written by bale itself (copy docker:// -> docker-archive:)."""
     where = tmp_path_factory.mktemp("tars")
     tar = where / "good.tar"
-    proc = bale(
+    proc = run_bale(
         "copy",
         f"docker://{registry.host}/{image.repo}:1",
         f"docker-archive:{tar}",
         "--src-tls-verify=false",
-        env=cli_env(where),
+        env=isolated_env(where, **MOTO_KEYS),
     )
     assert proc.returncode == 0, show(proc)
     with tarfile.open(tar) as t:
@@ -451,12 +447,12 @@ def test_copy_refuses_a_bad_tar_and_pushes_nothing(
         rewrite_tar(tar, bad, drop=entry["Config"])
         says = "missing"
     since = registry.mark()
-    proc = bale(
+    proc = run_bale(
         "copy",
         f"docker-archive:{bad}",
         f"docker://{registry.host}/{unique_repo}:1",
         "--dest-tls-verify=false",
-        env=cli_env(tmp_path),
+        env=isolated_env(tmp_path, **MOTO_KEYS),
     )
     assert proc.returncode == 2, show(proc)
     assert says in error_line(proc), show(proc)

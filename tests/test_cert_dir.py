@@ -12,9 +12,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.bed.cli import isolated_env, run_bale
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
 from tests.bed.registry import FilesystemStorage, RegistryServer
 
@@ -129,17 +127,11 @@ def bed(image_factory: ImageFactory, tmp_path_factory: pytest.TempPathFactory) -
             server.stop()
 
 
-def bale(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """The real command, with HOME (and so ~/.config/containers/certs.d) in the test's tree."""
+def home_env(home: Path, **extra: str) -> dict[str, str]:
+    """An isolated environment with HOME (and so ~/.config/containers/certs.d) in the test's
+    tree."""
     home.mkdir(parents=True, exist_ok=True)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("BALE_", "SSL_CERT"))}
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        capture_output=True,
-        text=True,
-        env={**clean, "HOME": str(home), **env},
-        timeout=120,
-    )
+    return isolated_env(home.parent, HOME=str(home), **extra)
 
 
 def _image(server: RegistryServer) -> str:
@@ -149,7 +141,9 @@ def _image(server: RegistryServer) -> str:
 def test_private_ca_refused_without_trust_names_host_problem_and_option(
     bed: Bed, tmp_path: Path
 ) -> None:
-    run = bale(tmp_path / "home", "archive", _image(bed.tls), "--to", str(tmp_path / "a"))
+    run = run_bale(
+        "archive", _image(bed.tls), "--to", str(tmp_path / "a"), env=home_env(tmp_path / "home")
+    )
     assert run.returncode == 1, run.stderr
     err = run.stderr
     assert f"TLS error talking to {bed.tls.host}" in err
@@ -158,7 +152,7 @@ def test_private_ca_refused_without_trust_names_host_problem_and_option(
     assert err.index("--src-cert-dir") < err.index("--src-tls-verify=false")
     assert "_Quiet" not in err and "Traceback" not in err
 
-    inspect = bale(tmp_path / "home", "inspect", _image(bed.tls))
+    inspect = run_bale("inspect", _image(bed.tls), env=home_env(tmp_path / "home"))
     assert inspect.returncode == 1
     assert "--cert-dir" in inspect.stderr and "--src-cert-dir" not in inspect.stderr
 
@@ -167,32 +161,39 @@ def test_archive_with_src_cert_dir_then_restore_with_dest_cert_dir(
     bed: Bed, tmp_path: Path
 ) -> None:
     home, store = tmp_path / "home", tmp_path / "store"
-    run = bale(
-        home, "archive", _image(bed.tls), "--to", str(store), "--src-cert-dir", str(bed.ca_dir)
+    run = run_bale(
+        "archive",
+        _image(bed.tls),
+        "--to",
+        str(store),
+        "--src-cert-dir",
+        str(bed.ca_dir),
+        env=home_env(home),
     )
     assert run.returncode == 0, run.stderr
     assert bed.image.digest in run.stdout + run.stderr
 
     target = f"docker://{bed.tls.host}/certs/restored:1"
-    refused = bale(home, "restore", _image(bed.tls), target, "--from", str(store))
+    refused = run_bale("restore", _image(bed.tls), target, "--from", str(store), env=home_env(home))
     assert refused.returncode == 1
     assert "--dest-cert-dir" in refused.stderr and "--dest-tls-verify=false" in refused.stderr
 
-    restored = bale(
-        home,
+    restored = run_bale(
         "restore",
         _image(bed.tls),
         target,
         "--from",
         str(store),
-        **{"BALE_DEST_CERT_DIR": str(bed.ca_dir)},
+        env=home_env(home, BALE_DEST_CERT_DIR=str(bed.ca_dir)),
     )
     assert restored.returncode == 0, restored.stderr
-    inspected = bale(home, "inspect", "--raw", target, "--cert-dir", str(bed.ca_dir))
+    inspected = run_bale(
+        "inspect", "--raw", target, "--cert-dir", str(bed.ca_dir), env=home_env(home)
+    )
     assert inspected.returncode == 0, inspected.stderr
-    digest = json.loads(bale(home, "inspect", target, "--cert-dir", str(bed.ca_dir), "-n").stdout)[
-        "Digest"
-    ]
+    digest = json.loads(
+        run_bale("inspect", target, "--cert-dir", str(bed.ca_dir), "-n", env=home_env(home)).stdout
+    )["Digest"]
     assert digest == bed.image.digest
 
 
@@ -204,15 +205,21 @@ def test_trusted_through_containers_certs_d_and_explicit_dir_replaces_it(
     certs_d.mkdir(parents=True)
     (certs_d / "ca.crt").write_bytes((bed.ca_dir / "ca.crt").read_bytes())
 
-    run = bale(home, "archive", _image(bed.tls), "--to", str(tmp_path / "a"))
+    run = run_bale("archive", _image(bed.tls), "--to", str(tmp_path / "a"), env=home_env(home))
     assert run.returncode == 0, run.stderr
-    tags = bale(home, "list-tags", f"docker://{bed.tls.host}/certs/app")
+    tags = run_bale("list-tags", f"docker://{bed.tls.host}/certs/app", env=home_env(home))
     assert tags.returncode == 0 and json.loads(tags.stdout)["Tags"] == ["1"]
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    replaced = bale(
-        home, "archive", _image(bed.tls), "--to", str(tmp_path / "b"), "--src-cert-dir", str(empty)
+    replaced = run_bale(
+        "archive",
+        _image(bed.tls),
+        "--to",
+        str(tmp_path / "b"),
+        "--src-cert-dir",
+        str(empty),
+        env=home_env(home),
     )
     assert replaced.returncode == 1
     assert f"certificates read from {empty}" in replaced.stderr
@@ -221,20 +228,20 @@ def test_trusted_through_containers_certs_d_and_explicit_dir_replaces_it(
 def test_spec_cert_dir_is_used(bed: Bed, tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"{bed.tls.host}:\n  images:\n    certs/app: ['1']\n  cert-dir: {bed.ca_dir}\n")
-    run = bale(tmp_path / "home", "run", str(spec), "--to", str(tmp_path / "a"))
+    run = run_bale("run", str(spec), "--to", str(tmp_path / "a"), env=home_env(tmp_path / "home"))
     assert run.returncode == 0, run.stderr
     assert "not supported" not in run.stderr
 
 
 def test_client_certificate_required(bed: Bed, tmp_path: Path) -> None:
     home = tmp_path / "home"
-    refused = bale(
-        home,
+    refused = run_bale(
         "copy",
         _image(bed.mtls),
         f"oci-archive:{tmp_path / 'no.tar'}",
         "--src-cert-dir",
         str(bed.ca_dir),
+        env=home_env(home),
     )
     assert refused.returncode == 1
     assert f"TLS error talking to {bed.mtls.host}" in refused.stderr
@@ -243,20 +250,30 @@ def test_client_certificate_required(bed: Bed, tmp_path: Path) -> None:
     assert "Traceback" not in refused.stderr
 
     out = tmp_path / "app.tar"
-    copied = bale(
-        home, "copy", _image(bed.mtls), f"oci-archive:{out}", "--src-cert-dir", str(bed.client_dir)
+    copied = run_bale(
+        "copy",
+        _image(bed.mtls),
+        f"oci-archive:{out}",
+        "--src-cert-dir",
+        str(bed.client_dir),
+        env=home_env(home),
     )
     assert copied.returncode == 0, copied.stderr
     assert out.stat().st_size > 200_000
 
     store = tmp_path / "store"
-    archived = bale(
-        home, "archive", _image(bed.mtls), "--to", str(store), "--src-cert-dir", str(bed.client_dir)
+    archived = run_bale(
+        "archive",
+        _image(bed.mtls),
+        "--to",
+        str(store),
+        "--src-cert-dir",
+        str(bed.client_dir),
+        env=home_env(home),
     )
     assert archived.returncode == 0, archived.stderr
     target = f"docker://{bed.mtls.host}/certs/mtls-restored:1"
-    restored = bale(
-        home,
+    restored = run_bale(
         "restore",
         _image(bed.mtls),
         target,
@@ -264,6 +281,7 @@ def test_client_certificate_required(bed: Bed, tmp_path: Path) -> None:
         str(store),
         "--dest-cert-dir",
         str(bed.client_dir),
+        env=home_env(home),
     )
     assert restored.returncode == 0, restored.stderr
 
@@ -272,14 +290,14 @@ def test_half_a_client_pair_is_bad_input(bed: Bed, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "client.cert").write_bytes((bed.client_dir / "client.cert").read_bytes())
-    run = bale(
-        tmp_path / "home",
+    run = run_bale(
         "archive",
         _image(bed.tls),
         "--to",
         str(tmp_path / "a"),
         "--src-cert-dir",
         str(broken),
+        env=home_env(tmp_path / "home"),
     )
     assert run.returncode == 2
     assert "client certificate without its key client.key" in run.stderr
@@ -290,14 +308,14 @@ def test_sync_between_private_ca_registries(bed: Bed, tmp_path: Path) -> None:
     home = tmp_path / "home"
     dest = f"docker://{bed.mtls.host}/synced"
     args = ("sync", _image(bed.tls), dest, "--src-cert-dir", str(bed.ca_dir))
-    untrusted = bale(home, *args)
+    untrusted = run_bale(*args, env=home_env(home))
     assert untrusted.returncode == 1
     assert "certificate verify failed" in untrusted.stderr
     assert "--dest-cert-dir" in untrusted.stderr and "--src-cert-dir" not in untrusted.stderr
-    refused = bale(home, *args, "--dest-cert-dir", str(bed.ca_dir))
+    refused = run_bale(*args, "--dest-cert-dir", str(bed.ca_dir), env=home_env(home))
     assert refused.returncode == 1
     assert "requires a client certificate" in refused.stderr
-    synced = bale(home, *args, "--dest-cert-dir", str(bed.client_dir))
+    synced = run_bale(*args, "--dest-cert-dir", str(bed.client_dir), env=home_env(home))
     assert synced.returncode == 0, synced.stderr
     assert bed.image.digest in synced.stdout
 
@@ -306,7 +324,7 @@ def test_spec_cert_dir_missing_is_bad_input(bed: Bed, tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
     missing = tmp_path / "nowhere"
     spec.write_text(f"{bed.tls.host}:\n  images:\n    certs/app: ['1']\n  cert-dir: {missing}\n")
-    run = bale(tmp_path / "home", "run", str(spec), "--to", str(tmp_path / "a"))
+    run = run_bale("run", str(spec), "--to", str(tmp_path / "a"), env=home_env(tmp_path / "home"))
     assert run.returncode == 2
     assert f"{spec}:1: cert-dir: certificate directory {missing} does not exist" in run.stderr
     assert not (tmp_path / "a").exists()

@@ -4,24 +4,17 @@ the file is byte for byte the tar written to stdout, and a corrupt blob leaves n
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.bed.cli import run_bale
 from tests.bed.images import LayerSpec
 from tests.bed.proxy import Corrupt, FaultProxy, ResetAfter
 
 pytestmark = pytest.mark.integration
 
 MiB = 1 << 20
-
-
-def _bale(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], capture_output=True, timeout=300
-    )
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +39,9 @@ def proxy(registry):  # type: ignore[no-untyped-def]
 def test_file_is_the_stdout_tar_byte_for_byte(big, registry, skopeo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     src = f"docker://{registry.host}/copydirect/img:1"
     out = tmp_path / "x.tar"
-    proc = _bale("copy", "--src-tls-verify=false", src, f"docker-archive:{out}")
+    proc = run_bale("copy", "--src-tls-verify=false", src, f"docker-archive:{out}", text=False)
     assert proc.returncode == 0, proc.stderr
-    piped = _bale("copy", "--src-tls-verify=false", src, "docker-archive:-")
+    piped = run_bale("copy", "--src-tls-verify=false", src, "docker-archive:-", text=False)
     assert piped.returncode == 0, piped.stderr
     assert out.stat().st_size > 29 * MiB
     assert out.read_bytes() == piped.stdout
@@ -60,11 +53,16 @@ def test_reset_midway_resumes_into_the_same_tar(big, proxy, tmp_path: Path) -> N
     src = f"docker://{proxy.host}/copydirect/img:1"
     proxy.add(ResetAfter(path="/blobs/" + big.layers[0].digest, after=7 * MiB))
     out = tmp_path / "x.tar"
-    proc = _bale("copy", "--src-tls-verify=false", src, f"docker-archive:{out}")
+    proc = run_bale("copy", "--src-tls-verify=false", src, f"docker-archive:{out}", text=False)
     assert proc.returncode == 0, proc.stderr
     assert b"resuming" in proc.stderr
     clean = tmp_path / "clean.tar"
-    assert _bale("copy", "--src-tls-verify=false", src, f"docker-archive:{clean}").returncode == 0
+    assert (
+        run_bale(
+            "copy", "--src-tls-verify=false", src, f"docker-archive:{clean}", text=False
+        ).returncode
+        == 0
+    )
     assert out.read_bytes() == clean.read_bytes()
 
 
@@ -73,10 +71,9 @@ def test_corrupt_blob_leaves_nothing(big, proxy, tmp_path: Path, layer: int) -> 
     digest = big.layers[layer].digest
     proxy.add(Corrupt(path="/blobs/" + digest))
     out = tmp_path / "x.tar"
-    proc = _bale(
+    proc = run_bale(
         "copy", "--src-tls-verify=false", f"docker://{proxy.host}/copydirect/img:1",
-        f"docker-archive:{out}",
-    )  # fmt: skip
+        f"docker-archive:{out}", text=False)  # fmt: skip
     assert proc.returncode != 0
     assert f"expected {digest}".encode() in proc.stderr, proc.stderr
     assert os.listdir(tmp_path) == [], "no tar, no temporary file"

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pipeline.errors import UsageError
 from pipeline.transports import ArchiveTransport, RegistryTransport, parse_transport
+from tests.bed.cli import isolated_env, run_bale
 from tests.bed.images import LayerSpec
-from tests.bed.moto import ACCESS_KEY, REGION, SECRET_KEY
-
-
-def _bale(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], capture_output=True, timeout=300, env=env, **kw
-    )
+from tests.bed.moto import MOTO_KEYS
 
 
 @pytest.mark.parametrize(
@@ -54,7 +47,9 @@ def test_copy_to_file_stdout_and_s3(
     src = f"docker://{registry.host}/{unique_repo}:c"
 
     out = tmp_path / "c.tar"
-    proc = _bale("copy", src, f"docker-archive:{out}:team/renamed:2", "--src-tls-verify=false")
+    proc = run_bale(
+        "copy", src, f"docker-archive:{out}:team/renamed:2", "--src-tls-verify=false", text=False
+    )
     assert proc.returncode == 0, proc.stderr
     assert len(skopeo.inspect(f"docker-archive:{out}")["Layers"]) == 2
     assert skopeo.inspect(f"oci-archive:{out}")["Digest"] == pushed.digest
@@ -65,22 +60,21 @@ def test_copy_to_file_stdout_and_s3(
     )
     assert manifest[0]["RepoTags"] == ["docker.io/team/renamed:2"]
 
-    proc = _bale("copy", src, "oci-archive:-", "--src-tls-verify=false")
+    proc = run_bale("copy", src, "oci-archive:-", "--src-tls-verify=false", text=False)
     assert proc.returncode == 0, proc.stderr
     piped = tmp_path / "piped.tar"
     piped.write_bytes(proc.stdout)
     assert skopeo.inspect(f"oci-archive:{piped}")["Digest"] == pushed.digest
 
     bucket = moto_server.create_bucket()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env |= {
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_ENDPOINT_URL": moto_server.endpoint_url,
-    }
-    proc = _bale(
-        "copy", src, f"docker-archive:s3://{bucket}/tars/c.tar", "--src-tls-verify=false", env=env
+    env = isolated_env(tmp_path, **MOTO_KEYS, AWS_ENDPOINT_URL=moto_server.endpoint_url)
+    proc = run_bale(
+        "copy",
+        src,
+        f"docker-archive:s3://{bucket}/tars/c.tar",
+        "--src-tls-verify=false",
+        env=env,
+        text=False,
     )
     assert proc.returncode == 0, proc.stderr
     body = moto_server.client().get_object(Bucket=bucket, Key="tars/c.tar")["Body"].read()
@@ -92,11 +86,12 @@ def test_copy_to_file_stdout_and_s3(
 @pytest.mark.integration
 def test_copy_missing_image_writes_nothing(registry, unique_repo, tmp_path: Path):
     out = tmp_path / "none.tar"
-    proc = _bale(
+    proc = run_bale(
         "copy",
         f"docker://{registry.host}/{unique_repo}:nope",
         f"docker-archive:{out}",
         "--src-tls-verify=false",
+        text=False,
     )
     assert proc.returncode == 1
     assert len(proc.stderr.decode().strip().splitlines()) == 1

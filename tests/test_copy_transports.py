@@ -4,31 +4,18 @@ tars on S3, stdin, and from another registry; digests kept, bad tars refused bef
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.bed.cli import isolated_env, run_bale
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
-from tests.bed.moto import ACCESS_KEY, REGION, SECRET_KEY
+from tests.bed.moto import MOTO_KEYS
 from tests.bed.registry import RegistryServer
-from tests.test_tarread import file_entry, make_tar, members_of, old_docker_save
+from tests.bed.tars import file_entry, make_tar, members_of, old_docker_save
 
 pytestmark = pytest.mark.integration
-
-
-def _bale(
-    *args: str, env: dict[str, str] | None = None, **kw: object
-) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        capture_output=True,
-        timeout=300,
-        env=env,
-        **kw,  # type: ignore[arg-type]
-    )
 
 
 def _ok(proc: subprocess.CompletedProcess[bytes]) -> subprocess.CompletedProcess[bytes]:
@@ -65,13 +52,14 @@ def test_skopeo_docker_archive_into_a_registry(
     dest = htpasswd_registry
     target = f"docker://{dest.host}/{unique_repo}:1"
     _ok(
-        _bale(
+        run_bale(
             "copy",
             f"docker-archive:{tar}",
             target,
             "--dest-tls-verify=false",
             "--dest-creds",
             dest.creds or "",
+            text=False,
         )
     )
     # skopeo pulls it back (verifying every blob) and sees the same config and layer tars.
@@ -97,21 +85,31 @@ def test_old_docker_save_and_stdin(
     target = f"docker://{registry.host}/{unique_repo}"
 
     # From a pipe: held in memory, within --stdin-memory.
-    _ok(_bale("copy", "docker-archive:-", f"{target}:piped", "--dest-tls-verify=false", input=data))
+    _ok(
+        run_bale(
+            "copy",
+            "docker-archive:-",
+            f"{target}:piped",
+            "--dest-tls-verify=false",
+            input=data,
+            text=False,
+        )
+    )
     # Redirected from a file: read in place.
     with tar.open("rb") as f:
         _ok(
-            _bale(
+            run_bale(
                 "copy",
                 "docker-archive:-:team/app:2",
                 f"{target}:file",
                 "--dest-tls-verify=false",
                 stdin=f,
+                text=False,
             )
         )
     # A pipe over the limit is refused before anything is written.
     mark = registry.mark()
-    proc = _bale(
+    proc = run_bale(
         "copy",
         "docker-archive:-",
         f"{target}:big",
@@ -119,6 +117,7 @@ def test_old_docker_save_and_stdin(
         "--stdin-memory",
         "64K",
         input=data,
+        text=False,
     )
     assert proc.returncode == 2
     assert b"--stdin-memory" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
@@ -130,43 +129,34 @@ def test_old_docker_save_and_stdin(
     assert skopeo.inspect(f"{target}:piped", config=True, raw=True) == image.config
 
 
-def _s3_env(moto_server) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(
-        AWS_ACCESS_KEY_ID=ACCESS_KEY,
-        AWS_SECRET_ACCESS_KEY=SECRET_KEY,
-        AWS_DEFAULT_REGION=REGION,
-        AWS_ENDPOINT_URL=moto_server.endpoint_url,
-    )
-    return env
-
-
 def test_our_oci_archive_on_s3_into_a_registry(
     source: dict[str, BuiltImage],
     token_registry: RegistryServer,
     moto_server,
     skopeo,
     unique_repo: str,
+    tmp_path: Path,
 ) -> None:
     bucket = moto_server.create_bucket()
-    env = _s3_env(moto_server)
+    env = isolated_env(tmp_path, **MOTO_KEYS, AWS_ENDPOINT_URL=moto_server.endpoint_url)
     dest = token_registry
     for kind, extra in (("docker", ()), ("index", ("--all-platforms",))):
         image = source[kind]
         location = f"s3://{bucket}/tars/{kind}.tar"
         _ok(
-            _bale(
+            run_bale(
                 "copy",
                 f"docker://{image.reference}",
                 f"oci-archive:{location}",
                 "--src-tls-verify=false",
                 *extra,
                 env=env,
+                text=False,
             )
         )
         target = f"docker://{dest.host}/{unique_repo}:{kind}"
         _ok(
-            _bale(
+            run_bale(
                 "copy",
                 f"oci-archive:{location}",
                 target,
@@ -174,6 +164,7 @@ def test_our_oci_archive_on_s3_into_a_registry(
                 "--dest-creds",
                 dest.creds or "",
                 env=env,
+                text=False,
             )
         )
         assert skopeo.inspect(target, registry=dest)["Digest"] == image.digest
@@ -192,7 +183,7 @@ def test_registry_to_registry(
     # Across registries, with the destination's credentials only.
     target = f"docker://{dest.host}/{unique_repo}:all"
     _ok(
-        _bale(
+        run_bale(
             "copy",
             f"docker://{index.reference}",
             target,
@@ -200,6 +191,7 @@ def test_registry_to_registry(
             "--dest-tls-verify=false",
             "--dest-creds",
             dest.creds or "",
+            text=False,
         )
     )
     assert skopeo.inspect(target, registry=dest)["Digest"] == index.digest
@@ -213,12 +205,13 @@ def test_registry_to_registry(
     mark = registry.mark()
     same = f"docker://{registry.host}/{unique_repo}:mounted"
     _ok(
-        _bale(
+        run_bale(
             "copy",
             f"docker://{index.reference}",
             same,
             "--src-tls-verify=false",
             "--dest-tls-verify=false",
+            text=False,
         )
     )
     posts = registry.requests("POST", r"/blobs/uploads/$", since=mark)
@@ -231,7 +224,7 @@ def test_registry_to_registry(
     # --platform picks one image of the index: its own manifest, its own digest.
     arm = f"docker://{registry.host}/{unique_repo}:arm"
     _ok(
-        _bale(
+        run_bale(
             "copy",
             f"docker://{index.reference}",
             arm,
@@ -239,6 +232,7 @@ def test_registry_to_registry(
             "linux/arm64",
             "--src-tls-verify=false",
             "--dest-tls-verify=false",
+            text=False,
         )
     )
     assert skopeo.inspect(arm)["Digest"] == index.child("linux/arm64").digest
@@ -250,11 +244,12 @@ def test_bad_tars_push_nothing(
     image = source["docker"]
     ours = tmp_path / "ours.tar"
     _ok(
-        _bale(
+        run_bale(
             "copy",
             f"docker://{image.reference}",
             f"docker-archive:{ours}",
             "--src-tls-verify=false",
+            text=False,
         )
     )
     data = ours.read_bytes()
@@ -274,19 +269,26 @@ def test_bad_tars_push_nothing(
         (not_a_tar, "checksum"),
         (tmp_path / "absent.tar", "cannot open"),
     ):
-        proc = _bale("copy", f"docker-archive:{path}", target, "--dest-tls-verify=false")
+        proc = run_bale(
+            "copy", f"docker-archive:{path}", target, "--dest-tls-verify=false", text=False
+        )
         assert proc.returncode == 2, proc.stderr
         err = proc.stderr.decode()
         assert message in err and len(err.strip().splitlines()) == 1, err
     assert registry.count(since=mark) == 0
-    proc = _bale("copy", f"docker-archive:{ours}", f"{target}@sha256:{'0' * 64}")
+    proc = run_bale("copy", f"docker-archive:{ours}", f"{target}@sha256:{'0' * 64}", text=False)
     assert proc.returncode == 2
 
     # The intact tar goes in, under the manifest the registry served.
-    _ok(_bale("copy", f"docker-archive:{ours}", target, "--dest-tls-verify=false"))
+    _ok(run_bale("copy", f"docker-archive:{ours}", target, "--dest-tls-verify=false", text=False))
     tags = json.loads(
         _ok(
-            _bale("list-tags", f"docker://{registry.host}/{unique_repo}", "--tls-verify=false")
+            run_bale(
+                "list-tags",
+                f"docker://{registry.host}/{unique_repo}",
+                "--tls-verify=false",
+                text=False,
+            )
         ).stdout
     )
     assert tags["Tags"] == ["bad"]
@@ -305,12 +307,13 @@ def test_tar_with_part_of_an_index(
     index = source["index"]
     full = tmp_path / "full.tar"
     _ok(
-        _bale(
+        run_bale(
             "copy",
             f"docker://{index.reference}",
             f"oci-archive:{full}",
             "--all-platforms",
             "--src-tls-verify=false",
+            text=False,
         )
     )
     arm = index.child("linux/arm64")
@@ -320,16 +323,29 @@ def test_tar_with_part_of_an_index(
     )
     target = f"docker://{registry.host}/{unique_repo}"
     mark = registry.mark()
-    proc = _bale(
+    proc = run_bale(
         "copy",
         f"oci-archive:{partial}",
         f"{target}:all",
         "--all-platforms",
         "--dest-tls-verify=false",
+        text=False,
     )
     assert proc.returncode == 2 and arm.layers[0].digest in proc.stderr.decode()
     assert registry.count(since=mark) == 0
-    _ok(_bale("copy", f"oci-archive:{partial}", f"{target}:amd64", "--dest-tls-verify=false"))
+    _ok(
+        run_bale(
+            "copy",
+            f"oci-archive:{partial}",
+            f"{target}:amd64",
+            "--dest-tls-verify=false",
+            text=False,
+        )
+    )
     assert skopeo.inspect(f"{target}:amd64")["Digest"] == index.child("linux/amd64").digest
-    _ok(_bale("copy", f"oci-archive:{full}", f"{target}:whole", "--dest-tls-verify=false"))
+    _ok(
+        run_bale(
+            "copy", f"oci-archive:{full}", f"{target}:whole", "--dest-tls-verify=false", text=False
+        )
+    )
     assert skopeo.inspect(f"{target}:whole")["Digest"] == index.digest

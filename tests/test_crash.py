@@ -21,7 +21,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,19 +31,19 @@ import pytest
 
 from pipeline.archive import layout
 from pipeline.refs import Reference
+from tests.bed.cli import isolated_env, run_bale, show, start_bale
 from tests.bed.fixtures_store import S3Server
 from tests.bed.images import ImageFactory, LayerSpec
-from tests.bed.moto import MotoServer
+from tests.bed.moto import MOTO_KEYS, MotoServer
 from tests.bed.proxy import FaultProxy, Hold
-from tests.bed.registry import RegistryServer
-from tests.test_faults import (
-    bale,
+from tests.bed.registry import RegistryServer, blob_gets
+from tests.bed.store_view import (
+    S3View,
     blob_digests,
     check_local_blobs,
-    cli_env,
+    check_no_dangling,
     local_keys,
     record_of,
-    show,
 )
 
 pytestmark = pytest.mark.integration
@@ -87,16 +86,6 @@ def pair(registry: RegistryServer, image_factory: ImageFactory) -> Pair:
     )
 
 
-def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
-
 def kill_when(
     proc: subprocess.Popen[str], ready: Callable[[], bool], timeout: float = 60.0
 ) -> None:
@@ -117,62 +106,6 @@ def kill_when(
     assert proc.returncode == -signal.SIGKILL
 
 
-class S3View:
-    """What moto or RGW holds, read with boto3 directly (not through bale's store code)."""
-
-    def __init__(self, server: S3Server, bucket: str, prefix: str) -> None:
-        self.client = server.client()
-        self.bucket = bucket
-        self.prefix = prefix
-
-    def keys(self) -> set[str]:
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self.prefix + "/"
-        )
-        n = len(self.prefix) + 1
-        return {o["Key"][n:] for page in pages for o in page.get("Contents", [])}
-
-    def uploads(self) -> list[tuple[str, str, int]]:
-        """(key, upload id, parts) of every unfinished multipart upload."""
-        r = self.client.list_multipart_uploads(Bucket=self.bucket)
-        out = []
-        for u in r.get("Uploads", []):
-            parts = self.client.list_parts(Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"])
-            key = u["Key"][len(self.prefix) + 1 :]
-            out.append((key, u["UploadId"], len(parts.get("Parts", []))))
-        return out
-
-
-def blob_gets(registry: RegistryServer, since: int) -> dict[str, int]:
-    """Successful blob GETs per digest in the registry's access log (200 and 206)."""
-    counts: dict[str, int] = {}
-    for entry in registry.requests("GET", r"/blobs/sha256:", since=since):
-        if entry.status in (200, 206):
-            digest = entry.path.rsplit("/", 1)[1]
-            counts[digest] = counts.get(digest, 0) + 1
-    return counts
-
-
-def check_no_dangling(keys: set[str]) -> None:
-    """Every digest link (layer, revision, tag history) names a blob the key set holds, and
-    every record has its tar.
-
-    `bale verify` checks this and more from the store; this reads the keys directly, so the
-    invariant holds even if verify had a blind spot.
-    """
-    blobs = blob_digests(keys)
-    for key in keys:
-        parts = key.split("/")
-        if (
-            key.startswith(layout.REPOSITORIES_PREFIX)
-            and parts[-1] == "link"
-            and parts[-3] == "sha256"
-        ):
-            assert f"sha256:{parts[-2]}" in blobs, f"dangling link {key}"
-        if key.startswith(layout.IMAGES_PREFIX) and key.endswith(".json"):
-            assert key[: -len(".json")] + ".tar" in keys, f"record without its tar: {key}"
-
-
 ARCHIVE_SLOW = ("--jobs", "2", "--limit-rate", "12M")
 
 
@@ -184,7 +117,7 @@ def test_kill_9_mid_upload_then_rerun(
     request: pytest.FixtureRequest,
     tmp_path: Path,
 ) -> None:
-    env = cli_env(tmp_path)
+    env = isolated_env(tmp_path, **MOTO_KEYS)
     if kind in ("s3", "rgw"):
         server: S3Server = request.getfixturevalue("rgw_server" if kind == "rgw" else "moto_server")
         env.update(AWS_ACCESS_KEY_ID=server.access_key, AWS_SECRET_ACCESS_KEY=server.secret_key)
@@ -220,7 +153,7 @@ def test_kill_9_mid_upload_then_rerun(
     archive = ["-v", "archive", *refs, "--to", *store_args, "--src-tls-verify=false"]
     since = registry.mark()
 
-    first = start([*archive, *ARCHIVE_SLOW], env)
+    first = start_bale(*archive, *ARCHIVE_SLOW, env=env)
     shared_key = layout.blob_key(pair.shared)
     kill_when(first, lambda: shared_key in keys() and writing())
 
@@ -233,11 +166,11 @@ def test_kill_9_mid_upload_then_rerun(
     check_no_dangling(before)
     left_open = in_flight()
     assert left_open
-    proc = bale("verify", *store_args, env=env)
+    proc = run_bale("verify", *store_args, env=env)
     assert proc.returncode == 0, show(proc)
 
     # The same command again: completes, and downloads only what was not stored.
-    rerun = bale(*archive, env=env)
+    rerun = run_bale(*archive, env=env)
     assert rerun.returncode == 0, show(rerun)
     assert rerun.stdout.count("archived ") == 2, show(rerun)
     gets = blob_gets(registry, since)
@@ -258,14 +191,14 @@ def test_kill_9_mid_upload_then_rerun(
         assert layout.record_key_for(Reference.parse(ref)) in after
         assert layout.tar_key_for(Reference.parse(ref)) in after
         assert layout.blob_key(digest) in after
-    proc = bale("verify", *store_args, env=env)
+    proc = run_bale("verify", *store_args, env=env)
     assert proc.returncode == 0 and proc.stdout == "", show(proc)
     if kind == "local":
         assert check_local_blobs(Path(store)) == len(pair.blobs) + 2
 
     # gc: the upload the kill left behind is listed, then removed; nothing else goes.
     gc = ["gc", *store_args, "--older-than", "0s"]
-    dry = bale(*gc, "--dry-run", env=env)
+    dry = run_bale(*gc, "--dry-run", env=env)
     assert dry.returncode == 0, show(dry)
     aborted = [line for line in dry.stdout.splitlines() if line.startswith("would abort upload ")]
     assert len(aborted) == len(left_open) >= 1, show(dry)
@@ -274,7 +207,7 @@ def test_kill_9_mid_upload_then_rerun(
         assert sorted(line.split()[3] for line in aborted) == sorted(left_open), show(dry)
     else:
         assert {line.split()[4] for line in aborted} == set(left_open), show(dry)
-    done = bale(*gc, env=env)
+    done = run_bale(*gc, env=env)
     assert done.returncode == 0, show(done)
     assert sum(line.startswith("aborted upload ") for line in done.stdout.splitlines()) == len(
         aborted
@@ -283,7 +216,7 @@ def test_kill_9_mid_upload_then_rerun(
     if kind != "local":
         assert view.uploads() == []
     assert keys() == after
-    proc = bale("verify", *store_args, env=env)
+    proc = run_bale("verify", *store_args, env=env)
     assert proc.returncode == 0 and proc.stdout == "", show(proc)
 
 
@@ -297,7 +230,11 @@ def small(registry: RegistryServer, image_factory: ImageFactory, tmp_path_factor
     pushed = image_factory.push(image, f"{registry.host}/crash/small:1", registry)
     scratch = tmp_path_factory.mktemp("crash-timing")
     began = time.monotonic()
-    proc = bale(*small_archive(pushed, scratch / "store"), *SMALL_SLOW, env=cli_env(scratch))
+    proc = run_bale(
+        *small_archive(pushed, scratch / "store"),
+        *SMALL_SLOW,
+        env=isolated_env(scratch, **MOTO_KEYS),
+    )
     assert proc.returncode == 0, show(proc)
     return pushed, time.monotonic() - began
 
@@ -317,10 +254,10 @@ def test_kill_9_at_any_moment_leaves_nothing_dangling(
     tar and the record), killed at a fraction of the undisturbed run's time: the store verifies
     clean whatever it holds, and the rerun completes with the pushed digest."""
     pushed, full = small
-    env = cli_env(tmp_path)
+    env = isolated_env(tmp_path, **MOTO_KEYS)
     root = tmp_path / "store"
     archive = small_archive(pushed, root)
-    proc = start([*archive, *SMALL_SLOW], env)
+    proc = start_bale(*archive, *SMALL_SLOW, env=env)
     time.sleep(full * fraction)
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
@@ -330,12 +267,12 @@ def test_kill_9_at_any_moment_leaves_nothing_dangling(
     assert proc.returncode == -signal.SIGKILL
     check_no_dangling({k for k in local_keys(root) if not k.startswith(".bale-tmp/")})
     if root.exists():
-        verify = bale("verify", str(root), env=env)
+        verify = run_bale("verify", str(root), env=env)
         assert verify.returncode == 0 and verify.stdout == "", show(verify)
-    rerun = bale(*archive, env=env)
+    rerun = run_bale(*archive, env=env)
     assert rerun.returncode == 0, show(rerun)
     assert record_of(root, str(pushed.reference))["digest"] == pushed.digest
-    verify = bale("verify", str(root), env=env)
+    verify = run_bale("verify", str(root), env=env)
     assert verify.returncode == 0 and verify.stdout == "", show(verify)
 
 
@@ -348,7 +285,7 @@ def test_kill_9_while_the_tar_or_record_is_written_to_s3(
     while it waits, and the request is dropped. The tags are there and point at stored manifests, no record
     exists without its tar, verify is clean; the rerun completes, and gc lists the tar upload
     left open (and only it), then aborts it."""
-    env = cli_env(tmp_path)
+    env = isolated_env(tmp_path, **MOTO_KEYS)
     bucket = moto_server.create_bucket()
     view = S3View(moto_server, bucket, "arch")
     ref = Reference.parse(pair.a)
@@ -363,7 +300,7 @@ def test_kill_9_while_the_tar_or_record_is_written_to_s3(
             held = proxy.add(Hold(method="PUT", path=where, seconds=60, forward=False))
         store_args = [f"s3://{bucket}/arch", "--endpoint-url", proxy.url]
         archive = ["archive", f"docker://{pair.a}", "--to", *store_args, "--src-tls-verify=false"]
-        proc = start(archive, env)
+        proc = start_bale(*archive, env=env)
         kill_when(proc, lambda: held.fired > 0)
         held.release()  # dropped: the request bale was making never reaches moto
         keys = view.keys()
@@ -373,18 +310,18 @@ def test_kill_9_while_the_tar_or_record_is_written_to_s3(
         assert (layout.tar_key_for(ref) in keys) == (stage == "record")
         open_uploads = [k for k, _i, parts in view.uploads() if parts]
         assert open_uploads == ([layout.tar_key_for(ref)] if stage == "tar" else [])
-        verify = bale("verify", *store_args, env=env)
+        verify = run_bale("verify", *store_args, env=env)
         assert verify.returncode == 0 and verify.stdout == "", show(verify)
-        rerun = bale(*archive, env=env)
+        rerun = run_bale(*archive, env=env)
         assert rerun.returncode == 0, show(rerun)
         assert layout.record_key_for(ref) in view.keys()  # noqa: SIM118
-        verify = bale("verify", *store_args, env=env)
+        verify = run_bale("verify", *store_args, env=env)
         assert verify.returncode == 0 and verify.stdout == "", show(verify)
-        dry = bale("gc", *store_args, "--older-than", "0s", "--dry-run", env=env)
+        dry = run_bale("gc", *store_args, "--older-than", "0s", "--dry-run", env=env)
         assert dry.returncode == 0, show(dry)
         listed = [line.split()[3] for line in dry.stdout.splitlines() if "abort upload" in line]
         assert listed == open_uploads, show(dry)
         assert " blob " not in dry.stdout, show(dry)
-        done = bale("gc", *store_args, "--older-than", "0s", env=env)
+        done = run_bale("gc", *store_args, "--older-than", "0s", env=env)
         assert done.returncode == 0, show(done)
         assert view.uploads() == []

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.bed.cli import run_bale
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,9 +46,7 @@ def _make_demo(base: Path, prefix: list[str]) -> subprocess.CompletedProcess[str
 
 
 def _restore_available() -> bool:
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "restore", "--help"], capture_output=True, timeout=60
-    )
+    proc = run_bale("restore", "--help", timeout=60)
     return proc.returncode == 0
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +20,10 @@ import pytest
 from pipeline.archive.bucket import ArchiveBucket
 from pipeline.store.local import LocalStore
 from pipeline.units import format_size
+from tests.bed.cli import isolated_env, run_bale
 from tests.bed.images import ImageFactory, LayerSpec
 from tests.bed.registry import RegistryServer
 from tests.bed.terminal import TerminalRun, run_on_terminal
-from tests.test_run import _env  # no credentials from the machine
 
 pytestmark = pytest.mark.integration
 
@@ -72,10 +70,9 @@ def fleet(registry: RegistryServer, image_factory: ImageFactory) -> Fleet:
 
 def _archive_piped(tmp_path: Path, store: Path, ref: str) -> None:
     """Archive `ref` beforehand, without a terminal, so the run finds it archived."""
-    subprocess.run(
-        [sys.executable, "-m", "pipeline", "archive", ref, "--to", str(store),
-         "--src-tls-verify=false"],
-        env=_env(tmp_path), check=True, capture_output=True, timeout=300,
+    run_bale(
+        "archive", ref, "--to", str(store), "--src-tls-verify=false",
+        env=isolated_env(tmp_path), check=True,
     )  # fmt: skip
 
 
@@ -121,7 +118,7 @@ def test_archive_many_images_on_a_terminal(fleet: Fleet, tmp_path: Path, jobs: i
         "archive", *fleet.refs, fleet.missing,
         "--to", str(store), "--jobs", str(jobs), "--src-tls-verify=false",
         "--report", str(report_path),
-        env=_env(tmp_path),
+        env=isolated_env(tmp_path),
     )  # fmt: skip
 
     assert run.returncode == 1, run.text  # one image failed; the others are archived
@@ -161,7 +158,7 @@ def test_bars_count_in_mib_while_bytes_move(fleet: Fleet, tmp_path: Path) -> Non
     refs = fleet.refs[:3]
     run = run_on_terminal(
         "archive", *refs, "--to", str(store), "--jobs", "1", "--limit-rate", "1M",
-        "--src-tls-verify=false", env=_env(tmp_path),
+        "--src-tls-verify=false", env=isolated_env(tmp_path),
     )  # fmt: skip
     assert run.returncode == 0, run.text
     totals = re.findall(r"all images \d/3 .*? / (\d+\.\d \w+)", run.text)
@@ -177,14 +174,14 @@ def test_restore_all_tags_on_a_terminal(fleet: Fleet, tmp_path: Path) -> None:
     store, report_path = tmp_path / "bucket", tmp_path / "report.json"
     app0 = [ref for ref in fleet.refs if "/app0:" in ref]
     run = run_on_terminal(
-        "archive", *app0, "--to", str(store), "--src-tls-verify=false", env=_env(tmp_path)
+        "archive", *app0, "--to", str(store), "--src-tls-verify=false", env=isolated_env(tmp_path)
     )
     assert run.returncode == 0, run.text
     repo = app0[0].rsplit(":", 1)[0]
     dest = f"{fleet.registry.host}/{fleet.prefix}/restored"
     run = run_on_terminal(
         "restore", repo, dest, "--from", str(store), "--all-tags", "--jobs", "4",
-        "--dest-tls-verify=false", "--report", str(report_path), env=_env(tmp_path),
+        "--dest-tls-verify=false", "--report", str(report_path), env=isolated_env(tmp_path),
     )  # fmt: skip
     assert run.returncode == 0, run.text
     assert "Traceback" not in run.text
@@ -202,7 +199,7 @@ def test_sync_on_a_terminal(fleet: Fleet, tmp_path: Path) -> None:
             "--dest-tls-verify=false", "--keep-going", "--jobs", "4")  # fmt: skip
     for status in ("copied", "skipped"):
         report_path = tmp_path / f"{status}.json"
-        run = run_on_terminal(*args, "--report", str(report_path), env=_env(tmp_path))
+        run = run_on_terminal(*args, "--report", str(report_path), env=isolated_env(tmp_path))
         assert run.returncode == 0, run.text
         assert "Traceback" not in run.text
         report = json.loads(report_path.read_text())

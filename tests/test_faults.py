@@ -7,18 +7,16 @@ over the wire (the proxy's request log: which requests were retried, with which 
 what the store holds (`bale verify` clean, every blob hashing to its name, nothing that points
 at missing data).
 
-The helpers at the top (`bale`, `cli_env`, `store_keys`, ...) are shared by the other fault
-suites (test_crash.py, test_limit_rate.py, test_bad_input.py, test_secrets.py).
+The helpers the other fault suites share (running the CLI, reading the store) live in
+tests/bed/cli.py and tests/bed/store_view.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,9 +27,9 @@ from typing import Any
 import pytest
 
 from pipeline.archive import layout
-from pipeline.refs import Reference
+from tests.bed.cli import isolated_env, run_bale, show
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
-from tests.bed.moto import ACCESS_KEY, REGION, SECRET_KEY, MotoServer
+from tests.bed.moto import MOTO_KEYS, MotoServer
 from tests.bed.proxy import (
     Corrupt,
     DropAfter,
@@ -45,90 +43,15 @@ from tests.bed.proxy import (
     WrongLength,
 )
 from tests.bed.registry import RegistryServer
+from tests.bed.store_view import blob_digests, check_local_blobs, local_keys, record_of
 
 pytestmark = pytest.mark.integration
 
 MiB = 1024 * 1024
 
-# ---- shared helpers ----------------------------------------------------------------------------
-
-
-def cli_env(tmp_path: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for a `bale` subprocess: no BALE_* options, no host credentials (an
-    empty auth file everywhere skopeo/docker look), moto's fixed keys for S3."""
-    home = tmp_path / "cli-home"
-    (home / "docker").mkdir(parents=True, exist_ok=True)
-    auth = home / "auth.json"
-    auth.write_text('{"auths": {}}')
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BALE_", "AWS_", "OSS_"))}
-    env.update(
-        {
-            "HOME": str(home),
-            "REGISTRY_AUTH_FILE": str(auth),
-            "DOCKER_CONFIG": str(home / "docker"),
-            "XDG_RUNTIME_DIR": str(home),
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-            "AWS_DEFAULT_REGION": REGION,
-        }
-    )
-    env.update(extra or {})
-    return env
-
-
-def bale(
-    *args: str, env: dict[str, str], timeout: float = 300, stdin: bytes | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI (`python -m pipeline`) and capture its output."""
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        input=stdin.decode() if stdin is not None else None,
-    )
-
-
-def show(proc: subprocess.CompletedProcess[str]) -> str:
-    """Everything a failed assertion should print about a run."""
-    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
-
-
-def local_keys(root: Path) -> set[str]:
-    """Every file under a local store, as store keys (the temporary area included)."""
-    if not root.exists():
-        return set()
-    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
-
-
-def blob_digests(keys: set[str] | list[str], prefix: str = "") -> set[str]:
-    out = set()
-    for key in keys:
-        digest = layout.digest_from_blob_key(key[len(prefix) :] if prefix else key)
-        if digest is not None:
-            out.add(digest)
-    return out
-
-
-def check_local_blobs(root: Path) -> int:
-    """Every blob file hashes to its own name; returns how many there are."""
-    n = 0
-    for key in local_keys(root):
-        digest = layout.digest_from_blob_key(key)
-        if digest is None:
-            continue
-        assert "sha256:" + hashlib.sha256((root / key).read_bytes()).hexdigest() == digest, key
-        n += 1
-    return n
-
-
-def record_of(root: Path, ref: str) -> dict[str, Any]:
-    return json.loads((root / layout.record_key_for(Reference.parse(ref))).read_text())
-
 
 def verify_clean(store: str, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
-    proc = bale("verify", store, *extra, env=env)
+    proc = run_bale("verify", store, *extra, env=env)
     assert proc.returncode == 0, show(proc)
     assert proc.stdout == "", show(proc)  # one line per fault, and there are none
     return proc
@@ -177,8 +100,8 @@ def archive_through(
     proxy: FaultProxy, pushed: Pushed, tmp_path: Path, *extra: str
 ) -> tuple[subprocess.CompletedProcess[str], Path, dict[str, str]]:
     store = tmp_path / "store"
-    env = cli_env(tmp_path)
-    proc = bale(
+    env = isolated_env(tmp_path, **MOTO_KEYS)
+    proc = run_bale(
         "-v",
         "archive",
         pushed.ref(proxy.host),
@@ -364,7 +287,7 @@ def assert_nothing_of_it(store: Path, env: dict[str, str], missing: str) -> None
     check_local_blobs(store)
     if store.exists():
         verify_clean(str(store), env)
-        dry = bale("gc", str(store), "--dry-run", "--older-than", "0s", env=env)
+        dry = run_bale("gc", str(store), "--dry-run", "--older-than", "0s", env=env)
         assert dry.returncode == 0, show(dry)
         listed = {line.split()[3] for line in dry.stdout.splitlines() if " blob " in line}
         assert listed == held, show(dry)
@@ -423,8 +346,8 @@ def test_redirect_to_another_host_carries_no_authorization(
         target = f"http://localhost:{storage.port}/v2/{unique_repo}/blobs/{layer.digest}"
         front.add(Respond(path=layer_path(layer), status=307, headers={"Location": target}))
         store = tmp_path / "store"
-        env = cli_env(tmp_path)
-        proc = bale(
+        env = isolated_env(tmp_path, **MOTO_KEYS)
+        proc = run_bale(
             "-vv",
             "archive",
             f"docker://{front.host}/{unique_repo}:1",
@@ -491,7 +414,7 @@ def store_proxy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stor
                 "s3",
                 bucket,
                 proxy,
-                cli_env(tmp_path),
+                isolated_env(tmp_path, **MOTO_KEYS),
                 lambda name: client.get_object(Bucket=bucket, Key=name)["Body"].read(),
                 lambda: [
                     u["Key"]
@@ -503,13 +426,12 @@ def store_proxy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stor
 
     oss = request.getfixturevalue("oss_server")
     bucket = oss.create_bucket()
-    env = cli_env(
+    env = isolated_env(
         tmp_path,
-        {
-            "OSS_ACCESS_KEY_ID": OSS_ACCESS_KEY_ID,
-            "OSS_ACCESS_KEY_SECRET": OSS_ACCESS_KEY_SECRET,
-            "OSS_REGION": OSS_REGION,
-        },
+        **MOTO_KEYS,
+        OSS_ACCESS_KEY_ID=OSS_ACCESS_KEY_ID,
+        OSS_ACCESS_KEY_SECRET=OSS_ACCESS_KEY_SECRET,
+        OSS_REGION=OSS_REGION,
     )
     with FaultProxy(oss.endpoint.removeprefix("http://")) as proxy:
         yield StoreBehindProxy(
@@ -555,7 +477,7 @@ def test_failed_multipart_part_is_retried_alone(
     proxy.add(STORE_FAULTS[fault](key))
     env = store_proxy.env
     endpoint = ["--endpoint-url", proxy.url]
-    proc = bale(
+    proc = run_bale(
         "-v",
         "archive",
         big_pushed.ref(registry.host),

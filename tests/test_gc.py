@@ -16,8 +16,9 @@ from pipeline.archive.bucket import ArchiveBucket
 from pipeline.archive.record import ImageRecord
 from pipeline.ops.gc import GcStopped, collect_garbage
 from pipeline.ops.verify import verify_store
-from tests.bed.moto import ACCESS_KEY, SECRET_KEY
-from tests.test_verify_store import Pushed, archive_both, bale, push_pair
+from tests.bed.cli import isolated_env, run_bale
+from tests.bed.image_pair import Pushed, archive_both, push_pair
+from tests.bed.moto import MOTO_KEYS
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +110,9 @@ def test_gc_aborts_stale_uploads(kind: str, store_bed: Any) -> None:
     assert bed.open_uploads() == []
 
 
-def test_gc_cli_on_s3_lists_then_removes(store_bed: Any, moto_server: Any, pushed: Pushed) -> None:
+def test_gc_cli_on_s3_lists_then_removes(
+    store_bed: Any, moto_server: Any, pushed: Pushed, tmp_path: Path
+) -> None:
     bed = store_bed("s3", prefix="g")
     bucket = ArchiveBucket(bed.store)
     _a, b = archive_both(bucket, pushed)
@@ -118,15 +121,11 @@ def test_gc_cli_on_s3_lists_then_removes(store_bed: Any, moto_server: Any, pushe
     upload = client.create_multipart_upload(
         Bucket=bed.store.bucket, Key="g/docker/registry/v2/blobs/sha256/00/partial"
     )["UploadId"]
-    env = {
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
+    env = isolated_env(tmp_path, **MOTO_KEYS)
     url = f"s3://{bed.store.bucket}/g"
     args = ("gc", url, "--endpoint-url", moto_server.endpoint_url, "--older-than", "0s")
 
-    proc = bale(*args, "--dry-run", env=env)
+    proc = run_bale(*args, "--dry-run", env=env)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     blob_lines = [line for line in lines if line.startswith("would remove blob ")]
@@ -136,11 +135,11 @@ def test_gc_cli_on_s3_lists_then_removes(store_bed: Any, moto_server: Any, pushe
     assert "would be removed" in proc.stderr
     assert len(bed.open_uploads()) == 1
 
-    proc = bale(*args, env=env)
+    proc = run_bale(*args, env=env)
     assert proc.returncode == 0, proc.stderr
     assert sum(line.startswith("removed blob ") for line in proc.stdout.splitlines()) == 3
     assert bed.open_uploads() == []
-    proc = bale("verify", url, "--endpoint-url", moto_server.endpoint_url, env=env)
+    proc = run_bale("verify", url, "--endpoint-url", moto_server.endpoint_url, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -160,7 +159,7 @@ def test_gc_reports_dangling_links_and_keeps_them(
     for d in report.dangling:
         assert bed.store.head(d.key) is not None
 
-    proc = bale("gc", str(tmp_path / "store-0"), "--older-than", "0s", "--dry-run")
+    proc = run_bale("gc", str(tmp_path / "store-0"), "--older-than", "0s", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("dangling link ") == 2
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -40,6 +38,7 @@ from pipeline.ops.inspect import (
     render_json,
     wanted_platforms,
 )
+from tests.bed.cli import isolated_env, run_bale
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec, Skopeo
 from tests.bed.registry import RegistryServer
 
@@ -344,9 +343,7 @@ def pushed(
 @pytest.fixture(scope="module")
 def bale_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """bale reads no credentials from the machine (skopeo is isolated the same way by the bed)."""
-    root = tmp_path_factory.mktemp("bale-env")
-    (root / "auth.json").write_text('{"auths": {}}')
-    return {"REGISTRY_AUTH_FILE": str(root / "auth.json"), "HOME": str(root)}
+    return isolated_env(tmp_path_factory.mktemp("bale-env"))
 
 
 def bale(env: dict[str, str], *args: str) -> bytes:
@@ -461,16 +458,6 @@ def test_list_tags_equals_skopeo(
 # ---- bad input and failures: exit codes, one line, no secrets ----------------------------------
 
 
-def run_bale(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/bin:/bin", **env},
-        timeout=120,
-    )
-
-
 @pytest.mark.parametrize(
     "ref",
     [
@@ -481,7 +468,7 @@ def run_bale(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str
     ],
 )
 def test_malformed_reference_exits_2_with_one_line(ref: str, bale_env: dict[str, str]) -> None:
-    proc = run_bale(bale_env, "inspect", ref)
+    proc = run_bale("inspect", ref, env=bale_env)
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert (
@@ -492,7 +479,7 @@ def test_malformed_reference_exits_2_with_one_line(ref: str, bale_env: dict[str,
 
 
 def test_list_tags_refuses_a_tag(bale_env: dict[str, str]) -> None:
-    proc = run_bale(bale_env, "list-tags", "docker://127.0.0.1:5000/a/b:1")
+    proc = run_bale("list-tags", "docker://127.0.0.1:5000/a/b:1", env=bale_env)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
 
 
@@ -548,7 +535,7 @@ def test_failures_exit_1_with_one_line_and_no_secret(
     ]
     outputs = []
     for args, expected in runs:
-        proc = run_bale(bale_env, "-vv", *args)
+        proc = run_bale("-vv", *args, env=bale_env)
         outputs.append(proc.stdout + proc.stderr)
         errors = [line for line in proc.stderr.splitlines() if line.startswith("bale: error:")]
         assert proc.returncode == 1, proc.stderr
@@ -557,12 +544,12 @@ def test_failures_exit_1_with_one_line_and_no_secret(
     # Successful runs with the right credentials, verbose: nothing secret there either.
     for server in (basic, token):
         proc = run_bale(
-            bale_env,
             "-vv",
             "inspect",
             "--tls-verify=false",
             f"--creds={server.creds}",
             f"docker://{server.host}/inspect/index:1.0",
+            env=bale_env,
         )
         assert proc.returncode == 0, proc.stderr
         outputs.append(proc.stdout + proc.stderr)

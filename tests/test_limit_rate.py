@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.bed.cli import isolated_env, run_bale, show
 from tests.bed.images import ImageFactory, LayerSpec
+from tests.bed.moto import MOTO_KEYS
 from tests.bed.proxy import FaultProxy
 from tests.bed.registry import RegistryServer
-from tests.test_faults import bale, check_local_blobs, cli_env, record_of, show
+from tests.bed.store_view import check_local_blobs, record_of
 
 pytestmark = pytest.mark.integration
 
@@ -70,10 +72,10 @@ def run_capped(
     )
     image_factory.push(image, f"{registry.host}/{repo}:1", registry)
     store = tmp_path / "store"
-    env = cli_env(tmp_path)
+    env = isolated_env(tmp_path, **MOTO_KEYS)
     with FaultProxy(registry.host, sndbuf=64 * 1024, meter_piece=16 * 1024) as proxy:
         began = time.monotonic()
-        proc = bale(
+        proc = run_bale(
             "archive",
             f"docker://{proxy.host}/{repo}:1",
             "--to",

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import pty
 import re
 import subprocess
-import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +18,12 @@ import pytest
 
 from pipeline.archive import layout
 from pipeline.cli import main
+from tests.bed.cli import isolated_env, run_bale, show
 from tests.bed.fixtures_registry import RegistryFactory
 from tests.bed.images import ImageFactory
-from tests.bed.moto import MotoServer
+from tests.bed.moto import MOTO_KEYS, MotoServer
 from tests.bed.registry import RegistryServer
-from tests.test_faults import bale, cli_env, show
+from tests.bed.terminal import stdout_on_terminal
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +44,13 @@ def archived(pushed: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
     """A local archive holding the anonymous registry's image."""
     root = tmp_path_factory.mktemp("archived")
     store = root / "store"
-    proc = bale(
-        "archive", pushed["none"], "--to", str(store), "--src-tls-verify=false", env=cli_env(root)
+    proc = run_bale(
+        "archive",
+        pushed["none"],
+        "--to",
+        str(store),
+        "--src-tls-verify=false",
+        env=isolated_env(root, **MOTO_KEYS),
     )
     assert proc.returncode == 0, show(proc)
     return store
@@ -70,7 +74,7 @@ def test_archive_wrong_password_reads_as_refused(
 ) -> None:
     server = registries[mode]
     secret = "not-the-password-31415"
-    proc = bale(
+    proc = run_bale(
         "archive",
         pushed[mode],
         "--to",
@@ -78,7 +82,7 @@ def test_archive_wrong_password_reads_as_refused(
         "--src-tls-verify=false",
         "--src-creds",
         f"{server.username}:{secret}",
-        env=cli_env(tmp_path),
+        env=isolated_env(tmp_path, **MOTO_KEYS),
     )
     assert proc.returncode == 1, show(proc)
     line = f"failed    {image_of(pushed[mode])}: the registry refused these credentials for "
@@ -91,13 +95,13 @@ def test_archive_wrong_password_reads_as_refused(
 def test_archive_without_credentials_names_src_creds(
     htpasswd_registry: RegistryServer, pushed: dict[str, str], tmp_path: Path
 ) -> None:
-    proc = bale(
+    proc = run_bale(
         "archive",
         pushed["htpasswd"],
         "--to",
         str(tmp_path / "store"),
         "--src-tls-verify=false",
-        env=cli_env(tmp_path),
+        env=isolated_env(tmp_path, **MOTO_KEYS),
     )
     assert proc.returncode == 1, show(proc)
     host = htpasswd_registry.host
@@ -115,7 +119,7 @@ def restore_into(
     host: str, repo: str, archived: Path, pushed: dict[str, str], tmp_path: Path, *extra: str
 ) -> subprocess.CompletedProcess[str]:
     """`bale restore` of the archived image into `host/repo:1`."""
-    return bale(
+    return run_bale(
         "restore",
         image_of(pushed["none"]),
         f"docker://{host}/{repo}:1",
@@ -123,7 +127,7 @@ def restore_into(
         str(archived),
         "--dest-tls-verify=false",
         *extra,
-        env=cli_env(tmp_path),
+        env=isolated_env(tmp_path, **MOTO_KEYS),
     )
 
 
@@ -171,13 +175,13 @@ def test_copy_names_the_images_and_dest_creds(
 ) -> None:
     host = htpasswd_registry.host
     dest = f"docker://{host}/{unique_repo}:1"
-    proc = bale(
+    proc = run_bale(
         "copy",
         pushed["none"],
         dest,
         "--src-tls-verify=false",
         "--dest-tls-verify=false",
-        env=cli_env(tmp_path),
+        env=isolated_env(tmp_path, **MOTO_KEYS),
     )
     assert proc.returncode == 1, show(proc)
     assert proc.stderr.startswith(
@@ -193,13 +197,13 @@ def test_sync_names_src_creds_and_src_authfile(
     pushed: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    proc = bale(
+    proc = run_bale(
         "sync",
         pushed["htpasswd"],
         f"docker://{registry.host}/messages-sync",
         "--src-tls-verify=false",
         "--dest-tls-verify=false",
-        env=cli_env(tmp_path),
+        env=isolated_env(tmp_path, **MOTO_KEYS),
     )
     assert proc.returncode == 1, show(proc)
     assert "give --src-creds USER:PASS" in proc.stderr, show(proc)
@@ -209,7 +213,9 @@ def test_sync_names_src_creds_and_src_authfile(
 def test_inspect_names_creds(
     htpasswd_registry: RegistryServer, pushed: dict[str, str], tmp_path: Path
 ) -> None:
-    proc = bale("inspect", pushed["htpasswd"], "--tls-verify=false", env=cli_env(tmp_path))
+    proc = run_bale(
+        "inspect", pushed["htpasswd"], "--tls-verify=false", env=isolated_env(tmp_path, **MOTO_KEYS)
+    )
     assert proc.returncode == 1, show(proc)
     host = htpasswd_registry.host
     assert proc.stderr == (
@@ -223,14 +229,9 @@ def test_inspect_names_creds(
 
 
 def help_of(*command: str) -> str:
-    env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", *command, "--help"],
-        capture_output=True,
-        text=True,
-        env={k: v for k, v in env.items() if not k.startswith("BALE_")},
-        timeout=60,
-    )
+    with tempfile.TemporaryDirectory(prefix="bale-help-") as scratch:
+        env = isolated_env(Path(scratch), COLUMNS="200")
+        proc = run_bale(*command, "--help", env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return re.sub(r"\s+", " ", proc.stdout)
 
@@ -261,8 +262,12 @@ def test_help_shows_the_defaults() -> None:
 
 def test_env_var_is_read(tmp_path: Path) -> None:
     """The variable the help names is the one bale reads."""
-    proc = bale(
-        "archive", "x/y:1", "--to", str(tmp_path), env=cli_env(tmp_path, {"BALE_JOBS": "0"})
+    proc = run_bale(
+        "archive",
+        "x/y:1",
+        "--to",
+        str(tmp_path),
+        env=isolated_env(tmp_path, **MOTO_KEYS, BALE_JOBS="0"),
     )
     assert proc.returncode == 2 and "--jobs" in proc.stderr, show(proc)
 
@@ -299,10 +304,10 @@ def results(text: str) -> list[dict[str, object]]:
 def test_json_archive_and_restore_lines(
     registry: RegistryServer, pushed: dict[str, str], unique_repo: str, tmp_path: Path
 ) -> None:
-    env = cli_env(tmp_path)
+    env = isolated_env(tmp_path, **MOTO_KEYS)
     store = tmp_path / "store"
     image = image_of(pushed["none"])
-    proc = bale(
+    proc = run_bale(
         "--log-format", "json", "-vv", "archive", pushed["none"], "--to", str(store),
         "--src-tls-verify=false", env=env,
     )  # fmt: skip
@@ -314,7 +319,7 @@ def test_json_archive_and_restore_lines(
     assert logs and all(r["level"] == "debug" for r in logs)
 
     dest = f"docker://{registry.host}/{unique_repo}:1"
-    proc = bale(
+    proc = run_bale(
         "--log-format", "json", "restore", image, dest, "--from", str(store),
         "--dest-tls-verify=false", env=env,
     )  # fmt: skip
@@ -323,7 +328,7 @@ def test_json_archive_and_restore_lines(
     assert (result["status"], result["image"], result["destination"]) == ("restored", image, dest)
     json_lines(proc.stderr)
 
-    proc = bale(
+    proc = run_bale(
         "--log-format", "json", "sync", pushed["none"], f"docker://{registry.host}/{unique_repo}",
         "--src-tls-verify=false", "--dest-tls-verify=false", env=env,
     )  # fmt: skip
@@ -340,10 +345,10 @@ def test_json_failures_and_errors(
     unique_repo: str,
     tmp_path: Path,
 ) -> None:
-    env = cli_env(tmp_path)
+    env = isolated_env(tmp_path, **MOTO_KEYS)
     image = image_of(pushed["none"])
     dest = f"docker://{htpasswd_registry.host}/{unique_repo}:1"
-    proc = bale(
+    proc = run_bale(
         "--log-format", "json", "restore", image, dest, "--from", str(archived),
         "--dest-tls-verify=false", env=env,
     )  # fmt: skip
@@ -352,13 +357,13 @@ def test_json_failures_and_errors(
     (failed,) = results(proc.stderr)
     assert failed["status"] == "failed" and "give --dest-creds" in str(failed["error"])
 
-    proc = bale("--log-format", "json", "copy", pushed["none"], dest, "--src-tls-verify=false",
+    proc = run_bale("--log-format", "json", "copy", pushed["none"], dest, "--src-tls-verify=false",
                 "--dest-tls-verify=false", env=env)  # fmt: skip
     (error,) = json_lines(proc.stderr)
     assert proc.returncode == 1 and error["event"] == "error" and error["exit_code"] == 1
     assert str(error["message"]).startswith(f"{pushed['none']} -> {dest}: ")
 
-    proc = bale("--log-format", "json", "archive", "x/y:1", "--to", str(tmp_path), "--jobs", "0",
+    proc = run_bale("--log-format", "json", "archive", "x/y:1", "--to", str(tmp_path), "--jobs", "0",
                 env=env)  # fmt: skip
     (error,) = json_lines(proc.stderr)
     assert proc.returncode == 2 and error["exit_code"] == 2 and "--jobs" in str(error["message"])
@@ -366,8 +371,8 @@ def test_json_failures_and_errors(
 
 def test_json_copy_line(pushed: dict[str, str], tmp_path: Path) -> None:
     tar = tmp_path / "app.tar"
-    proc = bale("--log-format", "json", "copy", pushed["none"], f"docker-archive:{tar}",
-                "--src-tls-verify=false", env=cli_env(tmp_path))  # fmt: skip
+    proc = run_bale("--log-format", "json", "copy", pushed["none"], f"docker-archive:{tar}",
+                "--src-tls-verify=false", env=isolated_env(tmp_path, **MOTO_KEYS))  # fmt: skip
     assert proc.returncode == 0, show(proc)
     (result,) = results(proc.stderr)
     assert result["status"] == "copied" and result["destination"] == f"docker-archive:{tar}"
@@ -381,69 +386,38 @@ def test_json_copy_line(pushed: dict[str, str], tmp_path: Path) -> None:
 def test_copy_refuses_an_existing_tar_unless_force(
     fmt: str, registry: RegistryServer, pushed: dict[str, str], tmp_path: Path
 ) -> None:
-    env = cli_env(tmp_path)
+    env = isolated_env(tmp_path, **MOTO_KEYS)
     tar = tmp_path / "app.tar"
     tar.write_bytes(b"precious")
     mark = registry.mark()
-    proc = bale("copy", pushed["none"], f"{fmt}:{tar}", "--src-tls-verify=false", env=env)
+    proc = run_bale("copy", pushed["none"], f"{fmt}:{tar}", "--src-tls-verify=false", env=env)
     assert proc.returncode == 2, show(proc)
     assert proc.stderr == f"bale: error: {tar} already exists: give --force to replace it\n"
     assert tar.read_bytes() == b"precious"
     assert registry.count(since=mark) == 0  # refused before the source was read
-    proc = bale("copy", pushed["none"], f"{fmt}:{tar}", "--src-tls-verify=false", "--force",
+    proc = run_bale("copy", pushed["none"], f"{fmt}:{tar}", "--src-tls-verify=false", "--force",
                 env=env)  # fmt: skip
     assert proc.returncode == 0, show(proc)
     assert tar.stat().st_size > 1024
-
-
-def run_on_terminal(args: list[str], env: dict[str, str]) -> tuple[int, bytes, str]:
-    """Run bale with stdout on a pseudo-terminal: exit code, what reached the terminal, stderr."""
-    master, slave = pty.openpty()
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pipeline", *args],
-            stdout=slave,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            timeout=120,
-        )
-        os.close(slave)
-        slave = -1
-        seen = b""
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the terminal has no writer left
-                break
-            if not chunk:
-                break
-            seen += chunk
-        return proc.returncode, seen, proc.stderr
-    finally:
-        if slave >= 0:
-            os.close(slave)
-        os.close(master)
 
 
 @pytest.mark.parametrize("fmt", ["docker-archive", "oci-archive"])
 def test_copy_refuses_a_tar_to_a_terminal(
     fmt: str, registry: RegistryServer, pushed: dict[str, str], tmp_path: Path
 ) -> None:
-    env = cli_env(tmp_path)
+    env = isolated_env(tmp_path, **MOTO_KEYS)
     mark = registry.mark()
-    code, seen, stderr = run_on_terminal(
-        ["copy", pushed["none"], f"{fmt}:-", "--src-tls-verify=false"], env
+    code, seen, stderr = stdout_on_terminal(
+        "copy", pushed["none"], f"{fmt}:-", "--src-tls-verify=false", env=env
     )
     assert code == 2, stderr
     assert stderr == "bale: error: refusing to write a tar to a terminal; redirect stdout\n"
     assert seen == b""
     assert registry.count(since=mark) == 0
     # Redirected, the same command writes the tar.
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "copy", pushed["none"], f"{fmt}:-",
-         "--src-tls-verify=false"],
-        capture_output=True, env=env, timeout=120,
+    proc = run_bale(
+        "copy", pushed["none"], f"{fmt}:-", "--src-tls-verify=false", env=env, timeout=120,
+        text=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout) > 1024
@@ -452,16 +426,18 @@ def test_copy_refuses_a_tar_to_a_terminal(
 def test_json_verify_and_gc_lines(pushed: dict[str, str], tmp_path: Path) -> None:
     """gc of an unreferenced blob, then verify of a corrupt blob: their lines and both
     summaries are JSON."""
-    env = cli_env(tmp_path)
+    env = isolated_env(tmp_path, **MOTO_KEYS)
     store = tmp_path / "store"
-    proc = bale("archive", pushed["none"], "--to", str(store), "--src-tls-verify=false", env=env)
+    proc = run_bale(
+        "archive", pushed["none"], "--to", str(store), "--src-tls-verify=false", env=env
+    )
     assert proc.returncode == 0, show(proc)
     stray = b"nobody refers to me"
     key = layout.blob_key("sha256:" + hashlib.sha256(stray).hexdigest())
     (store / key).parent.mkdir(parents=True)
     (store / key).write_bytes(stray)
 
-    proc = bale("--log-format", "json", "gc", str(store), "--dry-run", "--older-than", "0s",
+    proc = run_bale("--log-format", "json", "gc", str(store), "--dry-run", "--older-than", "0s",
                 env=env)  # fmt: skip
     assert proc.returncode == 0, show(proc)
     (line,) = json_lines(proc.stdout)
@@ -472,7 +448,7 @@ def test_json_verify_and_gc_lines(pushed: dict[str, str], tmp_path: Path) -> Non
     assert summary["event"] == "summary"
 
     (store / key).write_bytes(b"not what it was")
-    proc = bale("--log-format", "json", "verify", str(store), env=env)
+    proc = run_bale("--log-format", "json", "verify", str(store), env=env)
     assert proc.returncode == 1, show(proc)
     faults = json_lines(proc.stdout)
     assert [f["key"] for f in faults if f["event"] == "fault"] == [key], faults
@@ -483,15 +459,15 @@ def test_json_verify_and_gc_lines(pushed: dict[str, str], tmp_path: Path) -> Non
 def test_copy_refuses_an_existing_tar_in_s3(
     pushed: dict[str, str], moto_server: MotoServer, s3_bucket: str, tmp_path: Path
 ) -> None:
-    env = cli_env(tmp_path, {"AWS_ENDPOINT_URL": moto_server.endpoint_url})
+    env = isolated_env(tmp_path, **MOTO_KEYS, AWS_ENDPOINT_URL=moto_server.endpoint_url)
     s3 = moto_server.client()
     s3.put_object(Bucket=s3_bucket, Key="tars/app.tar", Body=b"precious")
     dest = f"oci-archive:s3://{s3_bucket}/tars/app.tar"
-    proc = bale("copy", pushed["none"], dest, "--src-tls-verify=false", env=env)
+    proc = run_bale("copy", pushed["none"], dest, "--src-tls-verify=false", env=env)
     assert proc.returncode == 2, show(proc)
     assert "already exists: give --force" in proc.stderr
     assert s3.get_object(Bucket=s3_bucket, Key="tars/app.tar")["Body"].read() == b"precious"
-    proc = bale("copy", pushed["none"], dest, "--src-tls-verify=false", "--force", env=env)
+    proc = run_bale("copy", pushed["none"], dest, "--src-tls-verify=false", "--force", env=env)
     assert proc.returncode == 0, show(proc)
     assert s3.head_object(Bucket=s3_bucket, Key="tars/app.tar")["ContentLength"] > 1024
 

@@ -55,6 +55,7 @@ from pipeline.transfer.recompress import (
     transcode_to_zstd,
 )
 from pipeline.transfer.verify import VerifyingReader
+from tests.bed.cli import run_bale
 from tests.bed.images import LayerSpec
 
 # ---- detection and decompression -----------------------------------------------------------
@@ -503,12 +504,6 @@ def test_uncompressed_oci_layers_are_compressed_too():
 # ---- registries and podman -----------------------------------------------------------------
 
 
-def _bale(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300
-    )
-
-
 class Podman:
     """podman on a throwaway vfs store (the runroot path must stay under 50 characters)."""
 
@@ -569,7 +564,7 @@ def test_podman_pulls_the_zstd_image_with_identical_files(
     else:
         dest = f"{registry.host}/zsync-{unique_repo.split('/')[-1]}/{unique_repo.split('/')[-1]}:v1"
         args = ["sync", src, f"docker://{dest.rsplit('/', 1)[0]}"]
-    proc = _bale(
+    proc = run_bale(
         *args,
         "--src-tls-verify=false",
         "--dest-tls-verify=false",
@@ -610,10 +605,10 @@ def test_restore_with_zstd_and_a_second_sync_skips(
     )
     src = f"docker://{registry.host}/{unique_repo}:m"
     store = tmp_path / "store"
-    proc = _bale("archive", src, "--to", str(store), "--src-tls-verify=false")
+    proc = run_bale("archive", src, "--to", str(store), "--src-tls-verify=false")
     assert proc.returncode == 0, proc.stderr
     dest = f"{registry.host}/{unique_repo}-restored:m"
-    proc = _bale(
+    proc = run_bale(
         "restore",
         src,
         f"docker://{dest}",
@@ -636,7 +631,7 @@ def test_restore_with_zstd_and_a_second_sync_skips(
     # sync with --all into the same place twice: the second run sees the same configs and skips
     prefix = f"docker://{registry.host}/zskip-{unique_repo.split('/')[-1]}"
     for expected in ("copied", "skipped"):
-        proc = _bale(
+        proc = run_bale(
             "sync",
             src,
             prefix,
@@ -658,7 +653,7 @@ def test_copy_into_a_tar_with_zstd_reads_back_with_skopeo(
         image_factory.image(layers=LAYERS[:2]), f"{unique_repo}:t", registry
     )
     tar = tmp_path / "z.tar"
-    proc = _bale(
+    proc = run_bale(
         "copy",
         f"docker://{registry.host}/{unique_repo}:t",
         f"oci-archive:{tar}",

@@ -8,8 +8,6 @@ import base64
 import hashlib
 import http.client
 import json
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from pipeline.refs import Reference
 from pipeline.registry.client import RegistryClient
 from pipeline.registry.credentials import Credentials
 from pipeline.store.local import LocalStore
+from tests.bed.cli import run_bale
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec, Skopeo
 from tests.bed.registry import RegistryServer
 
@@ -214,12 +213,6 @@ def _http(
     return resp.status, data
 
 
-def _bale(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300
-    )
-
-
 def _tags(client: RegistryClient, repo: str) -> dict[str, str]:
     """tag → digest, every tag of `repo`."""
     out = {}
@@ -318,7 +311,7 @@ def test_signed_image_round_trips_through_archive_and_restore(
 ):
     store = tmp_path / "store"
     mark = registry.mark()
-    proc = _bale("archive", signed.source, "--to", str(store), "--src-tls-verify=false")
+    proc = run_bale("archive", signed.source, "--to", str(store), "--src-tls-verify=false")
     assert proc.returncode == 0, proc.stderr
     # what discovery cost on the source: one tag listing, then per subject (index + 2 images)
     # a HEAD per cosign tag present, the fallback index GET, or the referrers API and its
@@ -344,15 +337,15 @@ def test_signed_image_round_trips_through_archive_and_restore(
         assert found is not None and stored == found.digest
 
     # gc keeps every referrer (they are tagged, or listed by a tagged index); verify is clean
-    proc = _bale("gc", str(store), "--older-than", "0s")
+    proc = run_bale("gc", str(store), "--older-than", "0s")
     assert proc.returncode == 0, proc.stderr
     assert "0 blob(s)" in proc.stderr, proc.stderr
-    proc = _bale("verify", str(store), "--deep")
+    proc = run_bale("verify", str(store), "--deep")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     dest_repo = "referrers/restored"
     mark = htpasswd_registry.mark()
-    proc = _bale(
+    proc = run_bale(
         "restore",
         signed.source,
         f"docker://{htpasswd_registry.host}/{dest_repo}",
@@ -367,7 +360,7 @@ def test_signed_image_round_trips_through_archive_and_restore(
 
     # a second restore finds everything there: no manifest or blob is written again
     mark = htpasswd_registry.mark()
-    proc = _bale(
+    proc = run_bale(
         "restore",
         signed.source,
         f"docker://{htpasswd_registry.host}/{dest_repo}",
@@ -386,22 +379,20 @@ def test_restore_all_tags_and_no_referrers(
     signed: Signed, registry: RegistryServer, token_registry: RegistryServer, tmp_path: Path
 ):
     store = tmp_path / "store"
-    proc = _bale("archive", signed.source, "--to", str(store), "--src-tls-verify=false")
+    proc = run_bale("archive", signed.source, "--to", str(store), "--src-tls-verify=false")
     assert proc.returncode == 0, proc.stderr
     repo_url = f"docker://{registry.host}/{signed.repo}"
     creds = f"--dest-creds={token_registry.creds}"
-    proc = _bale(
+    proc = run_bale(
         "restore", repo_url, f"docker://{token_registry.host}/referrers/all", "--all-tags",
-        "--from", str(store), "--dest-tls-verify=false", creds,
-    )  # fmt: skip
+        "--from", str(store), "--dest-tls-verify=false", creds,)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("restored") == 1  # v1 only; its artifacts came along with it
     _expect_same_artifacts(signed, registry, token_registry, "referrers/all")
 
-    proc = _bale(
+    proc = run_bale(
         "restore", signed.source, f"docker://{token_registry.host}/referrers/bare",
-        "--from", str(store), "--dest-tls-verify=false", creds, "--no-referrers",
-    )  # fmt: skip
+        "--from", str(store), "--dest-tls-verify=false", creds, "--no-referrers",)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     with _client(token_registry) as client:
         assert client.list_tags("referrers/bare") == ["v1"]
@@ -413,7 +404,7 @@ def test_archive_without_referrers_stores_only_the_image(
 ):
     store = tmp_path / "store"
     mark = registry.mark()
-    proc = _bale(
+    proc = run_bale(
         "archive", signed.source, "--to", str(store), "--src-tls-verify=false", "--no-referrers"
     )
     assert proc.returncode == 0, proc.stderr
@@ -431,7 +422,7 @@ def test_copy_carries_referrers_and_merges_an_existing_fallback_index(
     dest_repo = "referrers/copied"
     # the destination already lists another SBOM for the same index (pushed as oras would)
     other = attach(skopeo, tmp_path, registry, dest_repo, signed.image.descriptor, b'{"other":1}')
-    proc = _bale(
+    proc = run_bale(
         "copy",
         signed.source,
         f"docker://{registry.host}/{dest_repo}:v1",
@@ -456,10 +447,9 @@ def test_sync_carries_referrers_subject_first_and_skips_them_next_time(
     dest = make_registry("none")
     repo = f"{registry.host}/{signed.repo}"
     mark = dest.mark()
-    proc = _bale(
+    proc = run_bale(
         "sync", f"docker://{repo}", f"docker://{dest.host}/mirror", "--all",
-        "--src-tls-verify=false", "--dest-tls-verify=false",
-    )  # fmt: skip
+        "--src-tls-verify=false", "--dest-tls-verify=false",)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     _expect_same_artifacts(signed, registry, dest, "mirror/signed")
     _check_order(signed, dest, "mirror/signed", mark)
@@ -469,10 +459,9 @@ def test_sync_carries_referrers_subject_first_and_skips_them_next_time(
     assert {status for status, _ in lines[1:]} == {"skipped"} and len(lines) == 5
 
     mark = dest.mark()
-    proc = _bale(
+    proc = run_bale(
         "sync", f"docker://{repo}", f"docker://{dest.host}/mirror", "--all",
-        "--src-tls-verify=false", "--dest-tls-verify=false",
-    )  # fmt: skip
+        "--src-tls-verify=false", "--dest-tls-verify=false",)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert [line.split()[0] for line in proc.stdout.splitlines()] == ["skipped"] * 5
     assert dest.count("PUT", since=mark) == dest.count("POST", since=mark) == 0
@@ -483,10 +472,9 @@ def test_sync_without_all_brings_the_platform_image_and_its_own_referrers(
     signed: Signed, registry: RegistryServer, make_registry
 ):
     dest = make_registry("none")
-    proc = _bale(
+    proc = run_bale(
         "sync", f"docker://{signed.image.reference}", f"docker://{dest.host}",
-        "--src-tls-verify=false", "--dest-tls-verify=false",
-    )  # fmt: skip
+        "--src-tls-verify=false", "--dest-tls-verify=false",)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     amd64 = signed.image.child("linux/amd64").digest
     with _client(dest) as client:

@@ -4,21 +4,16 @@ is trusted through `SSL_CERT_FILE`; every connection of a client shares one TLS 
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import ipaddress
 import threading
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from pipeline.errors import RegistryError
 from pipeline.registry.client import RegistryClient
 from pipeline.transfer.retry import RetryPolicy
+from tests.bed.certs import self_signed
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
 from tests.bed.registry import RegistryServer
 
@@ -27,41 +22,10 @@ pytestmark = pytest.mark.integration
 FAST = RetryPolicy(retries=1, initial=0.01, maximum=0.05)
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bale test registry")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    crt, pem = directory / "registry.crt", directory / "registry.key"
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return crt, pem
-
-
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[RegistryServer, Path]:
     workdir = tmp_path_factory.mktemp("tls-registry")
-    crt, key = _self_signed(workdir)
+    crt, key = self_signed(workdir)
     config = {"http": {"tls": {"certificate": str(crt), "key": str(key)}}}
     server = RegistryServer(workdir / "registry", extra_config=config).start()
     yield server, crt

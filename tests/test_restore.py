@@ -4,8 +4,6 @@ only missing blobs uploaded, mounts within one registry, every archived tag with
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,18 +14,13 @@ from pipeline.ops.archive import ArchiveOptions, Archiver
 from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
 from pipeline.store.local import LocalStore
+from tests.bed.cli import run_bale
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
 from tests.bed.registry import RegistryServer
 
 pytestmark = pytest.mark.integration
 
 BASE = (LayerSpec(200_000, seed=5101), LayerSpec(90_000, seed=5102))
-
-
-def _bale(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300
-    )
 
 
 @dataclass(frozen=True)
@@ -73,7 +66,7 @@ def _platform(text: str):
 
 
 def _restore(archived: Archived, image: str, dest: str, *extra: str) -> str:
-    proc = _bale(
+    proc = run_bale(
         "restore", image, dest, "--from", str(archived.store), "--dest-tls-verify=false", *extra
     )
     assert proc.returncode == 0, proc.stderr
@@ -170,7 +163,7 @@ def test_restore_all_tags_and_single_platform(
     )
     assert out.count("restored") == len(archived.images)
     tags = json.loads(
-        _bale("list-tags", f"docker://{dest.host}/{unique_repo}", "--tls-verify=false").stdout
+        run_bale("list-tags", f"docker://{dest.host}/{unique_repo}", "--tls-verify=false").stdout
     )
     assert sorted(tags["Tags"]) == sorted(archived.images)
     for kind, image in archived.images.items():
@@ -196,7 +189,7 @@ def test_restore_all_tags_and_single_platform(
 def test_restore_errors(archived: Archived, registry: RegistryServer, unique_repo) -> None:
     repo = archived.images["oci"].repository
     mark = registry.mark()
-    proc = _bale(
+    proc = run_bale(
         "restore",
         f"docker://{repo}:nope",
         f"docker://{registry.host}/{unique_repo}",
@@ -206,7 +199,7 @@ def test_restore_errors(archived: Archived, registry: RegistryServer, unique_rep
     )
     assert proc.returncode == 1
     assert "not archived" in proc.stderr
-    proc = _bale(
+    proc = run_bale(
         "restore",
         f"docker://{repo}:oci",
         f"docker://{registry.host}/{unique_repo}@sha256:{'0' * 64}",

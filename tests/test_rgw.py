@@ -10,23 +10,22 @@ import pytest
 
 from pipeline.archive import layout
 from pipeline.refs import Reference
-from tests.bed.images import LayerSpec
+from tests.bed.cli import isolated_env, run_bale, show
+from tests.bed.images import LayerSpec, podman_load
+from tests.bed.moto import REGION
 from tests.bed.registry import S3Storage
 from tests.bed.rgw import RgwServer
-from tests.test_archive_stores import podman_load
-from tests.test_faults import bale, cli_env, show
 
 pytestmark = pytest.mark.integration
 MiB = 1 << 20
 
 
 def rgw_env(rgw_server: RgwServer, tmp_path: Path) -> dict[str, str]:
-    return cli_env(
+    return isolated_env(
         tmp_path,
-        {
-            "AWS_ACCESS_KEY_ID": rgw_server.access_key,
-            "AWS_SECRET_ACCESS_KEY": rgw_server.secret_key,
-        },
+        AWS_ACCESS_KEY_ID=rgw_server.access_key,
+        AWS_SECRET_ACCESS_KEY=rgw_server.secret_key,
+        AWS_DEFAULT_REGION=REGION,
     )
 
 
@@ -42,17 +41,17 @@ def test_archive_verify_restore_load_and_stock_registry_on_rgw(
     store = [f"s3://{bucket}/arch", "--endpoint-url", rgw_server.endpoint_url]
     src = f"docker://{registry.host}/{unique_repo}:r"
 
-    archived = bale("-v", "archive", src, "--to", *store, "--src-tls-verify=false", env=env)
+    archived = run_bale("-v", "archive", src, "--to", *store, "--src-tls-verify=false", env=env)
     assert archived.returncode == 0, show(archived)
     # -v says what the probe found on RGW and what bale does about it.
     assert "CompleteMultipartUpload ignores If-None-Match" in archived.stderr, show(archived)
-    again = bale("archive", src, "--to", *store, "--src-tls-verify=false", "--force", env=env)
+    again = run_bale("archive", src, "--to", *store, "--src-tls-verify=false", "--force", env=env)
     assert again.returncode == 0, show(again)
-    verified = bale("verify", *store, env=env)
+    verified = run_bale("verify", *store, env=env)
     assert verified.returncode == 0 and verified.stdout == "", show(verified)
 
     back = f"docker://{registry.host}/{unique_repo}-back:r"
-    restored = bale(
+    restored = run_bale(
         "restore", src, back, "--from", store[0], *store[1:], "--dest-tls-verify=false", env=env
     )
     assert restored.returncode == 0, show(restored)
@@ -83,9 +82,9 @@ def test_archive_verify_restore_load_and_stock_registry_on_rgw(
 @pytest.fixture(scope="module")
 def tls_gateway(rgw_server: RgwServer, tmp_path_factory: pytest.TempPathFactory):
     """A second radosgw of the bed's cluster serving HTTPS with a self-made certificate."""
-    from tests.test_registry_tls import _self_signed
+    from tests.bed.certs import self_signed
 
-    crt, key = _self_signed(tmp_path_factory.mktemp("rgw-tls"))
+    crt, key = self_signed(tmp_path_factory.mktemp("rgw-tls"))
     endpoint = rgw_server.start_gateway("tls", ssl=(crt, key))
     yield endpoint, crt
     rgw_server.stop_gateway("tls")
@@ -106,14 +105,14 @@ def test_store_ca_bundle_over_https(
     src = f"docker://{registry.host}/{unique_repo}:tls"
     archive = ["archive", src, "--to", *store, "--src-tls-verify=false", "--retries", "0"]
 
-    untrusted = bale(*archive, env=env)
+    untrusted = run_bale(*archive, env=env)
     assert untrusted.returncode != 0 and "certificate" in untrusted.stderr, show(untrusted)
-    missing = bale(*archive, "--store-ca-bundle", str(tmp_path / "none.pem"), env=env)
+    missing = run_bale(*archive, "--store-ca-bundle", str(tmp_path / "none.pem"), env=env)
     assert missing.returncode == 2 and "none.pem" in missing.stderr, show(missing)
 
-    trusted = bale(*archive, "--store-ca-bundle", str(crt), env=env)
+    trusted = run_bale(*archive, "--store-ca-bundle", str(crt), env=env)
     assert trusted.returncode == 0, show(trusted)
-    listed = bale("ls", *store, "--json", env=env | {"AWS_CA_BUNDLE": str(crt)})
+    listed = run_bale("ls", *store, "--json", env=env | {"AWS_CA_BUNDLE": str(crt)})
     assert listed.returncode == 0 and pushed.digest in listed.stdout, show(listed)
 
 
@@ -135,9 +134,7 @@ def test_profile_region_and_auto_addressing(
         f"aws_secret_access_key = {rgw_server.secret_key}\n"
     )
     config.write_text("[profile rgw]\nregion = eu-test-1\n")
-    env = cli_env(tmp_path)
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
-        env.pop(name)
+    env = isolated_env(tmp_path)
     env |= {
         "AWS_PROFILE": "rgw",
         "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
@@ -147,14 +144,14 @@ def test_profile_region_and_auto_addressing(
     bucket = rgw_server.create_bucket()
     store = [f"s3://{bucket}/arch", "--endpoint-url", rgw_server.endpoint_url]
     src = f"docker://{registry.host}/{unique_repo}:p"
-    archived = bale(
+    archived = run_bale(
         "archive", src, "--to", *store, "--src-tls-verify=false", "--s3-addressing", addressing,
         env=env,
     )  # fmt: skip
     assert archived.returncode == 0, show(archived)
-    listed = bale("ls", *store, "--s3-addressing", addressing, "--region", "us-east-1", env=env)
+    listed = run_bale("ls", *store, "--s3-addressing", addressing, "--region", "us-east-1", env=env)
     assert listed.returncode == 0 and unique_repo in listed.stdout, show(listed)
-    bad = bale("ls", *store, env=env | {"AWS_S3_ADDRESSING_STYLE": "sideways"})
+    bad = run_bale("ls", *store, env=env | {"AWS_S3_ADDRESSING_STYLE": "sideways"})
     assert bad.returncode == 2 and "sideways" in bad.stderr, show(bad)
 
 
@@ -197,9 +194,9 @@ def test_virtual_host_and_path_addressing(
     store = [f"s3://{bucket}/arch", "--endpoint-url", endpoint]
     src = f"docker://{registry.host}/{unique_repo}:v"
     seen = len(proxy.requests)
-    archived = bale("archive", src, "--to", *store, "--src-tls-verify=false", env=env)
+    archived = run_bale("archive", src, "--to", *store, "--src-tls-verify=false", env=env)
     assert archived.returncode == 0, show(archived)
-    listed = bale("ls", *store, "--s3-addressing", addressing, env=env)
+    listed = run_bale("ls", *store, "--s3-addressing", addressing, env=env)
     assert listed.returncode == 0 and unique_repo in listed.stdout, show(listed)
     hosts = {r.headers.get("Host", "").rsplit(":", 1)[0] for r in proxy.requests[seen:]}
     assert hosts == ({f"{bucket}.s3.bale.test"} if addressing == "virtual" else {"s3.bale.test"})

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
-import subprocess
-import sys
 import threading
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +29,7 @@ from pipeline.ops.events import NullImageEvents
 from pipeline.ops.session import RegistryOptions, Session, TransferOptions
 from pipeline.refs import Reference
 from pipeline.store.local import LocalStore
+from tests.bed.cli import isolated_env, run_bale, start_bale
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
 from tests.bed.registry import RegistryServer
 
@@ -96,31 +94,6 @@ def fleet(registry: RegistryServer, image_factory: ImageFactory) -> Fleet:
     return Fleet(registry, prefix, images, spec)
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
-    """No credentials from the machine: an empty auth file, a private docker config dir."""
-    auth = tmp_path / "auth.json"
-    auth.write_text('{"auths": {}}')
-    env = dict(os.environ, REGISTRY_AUTH_FILE=str(auth), DOCKER_CONFIG=str(tmp_path))
-    env.pop("JOB_COMPLETION_INDEX", None)
-    return env
-
-
-def _bale(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env or _env(tmp_path),
-    )
-
-
-def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    proc = _bale(tmp_path, *args)
-    out, err = proc.communicate(timeout=300)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
 def _records(store: Path) -> dict[str, str]:
     """source -> digest for every record in a local bucket."""
     return {r.source: r.digest for r in ArchiveBucket(LocalStore(store)).records()}
@@ -130,8 +103,7 @@ def test_twenty_images_shared_blobs_move_once(fleet: Fleet, tmp_path: Path) -> N
     spec = fleet.write_spec(tmp_path / "spec.yaml")
     store, report, junit = tmp_path / "bucket", tmp_path / "report.json", tmp_path / "junit.xml"
     since = fleet.registry.mark()
-    proc = _run(
-        tmp_path,
+    proc = run_bale(
         "run",
         str(spec),
         "--to",
@@ -142,6 +114,7 @@ def test_twenty_images_shared_blobs_move_once(fleet: Fleet, tmp_path: Path) -> N
         str(report),
         "--junit",
         str(junit),
+        env=isolated_env(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr
 
@@ -178,7 +151,9 @@ def test_twenty_images_shared_blobs_move_once(fleet: Fleet, tmp_path: Path) -> N
 
     # A second run finds everything archived: nothing fetched, every image skipped.
     since = fleet.registry.mark()
-    again = _run(tmp_path, "run", str(spec), "--to", str(store), "--report", str(report))
+    again = run_bale(
+        "run", str(spec), "--to", str(store), "--report", str(report), env=isolated_env(tmp_path)
+    )
     assert again.returncode == 0, again.stderr
     assert fleet.registry.count("GET", BLOB_GET, since=since) == 0
     assert {i["status"] for i in json.loads(report.read_text())["images"]} == {"skipped"}
@@ -188,8 +163,7 @@ def test_two_shards_at_once_cover_each_image_once(fleet: Fleet, tmp_path: Path) 
     spec = fleet.write_spec(tmp_path / "spec.yaml")
     store = tmp_path / "bucket"
     procs = [
-        _bale(
-            tmp_path,
+        start_bale(
             "run",
             str(spec),
             "--to",
@@ -198,6 +172,7 @@ def test_two_shards_at_once_cover_each_image_once(fleet: Fleet, tmp_path: Path) 
             f"{i}/2",
             "--report",
             str(tmp_path / f"shard{i}.json"),
+            env=isolated_env(tmp_path),
         )
         for i in range(2)
     ]
@@ -219,10 +194,10 @@ def test_two_shards_at_once_cover_each_image_once(fleet: Fleet, tmp_path: Path) 
 
 def _assert_verify_clean(tmp_path: Path, store: Path) -> None:
     """`bale verify` is another engineer's command: assert on it once it exists."""
-    probe = _run(tmp_path, "verify", "--help")
+    probe = run_bale("verify", "--help", env=isolated_env(tmp_path))
     if probe.returncode != 0:
         pytest.skip("bale verify is not available yet")
-    proc = _run(tmp_path, "verify", str(store))
+    proc = run_bale("verify", str(store), env=isolated_env(tmp_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -239,8 +214,7 @@ def test_missing_image_others_archive_exit_1(fleet: Fleet, tmp_path: Path) -> No
 """
     )
     store, report, junit = tmp_path / "bucket", tmp_path / "report.json", tmp_path / "junit.xml"
-    proc = _run(
-        tmp_path,
+    proc = run_bale(
         "run",
         str(spec),
         "--to",
@@ -249,6 +223,7 @@ def test_missing_image_others_archive_exit_1(fleet: Fleet, tmp_path: Path) -> No
         str(report),
         "--junit",
         str(junit),
+        env=isolated_env(tmp_path),
     )
     assert proc.returncode == 1, proc.stderr
     ok = {f"{host}/{fleet.prefix}/app1:{t}" for t in ("1.0", "1.1")}
@@ -274,8 +249,15 @@ def test_dry_run_reads_only_and_counts_what_would_move(fleet: Fleet, tmp_path: P
     spec = fleet.write_spec(tmp_path / "spec.yaml")
     store, report = tmp_path / "bucket", tmp_path / "report.json"
     since = fleet.registry.mark()
-    proc = _run(
-        tmp_path, "run", str(spec), "--to", str(store), "--dry-run", "--report", str(report)
+    proc = run_bale(
+        "run",
+        str(spec),
+        "--to",
+        str(store),
+        "--dry-run",
+        "--report",
+        str(report),
+        env=isolated_env(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr
     assert not store.exists()  # not a single write
@@ -285,7 +267,15 @@ def test_dry_run_reads_only_and_counts_what_would_move(fleet: Fleet, tmp_path: P
     assert {i["status"] for i in data["images"]} == {"planned"}
     assert data["totals"]["bytes_downloaded"] == sum(fleet.blobs.values())
     one = next(iter(fleet.images))
-    proc = _run(tmp_path, "archive", one, "--to", str(store), "--dry-run", "--src-tls-verify=false")
+    proc = run_bale(
+        "archive",
+        one,
+        "--to",
+        str(store),
+        "--dry-run",
+        "--src-tls-verify=false",
+        env=isolated_env(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr
     digest = fleet.images[one].digest
     assert proc.stdout.startswith(f"planned   {one} {digest} -> {store}/images/")
@@ -293,11 +283,20 @@ def test_dry_run_reads_only_and_counts_what_would_move(fleet: Fleet, tmp_path: P
 
     # Archive one repository; the dry run then sees its blobs (and the shared base) as stored.
     app0 = [r for r in fleet.images if "/app0:" in r]
-    done = _run(tmp_path, "archive", *app0, "--to", str(store), "--src-tls-verify=false")
+    done = run_bale(
+        "archive", *app0, "--to", str(store), "--src-tls-verify=false", env=isolated_env(tmp_path)
+    )
     assert done.returncode == 0, done.stderr
     before = sorted(p.relative_to(store) for p in store.rglob("*"))
-    proc = _run(
-        tmp_path, "run", str(spec), "--to", str(store), "--dry-run", "--report", str(report)
+    proc = run_bale(
+        "run",
+        str(spec),
+        "--to",
+        str(store),
+        "--dry-run",
+        "--report",
+        str(report),
+        env=isolated_env(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
@@ -322,10 +321,10 @@ def test_bad_input_exits_2_and_writes_nothing(fleet: Fleet, tmp_path: Path) -> N
         ("run", str(good), "--to", str(store), "--jobs", "0"),
     ]
     for args in cases:
-        proc = _run(tmp_path, *args)
+        proc = run_bale(*args, env=isolated_env(tmp_path))
         assert proc.returncode == 2, (args, proc.stderr)
         assert not store.exists(), args
-    proc = _run(tmp_path, "run", str(bad), "--to", str(store))
+    proc = run_bale("run", str(bad), "--to", str(store), env=isolated_env(tmp_path))
     assert "bad.yaml:3" in proc.stderr and "colour" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
@@ -336,7 +335,15 @@ def test_json_log_one_object_per_event(fleet: Fleet, tmp_path: Path) -> None:
         f"{fleet.registry.host}:\n  tls-verify: false\n  images:\n"
         f'    {fleet.prefix}/app2: ["1.0", "1.1", "nope"]\n'
     )
-    proc = _run(tmp_path, "--log-format", "json", "run", str(spec), "--to", str(tmp_path / "b"))
+    proc = run_bale(
+        "--log-format",
+        "json",
+        "run",
+        str(spec),
+        "--to",
+        str(tmp_path / "b"),
+        env=isolated_env(tmp_path),
+    )
     assert proc.returncode == 1
     events = [json.loads(line) for line in proc.stderr.splitlines()]
     kinds = [e["event"] for e in events]
@@ -363,8 +370,7 @@ def test_spec_credentials_override_the_command_line(
 """
     )
     report = tmp_path / "report.json"
-    proc = _run(
-        tmp_path,
+    proc = run_bale(
         "run",
         str(spec),
         "--to",
@@ -374,13 +380,22 @@ def test_spec_credentials_override_the_command_line(
         "--src-creds",
         "someone:wrong",
         "--src-tls-verify=true",
+        env=isolated_env(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr
     assert [i["status"] for i in json.loads(report.read_text())["images"]] == ["archived"]
 
     # Wrong credentials in the spec: the listing fails, named in the report, password never shown.
     spec.write_text(spec.read_text().replace(reg.password, "not-the-password"))
-    proc = _run(tmp_path, "run", str(spec), "--to", str(tmp_path / "b"), "--report", str(report))
+    proc = run_bale(
+        "run",
+        str(spec),
+        "--to",
+        str(tmp_path / "b"),
+        "--report",
+        str(report),
+        env=isolated_env(tmp_path),
+    )
     assert proc.returncode == 1
     text = report.read_text() + proc.stdout + proc.stderr
     assert "not-the-password" not in text

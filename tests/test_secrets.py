@@ -27,12 +27,12 @@ from typing import Any
 
 import pytest
 
+from tests.bed.cli import isolated_env, run_bale, show
 from tests.bed.images import ImageFactory, LayerSpec
-from tests.bed.moto import MotoServer
+from tests.bed.moto import MOTO_KEYS, MotoServer
 from tests.bed.proxy import DropAfter, FaultProxy, Respond
 from tests.bed.registry import RegistryServer
 from tests.bed.token_issuer import TokenIssuer
-from tests.test_faults import bale, cli_env, show
 
 pytestmark = pytest.mark.integration
 
@@ -130,8 +130,8 @@ def run(
     extra: list[str] = []
     if command in ("archive", "run", "restore"):
         extra = ["--report", str(report), "--junit", str(junit)]
-    env = env or cli_env(tmp_path)
-    proc: subprocess.CompletedProcess[str] = bale("-vv", *args, *extra, env=env)
+    env = env or isolated_env(tmp_path, **MOTO_KEYS)
+    proc: subprocess.CompletedProcess[str] = run_bale("-vv", *args, *extra, env=env)
     texts = [
         (f"run {n} {args[:2]} stdout", proc.stdout),
         (f"run {n} {args[:2]} stderr", proc.stderr),
@@ -323,7 +323,10 @@ def test_inspect_list_tags_copy_and_restore_leak_nothing(
 def test_s3_keys_leak_nothing(bed: Bed, moto_server: MotoServer, tmp_path: Path) -> None:
     """At DEBUG botocore logs every request it signs, session token included; -vv must not
     let it (moto accepts any keys)."""
-    env = cli_env(tmp_path, {"AWS_SECRET_ACCESS_KEY": AWS_SECRET, "AWS_SESSION_TOKEN": AWS_SESSION})
+    env = isolated_env(
+        tmp_path,
+        **MOTO_KEYS | {"AWS_SECRET_ACCESS_KEY": AWS_SECRET, "AWS_SESSION_TOKEN": AWS_SESSION},
+    )
     url = f"s3://{moto_server.create_bucket()}/arch"
     endpoint = ["--endpoint-url", moto_server.endpoint_url]
     source = f"docker://{bed.htpasswd.host}/{bed.image_repo}:1"

@@ -35,13 +35,13 @@ from typing import Any
 import pytest
 
 from pipeline.archive import layout
+from tests.bed.cli import isolated_env, run_bale, show, start_bale
 from tests.bed.images import ImageFactory, LayerSpec
-from tests.bed.moto import MotoServer
+from tests.bed.moto import MOTO_KEYS, MotoServer
 from tests.bed.proxy import Delay, FaultProxy, Respond
-from tests.bed.registry import RegistryServer
+from tests.bed.registry import RegistryServer, blob_gets
+from tests.bed.store_view import S3View, blob_digests, check_no_dangling, local_keys
 from tests.bed.terminal import run_on_terminal
-from tests.test_crash import S3View, blob_gets, check_no_dangling, start
-from tests.test_faults import bale, blob_digests, cli_env, local_keys, show
 
 pytestmark = pytest.mark.integration
 
@@ -177,7 +177,7 @@ def test_archive_signal_mid_transfer(
     """Two images move (`--jobs 2`), the third waits; the signal comes once the shared layer is
     stored and the large ones are part way through (in S3: with a part of a multipart upload
     stored, so the abort is seen)."""
-    env = cli_env(tmp_path)
+    env = isolated_env(tmp_path, **MOTO_KEYS)
     shared = layout.blob_key(trio.shared)
     refs = [f"{trio.repo}:{t}" for t in trio.tags]
     blobs = trio.sizes()
@@ -223,7 +223,7 @@ def test_archive_signal_mid_transfer(
     archive = [command, *images, "--to", *store_args, "--src-tls-verify=false", "--jobs", "2"]
     reports = ["--report", str(report), "--junit", str(junit)]
     since = registry.mark()
-    proc = start([*archive, "--limit-rate", rate, *reports], env)
+    proc = start_bale(*archive, "--limit-rate", rate, *reports, env=env)
     wait_for(proc, in_flight)
     time.sleep(0.5)
     open_before = leftovers()  # S3: multipart uploads; local: the blobs' temporary files
@@ -239,10 +239,10 @@ def test_archive_signal_mid_transfer(
     check_no_dangling(before)
     stored = blob_digests(before) & set(blobs)
     assert trio.shared in stored and stored != set(blobs)
-    verify = bale("verify", *store_args, env=env)
+    verify = run_bale("verify", *store_args, env=env)
     assert verify.returncode == 0 and verify.stdout == "", show(verify)
 
-    rerun = bale(*archive, *reports, env=env)
+    rerun = run_bale(*archive, *reports, env=env)
     assert rerun.returncode == 0, show(rerun)
     again = json.loads(report.read_text())
     assert [i["status"] for i in again["images"]] == ["archived"] * 3, again
@@ -250,14 +250,14 @@ def test_archive_signal_mid_transfer(
     assert again["totals"]["bytes_downloaded"] == missing  # nothing stored is fetched again
     gets = blob_gets(registry, since)
     assert all(gets[d] == 1 for d in stored), gets
-    verify = bale("verify", *store_args, env=env)
+    verify = run_bale("verify", *store_args, env=env)
     assert verify.returncode == 0 and verify.stdout == "", show(verify)
 
 
 def test_ctrl_c_typed_on_a_terminal(trio: Trio, tmp_path: Path) -> None:
     """A person's Ctrl-C: the pty's line discipline sends SIGINT while the bars move; the bars
     give way to the summary and the one line, nothing is left behind."""
-    env = cli_env(tmp_path)
+    env = isolated_env(tmp_path, **MOTO_KEYS)
     root = tmp_path / "store"
     refs = [f"docker://{trio.repo}:{t}" for t in trio.tags]
     archive = ["archive", *refs, "--to", str(root), "--src-tls-verify=false", "--jobs", "2"]
@@ -266,7 +266,7 @@ def test_ctrl_c_typed_on_a_terminal(trio: Trio, tmp_path: Path) -> None:
     assert "Traceback" not in run.text, run.text
     assert re.search(r"bale: interrupted by SIGINT; 0 done, 3 interrupted\n", run.text), run.text
     assert not [k for k in local_keys(root) if k.startswith(".bale-tmp/")]
-    verify = bale("verify", str(root), env=env)
+    verify = run_bale("verify", str(root), env=env)
     assert verify.returncode == 0 and verify.stdout == "", show(verify)
 
 
@@ -278,7 +278,7 @@ def test_signal_while_a_spec_is_listed(
     moves; each listing takes 1 s here (a proxy delays it). SIGTERM during the first: no
     further repository is listed, and the report names every repository and image as
     interrupted."""
-    env = cli_env(tmp_path)
+    env = isolated_env(tmp_path, **MOTO_KEYS)
     report, junit = tmp_path / "r.json", tmp_path / "r.xml"
     with FaultProxy(registry.host) as proxy:
         slow = proxy.add(Delay(path=r"/tags/list$", seconds=1.0, times=None))
@@ -290,7 +290,7 @@ def test_signal_while_a_spec_is_listed(
         else:
             args = ["sync", "--src", "yaml", str(spec), f"docker://{dest.host}/listed"]
             args.append("--dest-tls-verify=false")
-        proc = start([*args, "--report", str(report), "--junit", str(junit)], env)
+        proc = start_bale(*args, "--report", str(report), "--junit", str(junit), env=env)
         wait_for(proc, lambda: slow.fired > 0)
         _out, err = interrupt(proc, signal.SIGTERM)
         listed = len(proxy.find("GET", r"/tags/list$"))
@@ -304,7 +304,7 @@ def test_signal_while_a_spec_is_listed(
 def test_signal_ends_a_retry_wait(trio: Trio, registry: RegistryServer, tmp_path: Path) -> None:
     """Every blob GET answers 503 with `Retry-After: 300`: bale waits 300 s before its next
     attempt, and the signal ends that wait (the test's 60 s bound would catch it otherwise)."""
-    env = cli_env(tmp_path)
+    env = isolated_env(tmp_path, **MOTO_KEYS)
     root = tmp_path / "store"
     report, junit = tmp_path / "r.json", tmp_path / "r.xml"
     with FaultProxy(registry.host) as proxy:
@@ -313,7 +313,7 @@ def test_signal_ends_a_retry_wait(trio: Trio, registry: RegistryServer, tmp_path
         )
         ref = f"docker://{proxy.host}/{trio.repo.split('/', 1)[1]}:1"
         archive = ["archive", ref, "--to", str(root), "--src-tls-verify=false"]
-        proc = start([*archive, "--report", str(report), "--junit", str(junit)], env)
+        proc = start_bale(*archive, "--report", str(report), "--junit", str(junit), env=env)
         wait_for(proc, lambda: busy.fired > 0)
         time.sleep(0.3)
         _out, err = interrupt(proc, signal.SIGTERM)
@@ -324,19 +324,19 @@ def test_signal_ends_a_retry_wait(trio: Trio, registry: RegistryServer, tmp_path
 
 
 def test_second_signal_exits_at_once_leaving_no_temporary_file(trio: Trio, tmp_path: Path) -> None:
-    env = cli_env(tmp_path)
+    env = isolated_env(tmp_path, **MOTO_KEYS)
     root = tmp_path / "store"
     refs = [f"docker://{trio.repo}:{t}" for t in trio.tags]
     archive = ["archive", *refs, "--to", str(root), "--src-tls-verify=false"]
-    proc = start([*archive, *SLOW], env)
+    proc = start_bale(*archive, *SLOW, env=env)
     wait_for(proc, lambda: any(p.stat().st_size for p in (root / ".bale-tmp").glob("*")))
     _out, err = interrupt(proc, signal.SIGINT, again=True)
     assert "Traceback" not in err, err
     assert not [k for k in local_keys(root) if k.startswith(".bale-tmp/")]
     check_no_dangling(local_keys(root))
-    verify = bale("verify", str(root), env=env)
+    verify = run_bale("verify", str(root), env=env)
     assert verify.returncode == 0 and verify.stdout == "", show(verify)
-    rerun = bale(*archive, env=env)
+    rerun = run_bale(*archive, env=env)
     assert rerun.returncode == 0, show(rerun)
 
 
@@ -436,7 +436,7 @@ def interrupt_push(
     second is under way, then signal; the checked report and the access-log mark."""
     report, junit = tmp_path / "r.json", tmp_path / "r.xml"
     since = dest.mark()
-    proc = start([*args, *SLOW, "--report", str(report), "--junit", str(junit)], env)
+    proc = start_bale(*args, *SLOW, "--report", str(report), "--junit", str(junit), env=env)
     wait_for(proc, lambda: dest.count("PUT", r"/blobs/uploads/", since=since, status=201) >= 2)
     time.sleep(1.0)
     _out, err = interrupt(proc, signum)
@@ -448,10 +448,10 @@ def interrupt_push(
 def test_restore_all_tags_signal_mid_push(
     signum: int, trio: Trio, dest: RegistryServer, tmp_path: Path
 ) -> None:
-    env = cli_env(tmp_path)
+    env = isolated_env(tmp_path, **MOTO_KEYS)
     store = str(tmp_path / "store")
     refs = [f"docker://{trio.repo}:{t}" for t in trio.tags]
-    done = bale("archive", *refs, "--to", store, "--src-tls-verify=false", env=env)
+    done = run_bale("archive", *refs, "--to", store, "--src-tls-verify=false", env=env)
     assert done.returncode == 0, show(done)
     restore = [
         "restore",
@@ -469,7 +469,7 @@ def test_restore_all_tags_signal_mid_push(
     assert complete_tags(dest, "restored/app") == finished
     assert dest.count("DELETE", r"/blobs/uploads/", since=since) >= 1  # the cut upload's session
 
-    rerun = bale(*restore, env=env)
+    rerun = run_bale(*restore, env=env)
     assert rerun.returncode == 0, show(rerun)
     assert complete_tags(dest, "restored/app") == set(trio.tags)
     puts = blob_puts(dest, since)
@@ -477,7 +477,7 @@ def test_restore_all_tags_signal_mid_push(
 
 
 def test_sync_signal_mid_push(trio: Trio, dest: RegistryServer, tmp_path: Path) -> None:
-    env = cli_env(tmp_path)
+    env = isolated_env(tmp_path, **MOTO_KEYS)
     sync = [
         "sync",
         f"docker://{trio.repo}",
@@ -491,7 +491,7 @@ def test_sync_signal_mid_push(trio: Trio, dest: RegistryServer, tmp_path: Path) 
     finished = {i["source"].rsplit(":", 1)[1] for i in data["images"] if i["status"] == "copied"}
     assert complete_tags(dest, "mirror/app") == finished
 
-    rerun = bale(*sync, env=env)
+    rerun = run_bale(*sync, env=env)
     assert rerun.returncode == 0, show(rerun)
     assert complete_tags(dest, "mirror/app") == set(trio.tags)
     puts = blob_puts(dest, since)
@@ -506,7 +506,7 @@ def test_copy_to_tar_signal_mid_transfer(
     kind: str, signum: int, trio: Trio, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """No tar, whole or partial, at the destination; no temporary file, no open upload."""
-    env = cli_env(tmp_path)
+    env = isolated_env(tmp_path, **MOTO_KEYS)
     out = tmp_path / "out"
     out.mkdir()
     if kind == "s3":
@@ -535,13 +535,13 @@ def test_copy_to_tar_signal_mid_transfer(
             return sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
 
     copy = ["copy", f"docker://{source}", *target, "--src-tls-verify=false"]
-    proc = start([*copy, "--limit-rate", rate], env)
+    proc = start_bale(*copy, "--limit-rate", rate, env=env)
     wait_for(proc, busy)
     time.sleep(0.5)
     _out, err = interrupt(proc, signum)
     assert err.strip().splitlines()[-1] == f"bale: interrupted by {signal.Signals(signum).name}"
     assert leftovers() == []
-    rerun = bale(*copy, env=env)
+    rerun = run_bale(*copy, env=env)
     assert rerun.returncode == 0, show(rerun)
     assert leftovers() != []
 
@@ -551,17 +551,17 @@ def test_copy_to_a_registry_signal_mid_push(
 ) -> None:
     """One image, no report: the one line, exit 130, and no tag at the destination until the
     rerun writes it (with every blob there)."""
-    env = cli_env(tmp_path)
+    env = isolated_env(tmp_path, **MOTO_KEYS)
     target = f"docker://{dest.host}/copied/app:1"
     copy = ["copy", f"docker://{trio.repo}:1", target, "--src-tls-verify=false"]
     copy += ["--dest-tls-verify=false"]
     since = dest.mark()
-    proc = start([*copy, *SLOW], env)
+    proc = start_bale(*copy, *SLOW, env=env)
     wait_for(proc, lambda: dest.count("PUT", r"/blobs/uploads/", since=since, status=201) >= 1)
     time.sleep(1.0)
     _out, err = interrupt(proc, signal.SIGINT)
     assert err.strip().splitlines()[-1] == "bale: interrupted by SIGINT", err
     assert complete_tags(dest, "copied/app") == set()
-    rerun = bale(*copy, env=env)
+    rerun = run_bale(*copy, env=env)
     assert rerun.returncode == 0, show(rerun)
     assert complete_tags(dest, "copied/app") == {"1"}

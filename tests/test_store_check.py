@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 
+from tests.bed.cli import error_line, isolated_env, run_bale, show
 from tests.bed.fixtures_store import OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET, OSS_REGION
 from tests.bed.images import ImageFactory, LayerSpec
-from tests.bed.moto import REGION, MotoServer, free_port, start_moto_server
+from tests.bed.moto import MOTO_KEYS, REGION, MotoServer, free_port, start_moto_server
 from tests.bed.oss_server import OssServer
 from tests.bed.registry import RegistryServer
-from tests.test_bad_input import error_line
-from tests.test_faults import bale, cli_env, local_keys, show
+from tests.bed.store_view import local_keys
 
 pytestmark = pytest.mark.integration
 
@@ -75,11 +75,11 @@ def store_commands(url: str, tmp_path: Path, *extra: str) -> list[list[str]]:
 def test_s3_bucket_that_does_not_exist_is_one_line_for_every_command(
     moto_server: MotoServer, tmp_path: Path
 ) -> None:
-    env = cli_env(tmp_path)
+    env = isolated_env(tmp_path, **MOTO_KEYS)
     before = {b["Name"] for b in moto_server.client().list_buckets()["Buckets"]}
     url = "s3://no-such-bucket-13/arch"
     for args in store_commands(url, tmp_path, "--endpoint-url", moto_server.endpoint_url):
-        proc = bale(*args, env=env)
+        proc = run_bale(*args, env=env)
         one_line(proc, "bucket no-such-bucket-13 does not exist", moto_server.endpoint_url)
     after = {b["Name"] for b in moto_server.client().list_buckets()["Buckets"]}
     assert after == before  # not created behind the user's back
@@ -89,15 +89,15 @@ def test_s3_bucket_that_does_not_exist_is_one_line_for_every_command(
 def test_s3_endpoint_that_nobody_answers(tmp_path: Path) -> None:
     """Said at once: not after every backoff of --retries, with a warning line for each."""
     endpoint = f"http://127.0.0.1:{free_port()}"
-    proc = bale(
+    proc = run_bale(
         "archive", *IMAGES, "--to", "s3://bucket/arch", "--endpoint-url", endpoint,
-        env=cli_env(tmp_path),
+        env=isolated_env(tmp_path, **MOTO_KEYS),
     )  # fmt: skip
     one_line(proc, f"endpoint {endpoint} unreachable (connection refused)")
 
 
 def test_s3_without_credentials(moto_server: MotoServer, s3_bucket: str, tmp_path: Path) -> None:
-    env = {k: v for k, v in cli_env(tmp_path).items() if not k.startswith("AWS_")}
+    env = isolated_env(tmp_path)
     env.update(
         AWS_CONFIG_FILE=str(tmp_path / "none"),
         AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
@@ -106,7 +106,7 @@ def test_s3_without_credentials(moto_server: MotoServer, s3_bucket: str, tmp_pat
     )
     url = f"s3://{s3_bucket}/arch"
     for args in (["archive", *IMAGES, "--to", url], ["ls", url]):
-        proc = bale(*args, "--endpoint-url", moto_server.endpoint_url, env=env)
+        proc = run_bale(*args, "--endpoint-url", moto_server.endpoint_url, env=env)
         one_line(proc, "no S3 credentials", "AWS_ACCESS_KEY_ID")
     assert s3_names(moto_server, s3_bucket) == ([], [])
 
@@ -122,13 +122,12 @@ class IamMoto:
 
     def env(self, tmp_path: Path, who: str, secret: str | None = None) -> dict[str, str]:
         key, real_secret = self.keys[who]
-        return cli_env(
+        return isolated_env(
             tmp_path,
-            {
-                "AWS_ACCESS_KEY_ID": key,
-                "AWS_SECRET_ACCESS_KEY": real_secret if secret is None else secret,
-                "AWS_ENDPOINT_URL": self.server.endpoint_url,
-            },
+            AWS_ACCESS_KEY_ID=key,
+            AWS_SECRET_ACCESS_KEY=real_secret if secret is None else secret,
+            AWS_ENDPOINT_URL=self.server.endpoint_url,
+            AWS_DEFAULT_REGION=REGION,
         )
 
     def names(self) -> tuple[list[str], list[str]]:
@@ -182,30 +181,30 @@ def test_s3_credentials_refused(iam_moto: IamMoto, tmp_path: Path) -> None:
     url = f"s3://{iam_moto.bucket}/arch"
     env = iam_moto.env(tmp_path, "admin", secret="not-the-secret")
     for args in (["archive", *IMAGES, "--to", url], ["ls", url]):
-        one_line(bale(*args, env=env), "S3 refused these credentials", "SignatureDoesNotMatch")
+        one_line(run_bale(*args, env=env), "S3 refused these credentials", "SignatureDoesNotMatch")
     env["AWS_ACCESS_KEY_ID"] = "AKIANOSUCHKEY0000000"
-    one_line(bale("ls", url, env=env), "refused these credentials", "InvalidAccessKeyId")
+    one_line(run_bale("ls", url, env=env), "refused these credentials", "InvalidAccessKeyId")
     assert iam_moto.names() == ([], [])
 
 
 def test_s3_keys_that_may_read_but_not_write(iam_moto: IamMoto, tmp_path: Path) -> None:
     url = f"s3://{iam_moto.bucket}/arch"
     env = iam_moto.env(tmp_path, "reader")
-    proc = bale("archive", *IMAGES, "--to", url, env=env)
+    proc = run_bale("archive", *IMAGES, "--to", url, env=env)
     one_line(proc, url, "access denied for writing")
-    proc = bale("copy", "docker://127.0.0.1:9/team/a:1", f"docker-archive:{url}/a.tar", env=env)
+    proc = run_bale("copy", "docker://127.0.0.1:9/team/a:1", f"docker-archive:{url}/a.tar", env=env)
     one_line(proc, "access denied for writing")
     assert iam_moto.names() == ([], [])
     # Reading is what these keys may do: ls, verify and a dry run pass the check.
-    proc = bale("ls", url, env=env)
+    proc = run_bale("ls", url, env=env)
     assert proc.returncode == 0, show(proc)
-    proc = bale("archive", IMAGES[0], "--to", url, "--dry-run", "--retries", "0", env=env)
+    proc = run_bale("archive", IMAGES[0], "--to", url, "--dry-run", "--retries", "0", env=env)
     assert proc.returncode == 1 and "denied" not in proc.stderr, show(proc)  # the image fails
 
 
 def test_s3_keys_without_any_permission(iam_moto: IamMoto, tmp_path: Path) -> None:
     url = f"s3://{iam_moto.bucket}/arch"
-    proc = bale("ls", url, env=iam_moto.env(tmp_path, "nobody"))
+    proc = run_bale("ls", url, env=iam_moto.env(tmp_path, "nobody"))
     one_line(proc, "access denied for reading")
 
 
@@ -215,9 +214,9 @@ def test_s3_write_check_leaves_nothing_behind(
     """A run whose store passes the check but whose images all fail leaves the bucket as it
     was: no probe object, no open upload."""
     url = f"s3://{s3_bucket}/arch"
-    proc = bale(
+    proc = run_bale(
         "archive", IMAGES[0], "--to", url, "--endpoint-url", moto_server.endpoint_url,
-        "--retries", "0", env=cli_env(tmp_path),
+        "--retries", "0", env=isolated_env(tmp_path, **MOTO_KEYS),
     )  # fmt: skip
     assert proc.returncode == 1, show(proc)  # the image's registry is not there
     assert s3_names(moto_server, s3_bucket) == ([], [])
@@ -227,21 +226,20 @@ def test_ceph_rgw_problems_and_a_check_that_leaves_nothing(rgw_server: Any, tmp_
     """A real S3 server that checks every signature: the same lines as on moto."""
     bucket = rgw_server.create_bucket()
     url = f"s3://{bucket}/arch"
-    env = cli_env(
+    env = isolated_env(
         tmp_path,
-        {
-            "AWS_ACCESS_KEY_ID": rgw_server.access_key,
-            "AWS_SECRET_ACCESS_KEY": rgw_server.secret_key,
-            "AWS_ENDPOINT_URL": rgw_server.endpoint_url,
-        },
+        AWS_ACCESS_KEY_ID=rgw_server.access_key,
+        AWS_SECRET_ACCESS_KEY=rgw_server.secret_key,
+        AWS_ENDPOINT_URL=rgw_server.endpoint_url,
+        AWS_DEFAULT_REGION=REGION,
     )
-    proc = bale("archive", *IMAGES, "--to", "s3://no-such-bucket-13/arch", env=env)
+    proc = run_bale("archive", *IMAGES, "--to", "s3://no-such-bucket-13/arch", env=env)
     one_line(proc, "bucket no-such-bucket-13 does not exist")
     wrong = {**env, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
-    one_line(bale("archive", *IMAGES, "--to", url, env=wrong), "SignatureDoesNotMatch")
+    one_line(run_bale("archive", *IMAGES, "--to", url, env=wrong), "SignatureDoesNotMatch")
     unknown = {**env, "AWS_ACCESS_KEY_ID": "NOSUCHKEY"}
-    one_line(bale("ls", url, env=unknown), "InvalidAccessKeyId")
-    proc = bale("archive", IMAGES[0], "--to", url, "--retries", "0", env=env)
+    one_line(run_bale("ls", url, env=unknown), "InvalidAccessKeyId")
+    proc = run_bale("archive", IMAGES[0], "--to", url, "--retries", "0", env=env)
     assert proc.returncode == 1, show(proc)  # past the check; the image's registry is not there
     client = rgw_server.client()
     assert client.list_objects_v2(Bucket=bucket).get("Contents", []) == []
@@ -254,7 +252,7 @@ def test_ceph_rgw_problems_and_a_check_that_leaves_nothing(rgw_server: Any, tmp_
 def oss_env(tmp_path: Path, server: OssServer, **keys: str) -> dict[str, str]:
     extra = {"OSS_ENDPOINT": server.endpoint, "OSS_REGION": OSS_REGION}
     extra.update(keys)
-    return cli_env(tmp_path, extra)
+    return isolated_env(tmp_path, **MOTO_KEYS, **extra)
 
 
 def with_keys(key_id: str = OSS_ACCESS_KEY_ID) -> dict[str, str]:
@@ -274,7 +272,7 @@ def test_oss_endpoint_without_keys(
     env = oss_env(tmp_path, oss_server)
     url = f"oss://{oss_bucket_once}/arch"
     for args in store_commands(url, tmp_path):
-        line = one_line(bale(*args, env=env), f"OSS endpoint {oss_server.endpoint}")
+        line = one_line(run_bale(*args, env=env), f"OSS endpoint {oss_server.endpoint}")
         assert "without keys" in line and "OSS_ACCESS_KEY_ID" in line, line
     assert oss_server.objects(oss_bucket_once) == {} and oss_server.uploads(oss_bucket_once) == []
 
@@ -282,25 +280,27 @@ def test_oss_endpoint_without_keys(
 def test_oss_problems(oss_server: OssServer, oss_bucket_once: str, tmp_path: Path) -> None:
     url = f"oss://{oss_bucket_once}/arch"
     env = oss_env(tmp_path, oss_server, **with_keys())
-    proc = bale("archive", *IMAGES, "--to", "oss://no-such-bucket-13/arch", env=env)
+    proc = run_bale("archive", *IMAGES, "--to", "oss://no-such-bucket-13/arch", env=env)
     one_line(proc, "bucket no-such-bucket-13 does not exist")
 
     wrong = oss_env(tmp_path, oss_server, **with_keys("not-our-key"))
-    one_line(bale("archive", *IMAGES, "--to", url, env=wrong), "refused", "InvalidAccessKeyId")
+    one_line(run_bale("archive", *IMAGES, "--to", url, env=wrong), "refused", "InvalidAccessKeyId")
 
     oss_server.deny_writes(oss_bucket_once)
-    one_line(bale("archive", *IMAGES, "--to", url, env=env), "access denied for writing")
-    proc = bale("ls", url, env=env)
+    one_line(run_bale("archive", *IMAGES, "--to", url, env=env), "access denied for writing")
+    proc = run_bale("ls", url, env=env)
     assert proc.returncode == 0, show(proc)
     oss_server.deny(oss_bucket_once)
-    one_line(bale("verify", url, env=env), "access denied for reading")
+    one_line(run_bale("verify", url, env=env), "access denied for reading")
     assert oss_server.objects(oss_bucket_once) == {} and oss_server.uploads(oss_bucket_once) == []
 
 
 def test_oss_endpoint_that_nobody_answers(tmp_path: Path) -> None:
     endpoint = f"http://127.0.0.1:{free_port()}"
-    env = cli_env(tmp_path, {"OSS_ENDPOINT": endpoint, "OSS_REGION": OSS_REGION, **with_keys()})
-    proc = bale("archive", *IMAGES, "--to", "oss://bucket/arch", env=env)
+    env = isolated_env(
+        tmp_path, **MOTO_KEYS, OSS_ENDPOINT=endpoint, OSS_REGION=OSS_REGION, **with_keys()
+    )
+    proc = run_bale("archive", *IMAGES, "--to", "oss://bucket/arch", env=env)
     one_line(proc, f"endpoint {endpoint} unreachable (connection refused)")
 
 
@@ -329,23 +329,25 @@ def unwritable(directory: Path) -> Iterator[None]:
 def test_local_directory_that_cannot_be_written(tmp_path: Path) -> None:
     root = tmp_path / "store"
     root.mkdir()
-    env = cli_env(tmp_path)
+    env = isolated_env(tmp_path, **MOTO_KEYS)
     with unwritable(root):
         for target in (root, root / "deeper"):
-            proc = bale("archive", *IMAGES, "--to", str(target), env=env)
+            proc = run_bale("archive", *IMAGES, "--to", str(target), env=env)
             one_line(proc, f"cannot write to {target}", "permission denied")
-        proc = bale(
+        proc = run_bale(
             "copy", "docker://127.0.0.1:9/team/a:1", f"docker-archive:{root}/a.tar", env=env
         )
         one_line(proc, f"cannot write to {root}")
-        assert bale("ls", str(root), env=env).returncode == 0  # reading it is fine
+        assert run_bale("ls", str(root), env=env).returncode == 0  # reading it is fine
     assert not local_keys(root) and not list(root.iterdir())
 
 
 def test_local_store_under_a_file(tmp_path: Path) -> None:
     blocker = tmp_path / "blocker"
     blocker.write_text("not a directory")
-    proc = bale("archive", *IMAGES, "--to", str(blocker / "store"), env=cli_env(tmp_path))
+    proc = run_bale(
+        "archive", *IMAGES, "--to", str(blocker / "store"), env=isolated_env(tmp_path, **MOTO_KEYS)
+    )
     one_line(proc, "a file is in the way")
     assert blocker.read_text() == "not a directory"
 
@@ -368,25 +370,18 @@ def test_local_store_under_a_file(tmp_path: Path) -> None:
 )
 def test_url_without_its_colon_is_refused(args: list[str], meant: str, tmp_path: Path) -> None:
     (tmp_path / "spec.yaml").write_text("127.0.0.1:9:\n  images:\n    team/a: ['1']\n")
-    env = cli_env(tmp_path)
-    proc = subprocess.run(
-        [*bale_argv(), *(a.replace("{dir}", str(tmp_path)) for a in args)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
-    )  # fmt: skip
+    env = isolated_env(tmp_path, **MOTO_KEYS)
+    proc = run_bale(
+        *(a.replace("{dir}", str(tmp_path)) for a in args), env=env, cwd=tmp_path, timeout=120
+    )
     one_line(proc, f"did you mean {meant}?")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cli-home", "spec.yaml"], show(proc)
 
 
-def bale_argv() -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "pipeline"]
-
-
 def test_a_local_path_that_says_so_is_allowed(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [*bale_argv(), "archive", "--dry-run", IMAGES[0], "--to", "./s3//x", "--retries", "0"],
-        capture_output=True, text=True, env=cli_env(tmp_path), cwd=tmp_path, timeout=120,
+    proc = run_bale(
+        "archive", "--dry-run", IMAGES[0], "--to", "./s3//x", "--retries", "0",
+        env=isolated_env(tmp_path, **MOTO_KEYS), cwd=tmp_path, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 1 and "did you mean" not in proc.stderr, show(proc)
 
@@ -412,9 +407,9 @@ def test_success_lines_and_report_name_the_full_destination(
         (str(tmp_path / "store"), str(tmp_path / "store" / tar)),
     ):
         report = tmp_path / "r.json"
-        proc = bale(
+        proc = run_bale(
             "archive", ref, "--to", url, "--src-tls-verify=false", "--report", str(report),
-            "--endpoint-url", moto_server.endpoint_url, env=cli_env(tmp_path),
+            "--endpoint-url", moto_server.endpoint_url, env=isolated_env(tmp_path, **MOTO_KEYS),
         )  # fmt: skip
         assert proc.returncode == 0, show(proc)
         assert proc.stdout.split() == ["archived", ref, multi.digest, "->", where], show(proc)
@@ -423,19 +418,18 @@ def test_success_lines_and_report_name_the_full_destination(
         assert result["tar_key"] == tar
         assert result["source_digest"] is None  # the index itself was stored
     restored = f"{registry.host}/check/restored:1"
-    proc = bale(
+    proc = run_bale(
         "restore", ref, f"docker://{restored}", "--from", str(tmp_path / "store"),
-        "--dest-tls-verify=false", "--report", str(report), env=cli_env(tmp_path),
+        "--dest-tls-verify=false", "--report", str(report), env=isolated_env(tmp_path, **MOTO_KEYS),
     )  # fmt: skip
     assert proc.returncode == 0, show(proc)
     (result,) = json.loads(report.read_text())["images"]
     assert result["destination"] == f"docker://{restored}"
     copied = tmp_path / "out" / "a.tar"
     copied.parent.mkdir()
-    proc = subprocess.run(
-        [*bale_argv(), "copy", f"docker://{ref}", "docker-archive:out/a.tar",
-         "--src-tls-verify=false"],
-        capture_output=True, text=True, env=cli_env(tmp_path), cwd=tmp_path, timeout=120,
+    proc = run_bale(
+        "copy", f"docker://{ref}", "docker-archive:out/a.tar", "--src-tls-verify=false",
+        env=isolated_env(tmp_path, **MOTO_KEYS), cwd=tmp_path, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, show(proc)
     assert f"-> docker-archive:{copied} (" in proc.stderr, show(proc)
@@ -453,15 +447,19 @@ def test_platform_of_an_index_reports_what_was_stored(
     report, junit = tmp_path / "r.json", tmp_path / "j.xml"
     args = ["archive", ref, "--to", str(root), "--platform", "linux/arm64"]
     args += ["--src-tls-verify=false", "--report", str(report), "--junit", str(junit)]
-    proc = bale(*args, env=cli_env(tmp_path))
+    proc = run_bale(*args, env=isolated_env(tmp_path, **MOTO_KEYS))
     assert proc.returncode == 0, show(proc)
     assert proc.stdout.split()[:3] == ["archived", ref, arm64], show(proc)
     (result,) = json.loads(report.read_text())["images"]
     assert (result["digest"], result["source_digest"]) == (arm64, multi.digest)
     assert f"digest={arm64} source_digest={multi.digest}" in junit.read_text()
-    listed = json.loads(bale("ls", str(root), "--json", env=cli_env(tmp_path)).stdout)
+    listed = json.loads(
+        run_bale("ls", str(root), "--json", env=isolated_env(tmp_path, **MOTO_KEYS)).stdout
+    )
     assert [r["digest"] for r in listed] == [arm64]
 
-    again = bale(*args, env=cli_env(tmp_path))  # the same platform is already there
+    again = run_bale(
+        *args, env=isolated_env(tmp_path, **MOTO_KEYS)
+    )  # the same platform is already there
     assert again.returncode == 0, show(again)
     assert again.stdout.split()[:3] == ["skipped", ref, arm64], show(again)

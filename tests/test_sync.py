@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from pipeline.errors import InvalidReference, NotFound
 from pipeline.ops.sync import destination_for, strip_transport
 from pipeline.refs import Reference
 from pipeline.registry.client import RegistryClient
+from tests.bed.cli import run_bale
 from tests.bed.fixtures_registry import RegistryFactory
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec, Skopeo
 from tests.bed.registry import RegistryServer
@@ -66,12 +66,6 @@ def test_strip_transport():
 
 
 # ---- against skopeo ------------------------------------------------------------------------
-
-
-def _bale(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300
-    )
 
 
 @dataclass(frozen=True)
@@ -162,10 +156,9 @@ def test_spec_sync_gives_what_skopeo_sync_gives(
     theirs, ours = make_registry("none"), make_registry("none")
     extra = ["--all"] if all_images else []
     _skopeo_sync(skopeo, "--src", "yaml", "--dest", "docker", *extra, str(spec), f"{theirs.host}/m")
-    proc = _bale(
+    proc = run_bale(
         "sync", "--src", "yaml", *extra, str(spec), f"docker://{ours.host}/m",
-        "--dest-tls-verify=false",
-    )  # fmt: skip
+        "--dest-tls-verify=false",)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     want, got = _catalog(theirs), _catalog(ours)
     assert got == want
@@ -198,10 +191,9 @@ def test_repository_sync_gives_what_skopeo_sync_gives_then_skips(
         f"{theirs.host}/x/y",
     )
     mark = source.registry.mark()
-    proc = _bale(
+    proc = run_bale(
         "sync", f"docker://{repo}", f"docker://{ours.host}/x/y",
-        "--src-tls-verify=false", "--dest-tls-verify=false",
-    )  # fmt: skip
+        "--src-tls-verify=false", "--dest-tls-verify=false",)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     # one listing serves both the image list and the referrer lookups of the three images
     assert source.registry.count("GET", f"/{source.prefix}/alpha/tags/list", since=mark) == 1
@@ -218,10 +210,9 @@ def test_repository_sync_gives_what_skopeo_sync_gives_then_skips(
 
     # again: every tag is there with its digest; only HEADs and the tag list, nothing written
     mark_src, mark_dst = source.registry.mark(), ours.mark()
-    proc = _bale(
+    proc = run_bale(
         "sync", f"docker://{repo}", f"docker://{ours.host}/x/y",
-        "--src-tls-verify=false", "--dest-tls-verify=false", "--no-referrers",
-    )  # fmt: skip
+        "--src-tls-verify=false", "--dest-tls-verify=false", "--no-referrers",)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert [line.split()[0] for line in proc.stdout.splitlines()] == ["skipped"] * 3
     assert ours.count("PUT", since=mark_dst) == ours.count("POST", since=mark_dst) == 0
@@ -234,11 +225,10 @@ def test_repository_sync_gives_what_skopeo_sync_gives_then_skips(
 def test_one_image_and_an_index_without_all(source: Source, make_registry: RegistryFactory):
     ours = make_registry("none")
     multi = source.images["multi:list"]
-    proc = _bale(
+    proc = run_bale(
         "sync", f"docker://{source.registry.host}/{source.prefix}/multi:list",
         f"docker://{ours.host}", "--src-tls-verify=false", "--dest-tls-verify=false",
-        "--platform", "linux/arm64",
-    )  # fmt: skip
+        "--platform", "linux/arm64",)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert _catalog(ours) == {"multi": {"list": multi.child("linux/arm64").digest}}
 
@@ -252,10 +242,9 @@ def test_one_image_reads_its_manifest_once_and_gets_nothing_from_the_destination
     ours = make_registry("none")
     image = source.images["gamma:only"]
     mark = source.registry.mark()
-    proc = _bale(
+    proc = run_bale(
         "sync", f"docker://{source.registry.host}/{source.prefix}/gamma:only",
-        f"docker://{ours.host}", "--src-tls-verify=false", "--dest-tls-verify=false",
-    )  # fmt: skip
+        f"docker://{ours.host}", "--src-tls-verify=false", "--dest-tls-verify=false",)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert _catalog(ours) == {"gamma": {"only": image.digest}}
     assert ours.count("GET", "/manifests/") == 0
@@ -272,10 +261,9 @@ def test_dry_run_writes_nothing_and_scoped_port_source_is_a_usage_error(
     ours = make_registry("none")
     spec, _ = _spec(source, tmp_path / "spec.yaml")
     mark = ours.mark()
-    proc = _bale(
+    proc = run_bale(
         "sync", "--src", "yaml", str(spec), f"docker://{ours.host}/m", "--dest-tls-verify=false",
-        "--dry-run",
-    )  # fmt: skip
+        "--dry-run",)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     statuses = [line.split()[0] for line in proc.stdout.splitlines()]
     assert statuses == ["planned"] * 8
@@ -285,10 +273,9 @@ def test_dry_run_writes_nothing_and_scoped_port_source_is_a_usage_error(
     with pytest.raises(Exception, match="sync"):
         _skopeo_sync(skopeo, "--src", "yaml", "--dest", "docker", "--scoped", str(spec), ours.host)
     mark = ours.mark()
-    proc = _bale(
+    proc = run_bale(
         "sync", "--src", "yaml", "--scoped", str(spec), f"docker://{ours.host}",
-        "--dest-tls-verify=false",
-    )  # fmt: skip
+        "--dest-tls-verify=false",)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert "--scoped" in proc.stderr
     assert ours.count("PUT", since=mark) == 0
@@ -304,18 +291,16 @@ def test_a_missing_image_fails_keep_going_does_the_rest(
         f"{source.registry.host}:\n  tls-verify: false\n  images:\n"
         f'    {source.prefix}/alpha: ["nope", "1.0", "2.0"]\n'
     )
-    proc = _bale(
+    proc = run_bale(
         "sync", "--src", "yaml", str(spec), f"docker://{ours.host}", "--dest-tls-verify=false",
-        "--keep-going", "--jobs", "1",
-    )  # fmt: skip
+        "--keep-going", "--jobs", "1",)  # fmt: skip
     assert proc.returncode == 1
     assert "failed" in proc.stderr and ":nope" in proc.stderr
     assert set(_catalog(ours)["alpha"]) == {"1.0", "2.0"}
 
     other = make_registry("none")
-    proc = _bale(
+    proc = run_bale(
         "sync", "--src", "yaml", str(spec), f"docker://{other.host}", "--dest-tls-verify=false",
-        "--jobs", "1",
-    )  # fmt: skip
+        "--jobs", "1",)  # fmt: skip
     assert proc.returncode == 1
     assert _catalog(other).get("alpha", {}) == {}  # stopped at the first failure

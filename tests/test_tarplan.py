@@ -29,7 +29,6 @@ from pipeline.archive.tarplan import (
     OCI_LAYOUT,
     USTAR_MAX_SIZE,
     BlobSource,
-    TarPlan,
     blob_path,
     padding,
     plan_image_tar,
@@ -43,50 +42,7 @@ from pipeline.oci import OCI_INDEX, OCI_MANIFEST, Descriptor, Platform, RawManif
 from pipeline.refs import Reference
 from pipeline.store.base import CopyRange, Inline, Readable
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec, Skopeo
-
-REF = Reference.parse("127.0.0.1:5000/team/app:1.0")
-
-
-# --- helpers shared with test_tarread ---------------------------------------------------------
-
-
-def raw_of(image: BuiltImage) -> RawManifest:
-    return RawManifest.from_bytes(image.manifest)
-
-
-def opener(image: BuiltImage) -> Callable[[Descriptor], Readable]:
-    return lambda desc: image.blob_path(desc.digest).open("rb")
-
-
-def plan_for(
-    image: BuiltImage,
-    ref: Reference = REF,
-    *,
-    all_platforms: bool = False,
-    platform: str | None = None,
-    **kwargs: object,
-) -> TarPlan:
-    images: list[RawManifest] = []
-    if image.is_index:
-        if all_platforms:
-            images = [raw_of(c) for c in image.children]
-        else:
-            images = [raw_of(image.child(platform or "linux/amd64"))]
-    return plan_image_tar(
-        ref,
-        raw_of(image),
-        images,
-        all_platforms=all_platforms,
-        **kwargs,  # type: ignore[arg-type]
-    )
-
-
-def write_plan(plan: TarPlan, image: BuiltImage, path: Path) -> bytes:
-    with path.open("wb") as out:
-        written = write_tar(plan, out, opener(image))
-    data = path.read_bytes()
-    assert written == len(data) == plan.total_size
-    return data
+from tests.bed.tars import REF, plan_for, raw_of, write_plan
 
 
 @pytest.fixture(scope="module")

@@ -8,18 +8,13 @@ duplicates, `<config hex>.json`, `repositories`; 25+: an OCI layout plus manifes
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import io
 import json
-import lzma
 import subprocess
 import tarfile
-from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-import zstandard
 
 from pipeline.archive.tarplan import blob_path
 from pipeline.archive.tarread import (
@@ -47,7 +42,16 @@ from pipeline.oci import (
 from pipeline.refs import Reference
 from pipeline.store.base import ObjectInfo
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec, Skopeo
-from tests.test_tarplan import plan_for, raw_of, write_plan
+from tests.bed.tars import (
+    file_entry,
+    link_entry,
+    make_tar,
+    members_of,
+    old_docker_save,
+    plan_for,
+    raw_of,
+    write_plan,
+)
 
 
 def read_all(reader: object) -> bytes:
@@ -55,44 +59,6 @@ def read_all(reader: object) -> bytes:
     while chunk := reader.read(1000):  # type: ignore[attr-defined]
         out += chunk
     return out
-
-
-def make_tar(
-    members: Iterable[tuple[tarfile.TarInfo, bytes | None]], fmt: int = tarfile.PAX_FORMAT
-) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
-        for info, data in members:
-            if data is not None:
-                info.size = len(data)
-                tf.addfile(info, io.BytesIO(data))
-            else:
-                tf.addfile(info)
-    return buf.getvalue()
-
-
-def members_of(data: bytes, drop: str = "") -> list[tuple[tarfile.TarInfo, bytes | None]]:
-    """The members of a tar with their data, less `drop`: to rebuild it changed."""
-    out: list[tuple[tarfile.TarInfo, bytes | None]] = []
-    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
-        for member in tf.getmembers():
-            if member.name == drop:
-                continue
-            f = tf.extractfile(member) if member.isfile() else None
-            out.append((member, f.read() if f is not None else None))
-    return out
-
-
-def file_entry(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
-    return tarfile.TarInfo(name), data
-
-
-def link_entry(
-    name: str, target: str, kind: bytes = tarfile.SYMTYPE
-) -> tuple[tarfile.TarInfo, None]:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, target
-    return info, None
 
 
 @pytest.fixture(scope="module")
@@ -256,43 +222,6 @@ def test_reads_a_layout_tarred_with_dot_prefixes(
 
 
 # --- docker save, old and new ----------------------------------------------------------------
-
-
-def old_docker_save(image: BuiltImage, repo_tags: list[str], compress: str = "none") -> bytes:
-    """What `docker save` wrote before 25: uncompressed `<id>/layer.tar`, duplicates symlinked.
-
-    `compress` re-packs every layer file (gzip/zstd/xz) to exercise the other readers' paths.
-    """
-    config = image.config
-    assert config is not None
-    cfg_hex = hashlib.sha256(config).hexdigest()
-    members: list[tuple[tarfile.TarInfo, bytes | None]] = []
-    paths: list[str] = []
-    first: dict[str, str] = {}
-    for i, (layer, diff_id) in enumerate(zip(image.layers, image.diff_ids, strict=True)):
-        layer_id = hashlib.sha256(f"{i}{diff_id}".encode()).hexdigest()
-        path = f"{layer_id}/layer.tar"
-        paths.append(path)
-        members.append(file_entry(f"{layer_id}/VERSION", b"1.0"))
-        members.append(file_entry(f"{layer_id}/json", json.dumps({"id": layer_id}).encode()))
-        if diff_id in first:
-            members.append(link_entry(path, f"../{first[diff_id]}"))
-            continue
-        first[diff_id] = path
-        blob = image.read_blob(layer.digest)
-        tar_bytes = gzip.decompress(blob) if blob[:2] == b"\x1f\x8b" else blob
-        if compress == "gzip":
-            tar_bytes = gzip.compress(tar_bytes, mtime=0)
-        elif compress == "zstd":
-            tar_bytes = zstandard.ZstdCompressor().compress(tar_bytes)
-        elif compress == "xz":
-            tar_bytes = lzma.compress(tar_bytes)
-        members.append(file_entry(path, tar_bytes))
-    members.append(file_entry(f"{cfg_hex}.json", config))
-    manifest = [{"Config": f"{cfg_hex}.json", "RepoTags": repo_tags, "Layers": paths}]
-    members.append(file_entry("manifest.json", json.dumps(manifest).encode()))
-    members.append(file_entry("repositories", b"{}"))
-    return make_tar(members, tarfile.USTAR_FORMAT)
 
 
 def test_reads_old_docker_save(docker_image: BuiltImage) -> None:

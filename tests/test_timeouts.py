@@ -5,15 +5,13 @@ line says so in words; `--command-timeout` ends the whole command."""
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
 
+from tests.bed.cli import run_bale
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
 from tests.bed.proxy import FaultProxy, Stall
 from tests.bed.registry import RegistryServer
@@ -59,17 +57,6 @@ def silent() -> Iterator[str]:
         conn.close()
 
 
-def bale(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BALE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-
-
 def _internal_names_absent(text: str) -> None:
     for name in ("Pool", "ReadTimeoutError", "_Quiet", "Traceback", "urllib3"):
         assert name not in text
@@ -78,12 +65,13 @@ def _internal_names_absent(text: str) -> None:
 @pytest.mark.parametrize("head", [0, 20], ids=["before-headers", "mid-headers"])
 def test_stalled_headers_fail_after_one_retry(proxy: FaultProxy, head: int) -> None:
     proxy.add(Stall(method="GET", path="/manifests/", head=head, times=None))
-    run = bale(
+    run = run_bale(
         "inspect",
         f"docker://{proxy.host}/stall/app:1",
         "--tls-verify=false",
         "--read-timeout",
         "1s",
+        timeout=60,
     )
     assert run.returncode == 1, run.stderr
     line = run.stderr.strip().splitlines()[-1]
@@ -100,7 +88,7 @@ def test_stalled_blob_body_fails_after_one_retry(
     layer = pushed.layers[0]
     blob = f"/blobs/{layer.digest}"
     proxy.add(Stall(method="GET", path=blob, after=1000, times=None))
-    run = bale(
+    run = run_bale(
         "archive",
         f"docker://{proxy.host}/stall/app:1",
         "--to",
@@ -108,6 +96,7 @@ def test_stalled_blob_body_fails_after_one_retry(
         "--src-tls-verify=false",
         "--read-timeout",
         "1",
+        timeout=60,
     )
     assert run.returncode == 1, run.stderr
     # The 1000 bytes of a read that timed out are not kept: the stream restarts at byte 0.
@@ -128,7 +117,7 @@ def test_command_timeout_ends_the_command(proxy: FaultProxy, command: str, tmp_p
         else ["archive", ref, "--to", str(tmp_path / "s"), "--src-tls-verify=false"]
     )
     # The read timeout alone would take minutes; the subprocess limit is 60 s.
-    run = bale(*args, "--read-timeout", "100s", "--command-timeout", "2s")
+    run = run_bale(*args, "--read-timeout", "100s", "--command-timeout", "2s", timeout=60)
     assert run.returncode == 1, run.stderr
     lines = [line for line in run.stderr.splitlines() if line.startswith("bale: error:")]
     assert lines == ["bale: error: command timed out after 2 s (--command-timeout)"]
@@ -136,18 +125,25 @@ def test_command_timeout_ends_the_command(proxy: FaultProxy, command: str, tmp_p
 
 
 def test_read_timeout_must_be_positive(proxy: FaultProxy) -> None:
-    run = bale("inspect", f"docker://{proxy.host}/stall/app:1", "--read-timeout", "0")
+    run = run_bale(
+        "inspect", f"docker://{proxy.host}/stall/app:1", "--read-timeout", "0", timeout=60
+    )
     assert run.returncode == 2
     assert "--read-timeout" in run.stderr
 
 
 def test_silent_server_over_tls_and_insecure_probe(silent: str) -> None:
-    tls = bale("inspect", f"docker://{silent}/x/y:1", "--read-timeout", "1s")
+    tls = run_bale("inspect", f"docker://{silent}/x/y:1", "--read-timeout", "1s", timeout=60)
     assert tls.returncode == 1
     assert f"no data from {silent} for 1 s (gave up after 2 attempts; --read-timeout)" in tls.stderr
     # --tls-verify=false tries https, then http: silent both ways is the answer, no third wait.
-    insecure = bale(
-        "inspect", f"docker://{silent}/x/y:1", "--tls-verify=false", "--read-timeout", "1"
+    insecure = run_bale(
+        "inspect",
+        f"docker://{silent}/x/y:1",
+        "--tls-verify=false",
+        "--read-timeout",
+        "1",
+        timeout=60,
     )
     assert insecure.returncode == 1
     assert f"no data from {silent} for 1 s, over https or http" in insecure.stderr

@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import subprocess
-import sys
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,79 +28,15 @@ from pipeline.ops.session import RegistryOptions, Session
 from pipeline.ops.verify import Fault, VerifyReport, verify_store
 from pipeline.refs import Reference
 from pipeline.store.local import LocalStore
+from tests.bed.cli import isolated_env, run_bale
+from tests.bed.image_pair import Pushed, archive_both, push_pair
 from tests.bed.images import LayerSpec
-from tests.bed.moto import ACCESS_KEY, SECRET_KEY
-
-SHARED = LayerSpec(6000, seed=701)
-"""The layer both images carry: same bytes, same digest, stored once."""
-
-
-@dataclass(frozen=True)
-class Pushed:
-    """Two images in the test registry that share one layer."""
-
-    a: str
-    b: str
-    a_layers: tuple[str, ...]
-    b_layers: tuple[str, ...]
-    a_config: str
-    b_config: str
-    a_digest: str
-    b_digest: str
-
-    @property
-    def shared(self) -> str:
-        (digest,) = set(self.a_layers) & set(self.b_layers)
-        return digest
-
-    @property
-    def a_only(self) -> str:
-        (digest,) = set(self.a_layers) - set(self.b_layers)
-        return digest
-
-    @property
-    def b_only(self) -> str:
-        (digest,) = set(self.b_layers) - set(self.a_layers)
-        return digest
-
-
-def push_pair(registry: Any, image_factory: Any) -> Pushed:
-    """Image a (gzip layers) and image b (the shared gzip layer plus a zstd one), pushed."""
-    repo = f"verify/{uuid.uuid4().hex[:8]}"
-    a = image_factory.image(layers=(SHARED, LayerSpec(9000, seed=702)))
-    b = image_factory.image(layers=(SHARED, LayerSpec(7000, compression="zstd", seed=703)))
-    a = image_factory.push(a, f"{registry.host}/{repo}/a:1", registry)
-    b = image_factory.push(b, f"{registry.host}/{repo}/b:1", registry)
-    return Pushed(
-        a=f"{registry.host}/{repo}/a:1",
-        b=f"{registry.host}/{repo}/b:1",
-        a_layers=tuple(d.digest for d in a.layers),
-        b_layers=tuple(d.digest for d in b.layers),
-        a_config=a.config_descriptor.digest,
-        b_config=b.config_descriptor.digest,
-        a_digest=a.digest,
-        b_digest=b.digest,
-    )
+from tests.bed.moto import MOTO_KEYS
 
 
 @pytest.fixture(scope="module")
 def pushed(registry: Any, image_factory: Any) -> Pushed:
     return push_pair(registry, image_factory)
-
-
-def archive_both(bucket: ArchiveBucket, pushed: Pushed) -> tuple[ImageRecord, ImageRecord]:
-    """Archive a and b into `bucket` with the real Archiver; their records."""
-    with Session() as session:
-        archiver = Archiver(bucket, session)
-        for ref in (pushed.a, pushed.b):
-            result = archiver.archive(
-                Reference.parse(ref), RegistryOptions(tls_verify=False), ArchiveOptions()
-            )
-            assert result.status == "archived", result.error
-    a = bucket.read_record(Reference.parse(pushed.a))
-    b = bucket.read_record(Reference.parse(pushed.b))
-    assert a is not None and b is not None
-    return a, b
 
 
 def flip(data: bytes, at: int | None = None) -> bytes:
@@ -116,16 +48,6 @@ def flip(data: bytes, at: int | None = None) -> bytes:
 def only(report: VerifyReport) -> Fault:
     assert len(report.faults) == 1, [str(f) for f in report.faults]
     return report.faults[0]
-
-
-def bale(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
 
 
 # ---- local store ---------------------------------------------------------------------------
@@ -156,7 +78,7 @@ def test_clean_store_verifies_with_counts(local, pushed: Pushed) -> None:
     # links: per image a tag current + index link, one revision, a config and two layer links
     assert report.links == 2 * 6
 
-    proc = bale("verify", str(root))
+    proc = run_bale("verify", str(root))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout == ""
     assert "no faults" in proc.stderr
@@ -179,7 +101,7 @@ def test_corrupt_blob_is_one_fault(local, pushed: Pushed) -> None:
     fault = only(verify_store(bucket))
     assert (fault.kind, fault.key) == ("blob-corrupt", layout.blob_key(pushed.a_only))
 
-    proc = bale("verify", str(root))
+    proc = run_bale("verify", str(root))
     assert proc.returncode == 1
     assert proc.stdout.splitlines() == [str(fault)]
     assert proc.stdout.startswith(
@@ -208,9 +130,9 @@ def test_named_image_checks_only_its_own_blobs(local, pushed: Pushed) -> None:
     assert report.blobs == len(b.blobs)
     assert only(verify_store(bucket, [Reference.parse(pushed.a)])).kind == "blob-corrupt"
 
-    proc = bale("verify", str(root), pushed.b)
+    proc = run_bale("verify", str(root), pushed.b)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    proc = bale("verify", str(root), f"docker://{pushed.a}", "--json")
+    proc = run_bale("verify", str(root), f"docker://{pushed.a}", "--json")
     assert proc.returncode == 1
     data = json.loads(proc.stdout)
     assert [f["kind"] for f in data["faults"]] == ["blob-corrupt"]
@@ -244,7 +166,7 @@ def test_missing_tar(local) -> None:
     (root / a.tar_key).unlink()
     fault = only(verify_store(bucket))
     assert (fault.kind, fault.key) == ("tar-missing", a.tar_key)
-    proc = bale("verify", str(root))
+    proc = run_bale("verify", str(root))
     assert proc.returncode == 1
     assert proc.stdout.splitlines() == [str(fault)]
 
@@ -358,7 +280,7 @@ def test_deep_finds_wrong_diff_id_and_undecompressable_layer(tmp_path: Path) -> 
 
 
 def test_s3_store_clean_then_corrupt_then_missing(
-    store_bed: Any, moto_server: Any, pushed: Pushed
+    store_bed: Any, moto_server: Any, pushed: Pushed, tmp_path: Path
 ) -> None:
     bed = store_bed("s3", prefix="arch")
     bucket = ArchiveBucket(bed.store)
@@ -374,13 +296,9 @@ def test_s3_store_clean_then_corrupt_then_missing(
     fault = only(verify_store(bucket))
     assert (fault.kind, fault.key) == ("blob-corrupt", key)
 
-    env = {
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
+    env = isolated_env(tmp_path, **MOTO_KEYS)
     url = f"s3://{bed.store.bucket}/arch"
-    proc = bale("verify", url, "--endpoint-url", moto_server.endpoint_url, env=env)
+    proc = run_bale("verify", url, "--endpoint-url", moto_server.endpoint_url, env=env)
     assert proc.returncode == 1, proc.stderr
     assert proc.stdout.splitlines() == [str(fault)]
 
@@ -393,7 +311,7 @@ def test_s3_store_clean_then_corrupt_then_missing(
     client.delete_object(Bucket=bed.store.bucket, Key=bed.full(config_key))
     faults = {(f.kind, f.key) for f in verify_store(bucket, [Reference.parse(pushed.b)]).faults}
     assert faults == {("blob-missing", config_key)}
-    proc = bale("verify", url, pushed.b, "--endpoint-url", moto_server.endpoint_url, env=env)
+    proc = run_bale("verify", url, pushed.b, "--endpoint-url", moto_server.endpoint_url, env=env)
     assert proc.returncode == 1
     assert proc.stdout.startswith(f"blob-missing {config_key} needed by ")
 

@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import tempfile
 import threading
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -578,3 +579,20 @@ def _layer_media_type(spec: LayerSpec, format: ImageFormat) -> str:
     if spec.compression == "zstd":
         raise ValueError("Docker schema2 has no zstd layer type: use format='oci'")
     return DOCKER_LAYER_GZIP if spec.compression == "gzip" else DOCKER_LAYER
+
+
+def podman_load(tar: Path, root: Path) -> str:
+    """`podman load` of `tar` into a throwaway storage under `root`; the images it then lists."""
+    runroot = tempfile.mkdtemp(prefix="bale-prr-")  # podman caps runroot at 50 characters
+    podman = ["podman", "--storage-driver", "vfs", "--root", str(root), "--runroot", runroot]
+    try:
+        proc = subprocess.run([*podman, "load", "-i", str(tar)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return subprocess.run(
+            [*podman, "images", "--format", "{{.Repository}}:{{.Tag}}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        shutil.rmtree(runroot, ignore_errors=True)

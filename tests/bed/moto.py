@@ -25,6 +25,12 @@ from typing import Any
 ACCESS_KEY = "test"
 SECRET_KEY = "test"
 REGION = "us-east-1"
+MOTO_KEYS = {
+    "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+    "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+    "AWS_DEFAULT_REGION": REGION,
+}
+"""moto's fixed keys as a `bale` run's environment: `isolated_env(tmp_path, **MOTO_KEYS)`."""
 
 
 def free_port() -> int:

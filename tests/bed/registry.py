@@ -451,3 +451,13 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def blob_gets(registry: RegistryServer, since: int) -> dict[str, int]:
+    """Successful blob GETs per digest in the registry's access log (200 and 206)."""
+    counts: dict[str, int] = {}
+    for entry in registry.requests("GET", r"/blobs/sha256:", since=since):
+        if entry.status in (200, 206):
+            digest = entry.path.rsplit("/", 1)[1]
+            counts[digest] = counts.get(digest, 0) + 1
+    return counts

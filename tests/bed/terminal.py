@@ -2,6 +2,8 @@
 
 `subprocess` pipes make rich and `open_display` choose their plain, non-terminal output; a pty
 as stdin, stdout and stderr gets the progress bars, the summary table and the terminal size.
+The environment is the one tests/bed/cli.py builds (`isolated_env`), plus the terminal's own
+variables; `env=None` means `isolated_env` of a throwaway directory.
 """
 
 from __future__ import annotations
@@ -12,10 +14,15 @@ import re
 import select
 import struct
 import subprocess
-import sys
+import tempfile
 import termios
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+
+from tests.bed.cli import bale_argv, isolated_env
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][A-Z0-9]|\x1b[=>]")
 
@@ -44,14 +51,26 @@ def run_on_terminal(
 
     With `ctrl_c_after`, the pty is bale's controlling terminal and Ctrl-C is typed once that
     text has appeared on it: the terminal sends SIGINT, as it does for a person."""
+    with _environment(env) as environ:
+        return _run_on_terminal(args, environ, columns, rows, timeout, ctrl_c_after)
+
+
+def _run_on_terminal(
+    args: tuple[str, ...],
+    environ: dict[str, str],
+    columns: int,
+    rows: int,
+    timeout: float,
+    ctrl_c_after: str | None,
+) -> TerminalRun:
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-    environ = dict(env if env is not None else os.environ)
+    environ = dict(environ)
     environ.update(TERM="xterm-256color", COLUMNS=str(columns), LINES=str(rows))
     for name in ("NO_COLOR", "FORCE_COLOR", "TERM_PROGRAM", "CI"):
         environ.pop(name, None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *args],
+        bale_argv(*args),
         stdin=slave,
         stdout=slave,
         stderr=slave,
@@ -89,3 +108,47 @@ def run_on_terminal(
         if proc.poll() is None:
             proc.kill()
     return TerminalRun(returncode, b"".join(chunks).decode("utf-8", "replace"))
+
+
+def stdout_on_terminal(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> tuple[int, bytes, str]:
+    """`python -m pipeline ARGS` with only stdout on a pty (stderr piped, stdin inherited):
+    exit code, what reached the terminal, stderr. For what bale refuses to write to a terminal."""
+    master, slave = os.openpty()
+    try:
+        with _environment(env) as environ:
+            proc = subprocess.run(
+                bale_argv(*args),
+                stdout=slave,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=environ,
+                timeout=timeout,
+            )
+        os.close(slave)
+        slave = -1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal has no writer left
+                break
+            if not chunk:
+                break
+            seen += chunk
+        return proc.returncode, seen, proc.stderr
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+
+
+@contextmanager
+def _environment(env: dict[str, str] | None) -> Iterator[dict[str, str]]:
+    """`env`, or an isolated one in a directory that lasts for the run."""
+    if env is not None:
+        yield env
+        return
+    with tempfile.TemporaryDirectory(prefix="bale-env-") as scratch:
+        yield isolated_env(Path(scratch))
