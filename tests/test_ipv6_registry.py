@@ -11,8 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pytest
 from pipeline.archive import layout
 from pipeline.errors import InvalidReference
 from pipeline.refs import Reference, store_host
+from tests.bed.cli import run_bale
 from tests.bed.fixtures_registry import RegistryFactory
 from tests.bed.images import ImageFactory, LayerSpec, Skopeo
 from tests.bed.registry import FilesystemStorage, RegistryServer
@@ -82,12 +81,6 @@ class IPv6RegistryServer(RegistryServer):
         return False
 
 
-def _bale(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300
-    )
-
-
 @pytest.mark.integration
 @pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
 def test_archive_ls_restore_from_an_ipv6_registry(
@@ -105,19 +98,19 @@ def test_archive_ls_restore_from_an_ipv6_registry(
         source = f"{v6.host}/team/app:1.0"
         store = tmp_path / "store"
 
-        done = _bale("archive", source, "--to", str(store), "--src-tls-verify=false")
+        done = run_bale("archive", source, "--to", str(store), "--src-tls-verify=false")
         assert done.returncode == 0, done.stderr
         repo = f"0_0_0_0_0_0_0_1-{v6.port}/team/app"
         assert (store / "images" / repo / "1.0.tar").is_file()
         assert (store / layout.tag_current_link_key(repo, "1.0")).read_text() == image.digest
 
-        listing = _bale("ls", str(store), "--json")
+        listing = run_bale("ls", str(store), "--json")
         assert listing.returncode == 0, listing.stderr
         assert [r["source"] for r in json.loads(listing.stdout)] == [source]
-        assert _bale("ls", str(store), source).stdout.splitlines()[1].split()[0] == source
+        assert run_bale("ls", str(store), source).stdout.splitlines()[1].split()[0] == source
 
         # Back into the IPv6 registry under another name, read through the twin.
-        restored = _bale(
+        restored = run_bale(
             "restore", f"docker://{source}", f"docker://{v6.host}/team/restored",
             "--from", str(store), "--dest-tls-verify=false",
         )  # fmt: skip

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +19,7 @@ from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket
 from pipeline.ops.gc import collect_garbage
 from pipeline.ops.verify import verify_store
+from tests.bed.cli import isolated_env, run_bale
 
 pytestmark = pytest.mark.integration
 
@@ -56,20 +55,9 @@ def _write_schema1_image(store: Any) -> tuple[str, str]:
     return digest, layer_digest
 
 
-def _bale(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BALE_"))}
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**base, **(env or {})},
-    )
-
-
 @pytest.mark.parametrize("kind", ["local", "s3"])
 def test_gc_and_verify_cli_accept_a_schema1_manifest(
-    kind: str, store_bed: Any, request: pytest.FixtureRequest
+    kind: str, store_bed: Any, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     bed = store_bed(kind, prefix="legacy")
     _, layer_digest = _write_schema1_image(bed.store)
@@ -79,27 +67,28 @@ def test_gc_and_verify_cli_accept_a_schema1_manifest(
         server = request.getfixturevalue("moto_server")
         url = f"s3://{bed.store.bucket}/legacy"
         extra: tuple[str, ...] = ("--endpoint-url", server.endpoint_url)
-        env = {
-            "AWS_ACCESS_KEY_ID": server.access_key,
-            "AWS_SECRET_ACCESS_KEY": server.secret_key,
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
+        env = isolated_env(
+            tmp_path,
+            AWS_ACCESS_KEY_ID=server.access_key,
+            AWS_SECRET_ACCESS_KEY=server.secret_key,
+            AWS_DEFAULT_REGION="us-east-1",
+        )
     else:
-        url, extra, env = str(bed.store.root), (), {}
+        url, extra, env = str(bed.store.root), (), isolated_env(tmp_path)
 
-    proc = _bale("gc", url, *extra, "--older-than", "0s", "--dry-run", env=env)
+    proc = run_bale("gc", url, *extra, "--older-than", "0s", "--dry-run", env=env)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     removed = [line.split()[3] for line in proc.stdout.splitlines() if "remove blob" in line]
     assert removed == [_digest(orphan)]  # the schema1 manifest and its layer stay
 
-    proc = _bale("verify", url, *extra, env=env)
+    proc = run_bale("verify", url, *extra, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
 
     # A schema1 manifest whose layer is gone is damage verify names, not a crash.
     bed.store.delete(layout.blob_key(layer_digest))
-    proc = _bale("verify", url, *extra, env=env)
+    proc = run_bale("verify", url, *extra, env=env)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert f"blob-missing {layout.blob_key(layer_digest)}" in proc.stdout + proc.stderr

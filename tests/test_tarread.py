@@ -8,7 +8,6 @@ duplicates, `<config hex>.json`, `repositories`; 25+: an OCI layout plus manifes
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import tarfile
