@@ -68,7 +68,12 @@ class S3View:
         r = self.client.list_multipart_uploads(Bucket=self.bucket)
         out = []
         for u in r.get("Uploads", []):
-            parts = self.client.list_parts(Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"])
+            try:
+                parts = self.client.list_parts(
+                    Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"]
+                )
+            except self.client.exceptions.NoSuchUpload:
+                continue  # aborted between the listing and this call (e.g. the write check's)
             key = u["Key"][len(self.prefix) + 1 :]
             out.append((key, u["UploadId"], len(parts.get("Parts", []))))
         return out
