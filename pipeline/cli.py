@@ -1151,7 +1151,8 @@ def restore_command(
     """Push IMAGE, as it was archived in STORE, to DEST (docker://host/repo[:tag]), digests
     unchanged. DEST's tag defaults to IMAGE's; with --all-tags both name repositories."""
     from pipeline.batch.run import check_output_paths
-    from pipeline.ops.restore import Restorer, restore_many, restore_targets
+    from pipeline.batch.runner import run_batch
+    from pipeline.ops.restore import Restorer, restore_targets
     from pipeline.refs import Reference
 
     source = Reference.parse(image, default_tag=None if all_tags else "latest")
@@ -1179,8 +1180,13 @@ def restore_command(
         restorer = Restorer(
             bucket, session, options, display, referrers=referrers, compress=compress
         )
-        report = restore_many(
-            restorer, targets, platform=platform, fail_fast=fail_fast, on_result=show
+        report = run_batch(
+            targets,
+            lambda t: restorer.restore(t, platform),
+            jobs=jobs,
+            name=lambda t: str(t.source),
+            fail_fast=fail_fast,
+            on_result=show,
         )
         display.on_run_done(report)
     _echo_failures(report)
@@ -1282,7 +1288,8 @@ def sync_command(
     """
     # batch.run and batch.spec bring the archive machinery and yaml: imported only when a
     # report path or a spec needs them (start-up is part of every sync's time).
-    from pipeline.ops.sync import Syncer, SyncOptions, plan_repository, plan_spec, sync_many
+    from pipeline.batch.runner import run_batch
+    from pipeline.ops.sync import Syncer, SyncOptions, plan_repository, plan_spec
 
     del dest_transport  # only docker, as a choice: skopeo's spelling
     src_options = _registry_options(
@@ -1336,7 +1343,17 @@ def sync_command(
         display.on_run_start(len(plan.items) + len(plan.failures), what=source, dry_run=dry_run)
         for failure in plan.failures:
             display.on_image_done(failure)
-        report = sync_many(Syncer(session, dest_options, options, display), plan, on_result=show)
+        report = run_batch(
+            plan.items,
+            Syncer(session, dest_options, options, display).sync,
+            jobs=jobs,
+            name=lambda item: str(item.source),
+            fail_fast=not keep_going,
+            on_result=show,
+            later=lambda item: referrers and item.is_referrer_tag,
+            listed=plan.failures,
+            started=plan.started,
+        )
         display.on_run_done(report)
     _echo_failures(report)
     _write_reports(report, report_path, junit_path, secrets)
