@@ -17,7 +17,7 @@ import click
 from pipeline.errors import BaleError
 
 if TYPE_CHECKING:
-    from pipeline.batch.report import RunReport
+    from pipeline.batch.report import ImageResult, RunReport
     from pipeline.cli.options import ReportFlags
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -88,6 +88,21 @@ def naming(about: str, kind: type[BaleError] = BaleError) -> Iterator[None]:
         if exc.exit_code == 2:
             raise
         fail(exc, about)
+
+
+def echo_done(result: ImageResult, destination: str) -> None:
+    """`restored  SOURCE DIGEST -> DEST` (or `copied`, `skipped`, `planned`) for an image that
+    got there; failed and interrupted images are listed at the end (`echo_failures`, the
+    interrupted line)."""
+    if result.status in ("failed", "interrupted"):
+        return
+    echo_result(
+        f"{result.status:<9} {result.source} {result.digest} -> {destination}",
+        status=result.status,
+        image=result.source,
+        digest=result.digest,
+        destination=destination,
+    )
 
 
 def echo_failures(report: RunReport) -> None:

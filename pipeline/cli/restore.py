@@ -23,23 +23,10 @@ from pipeline.cli.options import (
     store_options,
     transfer_options,
 )
-from pipeline.cli.output import echo_result, finish_run, handles_errors
+from pipeline.cli.output import echo_done, finish_run, handles_errors
 
 if TYPE_CHECKING:
-    from pipeline.batch.report import ImageResult
     from pipeline.oci import Platform
-    from pipeline.ops.restore import RestoreTarget
-
-
-def _show(target: RestoreTarget, result: ImageResult) -> None:
-    if not result.failed:
-        echo_result(
-            f"restored  {result.source} {result.digest} -> docker://{target.dest}",
-            status="restored",
-            image=result.source,
-            digest=result.digest,
-            destination=f"docker://{target.dest}",
-        )
 
 
 @examples(
@@ -115,7 +102,7 @@ def restore_command(
             jobs=transfer.jobs,
             name=lambda t: str(t.source),
             fail_fast=fail_fast,
-            on_result=_show,
+            on_result=lambda t, result: echo_done(result, f"docker://{t.dest}"),
         )
         display.on_run_done(report)
     finish_run(report, reports, secrets)

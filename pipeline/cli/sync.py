@@ -21,23 +21,10 @@ from pipeline.cli.options import (
     src_registry_options,
     transfer_options,
 )
-from pipeline.cli.output import echo_result, finish_run, handles_errors
+from pipeline.cli.output import echo_done, finish_run, handles_errors
 
 if TYPE_CHECKING:
-    from pipeline.batch.report import ImageResult
     from pipeline.oci import Platform
-    from pipeline.ops.sync import SyncItem
-
-
-def _show(item: SyncItem, result: ImageResult) -> None:
-    if not result.failed:
-        echo_result(
-            f"{result.status:<9} {result.source} {result.digest} -> docker://{item.dest}",
-            status=result.status,
-            image=result.source,
-            digest=result.digest,
-            destination=f"docker://{item.dest}",
-        )
 
 
 @examples(
@@ -158,7 +145,7 @@ def sync_command(
             jobs=transfer.jobs,
             name=lambda item: str(item.source),
             fail_fast=not keep_going,
-            on_result=_show,
+            on_result=lambda item, result: echo_done(result, f"docker://{item.dest}"),
             later=lambda item: referrer.referrers and item.is_referrer_tag,
             listed=plan.failures,
             started=plan.started,
