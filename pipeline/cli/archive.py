@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import click
 
@@ -40,8 +39,7 @@ PLATFORM_HELP = (
 ALL_PLATFORMS_HELP = "Store the whole index and put every platform (and the index) in the tar."
 
 
-@dataclass(frozen=True)
-class ArchiveFlags:
+class ArchiveFlags(NamedTuple):
     """What `archive` and `run` both take once their images are known: where to, how, reports."""
 
     store_url: str
