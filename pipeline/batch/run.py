@@ -67,6 +67,17 @@ def spec_secrets(spec: Spec) -> list[str]:
     return [s for s in out if s]
 
 
+def check_cert_dirs(spec: Spec) -> None:
+    """A `cert-dir` that is missing or holds half a client certificate is bad input: said
+    before anything is written or listed."""
+    for entry in spec.registries:
+        if entry.cert_dir:
+            try:
+                read_cert_dir(Path(entry.cert_dir).expanduser())
+            except UsageError as exc:
+                raise UsageError(f"{spec.source}:{entry.line}: cert-dir: {exc}") from None
+
+
 def expand_spec(
     spec: Spec,
     session: Session,
@@ -80,12 +91,7 @@ def expand_spec(
     any tag is listed."""
     started = datetime.now(UTC)
     failures: list[ImageResult] = []
-    for entry in spec.registries:
-        if entry.cert_dir:
-            try:
-                read_cert_dir(Path(entry.cert_dir).expanduser())
-            except UsageError as exc:
-                raise UsageError(f"{spec.source}:{entry.line}: cert-dir: {exc}") from None
+    check_cert_dirs(spec)
 
     def list_tags(registry: str, repository: str, entry: RegistrySpec) -> list[str]:
         cancel.check()  # after Ctrl-C or SIGTERM, the rest of a long spec is not listed

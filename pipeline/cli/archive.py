@@ -170,11 +170,12 @@ def archive_command(images: tuple[str, ...], from_file: str | None, flags: Archi
 @handles_errors
 def run_command(spec_path: str, shard: str | None, flags: ArchiveFlags) -> None:
     """Archive every image SPEC.yaml selects (skopeo sync's YAML, see manifests/) into STORE."""
-    from pipeline.batch.run import expand_spec, spec_secrets
+    from pipeline.batch.run import check_cert_dirs, expand_spec, spec_secrets
     from pipeline.batch.shard import parse_shard
     from pipeline.batch.spec import load_spec
 
     spec = load_spec(spec_path)
+    check_cert_dirs(spec)  # bad input, before the store is opened (and a local one made)
     where = parse_shard(shard) if shard else None
     archive_images(
         flags,
