@@ -86,7 +86,7 @@ def test_wheel_installs_into_a_fresh_venv_and_archives(tmp_path: Path, pushed_im
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         metadata = zf.read(f"bale-{__version__}.dist-info/METADATA").decode()
-    assert "pipeline/cli.py" in names
+    assert "pipeline/cli/__init__.py" in names
     assert not [n for n in names if n.startswith("tests/")]
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith("/LICENSE") for n in names)
     assert "Apache-2.0" in metadata

@@ -18,16 +18,13 @@ import dataclasses
 import json
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 from urllib.parse import quote, quote_plus
 
 from pipeline.transfer import cancel
-
-T = TypeVar("T")
 
 REPORT_VERSION = 1
 
@@ -144,7 +141,8 @@ def _xml_text(text: str) -> str:
 
 @dataclass
 class RunReport:
-    """A run: when it started and finished, and one result per image in run order."""
+    """A run: when it started and finished, and one result per image in run order. It only
+    records: `batch/runner.py` runs the images."""
 
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     finished: datetime | None = None
@@ -152,36 +150,6 @@ class RunReport:
 
     def add(self, result: ImageResult) -> None:
         self.results.append(result)
-
-    def add_each(
-        self,
-        items: Sequence[T],
-        one: Callable[[T], ImageResult | None],
-        jobs: int,
-        source: Callable[[T], str],
-    ) -> None:
-        """Run `one` on every item, at most `jobs` images at once (their blob transfers are
-        bounded by the session on top), and add the results in item order; None (an item
-        skipped after a failure) adds nothing.
-
-        Once a signal cancels the run (`transfer/cancel.py`) no further item starts: each is
-        reported `interrupted` under its `source` name, as is every image the signal cut."""
-        if not items:
-            return
-
-        def run(item: T) -> ImageResult | None:
-            if cancel.RUN.cancelled:
-                error = f"{cancel.RUN.error()} before it started"
-                return ImageResult(source(item), "interrupted", error=error)
-            result = one(item)
-            return result.after_signal() if result is not None else None
-
-        workers = max(1, min(len(items), jobs))
-        with ThreadPoolExecutor(workers, thread_name_prefix="bale-image") as pool:
-            for future in [pool.submit(run, item) for item in items]:
-                result = future.result()
-                if result is not None:
-                    self.add(result)
 
     def finish(self, when: datetime | None = None) -> None:
         self.finished = when or datetime.now(UTC)

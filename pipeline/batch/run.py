@@ -21,10 +21,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.batch.report import ImageResult, RunReport
+from pipeline.batch.runner import run_batch
 from pipeline.batch.shard import select
 from pipeline.batch.spec import RegistrySpec, RepoSelector, Spec, SpecImage, expand
 from pipeline.errors import BaleError, UsageError
-from pipeline.ops.archive import ArchiveOptions, ImageWorker, archive_many
+from pipeline.ops.archive import ArchiveOptions, ImageWorker
 from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
 from pipeline.registry.tls import read_cert_dir
@@ -66,6 +67,17 @@ def spec_secrets(spec: Spec) -> list[str]:
     return [s for s in out if s]
 
 
+def check_cert_dirs(spec: Spec) -> None:
+    """A `cert-dir` that is missing or holds half a client certificate is bad input: said
+    before anything is written or listed."""
+    for entry in spec.registries:
+        if entry.cert_dir:
+            try:
+                read_cert_dir(Path(entry.cert_dir).expanduser())
+            except UsageError as exc:
+                raise UsageError(f"{spec.source}:{entry.line}: cert-dir: {exc}") from None
+
+
 def expand_spec(
     spec: Spec,
     session: Session,
@@ -79,12 +91,7 @@ def expand_spec(
     any tag is listed."""
     started = datetime.now(UTC)
     failures: list[ImageResult] = []
-    for entry in spec.registries:
-        if entry.cert_dir:
-            try:
-                read_cert_dir(Path(entry.cert_dir).expanduser())
-            except UsageError as exc:
-                raise UsageError(f"{spec.source}:{entry.line}: cert-dir: {exc}") from None
+    check_cert_dirs(spec)
 
     def list_tags(registry: str, repository: str, entry: RegistrySpec) -> list[str]:
         cancel.check()  # after Ctrl-C or SIGTERM, the rest of a long spec is not listed
@@ -125,16 +132,18 @@ def run_plan(
 
     With `fail_fast`, a listing failure stops the run before any image starts.
     """
-    if fail_fast and any(f.failed for f in plan.failures):  # not an `interrupted` listing
-        report = RunReport(started=plan.started, results=list(plan.failures))
-        report.finish()
-        return report
-    report = archive_many(
-        worker, list(plan.images), options, fail_fast=fail_fast, on_result=on_result
-    )
-    report.started = plan.started
-    report.results[:0] = plan.failures
-    return report
+    stopped = fail_fast and any(f.failed for f in plan.failures)  # not an `interrupted` listing
+    with worker.sizes_ahead([] if stopped else list(plan.images), options):
+        return run_batch(
+            plan.images,
+            lambda image: worker.archive(*image, options),
+            jobs=worker.session.transfer.jobs,
+            name=lambda image: str(image[0]),
+            fail_fast=fail_fast,
+            on_result=None if on_result is None else lambda _image, result: on_result(result),
+            listed=plan.failures,
+            started=plan.started,
+        )
 
 
 def check_output_paths(paths: Iterable[str | None]) -> None:

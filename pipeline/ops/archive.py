@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Protocol
 
 from pipeline.archive import layout
@@ -22,7 +21,7 @@ from pipeline.archive.bucket import ArchiveBucket
 from pipeline.archive.record import ImageRecord
 from pipeline.archive.tarplan import TarPlan, to_compose_pieces
 from pipeline.archive.tarstream import plan_resolved
-from pipeline.batch.report import ImageResult, RunReport, Status
+from pipeline.batch.report import ImageResult, Status
 from pipeline.errors import BaleError, DigestMismatch
 from pipeline.image import ImageSource, ResolvedImage, resolve_image, select_platforms
 from pipeline.oci import Descriptor, ImageIndex, Platform, RawManifest
@@ -413,36 +412,3 @@ class ImageWorker(Protocol):
         registry: RegistryOptions | None = None,
         options: ArchiveOptions | None = None,
     ) -> ImageResult: ...
-
-
-def archive_many(
-    archiver: ImageWorker,
-    images: list[tuple[Reference, RegistryOptions | None]],
-    options: ArchiveOptions | None = None,
-    *,
-    fail_fast: bool = False,
-    on_result: Callable[[ImageResult], None] | None = None,
-) -> RunReport:
-    """Archive images in parallel (blob transfers stay bounded by the session's `--jobs`).
-
-    With `fail_fast`, images not yet started after a failure are not attempted.
-    """
-    report = RunReport(started=datetime.now(UTC))
-    stop = threading.Event()
-
-    def one(ref: Reference, registry: RegistryOptions | None) -> ImageResult | None:
-        if stop.is_set():
-            return None
-        result = archiver.archive(ref, registry, options)
-        if result.status == "failed" and fail_fast:
-            stop.set()
-        if on_result is not None:
-            on_result(result)
-        return result
-
-    with archiver.sizes_ahead(images, options):
-        report.add_each(
-            images, lambda image: one(*image), archiver.session.transfer.jobs, lambda i: str(i[0])
-        )
-    report.finish()
-    return report

@@ -12,14 +12,11 @@ are recompressed (`--dest-compress-format`: new digests, which the old signature
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from pipeline.archive.bucket import ArchiveBucket
-from pipeline.batch.report import ImageResult, RunReport
+from pipeline.batch.report import ImageResult
 from pipeline.errors import BaleError, StoreNotFound, UsageError
 from pipeline.image import ImageSource
 from pipeline.oci import Platform
@@ -150,30 +147,3 @@ class Restorer:
             ).after_signal()
         self.events.on_image_done(result)
         return result
-
-
-def restore_many(
-    restorer: Restorer,
-    targets: list[RestoreTarget],
-    *,
-    platform: Platform | None = None,
-    fail_fast: bool = False,
-    on_result: Callable[[RestoreTarget, ImageResult], None] | None = None,
-) -> RunReport:
-    """Restore `targets` a few at a time (blob transfers stay bounded by `--jobs`)."""
-    report = RunReport(started=datetime.now(UTC))
-    stop = threading.Event()
-
-    def one(target: RestoreTarget) -> ImageResult | None:
-        if stop.is_set():
-            return None
-        result = restorer.restore(target, platform)
-        if result.failed and fail_fast:
-            stop.set()
-        if on_result is not None:
-            on_result(target, result)
-        return result
-
-    report.add_each(targets, one, restorer.session.transfer.jobs, lambda t: str(t.source))
-    report.finish()
-    return report

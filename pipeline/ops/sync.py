@@ -46,15 +46,13 @@ from __future__ import annotations
 
 import logging
 import posixpath
-import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from pipeline.batch.report import ImageResult, RunReport
+from pipeline.batch.report import ImageResult
 from pipeline.errors import BaleError, InvalidReference, NotFound, UsageError
 from pipeline.image import DEFAULT_PLATFORM, ImageSource, select_platforms
 from pipeline.oci import OCI_LAYER_ZSTD, ImageIndex, ImageManifest, Platform, RawManifest
@@ -376,49 +374,3 @@ def _configs(
             return None
         out.extend(child)
     return out
-
-
-# ---- many images ---------------------------------------------------------------------------
-
-
-def sync_many(
-    syncer: Syncer,
-    plan: SyncPlan,
-    *,
-    on_result: Callable[[SyncItem, ImageResult], None] | None = None,
-) -> RunReport:
-    """Sync a plan's images a few at a time: ordinary images first, referrer tags after them.
-
-    Without `keep_going` the first failure (a listing failure too) stops the sync: images not
-    yet started are not attempted.
-    """
-    report = RunReport(started=plan.started, results=list(plan.failures))
-    stop = threading.Event()
-    keep_going = syncer.options.keep_going
-    # A listing cut by a signal is `interrupted`, not failed: its images are then reported
-    # `interrupted` too (none starts).
-    if any(f.failed for f in plan.failures) and not keep_going:
-        report.finish()
-        return report
-    lock = threading.Lock()
-
-    def one(item: SyncItem) -> ImageResult | None:
-        if stop.is_set():
-            return None
-        result = syncer.sync(item)
-        if result.failed and not keep_going:
-            stop.set()
-        if on_result is not None:
-            with lock:
-                on_result(item, result)
-        return result
-
-    phases = [
-        [i for i in plan.items if not (syncer.options.referrers and i.is_referrer_tag)],
-        [i for i in plan.items if syncer.options.referrers and i.is_referrer_tag],
-    ]
-    for items in phases:
-        if not stop.is_set():
-            report.add_each(items, one, syncer.session.transfer.jobs, lambda i: str(i.source))
-    report.finish()
-    return report

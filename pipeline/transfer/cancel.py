@@ -6,7 +6,7 @@ starting images, cut its transfers short, clean up what they began (a multipart 
 aborted, a temporary file removed, a registry upload session cancelled: the ordinary failure
 paths do that) and still write its report. So the first signal only sets a token:
 
-- the batch loop (`RunReport.add_each`) starts no further image and reports the queued ones
+- the batch loop (`batch/runner.py`) starts no further image and reports the queued ones
   and the cut ones as `interrupted`;
 - every place a transfer can wait checks it: the `--limit-rate` limiter and the retry backoff
   sleep on it (`sleep`); stream reads (`CountingReader`, `VerifyingReader`, a registry blob

@@ -1,0 +1,27 @@
+"""The `bale` command line: parse, call the library, render. No logic lives here.
+
+`options` holds the option groups (each reaches a command as one typed object), `output` the
+lines bale writes and `finish_run`, `runtime` what a command opens (store, session, display);
+one module per command (`archive` holds `run` too, `inspect` holds `list-tags`).
+"""
+
+from __future__ import annotations
+
+from pipeline.cli import archive, copy, gc, inspect, ls, restore, sync, verify
+from pipeline.cli.group import main
+
+for _command in (
+    archive.archive_command,
+    archive.run_command,
+    copy.copy_command,
+    gc.gc_command,
+    inspect.inspect_command,
+    inspect.list_tags_command,
+    ls.ls_command,
+    restore.restore_command,
+    sync.sync_command,
+    verify.verify_command,
+):
+    main.add_command(_command)
+
+__all__ = ["main"]

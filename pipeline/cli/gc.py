@@ -1,0 +1,93 @@
+"""`bale gc`: remove what no tag or record reaches, and abandoned multipart uploads."""
+
+from __future__ import annotations
+
+import click
+
+from pipeline.cli.options import endpoint_option, examples, option, store_options
+from pipeline.cli.output import echo_result, handles_errors
+from pipeline.units import DURATION
+
+
+@examples("bale gc s3://my-archive/images --dry-run", "bale gc ./archive --older-than 0s")
+@click.command("gc")
+@click.argument("store_url", metavar="STORE")
+@endpoint_option()
+@store_options
+@option("--dry-run", is_flag=True, help="List what would be removed, with sizes; remove nothing.")
+@option(
+    "--older-than",
+    type=DURATION,
+    default="24h",
+    show_default=True,
+    help="Only remove blobs, links and uploads older than this (0s, 90m, 24h). A concurrent "
+    "archive may be writing links for a younger blob right now, so it is never removed.",
+)
+@option("--jobs", type=click.IntRange(min=1), default=4, help="Parallel reads and deletes.")
+@option(
+    "--retries",
+    "--retry-times",
+    "retries",
+    type=click.IntRange(min=0),
+    default=5,
+    help="Retries for failed requests.",
+)
+@handles_errors
+def gc_command(
+    store_url: str,
+    endpoint_url: str | None,
+    dry_run: bool,
+    older_than: float,
+    jobs: int,
+    retries: int,
+) -> None:
+    """Remove blobs no tag or record reaches, and multipart uploads older than --older-than.
+
+    Marks from every tag, every record and every link younger than --older-than; never removes
+    anything younger than --older-than (a concurrent archive may be linking it right now).
+    """
+    from datetime import timedelta
+
+    from pipeline.cli.runtime import open_bucket
+    from pipeline.ops.gc import collect_garbage
+    from pipeline.units import format_size
+
+    bucket = open_bucket(store_url, endpoint_url, retries)
+    report = collect_garbage(
+        bucket, older_than=timedelta(seconds=older_than), dry_run=dry_run, jobs=jobs
+    )
+    verb = "would remove" if dry_run else "removed"
+    for blob in report.blobs:
+        echo_result(
+            f"{verb} blob {blob.digest} {format_size(blob.size)} {blob.key}",
+            event="gc",
+            action=verb,
+            kind="blob",
+            key=blob.key,
+            digest=blob.digest,
+            bytes=blob.size,
+        )
+    for key in report.links:
+        echo_result(f"{verb} link {key}", event="gc", action=verb, kind="link", key=key)
+    for upload in report.uploads:
+        when = upload.initiated.isoformat() if upload.initiated else "unknown time"
+        verb_upload = "would abort" if dry_run else "aborted"
+        echo_result(
+            f"{verb_upload} upload {upload.key} {upload.upload_id} (started {when})",
+            event="gc",
+            action=verb_upload,
+            kind="upload",
+            key=upload.key,
+            upload_id=upload.upload_id,
+            started=when,
+        )
+    for link in report.dangling:
+        echo_result(
+            f"dangling link {link.key} -> {link.digest} (blob missing)",
+            event="gc",
+            action="dangling",
+            kind="link",
+            key=link.key,
+            digest=link.digest,
+        )
+    echo_result(report.summary(), err=True, event="summary", message=report.summary())

@@ -1,0 +1,68 @@
+"""`bale ls`: the archived images in a store, as a table or JSON."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from pipeline.cli.options import endpoint_option, examples, option, store_options
+from pipeline.cli.output import handles_errors
+
+
+@examples(
+    "bale ls s3://my-archive/images",
+    "bale ls s3://my-archive/images team/app:1.0",
+    "bale ls ./archive --json",
+)
+@click.command("ls")
+@click.argument("store_url", metavar="STORE")
+@click.argument("pattern", metavar="[REPO[:TAG]]", required=False)
+@endpoint_option()
+@store_options
+@option("--json", "as_json", is_flag=True, help="One JSON array of records.")
+@handles_errors
+def ls_command(
+    store_url: str, pattern: str | None, endpoint_url: str | None, as_json: bool
+) -> None:
+    """The archived images in STORE: ref, digest, platforms, sizes, tar key, date.
+
+    REPO (`host/team/app`, or `team/app`) or REPO:TAG lists only those images. PLATFORMS are
+    all the platforms kept in the store; IN TAR those in the image's tar ("all" when the same).
+    """
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.archive.record import format_time, select_records
+    from pipeline.cli.runtime import open_bucket
+    from pipeline.units import format_size
+
+    records = sorted(open_bucket(store_url, endpoint_url).records(), key=lambda r: r.source)
+    if pattern is not None:
+        records = select_records(records, pattern)
+    if as_json:
+        click.echo(json.dumps([json.loads(r.to_json()) for r in records], indent=2))
+        return
+    if pattern is not None and not records:
+        click.echo(f"no archived image matches {pattern}", err=True)
+        return
+    table = Table(box=None, pad_edge=False)
+    columns = ("IMAGE", "DIGEST", "PLATFORMS", "IN TAR", "BLOBS", "TAR", "TAR KEY", "ARCHIVED")
+    for column in columns:
+        table.add_column(column, no_wrap=True, overflow="fold")
+    for r in records:
+        stored = r.stored_platforms or r.platforms
+        in_tar = ",".join(r.platforms) if r.platforms != stored else "all" if stored else "-"
+        table.add_row(
+            r.source,
+            r.digest[:19],
+            ",".join(stored) or "-",
+            in_tar,
+            format_size(r.blob_bytes),
+            format_size(r.tar_size),
+            r.tar_key,
+            format_time(r.archived_at),
+        )
+    Console(width=None if sys.stdout.isatty() else 400, soft_wrap=True).print(table)
