@@ -152,7 +152,7 @@ class Display(NullImageEvents):
         lines = []
         for r in report.results:
             if r.failed:
-                lines.append(f"{'failed':<9} {r.source}: {self.scrub(r.error or 'failed')}")
+                lines.append(f"{'failed':<9} {self.scrub(r.failure_line)}")
             else:
                 where = r.destination or r.tar_key or "-"
                 lines.append(f"{r.status:<9} {r.source} {r.digest or '-'} -> {where}")
@@ -201,7 +201,7 @@ class Display(NullImageEvents):
         console = Console(file=self.stdout, highlight=False)
         console.print(table)
         for r in report.failures:
-            console.print(f"[red]failed[/] {escape(r.source)}: {escape(self.scrub(r.error or ''))}")
+            console.print(f"[red]failed[/] {escape(self.scrub(r.failure_line))}")
         console.print(_totals_text(report))
 
 
@@ -312,6 +312,10 @@ class _BarOrPhase(ProgressColumn):
 class _BytesColumn(ProgressColumn):
     """`12.0 MiB / 40.0 MiB` in `format_size`'s units, as --limit-rate counts them."""
 
+    def __init__(self) -> None:
+        # Never wrapped inside the cell: on a narrow terminal the image name gives way instead.
+        super().__init__(table_column=Column(no_wrap=True))
+
     def render(self, task: Task) -> RenderableType:
         done = format_size(int(task.completed))
         if task.total is None:
@@ -321,6 +325,9 @@ class _BytesColumn(ProgressColumn):
 
 class _RateColumn(ProgressColumn):
     """`3.2 MiB/s`: the same powers of 1024 as the sizes and as `--limit-rate 3M`."""
+
+    def __init__(self) -> None:
+        super().__init__(table_column=Column(no_wrap=True))
 
     def render(self, task: Task) -> RenderableType:
         speed = task.finished_speed or task.speed
@@ -443,7 +450,9 @@ class RichProgress(TextLog):
     @staticmethod
     def _columns() -> list[ProgressColumn]:
         return [
-            TextColumn("{task.description}", table_column=None),
+            TextColumn(
+                "{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis")
+            ),
             _BarOrPhase(),
             _BytesColumn(),
             _RateColumn(),
@@ -606,7 +615,7 @@ class RichProgress(TextLog):
         colours = {"failed": "red", "archived": "green", "planned": "cyan", "interrupted": "yellow"}
         colour = colours.get(result.status, "")
         if result.failed:
-            text = escape(f"{result.source}: {self.scrub(result.error or '')}")
+            text = escape(self.scrub(result.failure_line))
         else:
             text = escape(f"{result.source} {_short(result.digest)} {_bytes_text(result)}")
         word = f"[{colour}]{result.status:<8}[/]" if colour else f"{result.status:<8}"

@@ -103,6 +103,13 @@ class ImageResult:
     def failed(self) -> bool:
         return self.status == "failed"
 
+    @property
+    def failure_line(self) -> str:
+        """`SOURCE: ERROR` for a person, naming the image once: many errors already start with
+        the reference they concern (`host/repo:tag: manifest unknown`)."""
+        error = self.error or ""
+        return error if error.startswith(f"{self.source}: ") else f"{self.source}: {error}"
+
     def to_dict(self, secrets: Iterable[str | None] = ()) -> dict[str, Any]:
         secrets = tuple(secrets)
         return {

@@ -109,7 +109,7 @@ def echo_failures(report: RunReport) -> None:
     """`failed    SOURCE: ERROR` on stderr for each failed image (restore, sync)."""
     for failure in report.failures:
         echo_result(
-            f"failed    {failure.source}: {failure.error}",
+            f"failed    {failure.failure_line}",
             err=True,
             status="failed",
             image=failure.source,
