@@ -29,10 +29,9 @@ def unread(resp: urllib3.BaseHTTPResponse) -> int | None:
     return remaining if isinstance(remaining, int) else None
 
 
-def readinto(resp: urllib3.BaseHTTPResponse, view: memoryview) -> int:
-    """`resp.read(len(view))` into `view`, with no `bytes` in between when urllib3 holds nothing
-    back. urllib3's byte counts are kept (a fully read response gives its connection back) and
-    failures are raised as urllib3 raises them (so resuming treats them alike)."""
+def direct(resp: urllib3.BaseHTTPResponse) -> http.client.HTTPResponse | None:
+    """The http.client response under `resp` when reading from it directly is safe (an
+    undecoded body, nothing buffered in urllib3, the byte counts where they are expected)."""
     fp = getattr(resp, "_fp", None)
     if (
         not isinstance(fp, http.client.HTTPResponse)
@@ -40,6 +39,16 @@ def readinto(resp: urllib3.BaseHTTPResponse, view: memoryview) -> int:
         or len(getattr(resp, "_decoded_buffer", b"x"))
         or not isinstance(getattr(resp, "_fp_bytes_read", None), int)
     ):
+        return None
+    return fp
+
+
+def readinto(resp: urllib3.BaseHTTPResponse, view: memoryview) -> int:
+    """`resp.read(len(view))` into `view`, with no `bytes` in between when urllib3 holds nothing
+    back. urllib3's byte counts are kept (a fully read response gives its connection back) and
+    failures are raised as urllib3 raises them (so resuming treats them alike)."""
+    fp = direct(resp)
+    if fp is None:
         data = resp.read(len(view))
         view[: len(data)] = data
         return len(data)
