@@ -70,7 +70,7 @@ def test_readinto_gives_the_connection_back(pushed: BuiltImage, registry: Regist
         for _ in range(3):
             for layer in pushed.layers:
                 _fill(client.open_blob(REPO, layer), MiB)
-        pool = client._pool.connection_from_url(f"http://{registry.host}/")
+        pool = client.transport.pool.connection_from_url(f"http://{registry.host}/")
         assert pool.num_connections == 1
 
 

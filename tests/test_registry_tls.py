@@ -52,7 +52,7 @@ def test_insecure_client_speaks_https_without_checking(tls, pushed) -> None:  # 
     with RegistryClient(server.host, tls_verify=False, retry=FAST) as client:
         raw = client.get_manifest("tls/img", "1")
         assert raw.digest == pushed.digest
-        assert client._base().startswith("https://")
+        assert client.transport.base().startswith("https://")
 
 
 def test_trusted_through_ssl_cert_file(tls, pushed, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
@@ -84,8 +84,8 @@ def test_connections_share_one_context(tls, pushed) -> None:  # type: ignore[no-
             t.start()
         for t in threads:
             t.join()
-        pool = client._pool.connection_from_url(f"https://{server.host}/")
+        pool = client.transport.pool.connection_from_url(f"https://{server.host}/")
         assert pool.num_connections > 1
-        context = client._pool.connection_pool_kw["ssl_context"]
+        context = client.transport.pool.connection_pool_kw["ssl_context"]
         assert pool.conn_kw["ssl_context"] is context
     assert not errors

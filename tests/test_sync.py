@@ -100,7 +100,7 @@ def source(registry: RegistryServer, image_factory: ImageFactory) -> Source:
 def _catalog(server: RegistryServer) -> dict[str, dict[str, str]]:
     """repository → {tag: digest}, for everything the registry holds."""
     with RegistryClient(server.host, tls_verify=False) as client:
-        resp, _ = client._request("GET", "/v2/_catalog?n=1000", scopes=[])
+        resp, _ = client.transport.request("GET", "/v2/_catalog?n=1000")
         repos = json.loads(resp.read())["repositories"]
         out: dict[str, dict[str, str]] = {}
         for repo in repos:

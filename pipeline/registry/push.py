@@ -23,9 +23,8 @@ upload is cancelled (DELETE) on the way out, best effort.
 Manifests are PUT as their exact bytes with their own media type as Content-Type; the digest
 the registry reports back must be theirs.
 
-This module drives `RegistryClient`'s private request machinery (auth flow, retries, error
-mapping, connection pool): the two halves of one client, kept in two modules so the pull side
-stays as it was.
+Requests go through the client's `transport` (the one auth loop, retries, error mapping), as
+the pull side's do; what the pushes learn about where blobs are lives on the client.
 """
 
 from __future__ import annotations
@@ -33,23 +32,16 @@ from __future__ import annotations
 import logging
 import threading
 import urllib.parse
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-
-import urllib3
 
 from pipeline.errors import DigestMismatch, RegistryError, TransferError
 from pipeline.image import BlobWrite
 from pipeline.oci import Descriptor, RawManifest
 from pipeline.refs import is_valid_digest
-from pipeline.registry.auth import AuthRequest, AuthResponse, pull_scope
-from pipeline.registry.client import (
-    RANGED_MIN_SIZE,
-    RegistryClient,
-    _discard,
-    _origin,
-)
+from pipeline.registry.auth import pull_scope
+from pipeline.registry.client import RANGED_MIN_SIZE, RegistryClient
+from pipeline.registry.transport import Body, discard
 from pipeline.store.base import Readable
 from pipeline.transfer.retry import Retryable
 
@@ -58,15 +50,9 @@ log = logging.getLogger("bale.registry")
 READ_SIZE = 1024 * 1024
 """Bytes taken from the source per read while an upload body streams."""
 
-COMMIT_READ_TIMEOUT = 600.0
-"""For requests that carry data: after the last byte the registry may take long to answer (a
-storage backend moving a multi-GiB blob into place) while saying nothing. Sending still fails
-fast on a stalled connection: urllib3 sends under the client's connect timeout."""
-
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 BlobOpener = Callable[[], Readable]
-Body = bytes | Callable[[], Iterable[bytes | memoryview]] | None
 
 
 def push_scope(repository: str) -> str:
@@ -110,59 +96,53 @@ def _check_stored(what: str, kind: str, reported: str | None, digest: str) -> No
         raise DigestMismatch(f"{what}: registry stored the {kind} as {reported}")
 
 
-class _BodyUsed(Exception):
-    """A streamed body was asked for twice in one request (a 401 after the bytes were sent)."""
-
-
 class RegistryPusher:
     """Pushes blobs and manifests to one registry through `client`.
 
     `chunk_size` switches from the single streamed PUT to PATCH chunks of that many bytes
-    (raised to the registry's `OCI-Chunk-Min-Length`). The pusher remembers in which repository
-    of this registry each blob was seen or put, so a later push to another repository can mount
-    instead of upload. Thread-safe: one pusher serves every transfer of a run.
+    (raised to the registry's `OCI-Chunk-Min-Length`). In which repository of this registry
+    each blob was seen or put is remembered on the client (`blob_repositories`), so a later push
+    to another repository, by this pusher or another of the client's, can mount instead of
+    upload. Thread-safe: one pusher may serve every transfer of a run.
     """
 
     def __init__(self, client: RegistryClient, *, chunk_size: int | None = None) -> None:
         if chunk_size is not None and chunk_size < 1:
             raise ValueError("chunk_size must be positive")
         self.client = client
+        self.transport = client.transport
         self.chunk_size = chunk_size
-        self._lock = threading.Lock()
-        self._seen: dict[str, str] = {}
 
     # ---- blobs ---------------------------------------------------------------------------
 
     def blob_exists(self, repository: str, descriptor: Descriptor) -> bool:
         """HEAD the blob in `repository` (with push scope, so one token serves the push)."""
-        what = self.client._what(repository, descriptor.digest)
+        what = self.transport.describe(repository, descriptor.digest)
 
         def attempt() -> bool:
-            resp, _ = self.client._request(
+            resp, _ = self.transport.request(
                 "HEAD",
                 f"/v2/{repository}/blobs/{descriptor.digest}",
                 scopes=[push_scope(repository)],
             )
             if resp.status == 404:
-                _discard(resp)
+                discard(resp)
                 return False
             if resp.status in _REDIRECTS:  # the registry only redirects to bytes it has
-                _discard(resp)
+                discard(resp)
                 return True
-            self.client._check(resp, what)
-            _discard(resp)
+            self.transport.check(resp, what)
+            discard(resp)
             return True
 
-        found = self.client._call(what, attempt)
+        found = self.transport.call(what, attempt)
         if found:
             self._remember(descriptor.digest, repository)
         return found
 
     def mount_candidate(self, digest: str, repository: str) -> str | None:
         """Another repository of this registry where this run saw `digest`, if any."""
-        with self._lock:
-            known = self._seen.get(digest)
-        return known if known and known != repository else None
+        return self.client.blob_repositories.other_than(digest, repository)
 
     def push_blob(
         self,
@@ -184,7 +164,7 @@ class RegistryPusher:
             return BlobWrite("exists")
         source = next((r for r in mount_from if r != repository), None)
         source = source or self.mount_candidate(descriptor.digest, repository)
-        what = self.client._what(repository, descriptor.digest)
+        what = self.transport.describe(repository, descriptor.digest)
         sent = 0
 
         def count(n: int) -> None:
@@ -217,13 +197,12 @@ class RegistryPusher:
                 raise
             return BlobWrite("uploaded")
 
-        result = self.client._call(what, attempt)
+        result = self.transport.call(what, attempt)
         self._remember(descriptor.digest, repository)
         return BlobWrite(result.outcome, sent)
 
     def _remember(self, digest: str, repository: str) -> None:
-        with self._lock:
-            self._seen.setdefault(digest, repository)
+        self.client.blob_repositories.add(digest, repository)
 
     def _start(
         self, repository: str, descriptor: Descriptor, mount_from: str | None, what: str
@@ -235,19 +214,25 @@ class RegistryPusher:
             query = urllib.parse.urlencode({"mount": descriptor.digest, "from": mount_from})
             path = f"{path}?{query}"
             scopes.append(pull_scope(mount_from))
-        resp, request = self.client._request("POST", path, scopes=scopes)
-        if resp.status == 201 and mount_from:
-            _discard(resp)
+        resp, request = self.transport.request(
+            "POST",
+            path,
+            scopes=scopes,
+            expect=(201, 202) if mount_from else (202,),
+            what=what,
+            doing="starting an upload",
+        )
+        if resp.status == 201:
+            discard(resp)
             log.debug("%s: mounted from %s", what, mount_from)
             return None
-        self._expect(resp, what, (202,), "starting an upload", expected=202)
         location = resp.headers.get("Location")
         min_chunk = resp.headers.get("OCI-Chunk-Min-Length") or ""
-        _discard(resp)
+        discard(resp)
         if not location:
             raise RegistryError(
                 f"{what}: the registry started an upload without a Location",
-                registry=self.client.registry,
+                registry=self.transport.registry,
             )
         return _Upload(
             urllib.parse.urljoin(request.url, location),
@@ -279,23 +264,27 @@ class RegistryPusher:
                         "Content-Length": str(n),
                         "Content-Range": f"{offset}-{offset + n - 1}",
                     }
-                    resp, url = self._send(
-                        "PATCH", location, scopes, headers, _once(stream, n, count, what)
+                    resp, request = self.transport.request(
+                        "PATCH",
+                        location,
+                        scopes=scopes,
+                        headers=headers,
+                        body=_once(stream, n, count, what),
                     )
                     if resp.status != 202:
-                        self.client._check(resp, what)
-                        _discard(resp)
+                        self.transport.check(resp, what)
+                        discard(resp)
                         raise Retryable(f"PATCH answered HTTP {resp.status}")
                     end = parse_range_end(resp.headers.get("Range"))
                     next_location = resp.headers.get("Location")
-                    _discard(resp)
+                    discard(resp)
                     if end != offset + n - 1:
                         # The registry holds other bytes than we sent: start over, cleanly.
                         raise Retryable(
                             f"registry holds bytes 0-{end} after sending {offset}-{offset + n - 1}"
                         )
                     if next_location:
-                        location = urllib.parse.urljoin(url, next_location)
+                        location = urllib.parse.urljoin(request.url, next_location)
                     offset += n
                 body: Body = None
                 headers = {"Content-Length": "0"}
@@ -305,12 +294,18 @@ class RegistryPusher:
                     "Content-Length": str(size),
                 }
                 body = _once(stream, size, count, what) if stream is not None else None
-            resp, _ = self._send(
-                "PUT", with_digest(location, descriptor.digest), scopes, headers, body
+            resp, _ = self.transport.request(
+                "PUT",
+                with_digest(location, descriptor.digest),
+                scopes=scopes,
+                headers=headers,
+                body=body,
+                expect=(201, 204),
+                what=what,
+                doing="committing the upload",
             )
-            self._expect(resp, what, (201, 204), "committing the upload", expected=201)
             reported = resp.headers.get("Docker-Content-Digest")
-            _discard(resp)
+            discard(resp)
             _check_stored(what, "blob", reported, descriptor.digest)
         finally:
             close = getattr(stream, "close", None)
@@ -320,8 +315,10 @@ class RegistryPusher:
     def _cancel(self, repository: str, upload: _Upload) -> None:
         """DELETE an upload that failed, so the registry can drop its partial data."""
         try:
-            resp, _ = self._send("DELETE", upload.location, [push_scope(repository)], {}, None)
-            _discard(resp)
+            resp, _ = self.transport.request(
+                "DELETE", upload.location, scopes=[push_scope(repository)]
+            )
+            discard(resp)
         except Exception as exc:  # best effort: the registry purges stale uploads itself
             log.debug("cancelling upload failed: %s", exc)
 
@@ -336,122 +333,24 @@ class RegistryPusher:
 
     def put_manifest(self, repository: str, reference: str, raw: RawManifest) -> None:
         """PUT the manifest's exact bytes under `reference` (a tag, or its own digest)."""
-        what = self.client._what(repository, reference)
-        url = f"{self.client._base()}/v2/{repository}/manifests/{reference}"
+        what = self.transport.describe(repository, reference)
 
         def attempt() -> str | None:
-            resp, _ = self._send(
-                "PUT", url, [push_scope(repository)], {"Content-Type": raw.media_type}, raw.data
+            resp, _ = self.transport.request(
+                "PUT",
+                f"/v2/{repository}/manifests/{reference}",
+                scopes=[push_scope(repository)],
+                headers={"Content-Type": raw.media_type},
+                body=raw.data,
+                expect=(200, 201, 202),
+                what=what,
+                doing="manifest PUT",
             )
-            self._expect(resp, what, (200, 201, 202), "manifest PUT")
             reported = resp.headers.get("Docker-Content-Digest")
-            _discard(resp)
+            discard(resp)
             return reported
 
-        _check_stored(what, "manifest", self.client._call(what, attempt), raw.digest)
-
-    # ---- the request machinery -----------------------------------------------------------
-
-    def _expect(
-        self,
-        resp: urllib3.BaseHTTPResponse,
-        what: str,
-        ok: tuple[int, ...],
-        doing: str,
-        *,
-        expected: int | None = None,
-    ) -> None:
-        """An answer outside `ok` is drained and raises the client's error for its status (auth,
-        not found, throttling), or else one naming what was being done."""
-        if resp.status in ok:
-            return
-        self.client._check(resp, what)
-        _discard(resp)
-        wanted = f", expected {expected}" if expected is not None else ""
-        raise RegistryError(
-            f"{what}: {doing} answered HTTP {resp.status}{wanted}",
-            registry=self.client.registry,
-            status=resp.status,
-        )
-
-    def _send(
-        self,
-        method: str,
-        url: str,
-        scopes: Sequence[str],
-        headers: Mapping[str, str],
-        body: Body,
-    ) -> tuple[urllib3.BaseHTTPResponse, str]:
-        """One request through the auth flow, with a body `_request` cannot carry.
-
-        A streamed body (a callable giving an iterator) can be sent once: should the registry
-        answer 401 after it (a token that expired mid-upload), the upload is retried from the
-        start instead. An upload Location on another host (some registries hand uploads to a
-        storage service) gets no Authorization, as with blob redirects on the pull side.
-        """
-        client = self.client
-        if _origin(url) != _origin(client._base()):
-            resp = self._urlopen(AuthRequest(method, url, dict(headers)), body, used=[False])
-            return resp, url
-        used = [False]
-        flow = client.auth.flow(AuthRequest(method, url, dict(headers)), scopes)
-        request = next(flow)
-        while True:
-            if request.token_request:
-                answer = client._token_exchange(request)
-                try:
-                    request = flow.send(answer)
-                except StopIteration:  # pragma: no cover - flows end on a registry response
-                    raise RegistryError(
-                        f"{client.registry}: authentication flow ended early",
-                        registry=client.registry,
-                    ) from None
-                continue
-            try:
-                resp = self._urlopen(request, body, used)
-            except _BodyUsed:
-                flow.close()
-                raise Retryable("authorization expired during an upload") from None
-            answer = AuthResponse(resp.status, dict(resp.headers))
-            try:
-                next_request = flow.send(answer)
-            except StopIteration:
-                return resp, request.url
-            except BaseException:
-                _discard(resp)
-                raise
-            _discard(resp)
-            request = next_request
-
-    def _urlopen(
-        self, request: AuthRequest, body: Body, used: list[bool]
-    ) -> urllib3.BaseHTTPResponse:
-        payload: bytes | Iterable[bytes | memoryview] | None
-        if callable(body):
-            if used[0]:
-                raise _BodyUsed()
-            used[0] = True
-            payload = body()
-        else:
-            payload = body
-        log.debug("%s %s", request.method, request.url.split("?", 1)[0])
-        extra = {}
-        if request.method in ("PUT", "PATCH"):
-            read = max(COMMIT_READ_TIMEOUT, self.client.read_timeout)
-            extra["timeout"] = urllib3.Timeout(
-                connect=self.client.timeout.connect_timeout, read=read
-            )
-        return self.client._pool.request(
-            request.method,
-            request.url,
-            headers=dict(request.headers),
-            body=payload,
-            preload_content=False,
-            decode_content=False,
-            redirect=False,
-            retries=False,
-            **extra,
-        )
+        _check_stored(what, "manifest", self.transport.call(what, attempt), raw.digest)
 
 
 class _Opening:
@@ -530,17 +429,10 @@ def _filled(
         yield buffer[:n]
 
 
-_pushers: weakref.WeakKeyDictionary[RegistryClient, RegistryPusher] = weakref.WeakKeyDictionary()
-_pushers_lock = threading.Lock()
-
-
 def pusher_for(client: RegistryClient) -> RegistryPusher:
-    """The one pusher of `client`: every image of a run shares what it learned about blobs."""
-    with _pushers_lock:
-        pusher = _pushers.get(client)
-        if pusher is None:
-            pusher = _pushers[client] = RegistryPusher(client)
-        return pusher
+    """A pusher of `client` with the default upload (one streamed PUT per blob). Every pusher
+    of a client shares what it learned about blobs: that lives on the client."""
+    return RegistryPusher(client)
 
 
 __all__ = [

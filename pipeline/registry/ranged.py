@@ -10,7 +10,7 @@ Memory is bounded per client, not per blob: each blob always has one range in fl
 single stream would), and every further range read ahead holds a slot of the client's
 `RangeBudget`, taken without waiting, so `--jobs` blobs in flight share `streams` extra ranges
 instead of multiplying them, and no blob ever waits on another's slots (no deadlock, whatever
-order consumers read in). Each range resumes on its own after a dropped connection (`BlobBody`), and a
+order consumers read in). Each range resumes on its own after a dropped connection (a `BlobStream`), and a
 registry that ignores `Range` gets the blob read as one stream.
 """
 
@@ -21,13 +21,10 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from pipeline.errors import TransferError
 from pipeline.oci import Descriptor
-
-if TYPE_CHECKING:
-    from pipeline.registry.client import BlobBody, RegistryClient
 
 log = logging.getLogger("bale.registry")
 
@@ -50,23 +47,61 @@ only cost memory (peak RSS 176-189 MiB against 132 MiB with them off, same time)
 a continent or an ocean answers in 70 ms or more; nearer links keep one stream."""
 
 
+class BlobStream(Protocol):
+    """One resuming stream of a blob's bytes from `position` up to `end` (client.BlobBody)."""
+
+    what: str
+    position: int
+    end: int
+    ranged: bool
+    """True once the registry answered the stream's Range request with 206."""
+
+    def open(self) -> None: ...
+    def read(self, n: int = -1, /) -> bytes: ...
+    def readinto(self, buffer: bytearray | memoryview, /) -> int: ...
+    def close(self) -> None: ...
+
+
+class BlobStreams(Protocol):
+    """What ranges are fetched through (the registry client passes itself)."""
+
+    def blob_body(
+        self,
+        repository: str,
+        descriptor: Descriptor,
+        what: str,
+        *,
+        start: int = 0,
+        end: int | None = None,
+    ) -> BlobStream: ...
+
+
 class RangeBudget:
     """How many ranges a client may hold read ahead at once, across all its blobs."""
 
     def __init__(self, slots: int) -> None:
         self.slots = max(1, slots)
-        self._sem = threading.Semaphore(self.slots)
+        self._free = self.slots
+        self._cond = threading.Condition()
 
     def acquire(self, *, wait: bool) -> bool:
-        return self._sem.acquire(blocking=wait)
+        with self._cond:
+            while not self._free:
+                if not wait:
+                    return False
+                self._cond.wait()
+            self._free -= 1
+            return True
 
     def release(self) -> None:
-        self._sem.release()
+        with self._cond:
+            self._free += 1
+            self._cond.notify()
 
     @property
     def free(self) -> int:
         """Slots not held right now."""
-        return self._sem._value  # type: ignore[attr-defined]
+        return self._free
 
 
 class RangedBlobBody:
@@ -74,7 +109,7 @@ class RangedBlobBody:
 
     def __init__(
         self,
-        client: RegistryClient,
+        client: BlobStreams,
         repository: str,
         descriptor: Descriptor,
         what: str,
@@ -98,7 +133,7 @@ class RangedBlobBody:
         """Start of the next range to ask for."""
         self._current = memoryview(b"")
         self._current_bytes = b""
-        self._single: BlobBody | None = None
+        self._single: BlobStream | None = None
         """The whole blob as one stream, when the registry does not do ranges."""
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
@@ -117,17 +152,14 @@ class RangedBlobBody:
 
     def open(self) -> None:
         """Ask for the first range here, so a missing blob or a refusal raises at once."""
-        from pipeline.registry.client import BlobBody
-
         size = self.descriptor.size
         if size <= self.chunk:  # one range is the whole blob: nothing to split
-            self._single = BlobBody(self._client, self._repository, self.descriptor, self.what)
+            self._single = self._client.blob_body(self._repository, self.descriptor, self.what)
             self._single.open()
             self.parallel = False
             return
         self._probe_started = time.monotonic()
-        first = BlobBody(
-            self._client,
+        first = self._client.blob_body(
             self._repository,
             self.descriptor,
             self.what,
@@ -139,7 +171,7 @@ class RangedBlobBody:
         if not first.ranged:
             first.close()
             log.info("%s: registry ignored Range; reading the blob as one stream", self.what)
-            self._single = BlobBody(self._client, self._repository, self.descriptor, self.what)
+            self._single = self._client.blob_body(self._repository, self.descriptor, self.what)
             self._single.open()
             self.parallel = False
             return
@@ -151,10 +183,7 @@ class RangedBlobBody:
             self._top_up()
 
     def _fetch(self, start: int) -> bytes:
-        from pipeline.registry.client import BlobBody
-
-        body = BlobBody(
-            self._client,
+        body = self._client.blob_body(
             self._repository,
             self.descriptor,
             self.what,
@@ -165,7 +194,7 @@ class RangedBlobBody:
         return self._drain(body)
 
     @staticmethod
-    def _drain(body: BlobBody) -> bytes:
+    def _drain(body: BlobStream) -> bytes:
         """All of one range, normally as the single `bytes` urllib3 returns."""
         want = body.end - body.position
         try:
@@ -261,8 +290,6 @@ class RangedBlobBody:
 
     def _decide(self, first: int) -> None:
         """After the first range: parallel ranges for a slow link, one stream for a fast one."""
-        from pipeline.registry.client import BlobBody
-
         assert self._probe_started is not None and self.fast_link is not None
         elapsed = max(time.monotonic() - self._probe_started, 1e-6)
         rate = first / elapsed
@@ -277,8 +304,8 @@ class RangedBlobBody:
         if self.parallel:
             self._top_up()
         elif self._next < self.descriptor.size:
-            self._single = BlobBody(
-                self._client, self._repository, self.descriptor, self.what, start=self._next
+            self._single = self._client.blob_body(
+                self._repository, self.descriptor, self.what, start=self._next
             )
             self._single.open()
 
