@@ -22,8 +22,6 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 ALLOWED_CYCLES: dict[frozenset[str], str] = {
     # issue 14, "Layering with no cycles" (ENGINE): the referrers transport leaves ops/referrers.py.
     frozenset({"pipeline.ops.copy", "pipeline.ops.referrers"}): "ops.copy <-> ops.referrers",
-    # issue 14, "A registry transport with a public surface" (REGISTRY): one transport object.
-    frozenset({"pipeline.registry.client", "pipeline.registry.ranged"}): "client <-> ranged",
     # issue 14, "Batch loop once" (CLI) and "One engine" (ENGINE): archive_many/restore_many/
     # sync_many move into the batch runner, and ops/* stop importing batch.report and batch.run.
     frozenset({"pipeline.batch", "pipeline.ops"}): "batch <-> ops",
