@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import UsageError
-from pipeline.transports import ArchiveTransport, RegistryTransport, parse_transport
+from pipeline.transports.names import ArchiveTransport, RegistryTransport, parse_transport
 from tests.bed.images import LayerSpec
 from tests.bed.moto import ACCESS_KEY, REGION, SECRET_KEY
 
