@@ -1,5 +1,9 @@
 """`bale archive`: registry → content-addressed bucket → per-image tar → record.
 
+An archive is the one copy engine (`pipeline/copy/engine.py`) into a `BucketDestination`
+(`pipeline/transports/bucket.py`); this module decides what to archive (skips, read-ahead,
+which manifests an index keeps) and turns the engine's counts into the image's result.
+
 The order of writes is the registry's own and is what makes a crash harmless: blobs first
 (each verified before it becomes visible), then layer links, manifests (children before the
 index), revision links, tags, the tar, and the record last. A tag or record therefore never

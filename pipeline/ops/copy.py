@@ -1,10 +1,12 @@
 """`bale copy`: one image from one transport to another, streamed end to end.
 
-- `copy_to_archive`: any source → docker-archive/oci-archive. It writes the same dual-format
-  tar `archive` writes, but straight to its location (a local file, stdout, or an S3/OSS object
-  via a streaming multipart upload): no content-addressed area, no temporary files.
-- `copy_transports`: any `ImageSource` (a registry, the archive bucket, a tar) → a registry,
-  through the one engine (`pipeline/copy/engine.py`).
+Both ends go through the one engine (`pipeline/copy/engine.py`):
+- `copy_to_archive`: any source → docker-archive/oci-archive, a `TarDestination`. It writes the
+  same dual-format tar `archive` writes, but straight to its location (a local file, stdout, or
+  an S3/OSS object via a streaming multipart upload): no content-addressed area, no temporary
+  files.
+- `copy_transports`: any `ImageSource` (a registry, the archive bucket, a tar) → a registry or
+  a tar.
 
 Tars are read through ranged reads of their location (`open_archive`): a local file, an S3/OSS
 object, or stdin. Stdin is the one place where a tar is held whole, since a pipe can be read
