@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import UsageError
-from pipeline.transports import ArchiveTransport, RegistryTransport, parse_transport
+from pipeline.transports.names import ArchiveTransport, RegistryTransport, parse_transport
 from tests.bed.cli import isolated_env, run_bale
 from tests.bed.images import LayerSpec
 from tests.bed.moto import MOTO_KEYS

@@ -33,6 +33,11 @@ class TarStream:
     def size(self) -> int:
         return self.plan.total_size
 
+    @property
+    def blob(self) -> Descriptor | None:
+        """The blob being read (or last read): the one a failed read was in."""
+        return self._blob_desc
+
     def _advance(self) -> bool:
         """Move to the next piece; False at the end of the tar."""
         self._close_blob()

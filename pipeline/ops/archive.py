@@ -1,5 +1,9 @@
 """`bale archive`: registry → content-addressed bucket → per-image tar → record.
 
+An archive is the one copy engine (`pipeline/copy/engine.py`) into a `BucketDestination`
+(`pipeline/transports/bucket.py`); this module decides what to archive (skips, read-ahead,
+which manifests an index keeps) and turns the engine's counts into the image's result.
+
 The order of writes is the registry's own and is what makes a crash harmless: blobs first
 (each verified before it becomes visible), then layer links, manifests (children before the
 index), revision links, tags, the tar, and the record last. A tag or record therefore never
@@ -19,19 +23,20 @@ from typing import Protocol
 from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket
 from pipeline.archive.record import ImageRecord
-from pipeline.archive.tarplan import TarPlan, to_compose_pieces
+from pipeline.archive.tarplan import TarPlan
 from pipeline.archive.tarstream import plan_resolved
 from pipeline.batch.report import ImageResult, Status
-from pipeline.errors import BaleError, DigestMismatch
+from pipeline.copy.engine import CopyPlan, CopyStats, copy_image
+from pipeline.errors import BaleError
 from pipeline.image import ImageSource, ResolvedImage, resolve_image, select_platforms
-from pipeline.oci import Descriptor, ImageIndex, Platform, RawManifest
+from pipeline.oci import ImageIndex, Platform, RawManifest
 from pipeline.ops.events import image_events
 from pipeline.ops.readahead import ReadAhead
 from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
 from pipeline.registry.source import RegistrySource
-from pipeline.store.base import Composition
-from pipeline.transfer.progress import CountingReader, TransferEvents
+from pipeline.transfer.progress import TransferEvents
+from pipeline.transports.bucket import BucketDestination
 
 log = logging.getLogger("bale.archive")
 
@@ -256,34 +261,47 @@ class Archiver(BucketWorker):
             resolved = ahead.resolved
         else:
             resolved = self._resolve(source, options)
-        blobs = resolved.blobs()
         if ahead is None or ahead.resolved is None or not ahead.reported:
-            self.events.on_image_size(str(ref), sum(b.size for b in blobs))
+            self.events.on_image_size(str(ref), sum(b.size for b in resolved.blobs()))
         plan = plan_resolved(resolved, all_platforms=options.all_platforms)
-        pieces = to_compose_pieces(plan, layout.blob_key_for)
-        # The tar's parts go up while its blobs stream in; it becomes visible only at `finish`,
-        # after the tags, and is abandoned (nothing left) if any step before fails.
         name = str(ref)
-        with self.bucket.start_tar(layout.tar_key_for(ref), pieces) as tar:
-            self._store_blobs(source, blobs, counts, tar)
-            self.events.on_image_phase(name, "writing manifests")
-            repo = ref.store_repo
-            manifests = [i.raw for i in resolved.images] + list(resolved.extra_manifests)
-            if resolved.top.digest not in {m.digest for m in manifests}:
-                manifests.append(resolved.top)
-            for raw in manifests:  # children first, the index last
-                self.bucket.put_manifest(raw)
-            self.bucket.link_revisions(repo, (m.digest for m in manifests))
-            if ref.tag and not ref.digest:
-                self.bucket.tag(repo, ref.tag, resolved.top.digest)
+        record: list[ImageRecord] = []
+        # The tar's parts go up while its blobs stream in; it becomes visible only at commit,
+        # after the tags, and is abandoned (nothing left) if any step before fails.
+        dest = BucketDestination(
+            self.bucket,
+            ref,
+            tar=plan,
+            record=lambda: record.append(self._write_record(resolved, plan)),
+            rewrite=True,
+            events=self.events,
+            name=name,
+        )
+        moves = CopyPlan.of_resolved(resolved)
+        subjects = [m.digest for m in moves.manifests]
+
+        def referrers(stats: CopyStats) -> None:
             if options.referrers:
                 self.events.on_image_phase(name, "checking signatures")
-                self._archive_referrers(source, [m.digest for m in manifests], counts)
-            self.events.on_image_phase(name, "composing the tar")
-            written = tar.finish()
-        counts.add(uploaded=written.sent, copied=written.copied)
-        self.events.on_image_phase(name, "writing the record")
-        return self._write_record(resolved, plan)
+                self._archive_referrers(source, subjects, counts)
+
+        stats = copy_image(
+            source,
+            dest,
+            moves,
+            session=self.session,
+            tag=ref.tag if ref.tag and not ref.digest else None,
+            events=self.events,
+            name=name,
+            report_size=False,
+            referrers=referrers,
+        )
+        counts.add(
+            downloaded=stats.bytes_read, uploaded=stats.bytes_uploaded, already=stats.bytes_skipped
+        )
+        if dest.written is not None:
+            counts.add(uploaded=dest.written.sent, copied=dest.written.copied)
+        return record[0]
 
     def _archive_referrers(self, source: ImageSource, subjects: list[str], counts: _Counts) -> None:
         """Signatures and attestations of the manifests just stored, kept as manifests and
@@ -294,92 +312,6 @@ class Archiver(BucketWorker):
         target = BucketRepo(self.bucket, source.reference)
         stats = sync_referrers(source, subjects, target, self.session)
         counts.add(downloaded=stats.bytes_read, uploaded=stats.bytes_uploaded)
-
-    def _store_blobs(
-        self, source: ImageSource, blobs: list[Descriptor], counts: _Counts, tar: Composition
-    ) -> None:
-        """Store every blob, then link them in the repository; a digest shared by several images
-        of a run moves once.
-
-        Only the image whose call started a transfer counts its bytes; an image that finds the
-        blob stored, or waits on another image's transfer of it, counts it as already stored.
-        So a run's byte totals are what actually moved, not that times the sharing images.
-        """
-        owned: set[str] = set()
-
-        def store(desc: Descriptor) -> tuple[int, int] | None:
-            owned.add(desc.digest)  # runs only when this image's call started the transfer
-            return self._store_blob(source, desc, tar)
-
-        futures = [
-            self.session.once(f"{self.bucket.url}|{desc.digest}", lambda d=desc: store(d))
-            for desc in blobs
-        ]
-        name = str(source.reference)
-        repo = source.reference.store_repo
-        errors: list[BaseException] = []
-        for desc, fut in zip(blobs, futures, strict=True):
-            try:
-                moved = fut.result()
-            except BaleError as exc:
-                errors.append(exc)
-                continue
-            tar.stored(layout.blob_key_for(desc))
-            if moved is None or desc.digest not in owned:
-                counts.add(already=desc.size)
-                self.events.on_image_bytes(name, skipped=desc.size)
-            else:
-                counts.add(downloaded=moved[0], uploaded=moved[1])
-        if errors:
-            raise errors[0]
-        self.events.on_image_phase(name, "writing links")
-        self.bucket.link_layers(repo, (d.digest for d in blobs))
-
-    def _store_blob(
-        self, source: ImageSource, desc: Descriptor, tar: Composition
-    ) -> tuple[int, int] | None:
-        """Stream one blob in unless the bucket has it; returns (downloaded, uploaded).
-
-        The stream passes through the tar's composition, which keeps the bytes its own parts
-        need, and hears at once that the blob is stored (its copy parts can start)."""
-        if self.bucket.has_blob(desc):
-            return None
-        key = f"{source.reference.name}@{desc.digest}"
-        name = str(source.reference)
-        stored_key = layout.blob_key_for(desc)
-
-        def report(n: int) -> None:
-            self.events.on_bytes(key, n)
-            self.events.on_image_bytes(name, moved=n)
-
-        # A digest mismatch (bytes corrupted on the way) is not resumable: fetch the blob again
-        # from the start, up to --retries times. Nothing of a failed attempt becomes visible.
-        attempts = self.session.transfer.retry.retries + 1
-        downloaded = 0
-        for attempt in range(1, attempts + 1):
-            counted = CountingReader(source.open_blob(desc), report)
-            stream = tar.capture(stored_key, counted)
-            try:
-                result = self.bucket.put_blob(desc, stream)
-                tar.stored(stored_key, stream)
-            except DigestMismatch as exc:
-                downloaded += counted.count
-                if attempt == attempts:
-                    raise
-                log.warning(
-                    "fetching %s again after %s (attempt %d/%d)",
-                    desc.digest,
-                    exc,
-                    attempt + 1,
-                    attempts,
-                )
-                continue
-            finally:
-                close = getattr(stream, "close", None)
-                if close is not None:
-                    close()
-            return downloaded + counted.count, result.sent
-        raise AssertionError("unreachable")
 
     def _write_record(self, resolved: ResolvedImage, plan: TarPlan) -> ImageRecord:
         stored = [*resolved.blobs(), *(i.raw.descriptor() for i in resolved.images)]

@@ -1,12 +1,12 @@
 """`bale copy`: one image from one transport to another, streamed end to end.
 
-Two engines:
-- `copy_to_archive`: any source → docker-archive/oci-archive. It writes the same dual-format
-  tar `archive` writes, but straight to its location (a local file, stdout, or an S3/OSS object
-  via a streaming multipart upload): no content-addressed area, no temporary files.
-- `copy_image`: any `ImageSource` (a registry, the archive bucket, a tar) → any
-  `ImageDestination` (a registry). `restore`, registry-to-registry copy and tar-to-registry
-  copy are this one function with different ends.
+Both ends go through the one engine (`pipeline/copy/engine.py`):
+- `copy_to_archive`: any source → docker-archive/oci-archive, a `TarDestination`. It writes the
+  same dual-format tar `archive` writes, but straight to its location (a local file, stdout, or
+  an S3/OSS object via a streaming multipart upload): no content-addressed area, no temporary
+  files.
+- `copy_transports`: any `ImageSource` (a registry, the archive bucket, a tar) → a registry or
+  a tar.
 
 Tars are read through ranged reads of their location (`open_archive`): a local file, an S3/OSS
 object, or stdin. Stdin is the one place where a tar is held whole, since a pipe can be read
@@ -22,12 +22,9 @@ import logging
 import os
 import stat
 import sys
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from pipeline.archive.tarplan import write_tar
 from pipeline.archive.tarread import (
     ArchiveImage,
     BytesSource,
@@ -36,42 +33,30 @@ from pipeline.archive.tarread import (
     RandomAccess,
     StoreSource,
 )
-from pipeline.archive.tarstream import TarStream, plan_resolved
+from pipeline.archive.tarstream import plan_resolved
+from pipeline.copy.engine import CopyPlan, CopyStats, copy_image
 from pipeline.errors import (
-    BaleError,
-    InvalidArchive,
-    ManifestError,
-    NotFound,
-    StoreNotFound,
     UsageError,
 )
 from pipeline.image import (
-    BlobWrite,
-    ImageDestination,
     ImageSource,
-    read_top,
     resolve_image,
-    select_platforms,
 )
 from pipeline.oci import (
     Descriptor,
-    ImageIndex,
-    ImageManifest,
     Platform,
-    RawManifest,
 )
-from pipeline.ops.events import ImageEvents, image_events
 from pipeline.ops.session import RegistryOptions, Session
 from pipeline.registry.destination import RegistryDestination
 from pipeline.registry.source import RegistrySource
-from pipeline.store.base import Readable
+from pipeline.store.base import ObjectStore, Readable
 from pipeline.store.url import open_location, parse_location
-from pipeline.transfer.progress import CountingReader, TransferEvents
-from pipeline.transfer.ratelimit import limited
+from pipeline.transfer.progress import TransferEvents
 from pipeline.transfer.recompress import CompressOptions
 from pipeline.transfer.retry import RetryPolicy
 from pipeline.transfer.verify import VerifyingReader
-from pipeline.transports import ArchiveTransport, RegistryTransport, Transport, archive_name
+from pipeline.transports.names import ArchiveTransport, RegistryTransport, Transport, archive_name
+from pipeline.transports.tarball import TarDestination
 from pipeline.units import format_size
 
 log = logging.getLogger("bale.copy")
@@ -97,292 +82,34 @@ def copy_to_archive(
     source: ImageSource,
     dest: ArchiveTransport,
     *,
+    session: Session,
     platform: Platform | None = None,
     all_platforms: bool = False,
     endpoint_url: str | None = None,
-    retry: RetryPolicy | None = None,
+    events: TransferEvents | None = None,
 ) -> CopyResult:
-    """Stream `source` as a dual-format tar to `dest` (a path, `-`, s3:// or oss://)."""
+    """Stream `source` as a dual-format tar to `dest` (a path, `-`, s3:// or oss://): the one
+    engine into a `TarDestination`."""
     started = time.monotonic()
     shown = str(dest)
+    store: ObjectStore | None = None
+    key: str | None = None
     if not dest.is_stdio:  # (checked for writing by check_archive_destination)
         where = parse_location(dest.location)
         shown = str(replace(dest, location=str(where)))  # in full: s3://, /abs
-        store, key = open_location(where, endpoint_url=endpoint_url, retry=retry)
+        store, key = open_location(where, endpoint_url=endpoint_url, retry=session.transfer.retry)
     resolved = resolve_image(
         source, platform=platform, all_platforms=all_platforms, store_all=all_platforms
     )
-    plan = plan_resolved(
+    tar = plan_resolved(
         resolved, all_platforms=all_platforms, name=archive_name(dest, source.reference)
     )
-    if dest.is_stdio:
-        out = sys.stdout.buffer
-        write_tar(plan, out, source.open_blob, verify=False)
-        out.flush()
-    else:
-        stream = TarStream(plan, source.open_blob)
-        try:
-            store.put_stream(key, stream, plan.total_size)
-        finally:
-            stream.close()
-    assert plan.root is not None
-    return CopyResult(plan.root.digest, plan.total_size, time.monotonic() - started, shown)
-
-
-# ---- the generic engine: any ImageSource into any ImageDestination ------------------------
-
-
-@dataclass(frozen=True)
-class CopyPlan:
-    """What a copy writes: blobs, then manifests children first, the top one last."""
-
-    top: RawManifest
-    manifests: tuple[RawManifest, ...]
-    blobs: tuple[Descriptor, ...]
-    platforms: tuple[str, ...] = ()
-
-    @property
-    def size(self) -> int:
-        return sum(b.size for b in self.blobs)
-
-
-@dataclass
-class CopyStats:
-    """What `copy_image` did. Byte counts are what moved, not image sizes."""
-
-    digest: str
-    media_type: str
-    platforms: tuple[str, ...] = ()
-    blobs_uploaded: int = 0
-    blobs_mounted: int = 0
-    blobs_existing: int = 0
-    bytes_read: int = 0
-    """Bytes read from the source (every attempt)."""
-    bytes_uploaded: int = 0
-    """Bytes sent to the destination (every attempt)."""
-    bytes_skipped: int = 0
-    """Bytes of blobs the destination had, mounted, or another image of the run moved."""
-    manifests_pushed: int = 0
-    manifests_existing: int = 0
-    seconds: float = 0.0
-
-
-_MISSING = (NotFound, StoreNotFound, InvalidArchive)
-"""How a source says it lacks a manifest or blob (registry, store, tar)."""
-
-
-def _is_foreign(desc: Descriptor) -> bool:
-    """A non-distributable layer (Windows base layers): registries serve it from its URLs."""
-    return bool(desc.urls) and "foreign" in desc.media_type
-
-
-def plan_copy(
-    source: ImageSource,
-    *,
-    platform: Platform | None = None,
-    all_platforms: bool = False,
-    probe: Callable[[Descriptor], object] | None = None,
-) -> CopyPlan:
-    """Read every manifest a copy needs before anything is written.
-
-    An index is copied whole (its digest kept) unless `platform` picks one image from it (and
-    `all_platforms` is not set): then that image's manifest alone is the top. A source that
-    lacks some children of its index (a tar or archive holding one platform) gives the default
-    (or `platform`'s) image alone, unless `all_platforms` insists on the whole index.
-    `probe(descriptor)` raises when the source lacks a blob; it runs on every blob planned, so
-    an incomplete source fails here, with nothing written.
-    """
-    what = str(source.reference) if source.reference is not None else "image"
-    top, parsed = read_top(source, what=what, verb="copied")
-    if isinstance(parsed, ImageManifest):
-        return _plan_of(top, [(top, parsed)], probe, ())
-    if platform is not None and not all_platforms:
-        chosen = select_platforms(parsed, platform, what=what)[0]
-        return _single_from(source, chosen, probe, what)
-    manifests: list[RawManifest] = []
-    images: list[tuple[RawManifest, ImageManifest]] = []
-    try:
-        _collect(source, parsed, manifests, images, probe, depth=0)
-    except _MISSING as exc:
-        if all_platforms:
-            raise
-        chosen = select_platforms(parsed, None, what=what)[0]
-        log.warning(
-            "%s: the source lacks part of the index (%s); copying %s only, under its own digest",
-            what,
-            str(exc).splitlines()[0],
-            chosen.platform or chosen.digest,
-        )
-        return _single_from(source, chosen, probe, what)
-    manifests.append(top)
-    platforms = tuple(str(d.platform) for d in parsed.manifests if d.platform is not None)
-    return _plan_of(top, images, probe, platforms, manifests)
-
-
-def _single_from(
-    source: ImageSource,
-    chosen: Descriptor,
-    probe: Callable[[Descriptor], object] | None,
-    what: str,
-) -> CopyPlan:
-    raw = source.manifest(chosen.digest)
-    child = raw.parse()
-    if not isinstance(child, ImageManifest):
-        raise ManifestError(f"{what}: index entry {chosen.digest} is not an image manifest")
-    platforms = (str(chosen.platform),) if chosen.platform is not None else ()
-    return _plan_of(raw, [(raw, child)], probe, platforms)
-
-
-def _collect(
-    source: ImageSource,
-    index: ImageIndex,
-    manifests: list[RawManifest],
-    images: list[tuple[RawManifest, ImageManifest]],
-    probe: Callable[[Descriptor], object] | None,
-    *,
-    depth: int,
-) -> None:
-    """Every manifest under `index`, children before their parents (the order a registry
-    accepts them in)."""
-    if depth > 4:
-        raise ManifestError("index nesting is deeper than 4 levels")
-    for desc in index.manifests:
-        raw = source.manifest(desc.digest)
-        child = raw.parse()
-        if isinstance(child, ImageIndex):
-            _collect(source, child, manifests, images, probe, depth=depth + 1)
-        elif isinstance(child, ImageManifest):
-            images.append((raw, child))
-            if probe is not None:
-                for blob in child.blobs:
-                    if not _is_foreign(blob):
-                        probe(blob)
-        manifests.append(raw)
-
-
-def _plan_of(
-    top: RawManifest,
-    images: list[tuple[RawManifest, ImageManifest]],
-    probe: Callable[[Descriptor], object] | None,
-    platforms: tuple[str, ...],
-    manifests: list[RawManifest] | None = None,
-) -> CopyPlan:
-    blobs: dict[str, Descriptor] = {}
-    for _raw, manifest in images:
-        for desc in manifest.blobs:
-            if not _is_foreign(desc):
-                blobs.setdefault(desc.digest, desc)
-    if probe is not None:
-        for desc in blobs.values():
-            probe(desc)
-    ordered = list(dict.fromkeys(manifests if manifests is not None else [top]))
-    return CopyPlan(top, tuple(ordered), tuple(blobs.values()), platforms)
-
-
-def copy_image(
-    source: ImageSource,
-    dest: ImageDestination,
-    *,
-    session: Session,
-    platform: Platform | None = None,
-    all_platforms: bool = False,
-    tag: str | None = None,
-    events: TransferEvents | None = None,
-) -> CopyStats:
-    """Copy one image: plan, blobs in parallel, manifests children first, the tag last.
-
-    Blobs go through the session's pool (`--jobs` bounds the whole run) and `once` (two images
-    sharing a blob move it once); the destination skips what it holds and mounts what the same
-    registry holds elsewhere. Manifests are written as the source's exact bytes, so every digest
-    at the destination is the source's. With `tag` the top manifest is written under it, else
-    by digest only. Call it from outside the session's pool (it waits on that pool).
-    """
-    started = time.monotonic()
-    shown = image_events(events)
-    name = str(source.reference) if source.reference is not None else "image"
-    plan = plan_copy(
-        source, platform=platform, all_platforms=all_platforms, probe=_probe_for(source)
+    target = TarDestination(
+        source.reference, tar, store, key, retries=session.transfer.retry.retries
     )
-    stats = CopyStats(plan.top.digest, plan.top.media_type, plan.platforms)
-    shown.on_image_size(name, plan.size)
-    _copy_blobs(source, dest, plan, session, shown, name, stats)
-    for raw in plan.manifests[:-1]:
-        if dest.has_manifest(raw.digest):
-            stats.manifests_existing += 1
-        else:
-            dest.put_manifest(raw)
-            stats.manifests_pushed += 1
-    if dest.has_manifest(plan.top.digest, tag):
-        stats.manifests_existing += 1
-    else:
-        dest.put_manifest(plan.top, tag)
-        stats.manifests_pushed += 1
-    stats.seconds = round(time.monotonic() - started, 3)
-    return stats
-
-
-def _probe_for(source: ImageSource) -> Callable[[Descriptor], object] | None:
-    """How to learn up front that a source lacks a blob: only a tar can say cheaply (its
-    index is in memory); registries and stores are trusted and fail on the read."""
-    return source.blob_range if isinstance(source, ArchiveImage) else None
-
-
-def _copy_blobs(
-    source: ImageSource,
-    dest: ImageDestination,
-    plan: CopyPlan,
-    session: Session,
-    events: ImageEvents,
-    name: str,
-    stats: CopyStats,
-) -> None:
-    # A registry source's reads already pass the session's limiter (its client has it); any
-    # other source is limited here, so each blob counts against --limit-rate once.
-    limiter = None if isinstance(source, RegistrySource) else session.limiter
-    mount_from = source.reference
-    owned: set[str] = set()
-    lock = threading.Lock()
-
-    def one(desc: Descriptor) -> BlobWrite:
-        owned.add(desc.digest)
-        key = f"{name}@{desc.digest}"
-
-        def report(n: int) -> None:
-            with lock:
-                stats.bytes_read += n
-            events.on_bytes(key, n)
-            events.on_image_bytes(name, moved=n)
-
-        def open_stream() -> Readable:
-            return CountingReader(limited(source.open_blob(desc), limiter), report)
-
-        return dest.put_blob(desc, open_stream, mount_from=mount_from)
-
-    where = dest.reference.name
-    futures = [
-        session.once(f"copy|{where}|{desc.digest}", lambda d=desc: one(d)) for desc in plan.blobs
-    ]
-    errors: list[BaseException] = []
-    for desc, fut in zip(plan.blobs, futures, strict=True):
-        try:
-            result = fut.result()
-        except BaleError as exc:
-            errors.append(exc)
-            continue
-        if desc.digest not in owned:
-            result = BlobWrite("exists")  # another image of the run moved it
-        if result.outcome == "uploaded":
-            stats.blobs_uploaded += 1
-            stats.bytes_uploaded += result.sent
-        else:
-            if result.outcome == "mounted":
-                stats.blobs_mounted += 1
-            else:
-                stats.blobs_existing += 1
-            stats.bytes_skipped += desc.size
-            events.on_image_bytes(name, skipped=desc.size)
-    if errors:
-        raise errors[0]
+    copy_image(source, target, CopyPlan.of_resolved(resolved), session=session, events=events)
+    assert tar.root is not None
+    return CopyResult(tar.root.digest, tar.total_size, time.monotonic() - started, shown)
 
 
 # ---- tars as sources ----------------------------------------------------------------------
@@ -575,10 +302,10 @@ def copy_transports(
         return copy_to_archive(
             source,
             dst,
+            session=session,
             platform=platform,
             all_platforms=all_platforms,
             endpoint_url=endpoint_url,
-            retry=session.transfer.retry,
         )
     started = time.monotonic()
     ref = dst.reference

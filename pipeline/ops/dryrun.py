@@ -17,31 +17,23 @@ blob below the part-copy minimum is read and sent instead: a real run may move a
 
 from __future__ import annotations
 
-import threading
-
 from pipeline.archive import layout
-from pipeline.archive.bucket import ArchiveBucket
 from pipeline.archive.tarplan import to_compose_pieces
 from pipeline.archive.tarstream import plan_resolved
 from pipeline.batch.report import ImageResult
+from pipeline.copy.engine import CopyPlan, copy_image
 from pipeline.errors import BaleError
 from pipeline.ops.archive import ArchiveOptions, BucketWorker
-from pipeline.ops.session import RegistryOptions, Session
+from pipeline.ops.session import RegistryOptions
 from pipeline.refs import Reference
 from pipeline.registry.source import RegistrySource
 from pipeline.store.base import CopyRange
-from pipeline.transfer.progress import TransferEvents
+from pipeline.transports.bucket import BucketDestination
+from pipeline.transports.dryrun import DryRunDestination
 
 
 class Planner(BucketWorker):
     """Plans images into one bucket; `Archiver`'s signature, for `archive_many` and `run_plan`."""
-
-    def __init__(
-        self, bucket: ArchiveBucket, session: Session, events: TransferEvents | None = None
-    ) -> None:
-        super().__init__(bucket, session, events)
-        self._claimed: set[str] = set()
-        self._lock = threading.Lock()
 
     def _image(
         self, ref: Reference, registry: RegistryOptions | None, options: ArchiveOptions
@@ -61,26 +53,14 @@ class Planner(BucketWorker):
         if self._is_current(ref, digest, options):
             return self._done(ref, "skipped", top, digest)
         resolved = self._resolve(source, options)
-        blobs = resolved.blobs()
-        present = [
-            self.session.once(
-                f"dry-run|{self.bucket.url}|{desc.digest}",
-                lambda d=desc: self.bucket.has_blob(d),  # type: ignore[misc]
-            )
-            for desc in blobs
-        ]
-        to_move = already = 0
-        for desc, fut in zip(blobs, present, strict=True):
-            if fut.result():
-                already += desc.size
-                continue
-            with self._lock:
-                first = desc.digest not in self._claimed
-                self._claimed.add(desc.digest)
-            if first:
-                to_move += desc.size
-            else:
-                already += desc.size
+        stats = copy_image(
+            source,
+            DryRunDestination(BucketDestination(self.bucket, ref)),
+            CopyPlan.of_resolved(resolved),
+            session=self.session,
+            report_size=False,
+        )
+        to_move, already = stats.bytes_uploaded, stats.bytes_skipped
         plan = plan_resolved(resolved, all_platforms=options.all_platforms)
         pieces = to_compose_pieces(plan, layout.blob_key_for)
         copied = sum(p.size for p in pieces if isinstance(p, CopyRange))

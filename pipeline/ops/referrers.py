@@ -35,8 +35,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pipeline.copy.engine import copy_image
 from pipeline.errors import ManifestError, NotFound, StoreNotFound
-from pipeline.image import BlobWrite, ImageDestination, ImageSource
+from pipeline.image import ImageDestination, ImageSource
 from pipeline.oci import (
     INDEX_TYPES,
     OCI_INDEX,
@@ -46,14 +47,13 @@ from pipeline.oci import (
     RawManifest,
     digest_hex,
 )
-from pipeline.ops.copy import copy_image
 from pipeline.ops.session import Session
 from pipeline.refs import Reference
 from pipeline.registry.client import RegistryClient
 from pipeline.registry.destination import RegistryDestination
 from pipeline.registry.push import pusher_for
 from pipeline.registry.source import RegistrySource
-from pipeline.store.base import Readable
+from pipeline.transports.bucket import BucketDestination
 
 if TYPE_CHECKING:  # the archive bucket is imported where it is used: sync never needs it
     from pipeline.archive.bucket import ArchiveBucket
@@ -273,60 +273,6 @@ class BucketRepo:
     def put_fallback_index(self, subject: str, raw: RawManifest) -> None:
         dest = BucketDestination(self.bucket, self.reference)
         dest.put_manifest(raw, fallback_tag(subject))
-
-
-class BucketDestination:
-    """The archive bucket as an `ImageDestination`, in the registry's write order: a blob
-    (verified while it streams) and its layer link, a manifest and its revision link, a tag."""
-
-    def __init__(self, bucket: ArchiveBucket, reference: Reference) -> None:
-        self.bucket = bucket
-        self._reference = reference
-
-    @property
-    def reference(self) -> Reference:
-        return self._reference
-
-    @property
-    def repo(self) -> str:
-        return self._reference.store_repo
-
-    def put_blob(
-        self,
-        descriptor: Descriptor,
-        open_stream: Callable[[], Readable],
-        *,
-        mount_from: Reference | None = None,
-    ) -> BlobWrite:
-        if self.bucket.has_blob(descriptor):
-            result = BlobWrite("exists")
-        else:
-            stream = open_stream()
-            try:
-                written = self.bucket.put_blob(descriptor, stream)
-            finally:
-                close = getattr(stream, "close", None)
-                if close is not None:
-                    close()
-            result = BlobWrite("uploaded" if written.written else "exists", written.sent)
-        self.bucket.link_layers(self.repo, [descriptor.digest])
-        return result
-
-    def has_manifest(self, digest: str, tag: str | None = None) -> bool:
-        from pipeline.archive import layout
-
-        store = self.bucket.store
-        if store.head(layout.revision_link_key(self.repo, digest)) is None:
-            return False
-        if store.head(layout.blob_key(digest)) is None:
-            return False
-        return tag is None or self.bucket.tag_digest(self.repo, tag) == digest
-
-    def put_manifest(self, raw: RawManifest, tag: str | None = None) -> None:
-        self.bucket.put_manifest(raw)
-        self.bucket.link_revisions(self.repo, [raw.digest])
-        if tag is not None:
-            self.bucket.tag(self.repo, tag, raw.digest)
 
 
 def repo_of(source: ImageSource, session: Session | None = None) -> ReferrerRepo | None:

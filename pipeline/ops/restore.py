@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 from pipeline.archive.bucket import ArchiveBucket
 from pipeline.batch.report import ImageResult
+from pipeline.copy.engine import copy_image
 from pipeline.errors import BaleError, StoreNotFound, UsageError
 from pipeline.image import ImageSource
 from pipeline.oci import Platform
-from pipeline.ops.copy import copy_image
 from pipeline.ops.events import image_events
 from pipeline.ops.referrers import RegistryRepo, artifact_subject, sync_referrers, written_subjects
 from pipeline.ops.session import RegistryOptions, Session

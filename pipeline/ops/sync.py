@@ -29,7 +29,7 @@ What skopeo's `cmd/skopeo/sync.go` does, and bale keeps:
 Where bale differs:
 
 - a few images move at once; `--jobs` bounds the blob transfers of the whole sync;
-- blobs stream from registry to registry through the copy engine (`ops/copy.py`), mounted when
+- blobs stream from registry to registry through the copy engine (`copy/engine.py`), mounted when
   source and destination are one registry;
 - signatures and attestations travel with their subject (`--referrers`, the default): after an
   image, its cosign tags and OCI referrers (`ops/referrers.py`). A repository's own referrer
@@ -53,10 +53,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from pipeline.batch.report import ImageResult
+from pipeline.copy.engine import copy_image
 from pipeline.errors import BaleError, InvalidReference, NotFound, UsageError
 from pipeline.image import DEFAULT_PLATFORM, ImageSource, select_platforms
 from pipeline.oci import OCI_LAYER_ZSTD, ImageIndex, ImageManifest, Platform, RawManifest
-from pipeline.ops.copy import copy_image
 from pipeline.ops.events import image_events
 from pipeline.ops.referrers import (
     Lookup,

@@ -12,6 +12,9 @@ from pipeline.store.base import Readable
 class RegistrySource(MemoisedTopSource):
     """Reads one image from a registry; the top manifest is fetched once and remembered."""
 
+    reads_limited = True
+    """Its client passes every read through the session's rate limiter."""
+
     def __init__(self, client: RegistryClient, reference: Reference) -> None:
         super().__init__(reference)
         self.client = client

@@ -1,0 +1,171 @@
+"""The archive bucket as an `ImageDestination` of the copy engine.
+
+`archive` is a copy into a `BucketDestination` with a tar: its compose starts in `begin` (the
+tar's parts go up while its blobs stream in), the layer links, manifests, revision links and
+tag are written as the manifests land, and the tar is finished and the record written in
+`commit`. So the bucket is written in the registry's own order (blobs, layer links, manifests
+children first, revision links, tag, tar, record) and a crash or `abort` leaves no tag or
+record pointing at missing data. Without a tar (a referrer stored next to its image) the
+destination is the same minus the compose and the record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pipeline.archive import layout
+from pipeline.archive.bucket import ArchiveBucket
+from pipeline.archive.tarplan import TarPlan, to_compose_pieces
+from pipeline.copy.engine import CopyPlan
+from pipeline.image import BlobWrite
+from pipeline.oci import Descriptor, RawManifest
+from pipeline.ops.events import ImageEvents
+from pipeline.refs import Reference
+from pipeline.store.base import Composition, Readable, WriteResult
+
+
+class BucketDestination:
+    """One image's repository in the archive bucket (`<host>/<repo>` under the registry
+    layout), optionally with the image's tar at `layout.tar_key_for(reference)`.
+
+    `rewrite`: write every manifest, link and tag even when present (archive refreshes them);
+    `record`: written last, in `commit`; `events`/`name`: the phases an archive shows.
+    """
+
+    def __init__(
+        self,
+        bucket: ArchiveBucket,
+        reference: Reference,
+        *,
+        tar: TarPlan | None = None,
+        record: Callable[[], object] | None = None,
+        rewrite: bool = False,
+        events: ImageEvents | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self._reference = reference
+        self._tar_plan = tar
+        self._record = record
+        self._rewrite = rewrite
+        self._events = events
+        self._name = name or str(reference)
+        self._plan: CopyPlan | None = None
+        self._tar: Composition | None = None
+        self._linked = False
+        self._pending: list[str] = []
+        self.written: WriteResult | None = None
+        """What finishing the tar sent and copied server-side (after `commit`)."""
+
+    @property
+    def reference(self) -> Reference:
+        return self._reference
+
+    @property
+    def repo(self) -> str:
+        return self._reference.store_repo
+
+    @property
+    def blob_scope(self) -> str:
+        """The whole bucket: a blob shared by two repositories is stored once."""
+        return self.bucket.url
+
+    def _phase(self, phase: str) -> None:
+        if self._events is not None:
+            self._events.on_image_phase(self._name, phase)
+
+    # -- the engine's lifetime ----------------------------------------------------------
+    def begin(self, plan: CopyPlan) -> None:
+        self._plan = plan
+        if self._tar_plan is not None:
+            pieces = to_compose_pieces(self._tar_plan, layout.blob_key_for)
+            tar = self.bucket.start_tar(layout.tar_key_for(self._reference), pieces)
+            self._tar = tar.__enter__()
+
+    def commit(self) -> None:
+        tar, self._tar = self._tar, None
+        if tar is not None:
+            self._phase("composing the tar")
+            try:
+                self.written = tar.finish()
+            except BaseException as exc:
+                tar.__exit__(type(exc), exc, exc.__traceback__)
+                raise
+            tar.__exit__(None, None, None)
+        if self._record is not None:
+            self._phase("writing the record")
+            self._record()
+
+    def abort(self, error: BaseException) -> None:
+        """The tar's compose is abandoned (no object, no open upload); what was stored stays
+        unreferenced for gc."""
+        tar, self._tar = self._tar, None
+        if tar is not None:
+            tar.__exit__(type(error), error, error.__traceback__)
+
+    # -- blobs --------------------------------------------------------------------------
+    def put_blob(
+        self,
+        descriptor: Descriptor,
+        open_stream: Callable[[], Readable],
+        *,
+        mount_from: Reference | None = None,
+    ) -> BlobWrite:
+        """Stream a blob in unless the bucket has it (verified before it becomes visible);
+        the stream passes through the tar's compose, which keeps the bytes its own parts need
+        and hears at once that the blob is stored."""
+        if self.bucket.has_blob(descriptor):
+            result = BlobWrite("exists")
+        else:
+            key = layout.blob_key_for(descriptor)
+            stream = opened = open_stream()
+            if self._tar is not None:
+                stream = self._tar.capture(key, opened)
+            try:
+                written = self.bucket.put_blob(descriptor, stream)
+                if self._tar is not None:
+                    self._tar.stored(key, stream)
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
+            result = BlobWrite("uploaded" if written.written else "exists", written.sent)
+        if self._plan is None:  # outside a copy: link at once
+            self.bucket.link_layers(self.repo, [descriptor.digest])
+        return result
+
+    def has_blob(self, descriptor: Descriptor) -> bool:
+        return self.bucket.has_blob(descriptor)
+
+    def blob_ready(self, descriptor: Descriptor) -> None:
+        if self._tar is not None:
+            self._tar.stored(layout.blob_key_for(descriptor))
+
+    # -- manifests ----------------------------------------------------------------------
+    def has_manifest(self, digest: str, tag: str | None = None) -> bool:
+        if self._rewrite:
+            return False
+        store = self.bucket.store
+        if store.head(layout.revision_link_key(self.repo, digest)) is None:
+            return False
+        if store.head(layout.blob_key(digest)) is None:
+            return False
+        return tag is None or self.bucket.tag_digest(self.repo, tag) == digest
+
+    def put_manifest(self, raw: RawManifest, tag: str | None = None) -> None:
+        """In a copy, the layer links go before the first manifest and the revision links of
+        all the plan's manifests after the last (the top), then its tag."""
+        plan = self._plan
+        if plan is not None and not self._linked:
+            self._linked = True
+            self._phase("writing links")
+            self.bucket.link_layers(self.repo, (d.digest for d in plan.blobs))
+            self._phase("writing manifests")
+        self.bucket.put_manifest(raw)
+        self._pending.append(raw.digest)
+        if plan is not None and raw.digest != plan.top.digest:
+            return
+        self.bucket.link_revisions(self.repo, self._pending)
+        self._pending = []
+        if tag is not None:
+            self.bucket.tag(self.repo, tag, raw.digest)
