@@ -45,7 +45,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from pipeline.batch.report import ImageResult, RunReport, scrub
-from pipeline.ops.events import NullImageEvents
+from pipeline.copy.events import NullImageEvents
 from pipeline.units import format_size
 
 LOG_FORMATS = ("text", "json")

@@ -12,8 +12,8 @@ import pytest
 
 from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket
+from pipeline.copy.session import RegistryOptions, Session
 from pipeline.ops.archive import ArchiveOptions, Archiver
-from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
 from pipeline.store.local import LocalStore
 from pipeline.store.multipart import S3_LIMITS

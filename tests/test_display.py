@@ -13,8 +13,8 @@ from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
 from pipeline.batch.report import ImageResult, RunReport
+from pipeline.copy.events import ImageEvents
 from pipeline.display import JsonLog, RichProgress, TextLog, open_display
-from pipeline.ops.events import ImageEvents
 
 SECRET = "hunter2-Sekret"
 

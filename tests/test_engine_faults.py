@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -26,9 +24,10 @@ import pytest
 
 from pipeline.archive import layout
 from pipeline.refs import Reference
+from tests.bed.cli import isolated_env, run_bale, show
 from tests.bed.fixtures_registry import RegistryFactory
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
-from tests.bed.moto import ACCESS_KEY, REGION, SECRET_KEY, MotoServer
+from tests.bed.moto import MOTO_KEYS, MotoServer
 from tests.bed.proxy import Corrupt, FaultProxy
 from tests.bed.registry import RegistryServer
 
@@ -39,34 +38,11 @@ COMMANDS = ["archive", "copy-registry", "copy-tar", "restore", "sync"]
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    home = tmp_path / "home"
-    (home / "docker").mkdir(parents=True, exist_ok=True)
-    (home / "auth.json").write_text('{"auths": {}}')
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BALE_", "AWS_", "OSS_"))}
-    env.update(
-        HOME=str(home),
-        REGISTRY_AUTH_FILE=str(home / "auth.json"),
-        DOCKER_CONFIG=str(home / "docker"),
-        XDG_RUNTIME_DIR=str(home),
-        AWS_ACCESS_KEY_ID=ACCESS_KEY,
-        AWS_SECRET_ACCESS_KEY=SECRET_KEY,
-        AWS_DEFAULT_REGION=REGION,
-    )
-    return env
+    return isolated_env(tmp_path, **MOTO_KEYS)
 
 
 def _bale(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", "-v", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-
-
-def _show(proc: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    return run_bale("-v", *args, env=env)
 
 
 @dataclass(frozen=True)
@@ -129,7 +105,7 @@ def _run(
             "archive", ref, "--to", store, "--endpoint-url", bed.moto.endpoint_url,
             "--src-tls-verify=false", env=env,
         )  # fmt: skip
-        assert done.returncode == 0, _show(done)
+        assert done.returncode == 0, show(done)
         moto_host = bed.moto.endpoint_url.removeprefix("http://")
         with FaultProxy(moto_host, **proxy_options) as proxy:  # type: ignore[arg-type]
             path = re.escape(layout.blob_key(big)).replace("/", "(?:/|%2F)")
@@ -193,8 +169,8 @@ def _dest_digest(ref: str) -> str | None:
 @pytest.mark.parametrize("command", COMMANDS)
 def test_corrupt_blob_once_is_fetched_again(command: str, bed: Bed, tmp_path: Path) -> None:
     for case in _run(command, bed, tmp_path, times=1):
-        assert case.proc.returncode == 0, _show(case.proc)
-        assert len(case.proxy.find("GET", case.blob_path)) == 2, _show(case.proc)
+        assert case.proc.returncode == 0, show(case.proc)
+        assert len(case.proxy.find("GET", case.blob_path)) == 2, show(case.proc)
         assert re.search(rf"fetching {bed.big} again after .* \(attempt 2/", case.proc.stderr)
         if command == "copy-tar":
             names = subprocess.run(["tar", "tf", case.check], capture_output=True, text=True)
@@ -212,7 +188,7 @@ def test_corrupt_blob_every_time_fails_with_nothing_tagged(
     command: str, bed: Bed, tmp_path: Path
 ) -> None:
     for case in _run(command, bed, tmp_path, times=None):
-        assert case.proc.returncode == 1, _show(case.proc)
+        assert case.proc.returncode == 1, show(case.proc)
         assert f"expected {bed.big}, got sha256:" in case.proc.stdout + case.proc.stderr
         if command == "copy-tar":
             assert not Path(case.check).exists()
@@ -244,7 +220,7 @@ def test_limit_rate_caps_every_command(
     extra = ("--jobs", "8", "--limit-rate", str(rate))
     options = {"sndbuf": 64 * 1024, "meter_piece": 16 * 1024}
     for case in _run(command, bed, tmp_path, 0, *extra, image=image, repo=repo, **options):
-        assert case.proc.returncode == 0, _show(case.proc)
+        assert case.proc.returncode == 0, show(case.proc)
         proxy = case.proxy
         first = min(t for t, _ in proxy.meter)
         gets = [r for r in proxy.find("GET", "") if r.finished is not None and r.body_bytes > MiB]

@@ -20,8 +20,6 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 # modules or units one cycle runs through; delete it when the part named removes the cycle
 # (a listed cycle that no longer exists fails `test_allowed_cycles_still_exist`).
 ALLOWED_CYCLES: dict[frozenset[str], str] = {
-    # issue 14, "Layering with no cycles" (ENGINE): the referrers transport leaves ops/referrers.py.
-    frozenset({"pipeline.ops.copy", "pipeline.ops.referrers"}): "ops.copy <-> ops.referrers",
     # issue 14, "Batch loop once" (CLI) and "One engine" (ENGINE): archive_many/restore_many/
     # sync_many move into the batch runner, and ops/* stop importing batch.report and batch.run.
     frozenset({"pipeline.batch", "pipeline.ops"}): "batch <-> ops",

@@ -247,7 +247,7 @@ def test_client_uses_ranges_for_large_blobs_only(
 
 
 def test_range_streams_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.ops.session import Session, TransferOptions
+    from pipeline.copy.session import Session, TransferOptions
 
     monkeypatch.setenv("BALE_RANGE_STREAMS", "7")
     assert TransferOptions().range_streams == 7

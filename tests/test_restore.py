@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.archive.bucket import ArchiveBucket
+from pipeline.copy.session import RegistryOptions, Session
 from pipeline.ops.archive import ArchiveOptions, Archiver
-from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
 from pipeline.store.local import LocalStore
 from tests.bed.cli import run_bale
@@ -216,8 +216,8 @@ def test_restore_api_respects_limit_rate(
 ) -> None:
     """Through the library: `--limit-rate` caps bytes read from the store (the registry side is
     not counted twice), and the result reports what moved."""
+    from pipeline.copy.session import TransferOptions
     from pipeline.ops.restore import Restorer, restore_targets
-    from pipeline.ops.session import TransferOptions
 
     image = image_factory.image(layers=(LayerSpec(3 << 20, seed=5201),))
     pushed = image_factory.push(image, f"{unique_repo}:big", registry)

@@ -24,9 +24,9 @@ from pipeline.batch.report import ImageResult
 from pipeline.batch.run import expand_spec, run_plan
 from pipeline.batch.shard import shard_of
 from pipeline.batch.spec import parse_spec
+from pipeline.copy.events import NullImageEvents
+from pipeline.copy.session import RegistryOptions, Session, TransferOptions
 from pipeline.ops.archive import ArchiveOptions, Archiver
-from pipeline.ops.events import NullImageEvents
-from pipeline.ops.session import RegistryOptions, Session, TransferOptions
 from pipeline.refs import Reference
 from pipeline.store.local import LocalStore
 from tests.bed.cli import isolated_env, run_bale, start_bale

@@ -23,10 +23,10 @@ from pipeline.archive.bucket import ArchiveBucket, BucketImage
 from pipeline.archive.tarread import ImageArchive, StoreSource
 from pipeline.archive.tarstream import plan_resolved
 from pipeline.copy.engine import CopyPlan, copy_image
+from pipeline.copy.session import RegistryOptions, Session, TransferOptions
 from pipeline.errors import DigestMismatch
 from pipeline.image import ImageDestination, ImageSource, resolve_image
 from pipeline.oci import Descriptor
-from pipeline.ops.session import RegistryOptions, Session, TransferOptions
 from pipeline.refs import Reference
 from pipeline.registry.destination import RegistryDestination
 from pipeline.registry.source import RegistrySource

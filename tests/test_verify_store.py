@@ -15,6 +15,7 @@ import pytest
 from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket
 from pipeline.archive.record import ImageRecord
+from pipeline.copy.session import RegistryOptions, Session
 from pipeline.oci import (
     OCI_CONFIG,
     OCI_LAYER_GZIP,
@@ -24,7 +25,6 @@ from pipeline.oci import (
     sha256_digest,
 )
 from pipeline.ops.archive import ArchiveOptions, Archiver
-from pipeline.ops.session import RegistryOptions, Session
 from pipeline.ops.verify import Fault, VerifyReport, verify_store
 from pipeline.refs import Reference
 from pipeline.store.local import LocalStore

@@ -12,8 +12,8 @@ import pytest
 
 from pipeline.archive.bucket import ArchiveBucket
 from pipeline.archive.tarplan import BLOCK
+from pipeline.copy.session import RegistryOptions, Session
 from pipeline.ops.archive import ArchiveOptions, Archiver
-from pipeline.ops.session import RegistryOptions, Session
 from pipeline.ops.verify import verify_store
 from pipeline.refs import Reference
 from pipeline.store.local import LocalStore

@@ -24,9 +24,9 @@ from pipeline.batch.report import ImageResult, RunReport
 from pipeline.batch.runner import run_batch
 from pipeline.batch.shard import select
 from pipeline.batch.spec import RegistrySpec, RepoSelector, Spec, SpecImage, expand
+from pipeline.copy.session import RegistryOptions, Session
 from pipeline.errors import BaleError, UsageError
 from pipeline.ops.archive import ArchiveOptions, ImageWorker
-from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
 from pipeline.registry.tls import read_cert_dir
 from pipeline.transfer import cancel

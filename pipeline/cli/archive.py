@@ -27,8 +27,8 @@ from pipeline.cli.output import finish_run, handles_errors
 
 if TYPE_CHECKING:
     from pipeline.batch.run import RunPlan
+    from pipeline.copy.session import RegistryOptions, Session
     from pipeline.oci import Platform
-    from pipeline.ops.session import RegistryOptions, Session
 
 PLATFORM_HELP = (
     "The one platform of an index to archive. Without it, an index is stored whole (every "

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 import click
 
 if TYPE_CHECKING:
+    from pipeline.copy.session import RegistryOptions
     from pipeline.oci import Platform
-    from pipeline.ops.session import RegistryOptions
     from pipeline.transfer.recompress import CompressOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -222,7 +222,7 @@ class RegistryFlags(NamedTuple):
     ) -> RegistryOptions:
         """`role` is `src` or `dest`: errors then name `--src-creds`, `--dest-cert-dir`, ...;
         `authfile` (a per-role --src-authfile) wins over the group's --authfile."""
-        from pipeline.ops.session import RegistryOptions
+        from pipeline.copy.session import RegistryOptions
         from pipeline.registry.credentials import CredentialFlags, parse_creds
 
         if self.cert_dir:

@@ -11,15 +11,15 @@ import click
 if TYPE_CHECKING:
     from pipeline.archive.bucket import ArchiveBucket
     from pipeline.cli.options import TransferFlags
+    from pipeline.copy.session import Session
     from pipeline.display import Display
-    from pipeline.ops.session import Session
 
 
 @contextlib.contextmanager
 def open_session(transfer: TransferFlags) -> Iterator[Session]:
     """The command's session. While it is open, Ctrl-C and SIGTERM stop the work cleanly (the
     first signal cancels, see `pipeline/transfer/cancel.py`; the second exits at once)."""
-    from pipeline.ops.session import Session, TransferOptions
+    from pipeline.copy.session import Session, TransferOptions
     from pipeline.registry.client import READ_TIMEOUT
     from pipeline.transfer.cancel import on_signals
     from pipeline.transfer.retry import RetryPolicy

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol, runtime_checkable
 
+from pipeline.copy.events import ImageEvents, image_events
+from pipeline.copy.session import Session
 from pipeline.errors import (
     BaleError,
     DigestMismatch,
@@ -38,8 +40,6 @@ from pipeline.image import (
     select_platforms,
 )
 from pipeline.oci import Descriptor, ImageIndex, ImageManifest, Platform, RawManifest
-from pipeline.ops.events import ImageEvents, image_events
-from pipeline.ops.session import Session
 from pipeline.store.base import Readable
 from pipeline.transfer.progress import CountingReader, TransferEvents
 from pipeline.transfer.ratelimit import limited

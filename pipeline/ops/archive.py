@@ -25,14 +25,14 @@ from pipeline.archive.bucket import ArchiveBucket
 from pipeline.archive.record import ImageRecord
 from pipeline.archive.tarplan import TarPlan
 from pipeline.archive.tarstream import plan_resolved
-from pipeline.batch.report import ImageResult, Status
 from pipeline.copy.engine import CopyPlan, CopyStats, copy_image
+from pipeline.copy.events import image_events
+from pipeline.copy.result import ImageResult, Status
+from pipeline.copy.session import RegistryOptions, Session
 from pipeline.errors import BaleError
 from pipeline.image import ImageSource, ResolvedImage, resolve_image, select_platforms
 from pipeline.oci import ImageIndex, Platform, RawManifest
-from pipeline.ops.events import image_events
 from pipeline.ops.readahead import ReadAhead
-from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
 from pipeline.registry.source import RegistrySource
 from pipeline.transfer.progress import TransferEvents

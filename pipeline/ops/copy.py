@@ -35,6 +35,7 @@ from pipeline.archive.tarread import (
 )
 from pipeline.archive.tarstream import plan_resolved
 from pipeline.copy.engine import CopyPlan, CopyStats, copy_image
+from pipeline.copy.session import RegistryOptions, Session
 from pipeline.errors import (
     UsageError,
 )
@@ -46,7 +47,6 @@ from pipeline.oci import (
     Descriptor,
     Platform,
 )
-from pipeline.ops.session import RegistryOptions, Session
 from pipeline.registry.destination import RegistryDestination
 from pipeline.registry.source import RegistrySource
 from pipeline.store.base import ObjectStore, Readable

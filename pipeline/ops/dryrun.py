@@ -20,11 +20,11 @@ from __future__ import annotations
 from pipeline.archive import layout
 from pipeline.archive.tarplan import to_compose_pieces
 from pipeline.archive.tarstream import plan_resolved
-from pipeline.batch.report import ImageResult
 from pipeline.copy.engine import CopyPlan, copy_image
+from pipeline.copy.result import ImageResult
+from pipeline.copy.session import RegistryOptions
 from pipeline.errors import BaleError
 from pipeline.ops.archive import ArchiveOptions, BucketWorker
-from pipeline.ops.session import RegistryOptions
 from pipeline.refs import Reference
 from pipeline.registry.source import RegistrySource
 from pipeline.store.base import CopyRange

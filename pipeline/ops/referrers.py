@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline.copy.engine import copy_image
+from pipeline.copy.session import Session
 from pipeline.errors import ManifestError, NotFound, StoreNotFound
 from pipeline.image import ImageDestination, ImageSource
 from pipeline.oci import (
@@ -47,7 +48,6 @@ from pipeline.oci import (
     RawManifest,
     digest_hex,
 )
-from pipeline.ops.session import Session
 from pipeline.refs import Reference
 from pipeline.registry.client import RegistryClient
 from pipeline.registry.destination import RegistryDestination

@@ -16,14 +16,14 @@ import time
 from dataclasses import dataclass
 
 from pipeline.archive.bucket import ArchiveBucket
-from pipeline.batch.report import ImageResult
 from pipeline.copy.engine import copy_image
+from pipeline.copy.events import image_events
+from pipeline.copy.result import ImageResult
+from pipeline.copy.session import RegistryOptions, Session
 from pipeline.errors import BaleError, StoreNotFound, UsageError
 from pipeline.image import ImageSource
 from pipeline.oci import Platform
-from pipeline.ops.events import image_events
 from pipeline.ops.referrers import RegistryRepo, artifact_subject, sync_referrers, written_subjects
-from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
 from pipeline.registry.destination import RegistryDestination
 from pipeline.transfer.progress import TransferEvents

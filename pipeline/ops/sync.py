@@ -52,12 +52,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from pipeline.batch.report import ImageResult
 from pipeline.copy.engine import copy_image
+from pipeline.copy.events import image_events
+from pipeline.copy.result import ImageResult
+from pipeline.copy.session import RegistryOptions, Session
 from pipeline.errors import BaleError, InvalidReference, NotFound, UsageError
 from pipeline.image import DEFAULT_PLATFORM, ImageSource, select_platforms
 from pipeline.oci import OCI_LAYER_ZSTD, ImageIndex, ImageManifest, Platform, RawManifest
-from pipeline.ops.events import image_events
 from pipeline.ops.referrers import (
     Lookup,
     RegistryRepo,
@@ -67,7 +68,6 @@ from pipeline.ops.referrers import (
     look_up_referrers,
     manifest_digests,
 )
-from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
 from pipeline.registry.client import RegistryClient
 from pipeline.registry.destination import RegistryDestination

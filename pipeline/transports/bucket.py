@@ -17,9 +17,9 @@ from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket
 from pipeline.archive.tarplan import TarPlan, to_compose_pieces
 from pipeline.copy.engine import CopyPlan
+from pipeline.copy.events import ImageEvents
 from pipeline.image import BlobWrite
 from pipeline.oci import Descriptor, RawManifest
-from pipeline.ops.events import ImageEvents
 from pipeline.refs import Reference
 from pipeline.store.base import Composition, Readable, WriteResult
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from pipeline.archive.bucket import ArchiveBucket
 from pipeline.archive.record import ImageRecord
+from pipeline.copy.session import RegistryOptions, Session
 from pipeline.ops.archive import ArchiveOptions, Archiver
-from pipeline.ops.session import RegistryOptions, Session
 from pipeline.refs import Reference
 from tests.bed.images import LayerSpec
 

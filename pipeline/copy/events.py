@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from pipeline.batch.report import ImageResult
+from pipeline.copy.result import ImageResult
 from pipeline.transfer.progress import NullEvents, TransferEvents
 
 
