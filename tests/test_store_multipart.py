@@ -299,13 +299,14 @@ def test_uploads_sharing_slots_keep_parts_in_flight_within_them() -> None:
     reading = peak_held = 0
 
     class Source(io.BytesIO):
-        """Counts a read after the first as holding a slot (the part it fills is reserved)."""
+        """Counts a read after the first as holding a slot (the part it fills is reserved);
+        the check that the stream ends there (a read at the end) fills no part and holds none."""
 
         first = True
 
         def read(self, n: int | None = -1, /) -> bytes:
             nonlocal reading, peak_held
-            if self.first:
+            if self.first or self.tell() >= len(self.getbuffer()):
                 self.first = False
                 return super().read(n)
             with lock:

@@ -413,7 +413,7 @@ class RegistryTransport:
             challenges = parse_www_authenticate(resp.headers.get("WWW-Authenticate"))
             short = [c for c in challenges if c.error == "insufficient_scope"]
             if short:  # a token was issued, without this scope: the user, not the password
-                scopes = " ".join(short[0].scopes) or "the scope asked for"
+                scopes = " ".join(map(_sorted_actions, short[0].scopes)) or "the scope asked for"
                 status, message = 403, f"{scopes} not granted: {message}"
             raise self.refused(status, message)
         cls = NotFound if status == 404 else RegistryError
@@ -543,3 +543,10 @@ def _errno_text(exc: BaseException) -> str:
     if "timed out" in text.lower():
         return "connection timed out"
     return text.split(":")[-1].strip() or type(exc).__name__
+
+
+def _sorted_actions(scope: str) -> str:
+    """`repository:r:push,pull` as `repository:r:pull,push`: distribution lists a challenge's
+    actions in map order, which changes from one answer to the next."""
+    head, _, actions = scope.rpartition(":")
+    return f"{head}:{','.join(sorted(actions.split(',')))}" if head else scope
