@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from pipeline.registry.client import READ_TIMEOUT, RegistryClient
 from pipeline.registry.credentials import CredentialFlags, Credentials
@@ -101,11 +101,11 @@ class Session:
             return fn()
 
         with self._lock:
-            fut = self._once.get(key)
-            if fut is not None and not (fut.done() and fut.exception() is not None):
-                return fut  # type: ignore[return-value]
+            held = self._once.get(key)
+            if held is not None and not (held.done() and held.exception() is not None):
+                return cast("Future[T]", held)  # the key names one transfer, of one type
             fut = self.pool.submit(checked)
-            self._once[key] = fut  # type: ignore[assignment]
+            self._once[key] = cast("Future[object]", fut)
         return fut
 
     def close(self) -> None:

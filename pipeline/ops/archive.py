@@ -108,7 +108,16 @@ class BucketWorker:
         return select_platforms(index, options.platform, what=str(ref))[0].digest
 
     def _done(
-        self, ref: Reference, status: Status, top: RawManifest, digest: str, **counts: int
+        self,
+        ref: Reference,
+        status: Status,
+        top: RawManifest,
+        digest: str,
+        *,
+        bytes_downloaded: int = 0,
+        bytes_uploaded: int = 0,
+        bytes_already_stored: int = 0,
+        bytes_copied_server_side: int = 0,
     ) -> ImageResult:
         """The result of an image whose digest is known, naming its tar in full."""
         tar_key = layout.tar_key_for(ref)
@@ -119,7 +128,10 @@ class BucketWorker:
             source_digest=top.digest if top.digest != digest else None,
             tar_key=tar_key,
             destination=self.bucket.store.describe(tar_key),
-            **counts,
+            bytes_downloaded=bytes_downloaded,
+            bytes_uploaded=bytes_uploaded,
+            bytes_already_stored=bytes_already_stored,
+            bytes_copied_server_side=bytes_copied_server_side,
         )
 
     def sizes_ahead(

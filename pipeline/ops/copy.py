@@ -24,6 +24,7 @@ import stat
 import sys
 import time
 from dataclasses import dataclass, replace
+from typing import BinaryIO
 
 from pipeline.archive.tarread import (
     ArchiveImage,
@@ -152,7 +153,7 @@ def _random_access(
     return StoreSource(store, key)
 
 
-def stdin_source(stream: io.RawIOBase | io.BufferedIOBase, limit: int) -> RandomAccess:
+def stdin_source(stream: io.RawIOBase | io.BufferedIOBase | BinaryIO, limit: int) -> RandomAccess:
     """Standard input as random access: a redirected file in place, a pipe held in memory.
 
     A pipe larger than `limit` is refused (exit 2) before anything is written: bale promises

@@ -344,7 +344,7 @@ def _same_configs(
         theirs = client.get_manifest(dest.repository, dest.identifier)
     except NotFound:
         return False
-    wanted = sorted(_configs(source, top, platform, whole))
+    wanted = sorted(_configs(source, top, platform, whole) or ())  # None only with zstd_only
     held = _configs(RegistrySource(client, dest), theirs, None, True, zstd_only=True)
     return held is not None and sorted(held) == wanted
 

@@ -60,6 +60,6 @@ def readinto(resp: urllib3.BaseHTTPResponse, view: memoryview) -> int:
     except (http.client.HTTPException, OSError) as exc:
         raise urllib3.exceptions.ProtocolError(f"Connection broken: {exc!r}", exc) from exc
     resp._fp_bytes_read += got  # type: ignore[attr-defined]
-    if resp.length_remaining is not None:  # type: ignore[attr-defined]
-        resp.length_remaining -= got  # type: ignore[attr-defined]
+    if resp.length_remaining is not None:
+        resp.length_remaining -= got
     return got

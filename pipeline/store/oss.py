@@ -344,6 +344,7 @@ class OSSStore(RemoteStore):
     def _copy_part(self, name: str, upload_id: str, number: int, source: str, span: Span) -> Part:
         r = self.bucket.upload_part_copy(self.bucket_name, source, span, name, upload_id, number)
         start, last = span
+        assert last is not None  # a copied range is always closed
         return Part(number, str(r.etag), last - start + 1, crc=r.crc)
 
     def _complete(self, name: str, upload_id: str, parts: list[Part], *, if_absent: bool) -> bool:

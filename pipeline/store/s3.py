@@ -474,6 +474,7 @@ class S3Store(RemoteStore):
         )
         result = r["CopyPartResult"]
         # On an upload that declared SHA256, the server reports the copied part's own.
+        assert last is not None  # a copied range is always closed
         size = last - start + 1
         return Part(number, str(result["ETag"]), size, checksum=result.get("ChecksumSHA256"))
 

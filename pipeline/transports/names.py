@@ -65,7 +65,7 @@ def parse_transport(text: str) -> Transport:
                 raise UsageError(f"{text!r}: {fmt} needs a location (a path, -, s3:// or oss://)")
             if name is not None and not name:
                 raise UsageError(f"{text!r}: empty image name after the location")
-            return ArchiveTransport(fmt, location, name)  # type: ignore[arg-type]
+            return ArchiveTransport(fmt, location, name)
     raise UsageError(
         f"unknown transport in {text!r}: expected docker://, docker-archive: or oci-archive:"
     )
