@@ -16,14 +16,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 
-# Cycles known to exist while issue 14 is being merged. Each entry is the exact set of
-# modules or units one cycle runs through; delete it when the part named removes the cycle
-# (a listed cycle that no longer exists fails `test_allowed_cycles_still_exist`).
-ALLOWED_CYCLES: dict[frozenset[str], str] = {
-    # issue 14, "Batch loop once" (CLI) and "One engine" (ENGINE): archive_many/restore_many/
-    # sync_many move into the batch runner, and ops/* stop importing batch.report and batch.run.
-    frozenset({"pipeline.batch", "pipeline.ops"}): "batch <-> ops",
-}
+# Cycles tolerated, each the exact set of modules or units it runs through, with why. None are:
+# an entry would need a reason, and a listed cycle that no longer exists fails
+# `test_allowed_cycles_still_exist`.
+ALLOWED_CYCLES: dict[frozenset[str], str] = {}
 
 # Units that sit above the engine: nothing below them may import them.
 UPPER = {"pipeline.cli", "pipeline.batch", "pipeline.ops", "pipeline.display"}

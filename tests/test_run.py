@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.archive.bucket import ArchiveBucket
+from pipeline.batch.plan import expand_spec
 from pipeline.batch.report import ImageResult
-from pipeline.batch.run import expand_spec, run_plan
+from pipeline.batch.run import run_plan
 from pipeline.batch.shard import shard_of
 from pipeline.batch.spec import parse_spec
 from pipeline.copy.events import NullImageEvents

@@ -26,7 +26,7 @@ from pipeline.cli.options import (
 from pipeline.cli.output import finish_run, handles_errors
 
 if TYPE_CHECKING:
-    from pipeline.batch.run import RunPlan
+    from pipeline.batch.plan import RunPlan
     from pipeline.copy.session import RegistryOptions, Session
     from pipeline.oci import Platform
 
@@ -142,7 +142,7 @@ def archive_images(
 def archive_command(images: tuple[str, ...], from_file: str | None, flags: ArchiveFlags) -> None:
     """Archive IMAGE... into STORE: blobs by digest, a per-image tar, a record."""
     from pipeline.batch.imagelist import read_image_list
-    from pipeline.batch.run import RunPlan
+    from pipeline.batch.plan import RunPlan
     from pipeline.errors import UsageError
     from pipeline.refs import Reference
 
@@ -170,7 +170,7 @@ def archive_command(images: tuple[str, ...], from_file: str | None, flags: Archi
 @handles_errors
 def run_command(spec_path: str, shard: str | None, flags: ArchiveFlags) -> None:
     """Archive every image SPEC.yaml selects (skopeo sync's YAML, see manifests/) into STORE."""
-    from pipeline.batch.run import check_cert_dirs, expand_spec, spec_secrets
+    from pipeline.batch.plan import check_cert_dirs, expand_spec, spec_secrets
     from pipeline.batch.shard import parse_shard
     from pipeline.batch.spec import load_spec
 

@@ -101,11 +101,11 @@ def sync_command(
     spec file. Each image goes to DESTINATION/<last component of its name>:<tag> (--scoped:
     the whole name). Tags already at the same digest are skipped.
     """
-    # batch.run and batch.spec bring the archive machinery and yaml: imported only when a
-    # report path or a spec needs them (start-up is part of every sync's time).
+    # batch.plan and batch.spec bring yaml and the spec's machinery: imported only when a
+    # spec needs them (start-up is part of every sync's time).
     from pipeline.batch.runner import run_batch
     from pipeline.cli.runtime import open_display, open_session
-    from pipeline.ops.sync import Syncer, SyncOptions, plan_repository, plan_spec
+    from pipeline.ops.sync import Syncer, SyncOptions, plan_images, plan_repository
 
     del dest_transport  # only docker, as a choice: skopeo's spelling
     src = src_registry.options("src", "--src-authfile", authfile=src_authfile)
@@ -125,14 +125,21 @@ def sync_command(
     secrets = [o.credentials.password for o in (src, dest) if o.credentials]
     spec = None
     if src_transport == "yaml":
-        from pipeline.batch.run import spec_secrets
+        from pipeline.batch.plan import expand_spec, spec_secrets
         from pipeline.batch.spec import load_spec
 
         spec = load_spec(source)
         secrets += spec_secrets(spec)
     with open_session(transfer) as session, open_display(secrets) as display:
         if spec is not None:
-            plan = plan_spec(spec, destination, session, src, options)
+            expanded = expand_spec(spec, session, src)
+            plan = plan_images(
+                expanded.images,
+                destination,
+                options,
+                failures=expanded.failures,
+                started=expanded.started,
+            )
         else:
             plan = plan_repository(source, destination, session, src, options)
         display.on_run_start(len(plan.items) + len(plan.failures), what=source, dry_run=dry_run)

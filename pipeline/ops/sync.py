@@ -8,7 +8,7 @@ What skopeo's `cmd/skopeo/sync.go` does, and bale keeps:
 - `--src docker`: SOURCE is a repository (every tag, in the registry's order; a repository
   without tags is an error) or one image (a tag or a digest). `docker://` may be left out, as
   skopeo spells it (`registry.example.com/busybox`).
-- `--src yaml`: the images a spec file selects (`pipeline/batch/spec.py`, the expansion
+- `--src yaml`: the images a spec file selects (`pipeline/batch/plan.py`, the expansion
   `bale run` uses; per-registry credentials and `tls-verify`; a repository whose tags cannot be
   listed is a failed entry, the rest goes on).
 - Where an image goes: `DESTINATION/` + the last path component of the source reference, tag
@@ -47,10 +47,10 @@ from __future__ import annotations
 import logging
 import posixpath
 import time
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from pipeline.copy.engine import copy_image
 from pipeline.copy.events import image_events
@@ -75,9 +75,6 @@ from pipeline.registry.push import pusher_for
 from pipeline.registry.source import RegistrySource
 from pipeline.transfer.progress import TransferEvents
 from pipeline.transfer.recompress import CompressOptions
-
-if TYPE_CHECKING:
-    from pipeline.batch.spec import Spec
 
 log = logging.getLogger("bale.sync")
 
@@ -185,23 +182,22 @@ def plan_repository(
     return plan
 
 
-def plan_spec(
-    spec: Spec,
+def plan_images(
+    images: Iterable[tuple[Reference, RegistryOptions]],
     destination: str,
-    session: Session,
-    defaults: RegistryOptions,
     options: SyncOptions,
+    *,
+    failures: list[ImageResult],
+    started: datetime,
 ) -> SyncPlan:
-    """`--src yaml`: what the spec selects, with each registry entry's options."""
-    from pipeline.batch.run import expand_spec  # the archive machinery: only a spec needs it
-
+    """`--src yaml`: the images a spec selected (batch/plan.py), each with its registry's
+    options, given their destinations; `failures` are the repositories it could not list."""
     dest = _check_destination(destination)
-    expanded = expand_spec(spec, session, defaults)
     items = [
         SyncItem(ref, destination_for(ref, dest, scoped=options.scoped), registry)
-        for ref, registry in expanded.images
+        for ref, registry in images
     ]
-    return SyncPlan(_ordered(items, options.referrers), expanded.failures, expanded.started)
+    return SyncPlan(_ordered(items, options.referrers), failures, started)
 
 
 # ---- one image -----------------------------------------------------------------------------
