@@ -18,8 +18,8 @@ from pipeline.oci import DOCKER_MANIFEST, Descriptor, RawManifest, sha256_digest
 from pipeline.registry.client import RANGED_MIN_SIZE, RegistryClient
 from pipeline.registry.credentials import Credentials
 from pipeline.registry.push import RegistryPusher, parse_range_end, with_digest
+from pipeline.transfer.digest_stream import VerifyingReader
 from pipeline.transfer.retry import RetryPolicy
-from pipeline.transfer.verify import VerifyingReader
 from tests.bed.proxy import FaultProxy, Hold, Respond
 from tests.bed.registry import RegistryServer
 

@@ -15,8 +15,8 @@ from pipeline.registry import client as client_module
 from pipeline.registry import ranged
 from pipeline.registry.client import RegistryClient
 from pipeline.registry.ranged import RangeBudget, RangedBlobBody
+from pipeline.transfer.digest_stream import VerifyingReader
 from pipeline.transfer.retry import RetryPolicy
-from pipeline.transfer.verify import VerifyingReader
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
 from tests.bed.proxy import Delay, DropAfter, FaultProxy, StripHeader
 from tests.bed.registry import RegistryServer

@@ -48,13 +48,13 @@ from pipeline.oci import (
     sha256_digest,
 )
 from pipeline.refs import Reference
+from pipeline.transfer.digest_stream import VerifyingReader
 from pipeline.transfer.recompress import (
     CompressOptions,
     RecompressedSource,
     ZstdTranscoder,
     transcode_to_zstd,
 )
-from pipeline.transfer.verify import VerifyingReader
 from tests.bed.cli import run_bale
 from tests.bed.images import LayerSpec
 

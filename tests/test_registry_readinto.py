@@ -11,8 +11,8 @@ from pipeline.errors import DigestMismatch, TransferError
 from pipeline.oci import Descriptor
 from pipeline.registry.client import BlobBody, RegistryClient
 from pipeline.registry.ranged import RangeBudget, RangedBlobBody
+from pipeline.transfer.digest_stream import VerifyingReader
 from pipeline.transfer.retry import RetryPolicy
-from pipeline.transfer.verify import VerifyingReader
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
 from tests.bed.proxy import Corrupt, DropAfter, FaultProxy, ResetAfter
 from tests.bed.registry import RegistryServer

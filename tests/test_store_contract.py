@@ -28,7 +28,7 @@ from pipeline.errors import (
 from pipeline.store.base import CopyRange, Inline
 from pipeline.store.classes import Thaw
 from pipeline.store.compose import plan_compose
-from pipeline.transfer.verify import VerifyingReader
+from pipeline.transfer.digest_stream import VerifyingReader
 from tests.bed.fixtures_store import StoreBed
 
 KiB = 1024

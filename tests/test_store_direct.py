@@ -16,7 +16,7 @@ import pytest
 from pipeline.errors import DigestMismatch, StoreError, TransferError
 from pipeline.store import direct
 from pipeline.store.local import TMP_DIR, LocalStore
-from pipeline.transfer.verify import VerifyingReader
+from pipeline.transfer.digest_stream import VerifyingReader
 
 MiB = 1024 * 1024
 

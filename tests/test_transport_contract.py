@@ -31,8 +31,8 @@ from pipeline.refs import Reference
 from pipeline.registry.destination import RegistryDestination
 from pipeline.registry.source import RegistrySource
 from pipeline.store.base import Readable
+from pipeline.transfer.digest_stream import VerifyingReader
 from pipeline.transfer.retry import RetryPolicy
-from pipeline.transfer.verify import VerifyingReader
 from pipeline.transports.bucket import BucketDestination
 from pipeline.transports.tarball import TarDestination
 from tests.bed.fixtures_registry import RegistryFactory

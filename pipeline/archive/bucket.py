@@ -17,7 +17,7 @@ from pipeline.image import MemoisedTopSource
 from pipeline.oci import Descriptor, RawManifest, verify_digest
 from pipeline.refs import Reference
 from pipeline.store.base import Composition, ObjectStore, Piece, Readable, WriteResult
-from pipeline.transfer.verify import VerifyingReader
+from pipeline.transfer.digest_stream import VerifyingReader
 
 _LINK_WRITERS = 8
 

@@ -36,7 +36,7 @@ from pipeline.oci import (
 )
 from pipeline.refs import Reference
 from pipeline.store.base import CopyRange, Inline, Readable
-from pipeline.transfer.verify import VerifyingReader
+from pipeline.transfer.digest_stream import VerifyingReader
 
 BLOCK = 512
 END_OF_ARCHIVE = bytes(2 * BLOCK)

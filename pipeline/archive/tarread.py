@@ -50,7 +50,7 @@ from pipeline.oci import (
 )
 from pipeline.refs import Reference, is_valid_digest
 from pipeline.store.base import ObjectStore, Readable
-from pipeline.transfer.verify import VerifyingReader
+from pipeline.transfer.digest_stream import VerifyingReader
 
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
 """Docker schema2's uncompressed layer type, as `docker save` layers are."""

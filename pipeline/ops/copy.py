@@ -52,10 +52,10 @@ from pipeline.registry.destination import RegistryDestination
 from pipeline.registry.source import RegistrySource
 from pipeline.store.base import ObjectStore, Readable
 from pipeline.store.url import open_location, parse_location
+from pipeline.transfer.digest_stream import VerifyingReader
 from pipeline.transfer.progress import TransferEvents
 from pipeline.transfer.recompress import CompressOptions
 from pipeline.transfer.retry import RetryPolicy
-from pipeline.transfer.verify import VerifyingReader
 from pipeline.transports.names import ArchiveTransport, RegistryTransport, Transport, archive_name
 from pipeline.transports.tarball import TarDestination
 from pipeline.units import format_size

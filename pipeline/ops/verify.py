@@ -77,8 +77,8 @@ from pipeline.oci import (
 )
 from pipeline.refs import Reference
 from pipeline.store.base import ObjectStore, Readable
+from pipeline.transfer.digest_stream import CHUNK, BackgroundHasher, sha256_stream
 from pipeline.transfer.ratelimit import RateLimiter, limited
-from pipeline.transfer.verify import CHUNK, BackgroundHasher, sha256_stream
 
 log = logging.getLogger(__name__)
 

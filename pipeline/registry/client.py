@@ -52,9 +52,9 @@ from pipeline.registry.transport import (
     same_origin,
 )
 from pipeline.transfer import cancel
+from pipeline.transfer.digest_stream import VerifyingReader
 from pipeline.transfer.ratelimit import RateLimiter, limited
 from pipeline.transfer.retry import RetryPolicy, describe_error, is_stall, is_transient_error
-from pipeline.transfer.verify import VerifyingReader
 
 log = logging.getLogger("bale.registry")
 

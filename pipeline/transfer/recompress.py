@@ -64,7 +64,7 @@ from pipeline.oci import (
 )
 from pipeline.readable import Readable
 from pipeline.refs import Reference
-from pipeline.transfer.verify import BackgroundHasher, VerifyingReader
+from pipeline.transfer.digest_stream import BackgroundHasher, VerifyingReader
 
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
 OCI_NONDISTRIBUTABLE_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"

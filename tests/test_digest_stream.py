@@ -14,8 +14,8 @@ import pytest
 import urllib3
 
 from pipeline.errors import DigestMismatch, ManifestError, TransferError
-from pipeline.transfer import verify
-from pipeline.transfer.verify import BackgroundHasher, VerifyingReader, sha256_stream
+from pipeline.transfer import digest_stream
+from pipeline.transfer.digest_stream import BackgroundHasher, VerifyingReader, sha256_stream
 
 MiB = 1024 * 1024
 
@@ -128,9 +128,9 @@ class GatedHash:
 
 def test_hasher_backpressure(monkeypatch: pytest.MonkeyPatch) -> None:
     gate = threading.Event()
-    monkeypatch.setattr(verify.hashlib, "new", lambda name: GatedHash(gate))
+    monkeypatch.setattr(digest_stream.hashlib, "new", lambda name: GatedHash(gate))
     hasher = BackgroundHasher(max_pending=2)
-    chunk = bytes(verify.INLINE_MAX)  # big enough to go to the worker
+    chunk = bytes(digest_stream.INLINE_MAX)  # big enough to go to the worker
     done = threading.Event()
     fed = [0]
 
@@ -150,9 +150,9 @@ def test_hasher_backpressure(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_worker_error_surfaces_without_deadlock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(verify.hashlib, "new", lambda name: GatedHash(fail_at=2))
+    monkeypatch.setattr(digest_stream.hashlib, "new", lambda name: GatedHash(fail_at=2))
     hasher = BackgroundHasher(max_pending=1)
-    chunk = bytes(verify.INLINE_MAX)
+    chunk = bytes(digest_stream.INLINE_MAX)
     with pytest.raises(TransferError, match="hash exploded") as info:
         for _ in range(50):  # far more than max_pending: producers must not block forever
             hasher.update(chunk)

@@ -8,7 +8,7 @@ import io
 import pytest
 
 from pipeline.errors import DigestMismatch, TransferError
-from pipeline.transfer.verify import BackgroundHasher, VerifyingReader
+from pipeline.transfer.digest_stream import BackgroundHasher, VerifyingReader
 
 MiB = 1024 * 1024
 
