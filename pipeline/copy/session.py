@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
+from pipeline.errors import NotFound, StoreNotFound
 from pipeline.registry.client import READ_TIMEOUT, RegistryClient
 from pipeline.registry.credentials import CredentialFlags, Credentials
 from pipeline.transfer import cancel
@@ -53,6 +54,34 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value.isdigit() and int(value) > 0 else default
 
 
+class TagListings:
+    """Tag lists read once per repository for a whole run (held by its `Session`): archiving or
+    restoring 500 tags of a repository lists its tags once, not 500 times. A new run lists
+    afresh."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tags: dict[tuple[str, str], frozenset[str]] = {}
+
+    def get(self, key: tuple[str, str], load: Callable[[], Iterable[str]]) -> frozenset[str]:
+        """The tags under `key` (where, repository), from `load()` the first time."""
+        with self._lock:
+            found = self._tags.get(key)
+        if found is None:
+            try:
+                found = frozenset(load())
+            except (NotFound, StoreNotFound):
+                found = frozenset()
+            with self._lock:
+                found = self._tags.setdefault(key, found)
+        return found
+
+    def put(self, key: tuple[str, str], tags: Iterable[str]) -> None:
+        """A listing the run already made (sync lists a repository to find its images)."""
+        with self._lock:
+            self._tags.setdefault(key, frozenset(tags))
+
+
 class Session:
     """Shared machinery for one command: clients per registry, blob pool, rate limiter."""
 
@@ -65,6 +94,8 @@ class Session:
         self._clients: dict[tuple[str, RegistryOptions], RegistryClient] = {}
         self._lock = threading.Lock()
         self._once: dict[str, Future[object]] = {}
+        self.listings = TagListings()
+        """Tag lists read in this run, by (registry or store, repository)."""
 
     def client(self, registry: str, options: RegistryOptions | None = None) -> RegistryClient:
         options = options or RegistryOptions()

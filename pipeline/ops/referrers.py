@@ -29,14 +29,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
-import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline.copy.engine import copy_image
-from pipeline.copy.session import Session
+from pipeline.copy.session import Session, TagListings
 from pipeline.errors import ManifestError, NotFound, StoreNotFound
 from pipeline.image import ImageDestination, ImageSource
 from pipeline.oci import (
@@ -141,46 +139,6 @@ def _pinned(ref: Reference, digest: str) -> Reference:
     return replace(ref, tag=None, digest=digest)
 
 
-class TagListings:
-    """Tag lists read once per repository for a whole run (one `Session`): archiving or
-    restoring 500 tags of a repository lists its tags once, not 500 times. A new run lists
-    afresh."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._tags: dict[tuple[str, str], frozenset[str]] = {}
-
-    def get(self, key: tuple[str, str], load: Callable[[], Iterable[str]]) -> frozenset[str]:
-        """The tags under `key` (where, repository), from `load()` the first time."""
-        with self._lock:
-            found = self._tags.get(key)
-        if found is None:
-            try:
-                found = frozenset(load())
-            except (NotFound, StoreNotFound):
-                found = frozenset()
-            with self._lock:
-                found = self._tags.setdefault(key, found)
-        return found
-
-    def put(self, key: tuple[str, str], tags: Iterable[str]) -> None:
-        """A listing the run already made (sync lists a repository to find its images)."""
-        with self._lock:
-            self._tags.setdefault(key, frozenset(tags))
-
-
-_listings: weakref.WeakKeyDictionary[Session, TagListings] = weakref.WeakKeyDictionary()
-_listings_lock = threading.Lock()
-
-
-def listings_for(session: Session) -> TagListings:
-    with _listings_lock:
-        found = _listings.get(session)
-        if found is None:
-            found = _listings[session] = TagListings()
-        return found
-
-
 class RegistryRepo:
     """A registry repository; its tag list is read once (per run, given `listings`)."""
 
@@ -277,7 +235,7 @@ class BucketRepo:
 
 def repo_of(source: ImageSource, session: Session | None = None) -> ReferrerRepo | None:
     """The repository an image source reads from, when referrers can be found there."""
-    listings = listings_for(session) if session is not None else None
+    listings = session.listings if session is not None else None
     if isinstance(source, RegistrySource):
         return RegistryRepo(source.client, source.reference, listings)
     from pipeline.archive.bucket import BucketImage

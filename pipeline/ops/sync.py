@@ -64,7 +64,6 @@ from pipeline.ops.referrers import (
     RegistryRepo,
     artifact_subject,
     copy_looked_up,
-    listings_for,
     look_up_referrers,
     manifest_digests,
 )
@@ -170,7 +169,7 @@ def plan_repository(
         tags = session.client(ref.registry, registry).list_tags(ref.repository)
         if not tags:
             raise NotFound(f"no images to sync found in {ref.name}", registry=ref.registry)
-        listings_for(session).put((ref.registry, ref.repository), tags)
+        session.listings.put((ref.registry, ref.repository), tags)
         refs = []
         for tag in tags:
             try:
