@@ -30,6 +30,7 @@ from pipeline.errors import (
 from pipeline.oci import OCI_INDEX, Descriptor
 from pipeline.registry.client import BlobBody, RegistryClient
 from pipeline.registry.credentials import Credentials
+from pipeline.registry.transport import ConnectionOptions
 from pipeline.transfer.ratelimit import RateLimiter
 from pipeline.transfer.retry import RetryPolicy
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
@@ -58,7 +59,10 @@ def no_host_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 def connect(host: str, credentials: Credentials | None = None, **kw: Any) -> RegistryClient:
     kw.setdefault("retry", FAST)
-    return RegistryClient(host, credentials=credentials, authfile=AUTHFILE, tls_verify=False, **kw)
+    return RegistryClient(
+        host,
+        ConnectionOptions(credentials=credentials, authfile=AUTHFILE, tls_verify=False, **kw),
+    )
 
 
 def client_for(
@@ -240,7 +244,7 @@ def test_unreachable_hosts() -> None:
 
 
 def test_tls_verify_refuses_plain_http(registry: RegistryServer, images: Any) -> None:
-    client = RegistryClient(registry.host, authfile=AUTHFILE, retry=FAST)
+    client = RegistryClient(registry.host, ConnectionOptions(authfile=AUTHFILE, retry=FAST))
     with client, pytest.raises(RegistryError, match="TLS error"):
         client.get_manifest("client/oci", "1.0")
 

@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.errors import RegistryError
 from pipeline.registry.client import RegistryClient
+from pipeline.registry.transport import ConnectionOptions
 from pipeline.transfer.retry import RetryPolicy
 from tests.bed.certs import self_signed
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
@@ -42,14 +43,14 @@ def pushed(tls: tuple[RegistryServer, Path], image_factory: ImageFactory) -> Bui
 
 def test_self_signed_is_refused_when_checked(tls, pushed) -> None:  # type: ignore[no-untyped-def]
     server, _ = tls
-    client = RegistryClient(server.host, retry=FAST)
+    client = RegistryClient(server.host, ConnectionOptions(retry=FAST))
     with client, pytest.raises(RegistryError, match="TLS error"):
         client.get_manifest("tls/img", "1")
 
 
 def test_insecure_client_speaks_https_without_checking(tls, pushed) -> None:  # type: ignore[no-untyped-def]
     server, _ = tls
-    with RegistryClient(server.host, tls_verify=False, retry=FAST) as client:
+    with RegistryClient(server.host, ConnectionOptions(tls_verify=False, retry=FAST)) as client:
         raw = client.get_manifest("tls/img", "1")
         assert raw.digest == pushed.digest
         assert client.transport.base().startswith("https://")
@@ -59,7 +60,7 @@ def test_trusted_through_ssl_cert_file(tls, pushed, monkeypatch: pytest.MonkeyPa
     server, crt = tls
     monkeypatch.setenv("SSL_CERT_FILE", str(crt))
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
-    with RegistryClient(server.host, retry=FAST) as client:
+    with RegistryClient(server.host, ConnectionOptions(retry=FAST)) as client:
         layer = pushed.layers[0]
         assert client.get_manifest("tls/img", "1").digest == pushed.digest
         data = client.open_blob("tls/img", layer).read()
@@ -70,7 +71,7 @@ def test_connections_share_one_context(tls, pushed) -> None:  # type: ignore[no-
     server, _ = tls
     layer = pushed.layers[0]
     errors: list[BaseException] = []
-    with RegistryClient(server.host, tls_verify=False, retry=FAST) as client:
+    with RegistryClient(server.host, ConnectionOptions(tls_verify=False, retry=FAST)) as client:
 
         def pull() -> None:
             try:

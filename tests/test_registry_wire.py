@@ -8,6 +8,7 @@ import pytest
 from pipeline.registry import wire
 from pipeline.registry.auth import pull_scope
 from pipeline.registry.client import RegistryClient
+from pipeline.registry.transport import ConnectionOptions
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
 from tests.bed.registry import RegistryServer
 
@@ -27,7 +28,7 @@ def test_blob_bodies_are_read_straight_from_the_socket(
     pushed: BuiltImage, registry: RegistryServer
 ) -> None:
     layer = pushed.layers[0]
-    with RegistryClient(registry.host, tls_verify=False) as client:
+    with RegistryClient(registry.host, ConnectionOptions(tls_verify=False)) as client:
         transport = client.transport
         resp, _ = transport.request(
             "GET",

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
 from pipeline.errors import NotFound, StoreNotFound
-from pipeline.registry.client import READ_TIMEOUT, RegistryClient
+from pipeline.registry.client import RegistryClient
 from pipeline.registry.credentials import CredentialFlags, Credentials
+from pipeline.registry.transport import READ_TIMEOUT, ConnectionOptions
 from pipeline.transfer import cancel
 from pipeline.transfer.ratelimit import make_limiter
 from pipeline.transfer.retry import RetryPolicy
@@ -105,16 +106,18 @@ class Session:
             if client is None:
                 client = RegistryClient(
                     registry,
-                    credentials=options.credentials,
-                    authfile=options.authfile,
-                    tls_verify=options.tls_verify,
-                    flags=options.flags,
-                    retry=self.transfer.retry,
-                    limiter=self.limiter,
-                    pool_size=max(16, self.transfer.jobs * 2 + self.transfer.range_streams),
-                    range_streams=self.transfer.range_streams,
-                    cert_dir=options.cert_dir,
-                    read_timeout=self.transfer.read_timeout,
+                    ConnectionOptions(
+                        credentials=options.credentials,
+                        authfile=options.authfile,
+                        flags=options.flags,
+                        tls_verify=options.tls_verify,
+                        cert_dir=options.cert_dir,
+                        retry=self.transfer.retry,
+                        read_timeout=self.transfer.read_timeout,
+                        limiter=self.limiter,
+                        pool_size=max(16, self.transfer.jobs * 2 + self.transfer.range_streams),
+                        range_streams=self.transfer.range_streams,
+                    ),
                 )
                 self._clients[key] = client
             return client

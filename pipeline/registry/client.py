@@ -41,10 +41,10 @@ from pipeline.oci import (
 from pipeline.refs import is_valid_digest, is_valid_tag
 from pipeline.registry import wire
 from pipeline.registry.auth import AuthRequest, pull_scope
-from pipeline.registry.credentials import CredentialFlags, Credentials
 from pipeline.registry.ranged import RANGE_CHUNK, RangeBudget, RangedBlobBody
 from pipeline.registry.transport import (
     READ_TIMEOUT,
+    ConnectionOptions,
     RegistryTransport,
     discard,
     read_capped,
@@ -53,8 +53,8 @@ from pipeline.registry.transport import (
 )
 from pipeline.transfer import cancel
 from pipeline.transfer.digest_stream import VerifyingReader
-from pipeline.transfer.ratelimit import RateLimiter, limited
-from pipeline.transfer.retry import RetryPolicy, describe_error, is_stall, is_transient_error
+from pipeline.transfer.ratelimit import limited
+from pipeline.transfer.retry import describe_error, is_stall, is_transient_error
 
 log = logging.getLogger("bale.registry")
 
@@ -101,46 +101,16 @@ class BlobRepositories:
 class RegistryClient:
     """A client for one registry (`Reference.registry`: `docker.io`, `127.0.0.1:5000`, …).
 
-    `credentials` wins over any file; without them each repository's credentials are looked up
-    the way skopeo does (`authfile`, then the standard locations). `tls_verify=False` accepts
-    any certificate and allows plain HTTP (https is tried first, as skopeo does).
+    How it connects, authenticates and retries is its `ConnectionOptions` (transport.py).
     """
 
-    def __init__(
-        self,
-        registry: str,
-        *,
-        credentials: Credentials | None = None,
-        authfile: str | None = None,
-        tls_verify: bool = True,
-        flags: CredentialFlags | None = None,
-        retry: RetryPolicy | None = None,
-        limiter: RateLimiter | None = None,
-        pool_size: int = 16,
-        range_streams: int = 1,
-        cert_dir: str | None = None,
-        read_timeout: float = READ_TIMEOUT,
-    ) -> None:
-        self.transport = RegistryTransport(
-            registry,
-            credentials=credentials,
-            authfile=authfile,
-            tls_verify=tls_verify,
-            flags=flags,
-            retry=retry,
-            limiter=limiter,
-            pool_size=pool_size,
-            cert_dir=cert_dir,
-            read_timeout=read_timeout,
-        )
+    def __init__(self, registry: str, options: ConnectionOptions | None = None) -> None:
+        self.transport = RegistryTransport(registry, options)
+        self.options = self.transport.options
         self.registry = registry
-        self.tls_verify = tls_verify
-        self.retry = self.transport.retry
-        self.limiter = limiter
         self.read_slice = self.transport.read_slice
         """Largest socket read of a blob body under a rate limit (None: no limit)."""
-        self.range_streams = max(1, range_streams)
-        """Parallel `Range` GETs for a large blob (1: one stream per blob); see ranged.py."""
+        self.range_streams = max(1, self.options.range_streams)
         self._range_budget = RangeBudget(self.range_streams)
         self.blob_repositories = BlobRepositories()
         """What pushes to this registry learned about where its blobs are (see push.py)."""
@@ -148,7 +118,7 @@ class RegistryClient:
         """Set by a 404 from the referrers API: the `sha256-<hex>` tag is asked directly."""
 
     def __repr__(self) -> str:
-        return f"RegistryClient({self.registry!r}, tls_verify={self.tls_verify})"
+        return f"RegistryClient({self.registry!r}, tls_verify={self.options.tls_verify})"
 
     # ---- manifests ---------------------------------------------------------------------------
 
@@ -253,7 +223,7 @@ class RegistryClient:
             body = BlobBody(self, repository, descriptor, what)
         body.open()
         return VerifyingReader(
-            limited(body, self.limiter), descriptor.digest, descriptor.size, what=what
+            limited(body, self.options.limiter), descriptor.digest, descriptor.size, what=what
         )
 
     def blob_response(
@@ -561,7 +531,7 @@ class BlobBody:
         self._failures += 1
         stalled = is_stall(exc)
         self._stalls += stalled
-        policy = self._client.retry
+        policy = self._client.options.retry
         reason = "connection closed early" if isinstance(exc, _BodyEnded) else describe_error(exc)
         if policy.exhausted(self._failures, self._stalls):
             hint = "; --read-timeout" if stalled else ""

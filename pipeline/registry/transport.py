@@ -18,6 +18,7 @@ import ssl
 import threading
 import urllib.parse
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar, cast
 
 import urllib3
@@ -168,67 +169,70 @@ def same_origin(url: str, other: str) -> bool:
     return _origin(url) == _origin(other)
 
 
+@dataclass(frozen=True)
+class ConnectionOptions:
+    """How bale talks to one registry: who it is, what it trusts, how long it waits, how often
+    it retries, how fast it reads. The transport and the client take this one object, so a new
+    option is a field here (and a line where the command fills it in), not a parameter threaded
+    through every constructor."""
+
+    credentials: Credentials | None = None
+    """Wins over any file; None: each repository's login is looked up as skopeo does it."""
+    authfile: str | None = None
+    flags: CredentialFlags = field(default_factory=CredentialFlags)
+    """How the command spells these options (`--src-creds`, ...): refusals and hints name them."""
+    tls_verify: bool = True
+    """False accepts any certificate and allows plain HTTP (https tried first, as skopeo)."""
+    cert_dir: str | None = None
+    """The registry's certificate directory (None: the certs.d defaults); see tls.py."""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    read_timeout: float = READ_TIMEOUT
+    limiter: RateLimiter | None = None
+    """The process's `--limit-rate` (None: no cap); sizes each connection's receive window."""
+    pool_size: int = 16
+    """Connections kept per host: the run's blob jobs times their range streams."""
+    range_streams: int = 1
+    """Parallel `Range` GETs for a large blob (1: one stream per blob); see ranged.py."""
+
+
 class RegistryTransport:
     """Requests to one registry (`Reference.registry`: `docker.io`, `127.0.0.1:5000`, …).
 
-    `credentials` wins over any file; without them each repository's credentials are looked up
-    the way skopeo does (`authfile`, then the standard locations). `tls_verify=False` accepts
-    any certificate and allows plain HTTP (https is tried first, as skopeo does).
+    How it connects, authenticates and retries is its `ConnectionOptions`.
     """
 
-    def __init__(
-        self,
-        registry: str,
-        *,
-        credentials: Credentials | None = None,
-        authfile: str | None = None,
-        tls_verify: bool = True,
-        flags: CredentialFlags | None = None,
-        retry: RetryPolicy | None = None,
-        limiter: RateLimiter | None = None,
-        pool_size: int = 16,
-        cert_dir: str | None = None,
-        read_timeout: float = READ_TIMEOUT,
-    ) -> None:
+    def __init__(self, registry: str, options: ConnectionOptions | None = None) -> None:
         self.registry = registry
         self.host = api_host(registry)
-        self.cert_dir = cert_dir
-        """The registry's certificate directory (None: the certs.d defaults); see tls.py."""
-        self.read_timeout = read_timeout
+        self.options = options = options or ConnectionOptions()
         self.timeout = urllib3.Timeout(
-            connect=min(CONNECT_TIMEOUT, read_timeout), read=read_timeout
+            connect=min(CONNECT_TIMEOUT, options.read_timeout), read=options.read_timeout
         )
-        self.tls_verify = tls_verify
-        self.retry = retry or RetryPolicy()
-        self.flags = flags or CredentialFlags()
-        """The command's options for this registry's credentials, named by refusals."""
-        self._credentials = credentials
-        self._authfile = authfile
         self._found: dict[str | None, Credentials | None] = {}
         self._lock = threading.Lock()
-        self._scheme: str | None = "https" if tls_verify else None
+        self._scheme: str | None = "https" if options.tls_verify else None
         self.auth = RegistryAuth(registry, self._credentials_for)
         self.read_slice: int | None = None
         """Largest socket read of a blob body under a rate limit (None: no limit)."""
         connection_options: dict[str, Any] = {}
-        if limiter is not None:
-            self.read_slice = receive_window(limiter.rate)
+        if options.limiter is not None:
+            self.read_slice = receive_window(options.limiter.rate)
             connection_options["socket_options"] = [
                 *urllib3.connection.HTTPConnection.default_socket_options,
                 (socket.SOL_SOCKET, socket.SO_RCVBUF, self.read_slice),
             ]
-        cert_reqs = ssl.CERT_REQUIRED if tls_verify else ssl.CERT_NONE
+        cert_reqs = ssl.CERT_REQUIRED if options.tls_verify else ssl.CERT_NONE
         self.pool = urllib3.PoolManager(
             num_pools=8,
-            maxsize=max(1, pool_size),
+            maxsize=max(1, options.pool_size),
             cert_reqs=cert_reqs,
-            ssl_context=tls_context(registry, verify=tls_verify, cert_dir=cert_dir),
+            ssl_context=tls_context(registry, verify=options.tls_verify, cert_dir=options.cert_dir),
             timeout=self.timeout,
             retries=False,
             **connection_options,
         )
         """The connections (tests look at how many were made)."""
-        if not tls_verify:
+        if not options.tls_verify:
             self.pool.pool_classes_by_scheme = {
                 "http": urllib3.HTTPConnectionPool,
                 "https": _QuietHTTPSConnectionPool,
@@ -240,12 +244,12 @@ class RegistryTransport:
     # ---- credentials, scheme -----------------------------------------------------------------
 
     def _credentials_for(self, repository: str | None) -> Credentials | None:
-        if self._credentials is not None:
-            return self._credentials
+        if self.options.credentials is not None:
+            return self.options.credentials
         with self._lock:
             if repository not in self._found:
                 self._found[repository] = find_credentials(
-                    self.registry, repository, authfile=self._authfile
+                    self.registry, repository, authfile=self.options.authfile
                 )
             return self._found[repository]
 
@@ -261,7 +265,7 @@ class RegistryTransport:
         """skopeo's order for an insecure registry: https if it answers, else http if that
         answers, else https again (so the real request reports the https failure). A host that
         stalls both ways is reported at once: the real request would only stall again."""
-        wait = min(PROBE_TIMEOUT, self.read_timeout)
+        wait = min(PROBE_TIMEOUT, self.options.read_timeout)
         timeout = urllib3.Timeout(connect=wait, read=wait)
         stalls = 0
         for scheme in ("https", "http"):
@@ -370,7 +374,7 @@ class RegistryTransport:
         log.debug("%s %s", request.method, _redact(request.url))
         extra: dict[str, Any] = {}
         if request.method in ("PUT", "PATCH"):
-            read = max(COMMIT_READ_TIMEOUT, self.read_timeout)
+            read = max(COMMIT_READ_TIMEOUT, self.options.read_timeout)
             extra["timeout"] = urllib3.Timeout(connect=self.timeout.connect_timeout, read=read)
         return self.pool.request(
             request.method,
@@ -436,8 +440,8 @@ class RegistryTransport:
     def _sent_credentials(self) -> Credentials | None:
         """The credentials this registry is authenticated with (given, or found in a login file)."""
         with self._lock:
-            if self._credentials is not None:
-                return self._credentials
+            if self.options.credentials is not None:
+                return self.options.credentials
             return next((c for c in self._found.values() if c is not None), None)
 
     def refused(self, status: int | None, detail: str) -> AuthError:
@@ -449,14 +453,14 @@ class RegistryTransport:
         host = self.registry
         if creds is None:
             message = (
-                f"{host} requires credentials: give {self.flags.creds} USER:PASS or log in with "
-                f"`podman login {host}` or `docker login {host}` ({self.flags.authfile} FILE "
+                f"{host} requires credentials: give {self.options.flags.creds} USER:PASS or log in with "
+                f"`podman login {host}` or `docker login {host}` ({self.options.flags.authfile} FILE "
                 "for another auth file)"
             )
         elif status == 403:
             message = f"{host} denied user {creds.username} access: {detail}"
         else:
-            origin = "" if self._credentials is not None else " from a saved login"
+            origin = "" if self.options.credentials is not None else " from a saved login"
             message = (
                 f"the registry refused these credentials for {host} (HTTP {status}, user "
                 f"{creds.username}{origin}): check the user and password"
@@ -466,7 +470,7 @@ class RegistryTransport:
     def call(self, what: str, fn: Callable[[], T]) -> T:
         """`fn` under the retry policy, network failures turned into one-line errors."""
         try:
-            return call_with_retry(self.retry, fn, describe=what)
+            return call_with_retry(self.options.retry, fn, describe=what)
         except TransferError as exc:
             text = str(exc)
             if exc.__cause__ is not None and is_stall(exc.__cause__) and text.endswith(")"):
@@ -489,9 +493,9 @@ class RegistryTransport:
                 exc,
                 self.host,
                 self.registry,
-                verify=self.tls_verify,
-                prefix=self.flags.prefix,
-                cert_dir=self.cert_dir,
+                verify=self.options.tls_verify,
+                prefix=self.options.flags.prefix,
+                cert_dir=self.options.cert_dir,
             )
         return describe_error(exc)
 
