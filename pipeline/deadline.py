@@ -1,11 +1,17 @@
 """`--command-timeout`: the whole command ends when its time is up, as skopeo's does.
 
-When the time is up the main thread gets a `CommandTimeout` (from a SIGALRM handler), so the
-command unwinds as it does for any error: its with-blocks close and the error is one line. Worker
-threads cannot be interrupted that way; if the command has not ended `GRACE` seconds later (a
-transfer still streaming, a pool waiting for it) the process exits there, with the same line.
-Nothing a later run relies on is half-written by that: tags and records are written only after
-the data they name, and `bale gc` removes uploads left open.
+When the time is up (a SIGALRM) the run's cancel token is set, as Ctrl-C sets it
+(`pipeline/transfer/cancel.py`): transfers stop at their next read or wait and clean up (a
+multipart upload is aborted, an upload session cancelled), the batch loop reports what was cut
+or never started as `interrupted` ("command timed out after N s"), the report is written, and the
+exit code is 124. Unless the main thread is in that loop (`CancelToken.awaited`), it also gets a
+`CommandTimeout`, so a command blocked in a request of its own (`inspect` on a registry that
+says nothing) unwinds as for any error, in one line.
+
+A transfer stuck in a socket read sees the token only when the read returns; if the command
+has not ended `GRACE` seconds later the process exits there, with the same line. Nothing a later
+run relies on is half-written by that: tags and records are written only after the data they
+name, and `bale gc` removes uploads left open.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from contextlib import contextmanager, suppress
 from types import FrameType
 
 from pipeline.errors import CommandTimeout
+from pipeline.transfer.cancel import RUN
 
 GRACE = 5.0
 """Seconds the command gets to unwind after its time is up before the process exits."""
@@ -26,11 +33,12 @@ GRACE = 5.0
 
 @contextmanager
 def command_deadline(seconds: float | None) -> Iterator[None]:
-    """Raise `CommandTimeout` in the main thread after `seconds` (None or 0: no limit)."""
+    """Cancel the run after `seconds` (None or 0: no limit), and raise `CommandTimeout` in
+    the main thread unless it awaits the run's own end."""
     if not seconds or threading.current_thread() is not threading.main_thread():
         yield
         return
-    message = f"command timed out after {seconds:g} s (--command-timeout)"
+    message = str(CommandTimeout(seconds))
     unwound = threading.Event()
 
     def end_process() -> None:
@@ -52,7 +60,9 @@ def command_deadline(seconds: float | None) -> Iterator[None]:
     def expire(_signum: int, _frame: FrameType | None) -> None:
         if not watchdog.is_alive():
             watchdog.start()
-        raise CommandTimeout(message)
+        RUN.expire(seconds)
+        if not RUN.main_awaits:
+            raise CommandTimeout(seconds)
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)

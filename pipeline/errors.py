@@ -20,7 +20,7 @@ the CLI contract: 2 for bad input (nothing was written), 1 for a runtime failure
     │   ├── StoreUnusable (exit 2)   the store cannot be used at all: checked before any image
     │   └── ObjectFrozen (exit 2)    an object in an archive class, not restored: thaw it first
     ├── TransferError                a stream broke and could not be resumed
-    ├── CommandTimeout               --command-timeout ran out
+    ├── CommandTimeout (exit 124)    --command-timeout ran out (timeout(1)'s code)
     └── Interrupted (exit 130/143)   Ctrl-C or SIGTERM cut the work short
 """
 
@@ -113,7 +113,14 @@ class TransferError(BaleError):
 
 
 class CommandTimeout(BaleError):
-    """The whole command ran longer than `--command-timeout` (skopeo's flag)."""
+    """The whole command ran longer than `--command-timeout` (skopeo's flag). It ends the run
+    as a signal does (`pipeline/transfer/cancel.py`), with the exit code of timeout(1)."""
+
+    exit_code = 124
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"command timed out after {seconds:g} s (--command-timeout)")
+        self.seconds = seconds
 
 
 class Interrupted(BaleError):

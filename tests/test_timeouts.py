@@ -1,20 +1,27 @@
 """A registry that accepts and then says nothing, through the real `bale` command: the fault
 proxy in front of a real docker-registry stops mid-headers or mid-body and holds the connection
 open. The request is called stalled after `--read-timeout`, retried once only, and the error
-line says so in words; `--command-timeout` ends the whole command."""
+line says so in words; `--command-timeout` ends the whole command: a run is cut as Ctrl-C cuts
+it (uploads aborted, the report written), with exit code 124."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
+import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.bed.cli import run_bale
+from tests.bed.cli import isolated_env, run_bale, start_bale
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
+from tests.bed.moto import MOTO_KEYS, MotoServer
 from tests.bed.proxy import FaultProxy, Stall
 from tests.bed.registry import RegistryServer
+from tests.bed.store_view import S3View, check_no_dangling
 
 pytestmark = pytest.mark.integration
 
@@ -118,10 +125,62 @@ def test_command_timeout_ends_the_command(proxy: FaultProxy, command: str, tmp_p
     )
     # The read timeout alone would take minutes; the subprocess limit is 60 s.
     run = run_bale(*args, "--read-timeout", "100s", "--command-timeout", "2s", timeout=60)
-    assert run.returncode == 1, run.stderr
+    assert run.returncode == 124, run.stderr
     lines = [line for line in run.stderr.splitlines() if line.startswith("bale: error:")]
     assert lines == ["bale: error: command timed out after 2 s (--command-timeout)"]
     _internal_names_absent(run.stderr)
+
+
+def test_command_timeout_mid_transfer_aborts_uploads_and_writes_the_report(
+    registry: RegistryServer, image_factory: ImageFactory, moto_server: MotoServer, tmp_path: Path
+) -> None:
+    """A real slow transfer (`--limit-rate 2M`, a 20 MiB layer in 8 MiB parts) outlives
+    `--command-timeout 6s`: the run stops as on Ctrl-C, the multipart upload under way is
+    aborted, the report and JUnit say the image timed out, and the exit code is 124."""
+    ref = f"{registry.host}/timeout/big:1"
+    image_factory.build_and_push(ref, layers=[LayerSpec(20 * 1024 * 1024, "none", seed=1311)])
+    bucket = moto_server.create_bucket()
+    view = S3View(moto_server, bucket, "arch")
+    report, junit = tmp_path / "r.json", tmp_path / "r.xml"
+    proc = start_bale(
+        "archive",
+        f"docker://{ref}",
+        "--to",
+        f"s3://{bucket}/arch",
+        "--endpoint-url",
+        moto_server.endpoint_url,
+        "--src-tls-verify=false",
+        "--limit-rate",
+        "2M",
+        "--command-timeout",
+        "6s",
+        "--report",
+        str(report),
+        "--junit",
+        str(junit),
+        env=isolated_env(tmp_path, **MOTO_KEYS),
+    )
+    seen_open = False
+    while proc.poll() is None:  # a bound of the test, not a speed: bale itself stops at 6 s
+        seen_open = seen_open or bool(view.uploads())
+        time.sleep(0.05)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 124, err
+    assert seen_open, "no multipart upload was under way when the time ran out"
+    assert view.uploads() == []
+    stored = view.keys()
+    check_no_dangling(stored)
+    assert not any(k.endswith((".tar", ".json")) for k in stored)
+    message = "command timed out after 6 s (--command-timeout)"
+    assert (
+        f"bale: error: {message}; 0 done, 1 interrupted, report written to {report} and {junit}"
+        in err
+    )
+    assert "Traceback" not in err, err
+    data = json.loads(report.read_text())
+    assert [(i["status"], i["error"]) for i in data["images"]] == [("interrupted", message)]
+    errors = [c.find("error") for c in ET.parse(junit).getroot().iter("testcase")]
+    assert [e.get("message") if e is not None else None for e in errors] == [message]
 
 
 def test_read_timeout_must_be_positive(proxy: FaultProxy) -> None:

@@ -6,8 +6,8 @@ once:
 
 - a failure with `fail_fast` (or a failed listing before any image): images not yet started are
   not attempted (and not reported);
-- Ctrl-C or SIGTERM (`transfer/cancel.py`): no further image starts; each is reported
-  `interrupted` under its name, as is every image the signal cut.
+- Ctrl-C, SIGTERM or `--command-timeout` (`transfer/cancel.py`): no further image starts;
+  each is reported `interrupted` under its name, as is every image the signal or timeout cut.
 
     report = run_batch(targets, restorer.restore, jobs=4, name=lambda t: str(t.source))
 """
@@ -77,14 +77,15 @@ def run_batch(
             [i for i in items if later(i)],
         ]
     )
-    for phase in phases:
-        if phase and not stop.is_set():
-            with ThreadPoolExecutor(
-                max(1, min(len(phase), jobs)), thread_name_prefix="bale-image"
-            ) as pool:
-                for future in [pool.submit(run, item) for item in phase]:
-                    result = future.result()
-                    if result is not None:
-                        report.add(result)
+    with cancel.RUN.awaited():  # the images end on the token; the report is written after
+        for phase in phases:
+            if phase and not stop.is_set():
+                with ThreadPoolExecutor(
+                    max(1, min(len(phase), jobs)), thread_name_prefix="bale-image"
+                ) as pool:
+                    for future in [pool.submit(run, item) for item in phase]:
+                        result = future.result()
+                        if result is not None:
+                            report.add(result)
     report.finish()
     return report

@@ -46,11 +46,14 @@ def echo_result(text: str, *, err: bool = False, event: str = "result", **fields
 
 def fail(exc: BaleError, about: str = "") -> NoReturn:
     """Report a user-facing error as one line and exit with its code; `about` names the
-    image or transfer it concerns when the message alone may not. After Ctrl-C or SIGTERM,
-    whatever error the cut work became, the line says that the signal ended it (130 or 143)."""
+    image or transfer it concerns when the message alone may not. After Ctrl-C, SIGTERM or
+    `--command-timeout`, whatever error the cut work became, the line says what ended it
+    (130, 143 or 124)."""
     from pipeline.transfer.cancel import RUN
 
-    if RUN.cancelled:
+    if RUN.cancelled and RUN.timed_out is not None:
+        exc, about = RUN.error(), ""
+    elif RUN.cancelled:
         text = str(RUN.error())
         echo_result(
             f"bale: {text}", err=True, event="interrupted", message=text, exit_code=RUN.exit_code
@@ -124,8 +127,9 @@ def finish_run(
     summary: Callable[[RunReport], None] = echo_failures,
 ) -> NoReturn:
     """The end of every run over many images: `summary` (failed lines, or the display's
-    summary), --report/--junit written, and the report's exit code; after Ctrl-C or SIGTERM,
-    one line saying so (with what was done and where the report went), and 130 or 143."""
+    summary), --report/--junit written, and the report's exit code; after Ctrl-C, SIGTERM or
+    `--command-timeout`, one line saying so (with what was done and where the report went),
+    and 130, 143 or 124."""
     from pathlib import Path
 
     from pipeline.transfer.cancel import RUN
@@ -144,11 +148,13 @@ def finish_run(
     counts.append(f"{totals['interrupted']} interrupted")
     paths = reports.paths
     where = f", report written to {' and '.join(paths)}" if paths else ""
+    ended = str(RUN.error()) if RUN.timed_out is None else f"error: {RUN.error()}"
     echo_result(
-        f"bale: interrupted by {RUN.signal_name}; {', '.join(counts)}{where}",
+        f"bale: {ended}; {', '.join(counts)}{where}",
         err=True,
         event="interrupted",
-        signal=RUN.signal_name,
+        signal=None if RUN.timed_out is not None else RUN.signal_name,
+        message=str(RUN.error()),
         **{k: totals[k] for k in ("images", "failed", "interrupted")},
         reports=paths,
         exit_code=RUN.exit_code,

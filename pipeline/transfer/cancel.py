@@ -18,6 +18,10 @@ A second signal exits at once (`os._exit`), after removing the temporary files t
 was writing (`scratch_file`); an open multipart upload stays for `bale gc`, and nothing
 half-written is visible either way (the store's write order guarantees that, as for kill -9).
 
+`--command-timeout` ends a run the same way (`pipeline/deadline.py` calls `expire`): images are
+`interrupted` with the error `command timed out after N s`, the report is written, and the
+exit code is 124 (timeout(1)'s) instead of the signal's.
+
 The token is the process's (`RUN`), as signals are: the limiter, the retry policy and the
 readers reach it without every constructor carrying it.
 """
@@ -32,17 +36,21 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
-from pipeline.errors import Interrupted
+from pipeline.errors import BaleError, CommandTimeout, Interrupted
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class CancelToken:
-    """Set once, by the first signal; everything that waits on a transfer looks at it."""
+    """Set once, by the first signal or the command's timeout; everything that waits on a
+    transfer looks at it."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self.signum: int | None = None
+        self.timed_out: float | None = None
+        """The `--command-timeout` (seconds) that ran out, when that ended the run."""
+        self._awaiting = 0
 
     @property
     def cancelled(self) -> bool:
@@ -53,9 +61,32 @@ class CancelToken:
             self.signum = signum
             self._event.set()
 
+    def expire(self, seconds: float) -> None:
+        """`--command-timeout` ran out: the run stops as on a signal, saying it timed out."""
+        if not self._event.is_set():
+            self.timed_out = seconds
+            self._event.set()
+
     def clear(self) -> None:
         self.signum = None
+        self.timed_out = None
         self._event.clear()
+
+    @contextlib.contextmanager
+    def awaited(self) -> Iterator[None]:
+        """The main thread waits here for work that itself stops on this token (the batch
+        loop): a timeout then only sets the token, and the loop writes its report, instead of
+        an exception cutting the wait short."""
+        main = threading.current_thread() is threading.main_thread()
+        self._awaiting += int(main)
+        try:
+            yield
+        finally:
+            self._awaiting -= int(main)
+
+    @property
+    def main_awaits(self) -> bool:
+        return self._awaiting > 0
 
     @property
     def signal_name(self) -> str:
@@ -63,10 +94,16 @@ class CancelToken:
 
     @property
     def exit_code(self) -> int:
-        """The shell's convention for a process ended by a signal: 128 + its number."""
+        """The shell's convention for a process ended by a signal: 128 + its number; after a
+        timeout, timeout(1)'s 124."""
+        if self.timed_out is not None:
+            return CommandTimeout.exit_code
         return 128 + (self.signum or signal.SIGINT)
 
-    def error(self) -> Interrupted:
+    def error(self) -> BaleError:
+        """What ended the run, as the error every cut piece of work reports."""
+        if self.timed_out is not None:
+            return CommandTimeout(self.timed_out)
         return Interrupted(f"interrupted by {self.signal_name}", exit_code=self.exit_code)
 
     def check(self) -> None:
