@@ -18,7 +18,7 @@ from pipeline.oci import DOCKER_MANIFEST, Descriptor, RawManifest, sha256_digest
 from pipeline.registry.client import RANGED_MIN_SIZE, RegistryClient
 from pipeline.registry.credentials import Credentials
 from pipeline.registry.push import RegistryPusher, parse_range_end, with_digest
-from pipeline.registry.transport import ConnectionOptions
+from pipeline.registry.transport import ConnectionOptions, RegistryOptions
 from pipeline.transfer.digest_stream import VerifyingReader
 from pipeline.transfer.retry import RetryPolicy
 from tests.bed.proxy import FaultProxy, Hold, Respond
@@ -61,7 +61,8 @@ def _client(
     if isinstance(owner, RegistryServer) and owner.username:
         creds = Credentials(owner.username, owner.password or "")
     return RegistryClient(
-        server.host, ConnectionOptions(credentials=creds, tls_verify=False, retry=FAST)
+        server.host,
+        ConnectionOptions(RegistryOptions(credentials=creds, tls_verify=False), retry=FAST),
     )
 
 

@@ -15,7 +15,7 @@ from pipeline.registry import client as client_module
 from pipeline.registry import ranged
 from pipeline.registry.client import RegistryClient
 from pipeline.registry.ranged import RangeBudget, RangedBlobBody
-from pipeline.registry.transport import ConnectionOptions
+from pipeline.registry.transport import ConnectionOptions, RegistryOptions
 from pipeline.transfer.digest_stream import VerifyingReader
 from pipeline.transfer.retry import RetryPolicy
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
@@ -47,7 +47,9 @@ def proxy(registry: RegistryServer) -> FaultProxy:
 
 
 def _client(host: str, **kw: object) -> RegistryClient:
-    return RegistryClient(host, ConnectionOptions(tls_verify=False, retry=FAST, **kw))  # type: ignore[arg-type]
+    return RegistryClient(
+        host, ConnectionOptions(RegistryOptions(tls_verify=False), retry=FAST, **kw)
+    )  # type: ignore[arg-type]
 
 
 def _ranged(

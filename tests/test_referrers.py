@@ -25,7 +25,7 @@ from pipeline.ops.referrers import (
 from pipeline.refs import Reference
 from pipeline.registry.client import RegistryClient
 from pipeline.registry.credentials import Credentials
-from pipeline.registry.transport import ConnectionOptions
+from pipeline.registry.transport import ConnectionOptions, RegistryOptions
 from pipeline.store.local import LocalStore
 from tests.bed.cli import run_bale
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec, Skopeo
@@ -262,7 +262,9 @@ def signed(
 
 def _client(server: RegistryServer) -> RegistryClient:
     creds = Credentials(server.username, server.password) if server.username else None
-    return RegistryClient(server.host, ConnectionOptions(credentials=creds, tls_verify=False))
+    return RegistryClient(
+        server.host, ConnectionOptions(RegistryOptions(credentials=creds, tls_verify=False))
+    )
 
 
 def _put_order(server: RegistryServer, repo: str, since: int) -> list[str]:

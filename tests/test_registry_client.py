@@ -30,7 +30,7 @@ from pipeline.errors import (
 from pipeline.oci import OCI_INDEX, Descriptor
 from pipeline.registry.client import BlobBody, RegistryClient
 from pipeline.registry.credentials import Credentials
-from pipeline.registry.transport import ConnectionOptions
+from pipeline.registry.transport import ConnectionOptions, RegistryOptions
 from pipeline.transfer.ratelimit import RateLimiter
 from pipeline.transfer.retry import RetryPolicy
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
@@ -61,7 +61,9 @@ def connect(host: str, credentials: Credentials | None = None, **kw: Any) -> Reg
     kw.setdefault("retry", FAST)
     return RegistryClient(
         host,
-        ConnectionOptions(credentials=credentials, authfile=AUTHFILE, tls_verify=False, **kw),
+        ConnectionOptions(
+            RegistryOptions(credentials=credentials, authfile=AUTHFILE, tls_verify=False), **kw
+        ),
     )
 
 
@@ -244,7 +246,9 @@ def test_unreachable_hosts() -> None:
 
 
 def test_tls_verify_refuses_plain_http(registry: RegistryServer, images: Any) -> None:
-    client = RegistryClient(registry.host, ConnectionOptions(authfile=AUTHFILE, retry=FAST))
+    client = RegistryClient(
+        registry.host, ConnectionOptions(RegistryOptions(authfile=AUTHFILE), retry=FAST)
+    )
     with client, pytest.raises(RegistryError, match="TLS error"):
         client.get_manifest("client/oci", "1.0")
 

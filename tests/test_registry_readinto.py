@@ -11,7 +11,7 @@ from pipeline.errors import DigestMismatch, TransferError
 from pipeline.oci import Descriptor
 from pipeline.registry.client import BlobBody, RegistryClient
 from pipeline.registry.ranged import RangeBudget, RangedBlobBody
-from pipeline.registry.transport import ConnectionOptions
+from pipeline.registry.transport import ConnectionOptions, RegistryOptions
 from pipeline.transfer.digest_stream import VerifyingReader
 from pipeline.transfer.retry import RetryPolicy
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
@@ -42,7 +42,7 @@ def proxy(registry: RegistryServer) -> FaultProxy:
 
 
 def _client(host: str) -> RegistryClient:
-    return RegistryClient(host, ConnectionOptions(tls_verify=False, retry=FAST))
+    return RegistryClient(host, ConnectionOptions(RegistryOptions(tls_verify=False), retry=FAST))
 
 
 def _fill(reader: VerifyingReader | BlobBody | RangedBlobBody, size: int) -> bytes:

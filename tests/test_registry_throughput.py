@@ -16,7 +16,7 @@ import pytest
 import urllib3
 
 from pipeline.registry.client import RegistryClient
-from pipeline.registry.transport import ConnectionOptions
+from pipeline.registry.transport import ConnectionOptions, RegistryOptions
 from tests.bed.images import ImageFactory, LayerSpec
 from tests.bed.registry import RegistryServer
 
@@ -44,7 +44,7 @@ def test_open_blob_throughput(
     layer = image.layers[0]
     authfile = image_factory.skopeo.authfile  # empty: no machine credentials
     client = RegistryClient(
-        registry.host, ConnectionOptions(tls_verify=False, authfile=str(authfile))
+        registry.host, ConnectionOptions(RegistryOptions(tls_verify=False, authfile=str(authfile)))
     )
 
     def through_client() -> int:

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.errors import RegistryError
 from pipeline.registry.client import RegistryClient
-from pipeline.registry.transport import ConnectionOptions
+from pipeline.registry.transport import ConnectionOptions, RegistryOptions
 from pipeline.transfer.retry import RetryPolicy
 from tests.bed.certs import self_signed
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
@@ -50,7 +50,9 @@ def test_self_signed_is_refused_when_checked(tls, pushed) -> None:  # type: igno
 
 def test_insecure_client_speaks_https_without_checking(tls, pushed) -> None:  # type: ignore[no-untyped-def]
     server, _ = tls
-    with RegistryClient(server.host, ConnectionOptions(tls_verify=False, retry=FAST)) as client:
+    with RegistryClient(
+        server.host, ConnectionOptions(RegistryOptions(tls_verify=False), retry=FAST)
+    ) as client:
         raw = client.get_manifest("tls/img", "1")
         assert raw.digest == pushed.digest
         assert client.transport.base().startswith("https://")
@@ -71,7 +73,9 @@ def test_connections_share_one_context(tls, pushed) -> None:  # type: ignore[no-
     server, _ = tls
     layer = pushed.layers[0]
     errors: list[BaseException] = []
-    with RegistryClient(server.host, ConnectionOptions(tls_verify=False, retry=FAST)) as client:
+    with RegistryClient(
+        server.host, ConnectionOptions(RegistryOptions(tls_verify=False), retry=FAST)
+    ) as client:
 
         def pull() -> None:
             try:

@@ -8,7 +8,7 @@ import pytest
 from pipeline.registry import wire
 from pipeline.registry.auth import pull_scope
 from pipeline.registry.client import RegistryClient
-from pipeline.registry.transport import ConnectionOptions
+from pipeline.registry.transport import ConnectionOptions, RegistryOptions
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
 from tests.bed.registry import RegistryServer
 
@@ -28,7 +28,9 @@ def test_blob_bodies_are_read_straight_from_the_socket(
     pushed: BuiltImage, registry: RegistryServer
 ) -> None:
     layer = pushed.layers[0]
-    with RegistryClient(registry.host, ConnectionOptions(tls_verify=False)) as client:
+    with RegistryClient(
+        registry.host, ConnectionOptions(RegistryOptions(tls_verify=False))
+    ) as client:
         transport = client.transport
         resp, _ = transport.request(
             "GET",

@@ -15,7 +15,7 @@ from pipeline.errors import InvalidReference, NotFound
 from pipeline.ops.sync import destination_for, strip_transport
 from pipeline.refs import Reference
 from pipeline.registry.client import RegistryClient
-from pipeline.registry.transport import ConnectionOptions
+from pipeline.registry.transport import ConnectionOptions, RegistryOptions
 from tests.bed.cli import run_bale
 from tests.bed.fixtures_registry import RegistryFactory
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec, Skopeo
@@ -100,7 +100,9 @@ def source(registry: RegistryServer, image_factory: ImageFactory) -> Source:
 
 def _catalog(server: RegistryServer) -> dict[str, dict[str, str]]:
     """repository → {tag: digest}, for everything the registry holds."""
-    with RegistryClient(server.host, ConnectionOptions(tls_verify=False)) as client:
+    with RegistryClient(
+        server.host, ConnectionOptions(RegistryOptions(tls_verify=False))
+    ) as client:
         resp, _ = client.transport.request("GET", "/v2/_catalog?n=1000")
         repos = json.loads(resp.read())["repositories"]
         out: dict[str, dict[str, str]] = {}
@@ -119,7 +121,9 @@ def _catalog(server: RegistryServer) -> dict[str, dict[str, str]]:
 
 
 def _has(server: RegistryServer, repo: str, digest: str) -> bool:
-    with RegistryClient(server.host, ConnectionOptions(tls_verify=False)) as client:
+    with RegistryClient(
+        server.host, ConnectionOptions(RegistryOptions(tls_verify=False))
+    ) as client:
         return client.head_manifest(repo, digest) is not None
 
 

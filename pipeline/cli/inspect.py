@@ -28,18 +28,20 @@ if TYPE_CHECKING:
 def registry_client(host: str, flags: ClientFlags) -> RegistryClient:
     from pipeline.registry.client import RegistryClient
     from pipeline.registry.credentials import parse_creds
-    from pipeline.registry.transport import READ_TIMEOUT, ConnectionOptions
+    from pipeline.registry.transport import READ_TIMEOUT, ConnectionOptions, RegistryOptions
     from pipeline.transfer.retry import RetryPolicy
 
     registry = flags.registry
     return RegistryClient(
         host,
         ConnectionOptions(
-            credentials=parse_creds(registry.creds) if registry.creds else None,
-            authfile=registry.authfile,
-            tls_verify=registry.tls_verify,
+            RegistryOptions(
+                credentials=parse_creds(registry.creds) if registry.creds else None,
+                authfile=registry.authfile,
+                tls_verify=registry.tls_verify,
+                cert_dir=registry.cert_dir,
+            ),
             retry=RetryPolicy() if flags.retries is None else RetryPolicy(retries=flags.retries),
-            cert_dir=registry.cert_dir,
             read_timeout=flags.read_timeout or READ_TIMEOUT,
         ),
     )

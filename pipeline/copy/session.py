@@ -16,26 +16,12 @@ from typing import TypeVar, cast
 
 from pipeline.errors import NotFound, StoreNotFound
 from pipeline.registry.client import RegistryClient
-from pipeline.registry.credentials import CredentialFlags, Credentials
-from pipeline.registry.transport import READ_TIMEOUT, ConnectionOptions
+from pipeline.registry.transport import READ_TIMEOUT, ConnectionOptions, RegistryOptions
 from pipeline.transfer import cancel
 from pipeline.transfer.ratelimit import make_limiter
 from pipeline.transfer.retry import RetryPolicy
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class RegistryOptions:
-    """How to reach one registry: credentials and TLS, as skopeo's flags spell them."""
-
-    credentials: Credentials | None = None
-    authfile: str | None = None
-    tls_verify: bool = True
-    cert_dir: str | None = None
-    """`*.crt` CAs and a `*.cert`/`*.key` client certificate; None: the certs.d defaults."""
-    flags: CredentialFlags = field(default_factory=CredentialFlags)
-    """How the command spells these options (`--src-creds`, `--src-cert-dir`, ...): hints name them."""
 
 
 @dataclass(frozen=True)
@@ -107,11 +93,7 @@ class Session:
                 client = RegistryClient(
                     registry,
                     ConnectionOptions(
-                        credentials=options.credentials,
-                        authfile=options.authfile,
-                        flags=options.flags,
-                        tls_verify=options.tls_verify,
-                        cert_dir=options.cert_dir,
+                        options,
                         retry=self.transfer.retry,
                         read_timeout=self.transfer.read_timeout,
                         limiter=self.limiter,

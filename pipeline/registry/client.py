@@ -118,7 +118,7 @@ class RegistryClient:
         """Set by a 404 from the referrers API: the `sha256-<hex>` tag is asked directly."""
 
     def __repr__(self) -> str:
-        return f"RegistryClient({self.registry!r}, tls_verify={self.options.tls_verify})"
+        return f"RegistryClient({self.registry!r}, tls_verify={self.options.access.tls_verify})"
 
     # ---- manifests ---------------------------------------------------------------------------
 

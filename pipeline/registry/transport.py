@@ -170,21 +170,27 @@ def same_origin(url: str, other: str) -> bool:
 
 
 @dataclass(frozen=True)
-class ConnectionOptions:
-    """How bale talks to one registry: who it is, what it trusts, how long it waits, how often
-    it retries, how fast it reads. The transport and the client take this one object, so a new
-    option is a field here (and a line where the command fills it in), not a parameter threaded
-    through every constructor."""
+class RegistryOptions:
+    """How to reach one registry: credentials and TLS, as skopeo's flags spell them."""
 
     credentials: Credentials | None = None
-    """Wins over any file; None: each repository's login is looked up as skopeo does it."""
     authfile: str | None = None
-    flags: CredentialFlags = field(default_factory=CredentialFlags)
-    """How the command spells these options (`--src-creds`, ...): refusals and hints name them."""
     tls_verify: bool = True
-    """False accepts any certificate and allows plain HTTP (https tried first, as skopeo)."""
     cert_dir: str | None = None
-    """The registry's certificate directory (None: the certs.d defaults); see tls.py."""
+    """`*.crt` CAs and a `*.cert`/`*.key` client certificate; None: the certs.d defaults."""
+    flags: CredentialFlags = field(default_factory=CredentialFlags)
+    """How the command spells these options (`--src-creds`, `--src-cert-dir`, ...): hints name them."""
+
+
+@dataclass(frozen=True)
+class ConnectionOptions:
+    """How bale talks to one registry: how it is reached (`access`, the command's options for
+    that registry), how long a request may wait, how often it is retried, how fast it reads.
+    The transport and the client take this one object, so a new option is a field here or in
+    `RegistryOptions` (and a line where the command fills it in), not a parameter threaded
+    through every constructor."""
+
+    access: RegistryOptions = field(default_factory=RegistryOptions)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     read_timeout: float = READ_TIMEOUT
     limiter: RateLimiter | None = None
@@ -205,12 +211,13 @@ class RegistryTransport:
         self.registry = registry
         self.host = api_host(registry)
         self.options = options = options or ConnectionOptions()
+        self.access = options.access
         self.timeout = urllib3.Timeout(
             connect=min(CONNECT_TIMEOUT, options.read_timeout), read=options.read_timeout
         )
         self._found: dict[str | None, Credentials | None] = {}
         self._lock = threading.Lock()
-        self._scheme: str | None = "https" if options.tls_verify else None
+        self._scheme: str | None = "https" if options.access.tls_verify else None
         self.auth = RegistryAuth(registry, self._credentials_for)
         self.read_slice: int | None = None
         """Largest socket read of a blob body under a rate limit (None: no limit)."""
@@ -221,18 +228,20 @@ class RegistryTransport:
                 *urllib3.connection.HTTPConnection.default_socket_options,
                 (socket.SOL_SOCKET, socket.SO_RCVBUF, self.read_slice),
             ]
-        cert_reqs = ssl.CERT_REQUIRED if options.tls_verify else ssl.CERT_NONE
+        cert_reqs = ssl.CERT_REQUIRED if options.access.tls_verify else ssl.CERT_NONE
         self.pool = urllib3.PoolManager(
             num_pools=8,
             maxsize=max(1, options.pool_size),
             cert_reqs=cert_reqs,
-            ssl_context=tls_context(registry, verify=options.tls_verify, cert_dir=options.cert_dir),
+            ssl_context=tls_context(
+                registry, verify=options.access.tls_verify, cert_dir=options.access.cert_dir
+            ),
             timeout=self.timeout,
             retries=False,
             **connection_options,
         )
         """The connections (tests look at how many were made)."""
-        if not options.tls_verify:
+        if not options.access.tls_verify:
             self.pool.pool_classes_by_scheme = {
                 "http": urllib3.HTTPConnectionPool,
                 "https": _QuietHTTPSConnectionPool,
@@ -244,12 +253,12 @@ class RegistryTransport:
     # ---- credentials, scheme -----------------------------------------------------------------
 
     def _credentials_for(self, repository: str | None) -> Credentials | None:
-        if self.options.credentials is not None:
-            return self.options.credentials
+        if self.access.credentials is not None:
+            return self.access.credentials
         with self._lock:
             if repository not in self._found:
                 self._found[repository] = find_credentials(
-                    self.registry, repository, authfile=self.options.authfile
+                    self.registry, repository, authfile=self.access.authfile
                 )
             return self._found[repository]
 
@@ -440,8 +449,8 @@ class RegistryTransport:
     def _sent_credentials(self) -> Credentials | None:
         """The credentials this registry is authenticated with (given, or found in a login file)."""
         with self._lock:
-            if self.options.credentials is not None:
-                return self.options.credentials
+            if self.access.credentials is not None:
+                return self.access.credentials
             return next((c for c in self._found.values() if c is not None), None)
 
     def refused(self, status: int | None, detail: str) -> AuthError:
@@ -453,14 +462,14 @@ class RegistryTransport:
         host = self.registry
         if creds is None:
             message = (
-                f"{host} requires credentials: give {self.options.flags.creds} USER:PASS or log in with "
-                f"`podman login {host}` or `docker login {host}` ({self.options.flags.authfile} FILE "
+                f"{host} requires credentials: give {self.access.flags.creds} USER:PASS or log in with "
+                f"`podman login {host}` or `docker login {host}` ({self.access.flags.authfile} FILE "
                 "for another auth file)"
             )
         elif status == 403:
             message = f"{host} denied user {creds.username} access: {detail}"
         else:
-            origin = "" if self.options.credentials is not None else " from a saved login"
+            origin = "" if self.access.credentials is not None else " from a saved login"
             message = (
                 f"the registry refused these credentials for {host} (HTTP {status}, user "
                 f"{creds.username}{origin}): check the user and password"
@@ -493,9 +502,9 @@ class RegistryTransport:
                 exc,
                 self.host,
                 self.registry,
-                verify=self.options.tls_verify,
-                prefix=self.options.flags.prefix,
-                cert_dir=self.options.cert_dir,
+                verify=self.access.tls_verify,
+                prefix=self.access.flags.prefix,
+                cert_dir=self.access.cert_dir,
             )
         return describe_error(exc)
 
