@@ -131,14 +131,21 @@ def test_command_timeout_ends_the_command(proxy: FaultProxy, command: str, tmp_p
     _internal_names_absent(run.stderr)
 
 
+@pytest.fixture(scope="module")
+def big(registry: RegistryServer, image_factory: ImageFactory) -> str:
+    """An image whose 20 MiB layer is three multipart parts (8 MiB each) in S3."""
+    ref = f"{registry.host}/timeout/big:1"
+    image_factory.build_and_push(ref, layers=[LayerSpec(20 * 1024 * 1024, "none", seed=1311)])
+    return ref
+
+
 def test_command_timeout_mid_transfer_aborts_uploads_and_writes_the_report(
-    registry: RegistryServer, image_factory: ImageFactory, moto_server: MotoServer, tmp_path: Path
+    big: str, moto_server: MotoServer, tmp_path: Path
 ) -> None:
     """A real slow transfer (`--limit-rate 2M`, a 20 MiB layer in 8 MiB parts) outlives
     `--command-timeout 6s`: the run stops as on Ctrl-C, the multipart upload under way is
     aborted, the report and JUnit say the image timed out, and the exit code is 124."""
-    ref = f"{registry.host}/timeout/big:1"
-    image_factory.build_and_push(ref, layers=[LayerSpec(20 * 1024 * 1024, "none", seed=1311)])
+    ref = big
     bucket = moto_server.create_bucket()
     view = S3View(moto_server, bucket, "arch")
     report, junit = tmp_path / "r.json", tmp_path / "r.xml"
@@ -181,6 +188,39 @@ def test_command_timeout_mid_transfer_aborts_uploads_and_writes_the_report(
     assert [(i["status"], i["error"]) for i in data["images"]] == [("interrupted", message)]
     errors = [c.find("error") for c in ET.parse(junit).getroot().iter("testcase")]
     assert [e.get("message") if e is not None else None for e in errors] == [message]
+
+
+def test_command_timeout_mid_copy_to_a_tar_in_s3_leaves_nothing(
+    big: str, moto_server: MotoServer, tmp_path: Path
+) -> None:
+    """`copy` to an oci-archive in S3 (one image, the main thread in the engine) cut by the
+    timeout: no tar, whole or partial, and no open upload; one line, exit 124."""
+    bucket = moto_server.create_bucket()
+    view = S3View(moto_server, bucket, "tars")
+    proc = start_bale(
+        "copy",
+        f"docker://{big}",
+        f"oci-archive:s3://{bucket}/tars/app.tar",
+        "--endpoint-url",
+        moto_server.endpoint_url,
+        "--src-tls-verify=false",
+        "--limit-rate",
+        "2M",
+        "--command-timeout",
+        "6s",
+        env=isolated_env(tmp_path, **MOTO_KEYS),
+    )
+    seen_open = False
+    while proc.poll() is None:  # a bound of the test, not a speed: bale itself stops at 6 s
+        seen_open = seen_open or bool(view.uploads())
+        time.sleep(0.05)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 124, err
+    assert seen_open, "no multipart upload was under way when the time ran out"
+    assert err.strip().splitlines()[-1] == (
+        "bale: error: command timed out after 6 s (--command-timeout)"
+    )
+    assert view.uploads() == [] and view.keys() == set()
 
 
 def test_read_timeout_must_be_positive(proxy: FaultProxy) -> None:
