@@ -139,32 +139,19 @@ def big(registry: RegistryServer, image_factory: ImageFactory) -> str:
     return ref
 
 
-def test_command_timeout_mid_transfer_aborts_uploads_and_writes_the_report(
-    big: str, moto_server: MotoServer, tmp_path: Path
-) -> None:
-    """A real slow transfer (`--limit-rate 2M`, a 20 MiB layer in 8 MiB parts) outlives
-    `--command-timeout 6s`: the run stops as on Ctrl-C, the multipart upload under way is
-    aborted, the report and JUnit say the image timed out, and the exit code is 124."""
-    ref = big
-    bucket = moto_server.create_bucket()
-    view = S3View(moto_server, bucket, "arch")
-    report, junit = tmp_path / "r.json", tmp_path / "r.xml"
+TIMED_OUT = "command timed out after 6 s (--command-timeout)"
+
+
+def timed_out_at_2m(view: S3View, tmp_path: Path, *args: str) -> str:
+    """Run bale at `--limit-rate 2M` with `--command-timeout 6s`, watching `view` for an open
+    multipart upload while it runs; its stderr, once it exited 124 with one under way."""
     proc = start_bale(
-        "archive",
-        f"docker://{ref}",
-        "--to",
-        f"s3://{bucket}/arch",
-        "--endpoint-url",
-        moto_server.endpoint_url,
+        *args,
         "--src-tls-verify=false",
         "--limit-rate",
         "2M",
         "--command-timeout",
         "6s",
-        "--report",
-        str(report),
-        "--junit",
-        str(junit),
         env=isolated_env(tmp_path, **MOTO_KEYS),
     )
     seen_open = False
@@ -174,20 +161,34 @@ def test_command_timeout_mid_transfer_aborts_uploads_and_writes_the_report(
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 124, err
     assert seen_open, "no multipart upload was under way when the time ran out"
+    assert "Traceback" not in err, err
+    return err
+
+
+def test_command_timeout_mid_transfer_aborts_uploads_and_writes_the_report(
+    big: str, moto_server: MotoServer, tmp_path: Path
+) -> None:
+    """A real slow transfer (`--limit-rate 2M`, a 20 MiB layer in 8 MiB parts) outlives
+    `--command-timeout 6s`: the run stops as on Ctrl-C, the multipart upload under way is
+    aborted, the report and JUnit say the image timed out, and the exit code is 124."""
+    bucket = moto_server.create_bucket()
+    view = S3View(moto_server, bucket, "arch")
+    report, junit = tmp_path / "r.json", tmp_path / "r.xml"
+    store = [f"s3://{bucket}/arch", "--endpoint-url", moto_server.endpoint_url]
+    reports = ["--report", str(report), "--junit", str(junit)]
+    err = timed_out_at_2m(view, tmp_path, "archive", f"docker://{big}", "--to", *store, *reports)
     assert view.uploads() == []
     stored = view.keys()
     check_no_dangling(stored)
     assert not any(k.endswith((".tar", ".json")) for k in stored)
-    message = "command timed out after 6 s (--command-timeout)"
     assert (
-        f"bale: error: {message}; 0 done, 1 interrupted, report written to {report} and {junit}"
+        f"bale: error: {TIMED_OUT}; 0 done, 1 interrupted, report written to {report} and {junit}"
         in err
     )
-    assert "Traceback" not in err, err
     data = json.loads(report.read_text())
-    assert [(i["status"], i["error"]) for i in data["images"]] == [("interrupted", message)]
+    assert [(i["status"], i["error"]) for i in data["images"]] == [("interrupted", TIMED_OUT)]
     errors = [c.find("error") for c in ET.parse(junit).getroot().iter("testcase")]
-    assert [e.get("message") if e is not None else None for e in errors] == [message]
+    assert [e.get("message") if e is not None else None for e in errors] == [TIMED_OUT]
 
 
 def test_command_timeout_mid_copy_to_a_tar_in_s3_leaves_nothing(
@@ -197,29 +198,9 @@ def test_command_timeout_mid_copy_to_a_tar_in_s3_leaves_nothing(
     timeout: no tar, whole or partial, and no open upload; one line, exit 124."""
     bucket = moto_server.create_bucket()
     view = S3View(moto_server, bucket, "tars")
-    proc = start_bale(
-        "copy",
-        f"docker://{big}",
-        f"oci-archive:s3://{bucket}/tars/app.tar",
-        "--endpoint-url",
-        moto_server.endpoint_url,
-        "--src-tls-verify=false",
-        "--limit-rate",
-        "2M",
-        "--command-timeout",
-        "6s",
-        env=isolated_env(tmp_path, **MOTO_KEYS),
-    )
-    seen_open = False
-    while proc.poll() is None:  # a bound of the test, not a speed: bale itself stops at 6 s
-        seen_open = seen_open or bool(view.uploads())
-        time.sleep(0.05)
-    _out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 124, err
-    assert seen_open, "no multipart upload was under way when the time ran out"
-    assert err.strip().splitlines()[-1] == (
-        "bale: error: command timed out after 6 s (--command-timeout)"
-    )
+    target = [f"oci-archive:s3://{bucket}/tars/app.tar", "--endpoint-url", moto_server.endpoint_url]
+    err = timed_out_at_2m(view, tmp_path, "copy", f"docker://{big}", *target)
+    assert err.strip().splitlines()[-1] == f"bale: error: {TIMED_OUT}"
     assert view.uploads() == [] and view.keys() == set()
 
 

@@ -134,11 +134,12 @@ def finish_run(
 
     from pipeline.transfer.cancel import RUN
 
-    summary(report)
-    if reports.report_path:
-        Path(reports.report_path).write_text(report.to_json(secrets=secrets))
-    if reports.junit_path:
-        Path(reports.junit_path).write_text(report.to_junit(secrets=secrets))
+    with RUN.awaited():
+        summary(report)
+        if reports.report_path:
+            Path(reports.report_path).write_text(report.to_json(secrets=secrets))
+        if reports.junit_path:
+            Path(reports.junit_path).write_text(report.to_junit(secrets=secrets))
     if not RUN.cancelled:
         sys.exit(report.exit_code())
     totals = report.totals()

@@ -75,8 +75,8 @@ class CancelToken:
     @contextlib.contextmanager
     def awaited(self) -> Iterator[None]:
         """The main thread waits here for work that itself stops on this token (the batch
-        loop): a timeout then only sets the token, and the loop writes its report, instead of
-        an exception cutting the wait short."""
+        loop), or writes what the run did: a timeout does not interrupt it, so the report is
+        written (`pipeline/deadline.py`)."""
         main = threading.current_thread() is threading.main_thread()
         self._awaiting += int(main)
         try:
