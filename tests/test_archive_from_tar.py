@@ -200,3 +200,29 @@ def test_multi_image_docker_archive_archives_each(
     _ok(run_bale("archive", f"docker-archive:{tar}:{other}", "--to", str(picked)))
     listing = json.loads(_ok(run_bale("ls", str(picked), "--json")).stdout)
     assert [r["source"] for r in listing] == [other]
+
+
+def test_archive_from_another_store(
+    pushed: BuiltImage, registry: RegistryServer, skopeo, unique_repo: str, tmp_path: Path
+) -> None:
+    """`--from STORE` (restore's and inspect's spelling) reads the images as archived there."""
+    ref = f"{registry.host}/fromtar/app:1.0"
+    first, second = tmp_path / "first", tmp_path / "second"
+    _ok(run_bale("archive", ref, "--to", str(first), "--src-tls-verify=false"))
+    since = registry.mark()
+    _ok(run_bale("archive", ref, "--from", str(first), "--to", str(second)))
+    assert registry.requests(since=since) == []  # read from the store, not the registry
+    missing = run_bale(
+        "archive", f"{registry.host}/fromtar/none:1", "--from", str(first), "--to", str(second)
+    )
+    assert missing.returncode == 1, show(missing)
+
+    record_key = f"images/{_store_repo(ref)}/1.0.json"
+    copied, original = _files(second), _files(first)
+    assert sorted(copied) == sorted(original)
+    assert all(copied[k] == original[k] for k in copied if k != record_key)
+    record = _record(second, _store_repo(ref), "1.0")
+    assert record["origin"] == first.as_uri()
+    dest = f"{registry.host}/{unique_repo}:again"
+    info = _restore_and_inspect(ref, str(second), registry, dest, skopeo, None)
+    assert info["Digest"] == pushed.digest

@@ -138,6 +138,7 @@ def archive_images(
     "bale archive registry.example.com/team/app:1.0 --platform linux/arm64 --to ./archive",
     "bale archive docker-archive:s3://drop/app.tar --to s3://my-archive/images",
     "bale archive oci-archive:app.tar --name registry.example.com/team/app:1.0 --to ./archive",
+    "bale archive registry.example.com/team/app:1.0 --from ./archive --to s3://my-archive/images",
 )
 @click.command("archive", cls=SkopeoCommand)
 @click.argument("images", nargs=-1)
@@ -147,20 +148,32 @@ def archive_images(
     metavar="REPO:TAG",
     help="The name to archive a tar's one image under (needed when the tar names none).",
 )
+@option(
+    "--from",
+    "from_store",
+    metavar="STORE",
+    help="Read IMAGE... as archived in this bale store, not from their registries.",
+)
 @archive_options
 @handles_errors
 def archive_command(
-    images: tuple[str, ...], from_file: str | None, name: str | None, flags: ArchiveFlags
+    images: tuple[str, ...],
+    from_file: str | None,
+    name: str | None,
+    from_store: str | None,
+    flags: ArchiveFlags,
 ) -> None:
     """Archive IMAGE... into STORE: blobs by digest, a per-image tar, a record.
 
     IMAGE is a registry reference, or docker-archive:LOC[:REF] / oci-archive:LOC[:REF] (LOC a
     path, s3:// or oss://): each image of the tar is archived under its RepoTags / ref.name.
+    With --from STORE, the registry references are read from that bale store instead.
     """
     from pipeline.batch.imagelist import read_image_list
     from pipeline.batch.run import RunPlan
+    from pipeline.cli.runtime import open_bucket
     from pipeline.errors import UsageError
-    from pipeline.ops.archive import NamedSource, tar_sources
+    from pipeline.ops.archive import NamedSource, bucket_sources, tar_sources
     from pipeline.refs import Reference
     from pipeline.transfer.retry import RetryPolicy
     from pipeline.transports import parse_transport
@@ -182,13 +195,23 @@ def archive_command(
             endpoint_url=flags.endpoint_url,
             retry=RetryPolicy(retries=flags.transfer.retries),
         )
+    stored: SourceFinder | None = None
+    if from_store is not None:
+        if from_store == flags.store_url:
+            raise UsageError("--from and --to name the same store")
+        retries = flags.transfer.retries
+        stored = bucket_sources(open_bucket(from_store, flags.endpoint_url, retries))
     refs += list(found)
     if not refs:
         raise UsageError("no images given (IMAGE... or --from-file)")
+
+    def sources(ref: Reference) -> NamedSource | None:
+        return found.get(ref) or (stored(ref) if stored is not None else None)
+
     archive_images(
         flags,
         lambda _session, registry: RunPlan(images=[(r, registry) for r in refs]),
-        sources=found.get,
+        sources=sources,
     )
 
 

@@ -134,6 +134,12 @@ def tar_sources(
     return sources
 
 
+def bucket_sources(bucket: ArchiveBucket) -> SourceFinder:
+    """Images read as they are archived in another store (what `restore` reads), each
+    record naming that store as its origin."""
+    return lambda ref: NamedSource(bucket.image(ref), bucket.url)
+
+
 class BucketWorker:
     """What `Archiver` and `dryrun.Planner` share, so a dry run decides as a real one would:
     one bucket and session, the per-image events and timing, which images are skipped, and
