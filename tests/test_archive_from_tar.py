@@ -129,6 +129,38 @@ def test_oci_archive_in_s3_into_an_s3_store(
     assert _ok(run_bale("verify", store, env=env)).returncode == 0
 
 
+def test_tar_in_oss_into_an_oss_store(
+    pushed: BuiltImage,
+    registry: RegistryServer,
+    oss_server,
+    unique_repo: str,
+    skopeo,
+    tmp_path: Path,
+) -> None:
+    """bale's own tar, written to OSS by `bale copy`, archived from there into OSS."""
+    from tests.bed.fixtures_store import OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET, OSS_REGION
+
+    bucket = oss_server.create_bucket()
+    env = isolated_env(
+        tmp_path,
+        OSS_ENDPOINT=oss_server.endpoint,
+        OSS_ACCESS_KEY_ID=OSS_ACCESS_KEY_ID,
+        OSS_ACCESS_KEY_SECRET=OSS_ACCESS_KEY_SECRET,
+        OSS_REGION=OSS_REGION,
+    )
+    ref = f"{registry.host}/fromtar/app:1.0"
+    tar = f"docker-archive:oss://{bucket}/drop/app.tar"
+    _ok(run_bale("copy", f"docker://{ref}", tar, "--src-tls-verify=false", env=env))
+    store = f"oss://{bucket}/archive"
+
+    _ok(run_bale("archive", tar, "--to", store, env=env))
+
+    listing = json.loads(_ok(run_bale("ls", store, "--json", env=env)).stdout)
+    assert [(r["source"], r["digest"], r["origin"]) for r in listing] == [(ref, pushed.digest, tar)]
+    dest = f"{registry.host}/{unique_repo}:oss"
+    assert _restore_and_inspect(ref, store, registry, dest, skopeo, env)["Digest"] == pushed.digest
+
+
 def test_a_tar_without_a_name_needs_one(
     pushed: BuiltImage, registry: RegistryServer, skopeo, unique_repo: str, tmp_path: Path
 ) -> None:
