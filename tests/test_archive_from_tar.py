@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.bed.cli import error_line, isolated_env, run_bale, show
+from tests.bed.fixtures_store import oss_cli_env
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
 from tests.bed.moto import MOTO_KEYS, MotoServer
 from tests.bed.registry import RegistryServer
@@ -138,16 +139,8 @@ def test_tar_in_oss_into_an_oss_store(
     tmp_path: Path,
 ) -> None:
     """bale's own tar, written to OSS by `bale copy`, archived from there into OSS."""
-    from tests.bed.fixtures_store import OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET, OSS_REGION
-
     bucket = oss_server.create_bucket()
-    env = isolated_env(
-        tmp_path,
-        OSS_ENDPOINT=oss_server.endpoint,
-        OSS_ACCESS_KEY_ID=OSS_ACCESS_KEY_ID,
-        OSS_ACCESS_KEY_SECRET=OSS_ACCESS_KEY_SECRET,
-        OSS_REGION=OSS_REGION,
-    )
+    env = oss_cli_env(tmp_path, oss_server)
     ref = f"{registry.host}/fromtar/app:1.0"
     tar = f"docker-archive:oss://{bucket}/drop/app.tar"
     _ok(run_bale("copy", f"docker://{ref}", tar, "--src-tls-verify=false", env=env))
