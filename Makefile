@@ -34,7 +34,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# Type errors fail the run before the suite starts (CI runs `make test`).
 test: deps venv
+	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-all: deps venv

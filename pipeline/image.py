@@ -31,7 +31,9 @@ class ImageSource(Protocol):
     """Where an image's manifests and blobs are read from."""
 
     @property
-    def reference(self) -> Reference: ...
+    def reference(self) -> Reference | None:
+        """The image's name; None for an image that has none (a tar entry without RepoTags)."""
+        ...
 
     def manifest(self, digest: str | None = None) -> RawManifest:
         """The top-level manifest (`digest=None`) or a child manifest by digest, exact bytes."""
@@ -134,7 +136,8 @@ class ResolvedImage:
     into a tar (one platform unless all were asked for). For a lone manifest both hold it.
     """
 
-    reference: Reference
+    reference: Reference | None
+    """The source's name for the image (None: it has none, as a tar entry may not)."""
     top: RawManifest
     images: tuple[PlatformImage, ...]
     selected: tuple[PlatformImage, ...]
@@ -162,8 +165,8 @@ class ResolvedImage:
         return [str(i.platform) for i in self.images if i.platform is not None]
 
 
-def _describe(ref: Reference) -> str:
-    return str(ref)
+def _describe(ref: Reference | None) -> str:
+    return str(ref) if ref is not None else "image"
 
 
 def select_platforms(index: ImageIndex, wanted: Platform | None, *, what: str) -> list[Descriptor]:

@@ -87,6 +87,9 @@ class ImageRecord:
     stored_platforms: tuple[str, ...] = ()
     """Platforms whose manifests and blobs are in the store's content-addressed area."""
     blobs: tuple[BlobEntry, ...] = field(default=())
+    origin: str | None = None
+    """What the image was read from when not the registry `source` names (a tar,
+    `docker-archive:/abs/x.tar`; another store); absent for a registry."""
 
     @property
     def blob_bytes(self) -> int:
@@ -112,6 +115,7 @@ class ImageRecord:
         stored_platforms: Iterable[str] | None = None,
         archived_at: datetime | None = None,
         version: str = __version__,
+        origin: str | None = None,
     ) -> ImageRecord:
         """The record of `ref` archived as `plan`; `stored` adds blobs outside the tar (other
         platforms' manifests and blobs kept in the store)."""
@@ -136,6 +140,7 @@ class ImageRecord:
             platforms=platforms,
             stored_platforms=tuple(stored_platforms) if stored_platforms is not None else platforms,
             blobs=tuple(blobs.values()),
+            origin=origin,
         )
 
     def to_json(self) -> bytes:
@@ -156,6 +161,8 @@ class ImageRecord:
             "version": self.version,
             "blobs": [b.to_json() for b in self.blobs],
         }
+        if self.origin is not None:
+            obj["origin"] = self.origin
         return json.dumps(obj, indent=2).encode() + b"\n"
 
     @classmethod
@@ -267,6 +274,9 @@ def _from_obj(obj: Any) -> ImageRecord:
     version = obj.get("version", "")
     if not isinstance(version, str):
         raise TypeError("version must be a string")
+    origin = obj.get("origin")
+    if origin is not None and (not isinstance(origin, str) or not origin):
+        raise TypeError("origin must be a non-empty string")
     blob_bytes = sum(b.size for b in blobs)
     if _int(sizes, "blobs") != blob_bytes:
         raise ValueError(
@@ -287,4 +297,5 @@ def _from_obj(obj: Any) -> ImageRecord:
         platforms=_platforms(obj, "platforms"),
         stored_platforms=_platforms(obj, "stored_platforms"),
         blobs=tuple(blobs),
+        origin=origin,
     )

@@ -618,14 +618,23 @@ class ArchiveImage:
     @property
     def reference(self) -> Reference | None:
         """The first name that parses as a full reference (a bare tag annotation does not)."""
+        refs = self.references
+        return refs[0] if refs else None
+
+    @property
+    def references(self) -> list[Reference]:
+        """Every name that parses as a full reference, each once (RepoTags and annotations
+        often repeat one name)."""
+        found: dict[str, Reference] = {}
         for name in self.entry.names:
             if "/" not in name and ":" not in name:
                 continue
             try:
-                return Reference.parse(name, default_tag=None)
+                ref = Reference.parse(name, default_tag=None)
             except InvalidReference:
                 continue
-        return None
+            found.setdefault(str(ref), ref)
+        return list(found.values())
 
     def manifest(self, digest: str | None = None) -> RawManifest:
         """The image's top manifest (`digest=None`), or a child of its index by digest."""

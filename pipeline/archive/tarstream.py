@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from pipeline.archive.tarplan import BlobSource, TarPlan, plan_image_tar
-from pipeline.errors import TransferError
+from pipeline.errors import TransferError, UsageError
 from pipeline.image import ResolvedImage
 from pipeline.oci import Descriptor
 from pipeline.refs import Reference
@@ -130,13 +130,15 @@ def plan_resolved(
     """The dual-format tar of a resolved image: the selected platform, or the whole index.
 
     `name` is what the tar calls the image (RepoTags, ref.name); default the source reference.
+    An image with neither cannot be named in a tar (bad input: the caller asks for a name).
     """
+    ref = name or resolved.reference
+    if ref is None:
+        raise UsageError("the image has no name to put in its tar: give one")
     if all_platforms:
         in_tar = [i.raw for i in resolved.images] + list(resolved.extra_manifests)
     elif resolved.is_index:
         in_tar = [resolved.selected[0].raw]
     else:
         in_tar = []
-    return plan_image_tar(
-        name or resolved.reference, resolved.top, in_tar, all_platforms=all_platforms
-    )
+    return plan_image_tar(ref, resolved.top, in_tar, all_platforms=all_platforms)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from pipeline.batch.plan import RunPlan
     from pipeline.copy.session import RegistryOptions, Session
     from pipeline.oci import Platform
+    from pipeline.ops.archive import SourceFinder
 
 PLATFORM_HELP = (
     "The one platform of an index to archive. Without it, an index is stored whole (every "
@@ -92,11 +93,13 @@ def archive_images(
     *,
     what: str = "",
     secrets: list[str] | None = None,
+    sources: SourceFinder | None = None,
 ) -> None:
     """Archive (or plan) the images `plan_for(session, registry)` names, then report and exit.
 
     The plan is made inside the session because a spec's expansion lists tags through it;
-    `secrets` are the caller's own (a spec's passwords), scrubbed with --src-creds' from reports.
+    `secrets` are the caller's own (a spec's passwords), scrubbed with --src-creds' from reports;
+    `sources` reads the images that do not come from their registry (a tar's).
     """
     from pipeline.batch.run import run_plan
     from pipeline.cli.runtime import open_bucket, open_display, open_session
@@ -123,7 +126,7 @@ def archive_images(
             display.on_run_start(len(plan.images) + len(plan.failures), what=what, dry_run=dry_run)
             for failure in plan.failures:
                 display.on_image_done(failure)
-            worker = (Planner if dry_run else Archiver)(bucket, session, display)
+            worker = (Planner if dry_run else Archiver)(bucket, session, display, sources=sources)
             report = run_plan(plan, worker, options, fail_fast=flags.fail_fast)
             display.on_run_done(report)
     finish_run(report, flags.reports, secrets, display.summary)
@@ -133,25 +136,83 @@ def archive_images(
     "bale archive docker.io/library/alpine:3.20 --to s3://my-archive/images",
     "bale archive --from-file images.txt --to oss://my-archive/images --jobs 8 --report r.json",
     "bale archive registry.example.com/team/app:1.0 --platform linux/arm64 --to ./archive",
+    "bale archive docker-archive:s3://drop/app.tar --to s3://my-archive/images",
+    "bale archive oci-archive:app.tar --name registry.example.com/team/app:1.0 --to ./archive",
+    "bale archive registry.example.com/team/app:1.0 --from ./archive --to s3://my-archive/images",
 )
 @click.command("archive", cls=SkopeoCommand)
 @click.argument("images", nargs=-1)
 @option("--from-file", metavar="LIST", help="Images one per line (# comments, - for stdin).")
+@option(
+    "--name",
+    metavar="REPO:TAG",
+    help="The name to archive a tar's one image under (needed when the tar names none).",
+)
+@option(
+    "--from",
+    "from_store",
+    metavar="STORE",
+    help="Read IMAGE... as archived in this bale store, not from their registries.",
+)
 @archive_options
 @handles_errors
-def archive_command(images: tuple[str, ...], from_file: str | None, flags: ArchiveFlags) -> None:
-    """Archive IMAGE... into STORE: blobs by digest, a per-image tar, a record."""
+def archive_command(
+    images: tuple[str, ...],
+    from_file: str | None,
+    name: str | None,
+    from_store: str | None,
+    flags: ArchiveFlags,
+) -> None:
+    """Archive IMAGE... into STORE: blobs by digest, a per-image tar, a record.
+
+    IMAGE is a registry reference, or docker-archive:LOC[:REF] / oci-archive:LOC[:REF] (LOC a
+    path, s3:// or oss://): each image of the tar is archived under its RepoTags / ref.name.
+    With --from STORE, the registry references are read from that bale store instead.
+    """
     from pipeline.batch.imagelist import read_image_list
     from pipeline.batch.plan import RunPlan
+    from pipeline.cli.runtime import open_bucket
     from pipeline.errors import UsageError
+    from pipeline.ops.archive import NamedSource, bucket_sources, tar_sources
     from pipeline.refs import Reference
+    from pipeline.transfer.retry import RetryPolicy
+    from pipeline.transports import parse_transport
+    from pipeline.transports.names import ArchiveTransport
 
-    refs = [Reference.parse(i) for i in images]
+    tars = [i for i in images if i.startswith(("docker-archive:", "oci-archive:"))]
+    refs = [Reference.parse(i) for i in images if i not in tars]
     if from_file:
         refs += read_image_list(from_file)
+    if name is not None and (len(tars) != 1 or refs):
+        raise UsageError("--name names the image of one docker-archive: or oci-archive: tar")
+    found: dict[Reference, NamedSource] = {}
+    for text in tars:  # read (headers only) before the store is opened: bad input writes nothing
+        transport = parse_transport(text)
+        assert isinstance(transport, ArchiveTransport)
+        found |= tar_sources(
+            transport,
+            Reference.parse(name) if name is not None else None,
+            endpoint_url=flags.endpoint_url,
+            retry=RetryPolicy(retries=flags.transfer.retries),
+        )
+    stored: SourceFinder | None = None
+    if from_store is not None:
+        if from_store == flags.store_url:
+            raise UsageError("--from and --to name the same store")
+        retries = flags.transfer.retries
+        stored = bucket_sources(open_bucket(from_store, flags.endpoint_url, retries))
+    refs += list(found)
     if not refs:
         raise UsageError("no images given (IMAGE... or --from-file)")
-    archive_images(flags, lambda _session, registry: RunPlan(images=[(r, registry) for r in refs]))
+
+    def sources(ref: Reference) -> NamedSource | None:
+        return found.get(ref) or (stored(ref) if stored is not None else None)
+
+    archive_images(
+        flags,
+        lambda _session, registry: RunPlan(images=[(r, registry) for r in refs]),
+        sources=sources,
+    )
 
 
 @examples(

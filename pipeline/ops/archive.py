@@ -15,9 +15,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from pipeline.archive import layout
@@ -29,14 +29,18 @@ from pipeline.copy.engine import CopyPlan, CopyStats, copy_image
 from pipeline.copy.events import image_events
 from pipeline.copy.result import ImageResult, Status
 from pipeline.copy.session import RegistryOptions, Session
-from pipeline.errors import BaleError
+from pipeline.errors import BaleError, UsageError
 from pipeline.image import ImageSource, ResolvedImage, resolve_image, select_platforms
 from pipeline.oci import ImageIndex, Platform, RawManifest
+from pipeline.ops.copy import archive_image, open_archive
 from pipeline.ops.readahead import ReadAhead
 from pipeline.refs import Reference
 from pipeline.registry.source import RegistrySource
+from pipeline.store.url import parse_location
 from pipeline.transfer.progress import TransferEvents
+from pipeline.transfer.retry import RetryPolicy
 from pipeline.transports.bucket import BucketDestination
+from pipeline.transports.names import ArchiveTransport
 
 log = logging.getLogger("bale.archive")
 
@@ -66,17 +70,102 @@ class _Counts:
                 setattr(self, name, getattr(self, name) + n)
 
 
+@dataclass(frozen=True)
+class NamedSource:
+    """An image to archive that is read from elsewhere than the registry its name says (an
+    image of a tar, an image archived in another store)."""
+
+    source: ImageSource
+    origin: str
+    """What it was read from, for the record (`docker-archive:/abs/x.tar`)."""
+
+
+SourceFinder = Callable[[Reference], NamedSource | None]
+"""The source of an image to archive, when that is not its registry (None: the registry)."""
+
+
+def tar_sources(
+    transport: ArchiveTransport,
+    name: Reference | None = None,
+    *,
+    endpoint_url: str | None = None,
+    retry: RetryPolicy | None = None,
+) -> dict[Reference, NamedSource]:
+    """The images of a tar to archive, by the names they are archived under.
+
+    Each image of the tar goes in under every full name it carries (RepoTags, the
+    `ref.name` / containerd annotations), or only the one `LOCATION:REF` picks; `name` (the
+    command's `--name`) names the one image of a tar instead. An image with no name, or
+    `name` with several images, is bad input: said here, before anything is written.
+    """
+    archive = open_archive(transport.location, endpoint_url=endpoint_url, retry=retry)
+    origin = transport.location
+    if not transport.is_stdio:
+        origin = str(parse_location(transport.location))  # in full: s3://…, /abs/path
+    origin = str(replace(transport, location=origin))
+    picked = transport.name
+    if picked is not None:
+        images = [archive_image(archive, picked)]
+    else:
+        images = [archive_image(archive, f"@{i}") for i in range(len(archive.entries))]
+    if name is not None:
+        if len(images) != 1:
+            raise UsageError(
+                f"{transport} holds {len(images)} images and --name names one: pick it as "
+                f"{transport.format}:LOCATION:REF or @N"
+            )
+        return {name: NamedSource(images[0], origin)}
+    sources: dict[Reference, NamedSource] = {}
+    for position, image in enumerate(images):
+        if picked is not None and ("/" in picked or ":" in picked) and picked[0] != "@":
+            refs = [Reference.parse(picked, default_tag=None)]
+        else:
+            refs = image.references
+        if not refs:
+            which = picked or f"@{position}"
+            raise UsageError(
+                f"the image {which} of {transport} has no name (no RepoTags or "
+                "org.opencontainers.image.ref.name): give one with --name REPO:TAG"
+            )
+        for ref in refs:
+            if ref.tag is None and ref.digest is None:
+                ref = ref.with_tag("latest")  # as a bare IMAGE argument means
+            sources.setdefault(ref, NamedSource(image, origin))
+    return sources
+
+
+def bucket_sources(bucket: ArchiveBucket) -> SourceFinder:
+    """Images read as they are archived in another store (what `restore` reads), each
+    record naming that store as its origin."""
+    return lambda ref: NamedSource(bucket.image(ref), bucket.url)
+
+
 class BucketWorker:
     """What `Archiver` and `dryrun.Planner` share, so a dry run decides as a real one would:
     one bucket and session, the per-image events and timing, which images are skipped, and
     which manifests are resolved."""
 
     def __init__(
-        self, bucket: ArchiveBucket, session: Session, events: TransferEvents | None = None
+        self,
+        bucket: ArchiveBucket,
+        session: Session,
+        events: TransferEvents | None = None,
+        *,
+        sources: SourceFinder | None = None,
     ) -> None:
         self.bucket = bucket
         self.session = session
         self.events = image_events(events)
+        self.sources = sources
+
+    def _open(
+        self, ref: Reference, registry: RegistryOptions | None
+    ) -> tuple[ImageSource, str | None]:
+        """Where `ref` is read from, and the origin its record names (None: its registry)."""
+        named = self.sources(ref) if self.sources is not None else None
+        if named is not None:
+            return named.source, named.origin
+        return RegistrySource(self.session.client(ref.registry, registry), ref), None
 
     def archive(
         self,
@@ -165,7 +254,8 @@ class BucketWorker:
 class _Ahead:
     """An image's manifests read before its turn (`Archiver.sizes_ahead`)."""
 
-    source: RegistrySource
+    source: ImageSource
+    origin: str | None
     resolved: ResolvedImage | None = None
     """None when it was already archived then."""
     reported: bool = False
@@ -176,9 +266,14 @@ class Archiver(BucketWorker):
     """Archives images into one bucket, sharing transfers of common blobs between images."""
 
     def __init__(
-        self, bucket: ArchiveBucket, session: Session, events: TransferEvents | None = None
+        self,
+        bucket: ArchiveBucket,
+        session: Session,
+        events: TransferEvents | None = None,
+        *,
+        sources: SourceFinder | None = None,
     ) -> None:
-        super().__init__(bucket, session, events)
+        super().__init__(bucket, session, events, sources=sources)
         self._ahead: ReadAhead[tuple[Reference, RegistryOptions | None], _Ahead] | None = None
 
     @contextmanager
@@ -194,10 +289,10 @@ class Archiver(BucketWorker):
 
         def prepare(image: tuple[Reference, RegistryOptions | None]) -> _Ahead:
             ref, registry = image
-            source = RegistrySource(self.session.client(ref.registry, registry), ref)
+            source, origin = self._open(ref, registry)
             if self._is_current(ref, self._stored_digest(ref, source.manifest(), opts), opts):
-                return _Ahead(source)
-            return _Ahead(source, self._resolve(source, opts))
+                return _Ahead(source, origin)
+            return _Ahead(source, origin, self._resolve(source, opts))
 
         def ready(name: str, ahead: _Ahead) -> None:
             if ahead.resolved is not None:
@@ -228,12 +323,12 @@ class Archiver(BucketWorker):
         try:
             ahead = self._take_ahead(ref, registry)
             if ahead is not None:
-                source = ahead.source
+                source, origin = ahead.source, ahead.origin
             else:
-                source = RegistrySource(self.session.client(ref.registry, registry), ref)
+                source, origin = self._open(ref, registry)
             top = source.manifest()
             digest = self._stored_digest(ref, top, options)
-            record = self._archive(source, digest, options, counts, ahead)
+            record = self._archive(ref, source, origin, digest, options, counts, ahead)
             status: Status = "archived" if record is not None else "skipped"
         except BaleError as exc:
             return ImageResult(
@@ -260,13 +355,15 @@ class Archiver(BucketWorker):
     # -- steps -----------------------------------------------------------------------------
     def _archive(
         self,
+        ref: Reference,
         source: ImageSource,
+        origin: str | None,
         digest: str,
         options: ArchiveOptions,
         counts: _Counts,
         ahead: _Ahead | None = None,
     ) -> ImageRecord | None:
-        ref = source.reference
+        """Archive `source` under `ref` (its own name, or the one a tar's image was given)."""
         if self._is_current(ref, digest, options):
             return None
         if ahead is not None and ahead.resolved is not None:
@@ -275,7 +372,7 @@ class Archiver(BucketWorker):
             resolved = self._resolve(source, options)
         if ahead is None or ahead.resolved is None or not ahead.reported:
             self.events.on_image_size(str(ref), sum(b.size for b in resolved.blobs()))
-        plan = plan_resolved(resolved, all_platforms=options.all_platforms)
+        plan = plan_resolved(resolved, all_platforms=options.all_platforms, name=ref)
         name = str(ref)
         record: list[ImageRecord] = []
         # The tar's parts go up while its blobs stream in; it becomes visible only at commit,
@@ -284,7 +381,7 @@ class Archiver(BucketWorker):
             self.bucket,
             ref,
             tar=plan,
-            record=lambda: record.append(self._write_record(resolved, plan)),
+            record=lambda: record.append(self._write_record(ref, resolved, plan, origin)),
             rewrite=True,
             events=self.events,
             name=name,
@@ -295,7 +392,7 @@ class Archiver(BucketWorker):
         def referrers(stats: CopyStats) -> None:
             if options.referrers:
                 self.events.on_image_phase(name, "checking signatures")
-                self._archive_referrers(source, subjects, counts)
+                self._archive_referrers(ref, source, subjects, counts)
 
         stats = copy_image(
             source,
@@ -315,25 +412,30 @@ class Archiver(BucketWorker):
             counts.add(uploaded=dest.written.sent, copied=dest.written.copied)
         return record[0]
 
-    def _archive_referrers(self, source: ImageSource, subjects: list[str], counts: _Counts) -> None:
+    def _archive_referrers(
+        self, ref: Reference, source: ImageSource, subjects: list[str], counts: _Counts
+    ) -> None:
         """Signatures and attestations of the manifests just stored, kept as manifests and
         tags of the same repository (see `ops/referrers.py`); before the record, so an image
         whose referrers failed is not marked archived."""
         from pipeline.ops.referrers import BucketRepo, sync_referrers
 
-        target = BucketRepo(self.bucket, source.reference)
+        target = BucketRepo(self.bucket, ref)
         stats = sync_referrers(source, subjects, target, self.session)
         counts.add(downloaded=stats.bytes_read, uploaded=stats.bytes_uploaded)
 
-    def _write_record(self, resolved: ResolvedImage, plan: TarPlan) -> ImageRecord:
+    def _write_record(
+        self, ref: Reference, resolved: ResolvedImage, plan: TarPlan, origin: str | None
+    ) -> ImageRecord:
         stored = [*resolved.blobs(), *(i.raw.descriptor() for i in resolved.images)]
         stored += [m.descriptor() for m in resolved.extra_manifests]
         record = ImageRecord.build(
-            resolved.reference,
+            ref,
             resolved.top,
             plan,
             stored=stored,
             stored_platforms=resolved.platforms,
+            origin=origin,
         )
         self.bucket.write_record(record)
         return record

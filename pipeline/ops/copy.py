@@ -102,12 +102,9 @@ def copy_to_archive(
     resolved = resolve_image(
         source, platform=platform, all_platforms=all_platforms, store_all=all_platforms
     )
-    tar = plan_resolved(
-        resolved, all_platforms=all_platforms, name=archive_name(dest, source.reference)
-    )
-    target = TarDestination(
-        source.reference, tar, store, key, retries=session.transfer.retry.retries
-    )
+    name = archive_name(dest, source.reference)
+    tar = plan_resolved(resolved, all_platforms=all_platforms, name=name)
+    target = TarDestination(name, tar, store, key, retries=session.transfer.retry.retries)
     copy_image(source, target, CopyPlan.of_resolved(resolved), session=session, events=events)
     assert tar.root is not None
     return CopyResult(tar.root.digest, tar.total_size, time.monotonic() - started, shown)

@@ -26,7 +26,6 @@ from pipeline.copy.session import RegistryOptions
 from pipeline.errors import BaleError
 from pipeline.ops.archive import ArchiveOptions, BucketWorker
 from pipeline.refs import Reference
-from pipeline.registry.source import RegistrySource
 from pipeline.store.base import CopyRange
 from pipeline.transports.bucket import BucketDestination
 from pipeline.transports.dryrun import DryRunDestination
@@ -47,7 +46,7 @@ class Planner(BucketWorker):
     def _plan(
         self, ref: Reference, registry: RegistryOptions | None, options: ArchiveOptions
     ) -> ImageResult:
-        source = RegistrySource(self.session.client(ref.registry, registry), ref)
+        source, _origin = self._open(ref, registry)
         top = source.manifest()
         digest = self._stored_digest(ref, top, options)
         if self._is_current(ref, digest, options):
@@ -61,7 +60,7 @@ class Planner(BucketWorker):
             report_size=False,
         )
         to_move, already = stats.bytes_uploaded, stats.bytes_skipped
-        plan = plan_resolved(resolved, all_platforms=options.all_platforms)
+        plan = plan_resolved(resolved, all_platforms=options.all_platforms, name=ref)
         pieces = to_compose_pieces(plan, layout.blob_key_for)
         copied = sum(p.size for p in pieces if isinstance(p, CopyRange))
         inline = sum(p.size for p in pieces if not isinstance(p, CopyRange))

@@ -281,8 +281,13 @@ class RecompressedSource:
         self._cached_bytes = 0
 
     @property
-    def reference(self) -> Reference:
+    def reference(self) -> Reference | None:
         return self.source.reference
+
+    @property
+    def _what(self) -> str:
+        """The image's repository in messages (a tar's unnamed image is "image")."""
+        return self.reference.name if self.reference is not None else "image"
 
     # -- ImageSource ----------------------------------------------------------------------
 
@@ -314,7 +319,7 @@ class RecompressedSource:
         if layer is None or layer.result is None:
             return self.source.open_blob(descriptor if layer is None else layer.original)
         cached = self._cache.get(descriptor.digest)
-        what = f"{self.reference.name}@{descriptor.digest} (zstd of {layer.original.digest})"
+        what = f"{self._what}@{descriptor.digest} (zstd of {layer.original.digest})"
         if cached is not None:
             return VerifyingReader(io.BytesIO(cached), descriptor.digest, len(cached), what=what)
         transcoder = ZstdTranscoder(
@@ -406,7 +411,7 @@ class RecompressedSource:
             peek.close()
         if diff_id is not None and result.diff_id != diff_id:
             raise DigestMismatch(
-                f"{self.reference.name}@{desc.digest}: uncompressed layer hashes to "
+                f"{self._what}@{desc.digest}: uncompressed layer hashes to "
                 f"{result.diff_id}, the config's diff_id is {diff_id}"
             )
         new = Descriptor(OCI_LAYER_ZSTD, result.digest, result.size, annotations=desc.annotations)

@@ -71,17 +71,22 @@ def parse_transport(text: str) -> Transport:
     )
 
 
-def archive_name(transport: ArchiveTransport, default: Reference) -> Reference:
+def archive_name(transport: ArchiveTransport, default: Reference | None) -> Reference:
     """The reference a tar names its image by: the transport's `:REF`, else the source's.
 
-    For oci-archive a bare tag (`:latest`) is allowed and applied to the source's name.
+    For oci-archive a bare tag (`:latest`) is allowed and applied to the source's name. A
+    source without a name (a tar entry without RepoTags) needs a full `:REF` (UsageError).
     """
-    if transport.name is None:
-        return default
-    if (
-        transport.format == "oci-archive"
+    bare_tag = (
+        transport.name is not None
+        and transport.format == "oci-archive"
         and "/" not in transport.name
         and ":" not in transport.name
-    ):
-        return default.with_tag(transport.name)
-    return Reference.parse(transport.name)
+    )
+    if transport.name is not None and not bare_tag:
+        return Reference.parse(transport.name)
+    if default is None:
+        raise UsageError(f"the image has no name: give one as {transport.format}:LOCATION:NAME")
+    if transport.name is None:
+        return default
+    return default.with_tag(transport.name)

@@ -35,6 +35,20 @@ OSS_ACCESS_KEY_ID = "bale-test-ak"
 OSS_ACCESS_KEY_SECRET = "bale-test-secret"
 OSS_REGION = "cn-test"
 
+
+def oss_cli_env(home_parent: Path, server: OssServer) -> dict[str, str]:
+    """An isolated environment in which the CLI reaches `server` with the bed's OSS keys."""
+    from tests.bed.cli import isolated_env
+
+    return isolated_env(
+        home_parent,
+        OSS_ENDPOINT=server.endpoint,
+        OSS_ACCESS_KEY_ID=OSS_ACCESS_KEY_ID,
+        OSS_ACCESS_KEY_SECRET=OSS_ACCESS_KEY_SECRET,
+        OSS_REGION=OSS_REGION,
+    )
+
+
 KINDS = ("local", "s3", "rgw", "oss", "live-s3", "live-oss")
 
 S3Server = MotoServer | RgwServer
