@@ -70,6 +70,9 @@ class Bed:
     moto: MotoServer
     archived: dict[str, str]
     """Repository -> an S3 store it was archived to, once per module, for `restore` to read."""
+    large: BuiltImage
+    """`engine/large:1`: a 12 MiB layer, over the 8 MiB part size, so that a write to S3 (the
+    blob, or the tar) is a multipart upload with a part in it when the corruption is found."""
 
     def archived_store(self, repo: str, env: dict[str, str]) -> str:
         if repo not in self.archived:
@@ -94,7 +97,11 @@ def bed(
         layers=(LayerSpec(20_000, seed=7301), LayerSpec(2 * MiB, "none", seed=7302))
     )
     image_factory.push(image, f"{registry.host}/engine/app:1", registry)
-    return Bed(image, registry, make_registry("none"), moto_server, {})
+    large = image_factory.image(
+        layers=(LayerSpec(20_000, seed=7303), LayerSpec(12 * MiB, "none", seed=7304))
+    )
+    image_factory.push(large, f"{registry.host}/engine/large:1", registry)
+    return Bed(image, registry, make_registry("none"), moto_server, {}, large)
 
 
 # ---- the destinations, read directly (not through bale) ---------------------------------------
@@ -144,6 +151,8 @@ class Dest:
     """Blob digests the destination holds (a tar is written whole: none are reused)."""
     uploads: Callable[[], list[str]] = list
     """Multipart uploads left open."""
+    begun: Callable[[], int] = int
+    """Multipart uploads begun, as the server logged them (0 where there are none)."""
 
 
 def _dest(command: str, bed: Bed, image: BuiltImage, src: str, repo: str, tmp_path: Path) -> Dest:
@@ -179,6 +188,11 @@ def _dest(command: str, bed: Bed, image: BuiltImage, src: str, repo: str, tmp_pa
     view = S3View(bed.moto, bucket, "arch")
     endpoint = ["--endpoint-url", bed.moto.endpoint_url]
     uploads = lambda: [key for key, _id, _parts in view.uploads()]  # noqa: E731
+
+    def begun() -> int:
+        initiated = re.compile(rf'"POST /{bucket}/\S*\?uploads ')
+        return len(initiated.findall(bed.moto.log_path.read_text(errors="replace")))
+
     if command == "copy-tar-s3":
         local = tmp_path / f"app{n}.tar"
 
@@ -195,6 +209,7 @@ def _dest(command: str, bed: Bed, image: BuiltImage, src: str, repo: str, tmp_pa
             lambda: sorted(view.keys()),
             set,
             uploads,
+            begun,
         )
     ref = Reference.parse(src.removeprefix("docker://"))
 
@@ -217,6 +232,7 @@ def _dest(command: str, bed: Bed, image: BuiltImage, src: str, repo: str, tmp_pa
         archived,
         lambda: blob_digests(view.keys()),
         uploads,
+        begun,
     )
 
 
@@ -379,13 +395,17 @@ def test_transient_fault_is_survived(
 def test_corrupt_blob_every_time_fails_with_nothing_visible(
     command: str, bed: Bed, tmp_path: Path
 ) -> None:
-    with _case(command, bed, tmp_path) as case:
-        case.proxy.add(Corrupt(method="GET", path=case.where(case.big), times=None))
+    with _case(command, bed, tmp_path, image=bed.large, repo="engine/large") as case:
+        # The byte flipped is past the first 8 MiB part: that part is sent before the digest
+        # check fails, and the upload it belongs to must be aborted.
+        case.proxy.add(Corrupt(method="GET", path=case.where(case.big), times=None, at=10 * MiB))
         proc = case.run()
         assert proc.returncode == 1, show(proc)
         assert f"expected {case.big}, got sha256:" in proc.stdout + proc.stderr, show(proc)
         assert case.dest.visible() == []
         assert case.dest.uploads() == []
+        if command in ("archive", "copy-tar-s3"):
+            assert case.dest.begun() >= 1  # there was an upload to abort
 
 
 # ---- kill -9 mid-blob, then the same command again ---------------------------------------------
