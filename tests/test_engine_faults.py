@@ -24,11 +24,13 @@ import json
 import re
 import subprocess
 import tarfile
+import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from email.utils import formatdate
 from pathlib import Path
 
 import pytest
@@ -342,8 +344,17 @@ TRANSIENT = [
         1.0,
     ),
     Transient(
-        "503-retry-after",
-        lambda p, _u: [Respond(method="GET", path=p, status=503, headers={"Retry-After": "1"})],
+        "503-retry-after-http-date",
+        # A date has whole seconds and bale takes a moment to start: 4 s ahead still leaves
+        # over 1 s to wait when the request arrives.
+        lambda p, _u: [
+            Respond(
+                method="GET",
+                path=p,
+                status=503,
+                headers={"Retry-After": formatdate(time.time() + 4, usegmt=True)},
+            )
+        ],
         r"after .*\b503\b",
         1.0,
     ),
