@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,15 @@ def home_env(home: Path, **extra: str) -> dict[str, str]:
     return isolated_env(home.parent, HOME=str(home), **extra)
 
 
+def _archive(
+    server: RegistryServer, to: str, cert_dir: str, home: Path
+) -> subprocess.CompletedProcess[str]:
+    """`bale archive` of the test image on `server` into `to`, trusting `--src-cert-dir`."""
+    return run_bale(
+        "archive", _image(server), "--to", to, "--src-cert-dir", cert_dir, env=home_env(home)
+    )
+
+
 def _image(server: RegistryServer) -> str:
     return f"docker://{server.host}/certs/app:1"
 
@@ -161,15 +171,7 @@ def test_archive_with_src_cert_dir_then_restore_with_dest_cert_dir(
     bed: Bed, tmp_path: Path
 ) -> None:
     home, store = tmp_path / "home", tmp_path / "store"
-    run = run_bale(
-        "archive",
-        _image(bed.tls),
-        "--to",
-        str(store),
-        "--src-cert-dir",
-        str(bed.ca_dir),
-        env=home_env(home),
-    )
+    run = _archive(bed.tls, str(store), str(bed.ca_dir), home)
     assert run.returncode == 0, run.stderr
     assert bed.image.digest in run.stdout + run.stderr
 
@@ -212,15 +214,7 @@ def test_trusted_through_containers_certs_d_and_explicit_dir_replaces_it(
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    replaced = run_bale(
-        "archive",
-        _image(bed.tls),
-        "--to",
-        str(tmp_path / "b"),
-        "--src-cert-dir",
-        str(empty),
-        env=home_env(home),
-    )
+    replaced = _archive(bed.tls, str(tmp_path / "b"), str(empty), home)
     assert replaced.returncode == 1
     assert f"certificates read from {empty}" in replaced.stderr
 
@@ -262,15 +256,7 @@ def test_client_certificate_required(bed: Bed, tmp_path: Path) -> None:
     assert out.stat().st_size > 200_000
 
     store = tmp_path / "store"
-    archived = run_bale(
-        "archive",
-        _image(bed.mtls),
-        "--to",
-        str(store),
-        "--src-cert-dir",
-        str(bed.client_dir),
-        env=home_env(home),
-    )
+    archived = _archive(bed.mtls, str(store), str(bed.client_dir), home)
     assert archived.returncode == 0, archived.stderr
     target = f"docker://{bed.mtls.host}/certs/mtls-restored:1"
     restored = run_bale(
@@ -290,15 +276,7 @@ def test_half_a_client_pair_is_bad_input(bed: Bed, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "client.cert").write_bytes((bed.client_dir / "client.cert").read_bytes())
-    run = run_bale(
-        "archive",
-        _image(bed.tls),
-        "--to",
-        str(tmp_path / "a"),
-        "--src-cert-dir",
-        str(broken),
-        env=home_env(tmp_path / "home"),
-    )
+    run = _archive(bed.tls, str(tmp_path / "a"), str(broken), tmp_path / "home")
     assert run.returncode == 2
     assert "client certificate without its key client.key" in run.stderr
     assert not (tmp_path / "a").exists()

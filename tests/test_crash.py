@@ -20,9 +20,7 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ import pytest
 
 from pipeline.archive import layout
 from pipeline.refs import Reference
-from tests.bed.cli import isolated_env, run_bale, show, start_bale
+from tests.bed.cli import isolated_env, kill_when, run_bale, show, start_bale
 from tests.bed.fixtures_store import S3Server
 from tests.bed.images import ImageFactory, LayerSpec
 from tests.bed.moto import MOTO_KEYS, MotoServer
@@ -84,26 +82,6 @@ def pair(registry: RegistryServer, image_factory: ImageFactory) -> Pair:
         b_big=b.layers[1].digest,
         blobs=frozenset(d.digest for d in (*a.blobs, *b.blobs)),
     )
-
-
-def kill_when(
-    proc: subprocess.Popen[str], ready: Callable[[], bool], timeout: float = 60.0
-) -> None:
-    """SIGKILL `proc` as soon as `ready()` holds (polled every 20 ms)."""
-    deadline = time.monotonic() + timeout
-    try:
-        while not ready():
-            if proc.poll() is not None:
-                _out, err = proc.communicate()
-                raise AssertionError(f"bale ended before the kill point: {proc.returncode}\n{err}")
-            if time.monotonic() > deadline:
-                raise AssertionError("the kill point never came")
-            time.sleep(0.02)
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
 
 
 ARCHIVE_SLOW = ("--jobs", "2", "--limit-rate", "12M")

@@ -11,6 +11,8 @@ back through its own `ImageSource` (registry, `BucketImage`, the tar reader):
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from pipeline.archive.tarread import ImageArchive, StoreSource
 from pipeline.archive.tarstream import plan_resolved
 from pipeline.copy.engine import CopyPlan, copy_image
 from pipeline.copy.session import RegistryOptions, Session, TransferOptions
-from pipeline.errors import DigestMismatch
+from pipeline.errors import BaleError, DigestMismatch
 from pipeline.image import ImageDestination, ImageSource, resolve_image
 from pipeline.oci import Descriptor
 from pipeline.refs import Reference
@@ -46,11 +48,17 @@ TRANSPORTS = [
     "registry",
     "bucket-local",
     "bucket-s3",
+    "bucket-rgw",
     "bucket-oss",
     "tar-local",
     "tar-s3",
+    "tar-rgw",
     "tar-oss",
+    "tar-stdout",
 ]
+SOURCES = [k for k in TRANSPORTS if k != "tar-stdout"]
+"""What each destination wrote is read back through that transport's `ImageSource`: the
+source-side contract runs on every one (the tar read from stdout's bytes is a local tar)."""
 NO_TLS = RegistryOptions(tls_verify=False)
 
 
@@ -131,7 +139,7 @@ def _end(
         return End(RegistryDestination(client, ref), lambda: RegistrySource(client, ref))
     transport, _, store_kind = kind.partition("-")
     make: Callable[..., StoreBed] = request.getfixturevalue("store_bed")
-    store = make(store_kind).store
+    store = make("local" if store_kind == "stdout" else store_kind).store
     resolved = resolve_image(source)
     ref = source.reference
     tar = plan_resolved(resolved, all_platforms=False)
@@ -139,8 +147,21 @@ def _end(
         bucket = ArchiveBucket(store)
         dest = BucketDestination(bucket, ref, tar=tar, rewrite=True)
         return End(dest, lambda: BucketImage(bucket, ref))
-    dest_tar = TarDestination(ref, tar, store, "out/image.tar", retries=2)
-    return End(dest_tar, lambda: ImageArchive(StoreSource(store, "out/image.tar")).image(None))
+    key = "out/image.tar"
+
+    def read_tar() -> ImageSource:
+        return ImageArchive(StoreSource(store, key)).image(None)
+
+    if store_kind == "stdout":
+        # docker-archive:- and oci-archive:- write the same dual-format tar to stdout.
+        captured: pytest.CaptureFixture[bytes] = request.getfixturevalue("capsysbinary")
+
+        def from_stdout() -> ImageSource:
+            store.put(key, captured.readouterr().out)
+            return read_tar()
+
+        return End(TarDestination(ref, tar, None, None), from_stdout)
+    return End(TarDestination(ref, tar, store, key, retries=2), read_tar)
 
 
 def _copy(source: ImageSource, end: End, session: Session) -> str:
@@ -158,58 +179,109 @@ def _largest(image: BuiltImage) -> str:
     return max(image.layers, key=lambda d: d.size).digest
 
 
-@pytest.mark.parametrize("kind", TRANSPORTS)
-def test_copy_reads_back_whole(
-    kind: str,
+@dataclass
+class Contract:
+    image: BuiltImage
+    source: ImageSource
+    end: End
+
+
+@pytest.fixture
+def contract(
     pushed: tuple[BuiltImage, Reference],
     session: Session,
     request: pytest.FixtureRequest,
     tmp_path: Path,
+) -> Callable[[str, int | None], Contract]:
+    """`contract(kind, corrupt)`: the pushed image's source (its largest blob corrupted
+    `corrupt` times, None: always) and a fresh destination of `kind`."""
+
+    def make(kind: str, corrupt: int | None = 0) -> Contract:
+        image, _ = pushed
+        source: ImageSource = _source(pushed, session)
+        if corrupt != 0:
+            source = Corrupting(_source(pushed, session), _largest(image), times=corrupt)
+        return Contract(image, source, _end(kind, session, source, request, tmp_path))
+
+    return make
+
+
+def _read_whole(source: ImageSource, desc: Descriptor) -> bytes:
+    stream = source.open_blob(desc)
+    chunks = []
+    while chunk := stream.read(1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+def test_copy_reads_back_whole(
+    kind: str, contract: Callable[..., Contract], session: Session
 ) -> None:
-    image, _ = pushed
-    source = _source(pushed, session)
-    end = _end(kind, session, source, request, tmp_path)
-    assert _copy(source, end, session) == image.digest
-    back = end.read_back()
-    assert back.manifest().digest == image.digest
+    c = contract(kind)
+    assert _copy(c.source, c.end, session) == c.image.digest
+    back = c.end.read_back()
+    assert back.manifest().digest == c.image.digest
     for desc in resolve_image(back).blobs():
-        with_stream = back.open_blob(desc)
-        while with_stream.read(1 << 16):
-            pass
+        assert "sha256:" + hashlib.sha256(_read_whole(back, desc)).hexdigest() == desc.digest
 
 
 @pytest.mark.parametrize("kind", TRANSPORTS)
 def test_a_blob_corrupted_once_is_fetched_again(
-    kind: str,
-    pushed: tuple[BuiltImage, Reference],
-    session: Session,
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
+    kind: str, contract: Callable[..., Contract], session: Session
 ) -> None:
-    image, _ = pushed
-    source = Corrupting(_source(pushed, session), _largest(image), times=1)
-    end = _end(kind, session, source, request, tmp_path)
-    assert _copy(source, end, session) == image.digest
-    assert source.left == 0
-    assert end.read_back().manifest().digest == image.digest
+    c = contract(kind, 1)
+    assert isinstance(c.source, Corrupting)
+    if kind == "tar-stdout":  # bytes already written cannot be taken back: the one exception
+        with pytest.raises(DigestMismatch):
+            _copy(c.source, c.end, session)
+        return
+    assert _copy(c.source, c.end, session) == c.image.digest
+    assert c.source.left == 0
+    assert c.end.read_back().manifest().digest == c.image.digest
 
 
 @pytest.mark.parametrize("kind", TRANSPORTS)
 def test_a_blob_always_corrupted_fails_and_leaves_no_image(
-    kind: str,
-    pushed: tuple[BuiltImage, Reference],
-    session: Session,
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
+    kind: str, contract: Callable[..., Contract], session: Session
 ) -> None:
-    image, _ = pushed
-    source = Corrupting(_source(pushed, session), _largest(image), times=None)
-    end = _end(kind, session, source, request, tmp_path)
+    c = contract(kind, None)
     with pytest.raises(DigestMismatch):
-        _copy(source, end, session)
+        _copy(c.source, c.end, session)
     with pytest.raises(Exception):  # noqa: B017 - each transport says "missing" its own way
-        end.read_back().manifest()
-    if isinstance(end.dest, BucketDestination):
-        store = end.dest.bucket.store
-        assert store.head(layout.tar_key_for(source.reference)) is None
-        assert store.head(layout.blob_key(_largest(image))) is None
+        c.end.read_back().manifest()
+    if isinstance(c.end.dest, BucketDestination):
+        store = c.end.dest.bucket.store
+        assert store.head(layout.tar_key_for(c.source.reference)) is None
+        assert store.head(layout.blob_key(_largest(c.image))) is None
+
+
+# ---- the source side: every transport's ImageSource ---------------------------------------
+
+
+@pytest.mark.parametrize("kind", SOURCES)
+def test_source_serves_the_image_verified(
+    kind: str, contract: Callable[..., Contract], session: Session
+) -> None:
+    """Manifest, config and every layer come out of the source whole; a descriptor the bytes
+    do not match (another blob's size) fails verification, and a blob the source does not hold
+    fails: both as a `BaleError` (an exit code and one line), never bytes passed on or a stray
+    SDK error."""
+    c = contract(kind)
+    _copy(c.source, c.end, session)
+    source = c.end.read_back() if kind != "registry" else c.source
+    top = source.manifest()
+    assert top.digest == c.image.digest
+    resolved = resolve_image(source)
+    blobs = resolved.blobs()
+    assert {d.digest for d in blobs} == {d.digest for d in c.image.blobs}
+    for desc in blobs:
+        assert "sha256:" + hashlib.sha256(_read_whole(source, desc)).hexdigest() == desc.digest
+    big = max(blobs, key=lambda d: d.size)
+    small = min(blobs, key=lambda d: d.size)
+    with pytest.raises(BaleError):
+        _read_whole(source, dataclasses.replace(small, digest=big.digest))
+    missing = dataclasses.replace(small, digest="sha256:" + "0" * 64)
+    with pytest.raises(BaleError) as raised:
+        _read_whole(source, missing)
+    assert "0" * 12 in str(raised.value) or "not found" in str(raised.value).lower()

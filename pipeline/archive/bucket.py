@@ -17,6 +17,8 @@ from pipeline.image import MemoisedTopSource
 from pipeline.oci import Descriptor, RawManifest, verify_digest
 from pipeline.refs import Reference
 from pipeline.store.base import Composition, ObjectStore, Piece, Readable, WriteResult
+from pipeline.store.resume import ResumingRead
+from pipeline.transfer.retry import RetryPolicy
 from pipeline.transfer.digest_stream import VerifyingReader
 
 _LINK_WRITERS = 8
@@ -52,10 +54,16 @@ class ArchiveBucket:
         return data
 
     def open_blob(self, descriptor: Descriptor) -> Readable:
-        stream = self.store.open(layout.blob_key(descriptor.digest))
-        return VerifyingReader(
-            stream, descriptor.digest, descriptor.size, what=f"{self.url} blob {descriptor.digest}"
+        """A verified stream of a blob that resumes where a broken GET stopped (a reset or
+        truncated body costs what was not yet read, not the image)."""
+        key = layout.blob_key(descriptor.digest)
+        what = f"{self.url} blob {descriptor.digest}"
+        policy = getattr(self.store, "retry", None)  # remote stores carry theirs
+        retries = (policy if isinstance(policy, RetryPolicy) else RetryPolicy()).retries
+        stream = ResumingRead(
+            lambda at: self.store.open(key, start=at), descriptor.size, retries=retries, what=what
         )
+        return VerifyingReader(stream, descriptor.digest, descriptor.size, what=what)
 
     def read_manifest(self, digest: str) -> RawManifest:
         data = self.store.read(layout.blob_key(digest))

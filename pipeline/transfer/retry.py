@@ -18,7 +18,7 @@ import random
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -118,10 +118,23 @@ class RetryPolicy:
     def wait_for(self, attempt: int, exc: BaseException | None) -> float:
         """The backoff, stretched to a `Retry-After` the server asked for (capped)."""
         wait = self.backoff(attempt)
-        retry_after = exc.retry_after if isinstance(exc, Retryable) else None
+        retry_after = exc.retry_after if isinstance(exc, Retryable) else _asked_wait(exc)
         if retry_after is not None:
             wait = max(wait, min(float(retry_after), self.max_retry_after))
         return wait
+
+
+def _asked_wait(exc: BaseException | None) -> float | None:
+    """The `Retry-After` of a store SDK's error response (botocore keeps the headers in
+    `response`, oss2 in `headers`): a throttled store asks for a wait as a registry does."""
+    response = getattr(exc, "response", None)
+    headers = getattr(exc, "headers", None)
+    if isinstance(response, dict):
+        headers = response.get("ResponseMetadata", {}).get("HTTPHeaders")
+    if not isinstance(headers, Mapping):
+        return None
+    value = next((v for k, v in headers.items() if str(k).lower() == "retry-after"), None)
+    return parse_retry_after(value if isinstance(value, str) else None)
 
 
 def _unwrap(exc: BaseException) -> BaseException:

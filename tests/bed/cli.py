@@ -24,6 +24,8 @@ API:
   `check=True` raises AssertionError (with `show`) on a non-zero exit.
 - `start_bale(*args, env, **popen_kwargs) -> Popen[str]`: the same command left running, stdout
   and stderr piped as text (for kill and signal tests).
+- `kill_when(proc, ready, timeout=60) -> None`: SIGKILL a started run as soon as `ready()`
+  holds (polled every 20 ms), and check that the kill is what ended it (crash tests).
 - `bale_argv(*args) -> list[str]`: the command line itself, for the rare run that needs its own
   `subprocess` call (tests/bed/terminal.py, the pty runs, uses it).
 - `show(proc) -> str`: what a failed assertion prints about a run.
@@ -33,9 +35,12 @@ API:
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -120,6 +125,26 @@ def start_bale(*args: str, env: dict[str, str], **popen_kwargs: Any) -> subproce
     popen_kwargs.setdefault("stdout", subprocess.PIPE)
     popen_kwargs.setdefault("stderr", subprocess.PIPE)
     return subprocess.Popen(bale_argv(*args), text=True, env=env, **popen_kwargs)
+
+
+def kill_when(
+    proc: subprocess.Popen[str], ready: Callable[[], bool], timeout: float = 60.0
+) -> None:
+    """SIGKILL `proc` as soon as `ready()` holds (polled every 20 ms)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                _out, err = proc.communicate()
+                raise AssertionError(f"bale ended before the kill point: {proc.returncode}\n{err}")
+            if time.monotonic() > deadline:
+                raise AssertionError("the kill point never came")
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
 
 
 def show(proc: subprocess.CompletedProcess[Any]) -> str:
