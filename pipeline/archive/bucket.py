@@ -18,8 +18,8 @@ from pipeline.oci import Descriptor, RawManifest, verify_digest
 from pipeline.refs import Reference
 from pipeline.store.base import Composition, ObjectStore, Piece, Readable, WriteResult
 from pipeline.store.resume import ResumingRead
-from pipeline.transfer.retry import RetryPolicy
 from pipeline.transfer.digest_stream import VerifyingReader
+from pipeline.transfer.retry import RetryPolicy
 
 _LINK_WRITERS = 8
 
