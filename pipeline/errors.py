@@ -120,7 +120,12 @@ class ObjectRetained(StoreError):
     legal hold, OSS WORM). gc and prune report it ("retained until X") and go on."""
 
     def __init__(
-        self, message: str, *, key: str = "", until: datetime | None = None, legal_hold: bool = False
+        self,
+        message: str,
+        *,
+        key: str = "",
+        until: datetime | None = None,
+        legal_hold: bool = False,
     ) -> None:
         super().__init__(message)
         self.key = key

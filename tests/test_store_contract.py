@@ -523,7 +523,7 @@ def test_delete(any_store_bed: StoreBed) -> None:
     store.put("d/e/f", b"1")
     store.put("d/g", b"2")
     if any_store_bed.variant in RETAINED:
-        with pytest.raises(ObjectRetained, match="d/e/f.*retained until") as refused:
+        with pytest.raises(ObjectRetained, match=r"d/e/f.*retained until") as refused:
             store.delete("d/e/f")
         assert refused.value.key == "d/e/f" and refused.value.until is not None
         assert store.read("d/e/f") == b"1"

@@ -372,8 +372,10 @@ class RemoteStore(ABC):
         retention = info.retention if info is not None else None
         until = retention.until if retention is not None else None
         hold = retention is not None and retention.legal_hold
-        why = "under a legal hold" if hold else (
-            f"retained until {until.isoformat()}" if until is not None else "retained"
+        why = (
+            "under a legal hold"
+            if hold
+            else (f"retained until {until.isoformat()}" if until is not None else "retained")
         )
         return ObjectRetained(
             f"{self._where(name)}: {why} ({self._protection_said()})",

@@ -517,8 +517,7 @@ class S3Store(RemoteStore):
                 raise
             if _code(exc) != "ObjectLockConfigurationNotFoundError":
                 log.info(
-                    "%s: could not ask the bucket's Object Lock configuration (%s); taken as "
-                    "none",
+                    "%s: could not ask the bucket's Object Lock configuration (%s); taken as none",
                     self.url,
                     _code(exc) or _status(exc),
                 )
@@ -667,7 +666,7 @@ class S3Store(RemoteStore):
                 for p in parts
             ]
         }
-        return self._write(
+        written = self._write(
             self.client.complete_multipart_upload,
             if_absent=if_absent,
             honoured=not if_absent or self._traits().conditional_complete,
@@ -678,6 +677,31 @@ class S3Store(RemoteStore):
             # AWS wants an SSE-C upload's key again where the parts carry checksums.
             **(self._key() if self._integrity() == "sha256" else {}),
         )
+        if written and self.lock.any:
+            self._keep_lock(name)
+        return written
+
+    def _keep_lock(self, name: str) -> None:
+        """Make sure an object completed from a multipart upload carries the lock asked at its
+        creation: Ceph RGW 16 and moto_server drop it (AWS keeps it), so what the HEAD does not
+        show is set with PutObjectRetention / PutObjectLegalHold on that version."""
+        r = self._head(name)
+        if r is None:
+            return
+        held = _retention_of(r)
+        version = {"VersionId": r["VersionId"]} if r.get("VersionId") else {}
+        lock = self.lock
+        if lock.mode is not None and (held is None or held.until is None):
+            self.client.put_object_retention(
+                Bucket=self.bucket,
+                Key=name,
+                Retention={"Mode": lock.mode, "RetainUntilDate": lock.until},
+                **version,
+            )
+        if lock.legal_hold and (held is None or not held.legal_hold):
+            self.client.put_object_legal_hold(
+                Bucket=self.bucket, Key=name, LegalHold={"Status": "ON"}, **version
+            )
 
     def _no_such_upload(self, exc: BaseException) -> bool:
         return isinstance(exc, ClientError) and _code(exc) in _UPLOAD_GONE_CODES

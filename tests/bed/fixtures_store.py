@@ -166,8 +166,20 @@ def _variant_tuning(kind: str, variant: str, tuning: dict[str, Any]) -> None:
 
 
 def empty_locked_bucket(client: Any, bucket: str) -> None:
-    """Every version and delete marker removed, bypassing GOVERNANCE retention."""
+    """Every version and delete marker removed, bypassing GOVERNANCE retention and lifting
+    legal holds."""
     r = client.list_object_versions(Bucket=bucket)
+    for v in r.get("Versions", []):
+        try:
+            hold = client.get_object_legal_hold(
+                Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"]
+            )
+        except client.exceptions.ClientError:  # RGW: no legal hold is an error answer
+            continue
+        if hold.get("LegalHold", {}).get("Status") == "ON":
+            client.put_object_legal_hold(
+                Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"], LegalHold={"Status": "OFF"}
+            )
     for v in r.get("Versions", []) + r.get("DeleteMarkers", []):
         client.delete_object(
             Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"], BypassGovernanceRetention=True
