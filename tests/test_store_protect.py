@@ -252,7 +252,11 @@ def test_s3_sse_c_key_on_every_request_that_touches_bytes(
 def test_s3_protection_asked_once(
     s3_behind: Callable[..., S3Store], moto_server: MotoServer, moto_proxy: FaultProxy
 ) -> None:
-    assert s3_behind().protection() == UNPROTECTED
+    plain = s3_behind()
+    with pytest.raises(UsageError, match="has no Object Lock") as refused:
+        plain.with_lock(Lock(legal_hold=True))
+    assert refused.value.exit_code == 2
+    assert plain.protection() == UNPROTECTED
     locked = s3_behind(object_lock=True)
     assert locked.protection() == Protection("object-lock")
     moto_server.client().put_object_lock_configuration(

@@ -22,11 +22,13 @@ import base64
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pipeline.errors import UsageError
 
 Mode = Literal["none", "AES256", "aws:kms", "KMS", "SSE-C"]
+
+MODES: tuple[Mode, ...] = ("AES256", "aws:kms", "KMS", "SSE-C")
 
 SSE_C_KEY_BYTES = 32
 """AES-256: S3 takes exactly 256 bits."""
@@ -84,7 +86,7 @@ class Encryption:
             return {}
         if self.customer:
             return {"sse": "SSE-C", "sse_c_key_md5": self.key_md5}
-        shown = {"sse": self.mode}
+        shown: dict[str, str] = {"sse": self.mode}
         if self.kms_key_id:
             shown["kms_key_id"] = self.kms_key_id
         return shown
@@ -111,18 +113,18 @@ class Encryption:
 
     # -- S3 (boto3 arguments) --------------------------------------------------------------
 
-    def s3_write_args(self) -> dict[str, str | bytes]:
+    def s3_write_args(self) -> dict[str, Any]:
         """For PutObject and CreateMultipartUpload."""
         if self.customer:
             return self.s3_key_args()
         if self.mode in ("AES256", "aws:kms"):
-            args: dict[str, str | bytes] = {"ServerSideEncryption": self.mode}
+            args: dict[str, Any] = {"ServerSideEncryption": self.mode}
             if self.kms_key_id:
                 args["SSEKMSKeyId"] = self.kms_key_id
             return args
         return {}
 
-    def s3_key_args(self) -> dict[str, str | bytes]:
+    def s3_key_args(self) -> dict[str, Any]:
         """SSE-C's key for every request on an object's bytes (GET, HEAD, UploadPart, the
         target of UploadPartCopy); nothing for the other modes."""
         if not self.customer:
@@ -134,7 +136,7 @@ class Encryption:
             "SSECustomerKeyMD5": self.key_md5,
         }
 
-    def s3_copy_source_args(self) -> dict[str, str | bytes]:
+    def s3_copy_source_args(self) -> dict[str, Any]:
         """The source's key on UploadPartCopy: sources are this store's own objects."""
         if not self.customer:
             return {}
@@ -150,7 +152,7 @@ class Encryption:
         """For PutObject and InitiateMultipartUpload."""
         if self.mode not in ("AES256", "KMS"):
             return {}
-        headers = {"x-oss-server-side-encryption": self.mode}
+        headers: dict[str, str] = {"x-oss-server-side-encryption": self.mode}
         if self.mode == "KMS" and self.kms_key_id:
             headers["x-oss-server-side-encryption-key-id"] = self.kms_key_id
         return headers
@@ -201,7 +203,7 @@ def encryption(
         if kms_key_id:
             raise UsageError("a KMS key id needs --sse aws:kms (S3) or KMS (OSS)")
         return NONE
-    names = {m.lower(): m for m in ("AES256", "aws:kms", "KMS", "SSE-C")}
+    names: dict[str, Mode] = {m.lower(): m for m in MODES}
     mode = names.get(sse.lower())
     if mode is None:
         raise UsageError(f"unknown encryption {sse!r}: use AES256, aws:kms (S3) or KMS (OSS)")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from pipeline.errors import UsageError
 
@@ -127,9 +127,9 @@ class Lock:
     def any(self) -> bool:
         return self.mode is not None or self.legal_hold
 
-    def s3_args(self) -> dict[str, object]:
+    def s3_args(self) -> dict[str, Any]:
         """The boto3 arguments of PutObject and CreateMultipartUpload."""
-        args: dict[str, object] = {}
+        args: dict[str, Any] = {}
         if self.mode is not None and self.until is not None:
             args["ObjectLockMode"] = self.mode
             args["ObjectLockRetainUntilDate"] = self.until

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 from pipeline.errors import (
     ObjectFrozen,
@@ -351,7 +351,7 @@ class RemoteStore(ABC):
         """The bucket's protection if it was asked already (no request)."""
         return self._bucket_state.get("protection")
 
-    def with_lock(self, lock: Lock) -> RemoteStore:
+    def with_lock(self, lock: Lock) -> Self:
         """A view of this store writing every new object with `lock`."""
         self._check_lock(lock)
         view = copy.copy(self)

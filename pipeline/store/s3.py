@@ -33,7 +33,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from pipeline.errors import StoreError, TransferError, WrongEncryptionKey
+from pipeline.errors import StoreError, TransferError, UsageError, WrongEncryptionKey
 from pipeline.store.base import MultipartUpload, ObjectInfo
 from pipeline.store.classes import S3_ARCHIVE, parse_restore
 from pipeline.store.encryption import NONE, Encryption
@@ -506,8 +506,13 @@ class S3Store(RemoteStore):
         raise StoreError(f"{self._where(name)}: over {_VERSIONS_DELETED} versions to delete")
 
     def _check_lock(self, lock: Lock) -> None:
-        """Any lock: a bucket without Object Lock refuses it at the first write (400
-        InvalidRequest), which `protection()` lets a caller see before."""
+        """A lock on a bucket without Object Lock would be refused at every write (400
+        InvalidRequest): refused here instead, once, asking the bucket (`protection()`)."""
+        if lock.any and self.protection().kind != "object-lock":
+            raise UsageError(
+                f"{self.url}: the bucket has no Object Lock (it is enabled when a bucket is "
+                "created): retention and legal hold cannot be kept there"
+            )
 
     def _get_protection(self) -> Protection:
         try:

@@ -161,8 +161,8 @@ def _variant_tuning(kind: str, variant: str, tuning: dict[str, Any]) -> None:
     if variant == "sse-c":
         tuning.setdefault("encryption", Encryption("SSE-C", customer_key=os.urandom(32)))
     elif variant == "kms":
-        mode = "KMS" if kind == "oss" else "aws:kms"
-        tuning.setdefault("encryption", Encryption(mode, kms_key_id="bale-test-key"))
+        kms = Encryption("KMS" if kind == "oss" else "aws:kms", kms_key_id="bale-test-key")
+        tuning.setdefault("encryption", kms)
 
 
 def empty_locked_bucket(client: Any, bucket: str) -> None:
