@@ -155,33 +155,40 @@ def moto_proxy(moto_server: MotoServer) -> Iterator[FaultProxy]:
         proxy.stop()
 
 
-@pytest.fixture
-def s3_behind(moto_server: MotoServer, moto_proxy: FaultProxy) -> Iterator[Callable[..., S3Store]]:
-    """`s3_behind(object_lock=False, **options)`: a store on a fresh moto bucket, through the
-    proxy. Stores send the signed payload hash (moto's probed choice) without probing: the
-    probe's scratch writes are not what these tests look at."""
+def s3_stores(
+    server: MotoServer | RgwServer, endpoint: str, **defaults: Any
+) -> Iterator[Callable[..., S3Store]]:
+    """`make(bucket=None, *, object_lock=False, **options)`: stores on fresh buckets of `server`
+    (or on `bucket`), talking to `endpoint`; locked buckets emptied afterwards."""
     made: list[tuple[str, bool]] = []
 
-    def make(*, object_lock: bool = False, **options: Any) -> S3Store:
-        bucket = moto_server.create_bucket(object_lock=object_lock)
-        made.append((bucket, object_lock))
-        options.setdefault("checksums", "signature")
+    def make(bucket: str | None = None, *, object_lock: bool = False, **options: Any) -> S3Store:
+        if bucket is None:
+            bucket = server.create_bucket(object_lock=object_lock)
+            made.append((bucket, object_lock))
         return S3Store(
             bucket,
             "pfx",
-            endpoint_url=moto_proxy.url,
-            access_key=moto_server.access_key,
-            secret_key=moto_server.secret_key,
+            endpoint_url=endpoint,
+            access_key=server.access_key,
+            secret_key=server.secret_key,
             part_size=5 * MiB,
             retry=fast_retry(),
-            **options,
+            **(defaults | options),
         )
 
     yield make
-    client = moto_server.client()
+    client = server.client()
     for bucket, locked in made:
         if locked:
             empty_locked_bucket(client, bucket)
+
+
+@pytest.fixture
+def s3_behind(moto_server: MotoServer, moto_proxy: FaultProxy) -> Iterator[Callable[..., S3Store]]:
+    """Stores on moto through the proxy. They send the signed payload hash (moto's probed
+    choice) without probing: the probe's scratch writes are not what these tests look at."""
+    yield from s3_stores(moto_server, moto_proxy.url, checksums="signature")
 
 
 def compose_a_tar(store: Any) -> bytes:
@@ -453,28 +460,7 @@ def test_oss_worm_refuses_overwrite_and_delete(
 
 @pytest.fixture
 def rgw_store(rgw_server: RgwServer) -> Iterator[Callable[..., S3Store]]:
-    made: list[tuple[str, bool]] = []
-
-    def make(bucket: str | None = None, *, object_lock: bool = False, **options: Any) -> S3Store:
-        if bucket is None:
-            bucket = rgw_server.create_bucket(object_lock=object_lock)
-            made.append((bucket, object_lock))
-        return S3Store(
-            bucket,
-            "pfx",
-            endpoint_url=rgw_server.endpoint_url,
-            access_key=rgw_server.access_key,
-            secret_key=rgw_server.secret_key,
-            part_size=5 * MiB,
-            retry=fast_retry(),
-            **options,
-        )
-
-    yield make
-    client = rgw_server.client()
-    for bucket, locked in made:
-        if locked:
-            empty_locked_bucket(client, bucket)
+    yield from s3_stores(rgw_server, rgw_server.endpoint_url)
 
 
 @pytest.mark.integration

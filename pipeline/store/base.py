@@ -14,6 +14,7 @@ from typing import Protocol
 
 from pipeline.readable import Readable as Readable  # where streams are defined
 from pipeline.store.classes import RestoreState, Thaw
+from pipeline.store.encryption import Encryption
 from pipeline.store.protection import Lock, Protection, Retention
 
 
@@ -161,6 +162,10 @@ class ObjectStore(Protocol):
         """This store writing new objects in `storage_class` (None: the default). Raises
         UnknownStorageClass (exit 2) for a class the store does not have; see classes.py."""
         ...
+
+    encryption: Encryption
+    """What every write asks of the provider (and for SSE-C every read too); `describe()` is
+    what a record says of it. `NONE` for a local directory."""
 
     def protection(self) -> Protection:
         """The bucket's write-once configuration (S3 Object Lock, OSS WORM), asked once and

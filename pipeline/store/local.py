@@ -42,6 +42,7 @@ from pipeline.store.base import (
 )
 from pipeline.store.classes import Thaw, check_storage_class, check_tier
 from pipeline.store.compose import DeferredComposition
+from pipeline.store.encryption import NONE, Encryption
 from pipeline.store.protection import UNPROTECTED, Lock, Protection
 from pipeline.store.source import READ_CHUNK, expect_end, read_exactly, read_up_to
 from pipeline.transfer import cancel
@@ -181,6 +182,9 @@ class LocalStore:
         return self
 
     # -- protection --------------------------------------------------------------------------
+
+    encryption: Encryption = NONE
+    """A directory is not encrypted by bale (open_store refuses asking it to be)."""
 
     def protection(self) -> Protection:
         return UNPROTECTED
