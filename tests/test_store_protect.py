@@ -446,6 +446,13 @@ def test_oss_worm_refuses_overwrite_and_delete(
     assert locked.put("images/a.tar", b"second", if_absent=True).written is False
     assert locked.read("images/a.tar") == b"first"
     assert oss_server.uploads(store.bucket_name) == []  # the refused upload was aborted
+    refusals = [r for r in oss_server.requests(store.bucket_name) if r.status == 409]
+    assert [(r.method, r.key) for r in refusals] == [
+        ("DELETE", "pfx/images/a.tar"),
+        ("PUT", "pfx/images/a.tar"),
+        ("POST", "pfx/images/a.tar"),  # the completion
+        ("PUT", "pfx/images/a.tar"),  # if-absent: taken (FileAlreadyExists), no WORM involved
+    ]
     assert locked.put("images/b.tar", b"new").written  # new objects are fine
 
     oss_server.age(store.bucket_name, "pfx/images/a.tar", 3 * 86400)

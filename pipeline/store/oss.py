@@ -61,9 +61,9 @@ from pipeline.transfer.retry import (
 log = logging.getLogger("bale.store")
 
 FORBID_OVERWRITE = {"x-oss-forbid-overwrite": "true"}
-IMMUTABLE = "FileImmutable"
-"""409 to a delete or overwrite of an object a bucket's WORM retention protects (OSS error
-EC 0026-00000202)."""
+IMMUTABLE = ("FileImmutable", "0026-00000202")
+"""409 to a delete or overwrite of an object a bucket's WORM retention protects: its error code,
+and OSS's fine-grained one (`x-oss-ec`, documented for this refusal), either recognised."""
 WORM_PROTECTS = ("InProgress", "Locked")
 """WORM states in which objects are protected: InProgress for its first 24 h (it can still be
 aborted then), Locked for good; a policy never locked expires."""
@@ -294,7 +294,7 @@ class OSSStore(RemoteStore):
     def _refused(self, exc: oss2.exceptions.ServerError, name: str) -> None:
         """A write or delete the bucket's WORM policy refused: ObjectRetained, with the date
         the object is free again (asking the policy once if need be)."""
-        if exc.status == 409 and exc.code == IMMUTABLE:
+        if exc.status == 409 and (exc.code in IMMUTABLE or getattr(exc, "ec", "") in IMMUTABLE):
             self.protection()
             raise self._retained(name, self._head_object(name)) from exc
 

@@ -66,6 +66,9 @@ MAX_PARTS = 10_000
 STORAGE_CLASSES = ("Standard", "IA", "Archive", "ColdArchive", "DeepColdArchive")
 ARCHIVE_CLASSES = frozenset({"Archive", "ColdArchive", "DeepColdArchive"})
 RESTORED_DAYS = 86400.0
+WORM_EC = "0026-00000202"
+"""OSS's error code (`x-oss-ec`) for deleting or modifying an object a retention policy
+protects."""
 
 _crc64 = crcmod.mkCrcFun(0x142F0E1EBA9EA3693, initCrc=0, xorOut=0xFFFFFFFFFFFFFFFF, rev=True)
 
@@ -287,6 +290,8 @@ class _Handler(BaseHTTPRequestHandler):
             _add(root, tag, text)
         body = _xml(root)
         headers = {"Content-Type": "application/xml"}
+        if "EC" in err.extra:  # OSS's fine-grained code, in the body and a header
+            headers["x-oss-ec"] = err.extra["EC"]
         if self.command == "HEAD":
             # HEAD has no body: OSS puts the error document, base64, in x-oss-err.
             headers["x-oss-err"] = base64.b64encode(body).decode()
@@ -494,6 +499,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "FileImmutable",
                 "The object is protected by the bucket's retention policy (WORM) and cannot "
                 "be deleted or overwritten until its retention period ends.",
+                EC=WORM_EC,
             )
 
     def _worm(self, bucket: str, method: str, query: dict[str, str], body: bytes) -> None:
