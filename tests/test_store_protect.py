@@ -301,6 +301,11 @@ def test_s3_retention_and_legal_hold_on_writes(
     plain = s3_behind(object_lock=True)
     store = plain.with_lock(Lock("GOVERNANCE", until, legal_hold=True))
     assert plain.lock == Lock()  # the view carries the lock, not the store
+    assert store.lock.describe() == {
+        "mode": "GOVERNANCE",
+        "retain_until": until.isoformat(),
+        "legal_hold": "ON",
+    }
     tar = compose_a_tar(store)
     ops = kinds(moto_proxy.requests)
     for op, r in zip(ops, moto_proxy.requests, strict=True):

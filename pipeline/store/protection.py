@@ -127,6 +127,15 @@ class Lock:
     def any(self) -> bool:
         return self.mode is not None or self.legal_hold
 
+    def describe(self) -> dict[str, str]:
+        """What a record says objects were written with ({} for no lock)."""
+        said: dict[str, str] = {}
+        if self.mode is not None and self.until is not None:
+            said = {"mode": self.mode, "retain_until": self.until.astimezone(UTC).isoformat()}
+        if self.legal_hold:
+            said["legal_hold"] = "ON"
+        return said
+
     def s3_args(self) -> dict[str, Any]:
         """The boto3 arguments of PutObject and CreateMultipartUpload."""
         args: dict[str, Any] = {}
