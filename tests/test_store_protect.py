@@ -22,7 +22,7 @@ import pytest
 
 from pipeline.errors import ObjectRetained, UsageError, WrongEncryptionKey
 from pipeline.store.base import CopyRange, Inline
-from pipeline.store.encryption import NONE, Encryption, encryption, sse_c_key
+from pipeline.store.encryption import NONE, Encryption, from_options, sse_c_key
 from pipeline.store.oss import OSSStore
 from pipeline.store.protection import UNPROTECTED, Lock, Protection
 from pipeline.store.s3 import S3Store
@@ -85,9 +85,9 @@ def test_sse_c_key_file_is_checked_and_never_shown(tmp_path: Path) -> None:
     short.write_bytes(b"x" * 31)
     for path, said in ((short, "31 bytes"), (tmp_path / "absent.key", "absent.key")):
         with pytest.raises(UsageError, match=said) as caught:
-            encryption("s3", key_file=path)
+            from_options("s3", key_file=path)
         assert caught.value.exit_code == 2
-    chosen = encryption("s3", key_file=raw)
+    chosen = from_options("s3", key_file=raw)
     assert chosen.mode == "SSE-C" and chosen.customer_key == KEY
     shown = " ".join((repr(chosen), str(chosen), str(chosen.describe())))
     for secret in (KEY.hex(), base64.b64encode(KEY).decode(), repr(KEY)):
@@ -111,21 +111,21 @@ def test_encryption_that_cannot_work_is_refused(
     scheme: str, sse: str | None, options: dict[str, Any], said: str
 ) -> None:
     with pytest.raises(UsageError, match=said) as caught:
-        encryption(scheme, sse, **options)
+        from_options(scheme, sse, **options)
     assert caught.value.exit_code == 2
 
 
 def test_encryption_names_per_provider() -> None:
-    assert encryption("s3", "aws:kms", kms_key_id="arn:k").describe() == {
+    assert from_options("s3", "aws:kms", kms_key_id="arn:k").describe() == {
         "sse": "aws:kms",
         "kms_key_id": "arn:k",
     }
-    assert encryption("oss", "aws:kms").mode == "KMS"  # one spelling for the user
-    assert encryption("s3", "kms").mode == "aws:kms"
-    assert encryption("oss", "AES256").oss_write_headers() == {
+    assert from_options("oss", "aws:kms").mode == "KMS"  # one spelling for the user
+    assert from_options("s3", "kms").mode == "aws:kms"
+    assert from_options("oss", "AES256").oss_write_headers() == {
         "x-oss-server-side-encryption": "AES256"
     }
-    assert encryption("s3", "none") is NONE and NONE.describe() == {}
+    assert from_options("s3", "none") is NONE and NONE.describe() == {}
 
 
 def test_local_store_refuses_encryption_and_locks(tmp_path: Path) -> None:
@@ -400,7 +400,7 @@ def oss_store(oss_server: OssServer) -> Iterator[Callable[..., OSSStore]]:
 def test_oss_kms_headers_on_every_write(
     oss_store: Callable[..., OSSStore], oss_server: OssServer
 ) -> None:
-    store = oss_store(encryption=encryption("oss", "KMS", kms_key_id="bale-cmk"))
+    store = oss_store(encryption=from_options("oss", "KMS", kms_key_id="bale-cmk"))
     tar = compose_a_tar(store)
     assert store.read("images/app.tar") == tar
     log = oss_server.requests(store.bucket_name)

@@ -183,7 +183,7 @@ def sse_c_key(path: str | Path) -> bytes:
     )
 
 
-def encryption(
+def from_options(
     scheme: str,
     sse: str | None = None,
     *,
