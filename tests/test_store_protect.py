@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.errors import ObjectRetained, UsageError, WrongEncryptionKey
+from pipeline.errors import ObjectRetained, StoreUnusable, UsageError, WrongEncryptionKey
 from pipeline.store.base import CopyRange, Inline
 from pipeline.store.encryption import NONE, Encryption, from_options, sse_c_key
 from pipeline.store.oss import OSSStore
@@ -37,7 +37,7 @@ from tests.bed.fixtures_store import (
 from tests.bed.moto import MotoServer
 from tests.bed.oss_server import OssServer
 from tests.bed.proxy import FaultProxy, ProxiedRequest
-from tests.bed.rgw import RgwServer
+from tests.bed.rgw import KMS_KEY_ID, RgwServer
 
 MiB = 1024 * 1024
 KEY = bytes(range(32))
@@ -505,6 +505,24 @@ def test_rgw_sse_c_round_trip_and_wrong_key(
             assert "s3://" in str(caught.value)
             for secret in (base64.b64encode(KEY).decode(), base64.b64encode(OTHER_KEY).decode()):
                 assert secret not in str(caught.value)
+
+
+@pytest.mark.integration
+def test_rgw_kms_refusals_are_one_line_exit_2(rgw_store: Callable[..., S3Store]) -> None:
+    """RGW (its testing KMS back end) encrypts with its one key id; no id or another is
+    refused there, and `check(write=True)` says so before any image."""
+    good = rgw_store(encryption=from_options("s3", "aws:kms", kms_key_id=KMS_KEY_ID))
+    good.check(write=True)
+    good.put("k", b"kms")
+    info = good.head("k")
+    assert info is not None and info.encryption == "aws:kms" and good.read("k") == b"kms"
+    for key_id, said in ((None, "requires .*key-id"), ("no-such-key", "no-such-key")):
+        store = rgw_store(encryption=from_options("s3", "aws:kms", kms_key_id=key_id))
+        with pytest.raises(StoreUnusable, match=f"refused encryption sse=aws:kms.*{said}") as no:
+            store.check(write=True)
+        assert no.value.exit_code == 2 and "credentials" not in str(no.value)
+        with pytest.raises(StoreUnusable):
+            store.put("k2", b"x")
 
 
 @pytest.mark.integration

@@ -290,6 +290,8 @@ class RemoteStore(ABC):
                 initiate = self.provider.initiate_op
                 upload_id = self._call(initiate, self.url, lambda: self._initiate(name))
                 self._call("AbortMultipartUpload", self.url, lambda: self._abort(name, upload_id))
+        except StoreUnusable:
+            raise  # said already, more precisely (an encryption the server refuses)
         except StoreError as exc:
             found = self._problem(exc)
             if found is None:

@@ -33,7 +33,13 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from pipeline.errors import StoreError, TransferError, UsageError, WrongEncryptionKey
+from pipeline.errors import (
+    StoreError,
+    StoreUnusable,
+    TransferError,
+    UsageError,
+    WrongEncryptionKey,
+)
 from pipeline.store.base import MultipartUpload, ObjectInfo
 from pipeline.store.classes import S3_ARCHIVE, parse_restore
 from pipeline.store.encryption import NONE, Encryption
@@ -426,6 +432,15 @@ class S3Store(RemoteStore):
             raise Retryable("the bucket's Object Lock needs Content-MD5 on writes") from exc
 
     def _store_error(self, exc: BaseException, what: str) -> StoreError:
+        if isinstance(exc, ClientError) and self.encryption.mode == "aws:kms":
+            message = str(exc.response.get("Error", {}).get("Message", "") or "")
+            if _status(exc) in (400, 403) and "kms" in message.lower():
+                # RGW: no key id (400 InvalidArgument), an unknown one (400 InvalidAccessKeyId,
+                # which is not about credentials); AWS: KMS.* codes, AccessDenied to the key.
+                return StoreUnusable(
+                    f"{what}: the server refused encryption {self.encryption} "
+                    f"({_code(exc)}: {message.splitlines()[0][:200]})"
+                )
         if isinstance(exc, ClientError) and _key_refused(exc, self.encryption.customer):
             if self.encryption.customer:
                 return WrongEncryptionKey(

@@ -138,12 +138,13 @@ def oss_bucket(oss_server: OssServer) -> str:
 
 VARIANTS = {
     "s3": ("locked", "sse-c", "kms"),
-    "rgw": ("locked", "sse-c"),
+    "rgw": ("locked", "sse-c", "kms"),
     "oss": ("kms",),
 }
 """What each server of the bed offers beyond the plain store: moto keeps Object Lock and
-accepts (ignores) SSE-C and KMS headers; RGW enforces Object Lock and SSE-C (no KMS without a
-key server); the OSS test server keeps KMS and its WORM policy is tested on its own."""
+accepts (ignores) SSE-C and KMS headers; RGW enforces Object Lock and SSE-C, and encrypts with
+SSE-KMS through its testing KMS back end (key id `bale-test-key`, tests/bed/rgw.py); the OSS
+test server keeps KMS, and its WORM policy is tested on its own."""
 
 
 def retained_a_day() -> Any:
