@@ -47,7 +47,7 @@ class Encryption:
 
     mode: Mode = "none"
     kms_key_id: str | None = None
-    customer_key: bytes = field(default=b"", repr=False, compare=False)
+    customer_key: bytes = field(default=b"", repr=False)
     """The SSE-C key's 32 bytes (SSE-C only)."""
 
     @property
