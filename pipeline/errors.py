@@ -18,13 +18,17 @@ the CLI contract: 2 for bad input (nothing was written), 1 for a runtime failure
     ├── StoreError                   the object store failed
     │   ├── StoreNotFound            a key that is not there
     │   ├── StoreUnusable (exit 2)   the store cannot be used at all: checked before any image
-    │   └── ObjectFrozen (exit 2)    an object in an archive class, not restored: thaw it first
+    │   ├── ObjectFrozen (exit 2)    an object in an archive class, not restored: thaw it first
+    │   ├── WrongEncryptionKey (exit 2)  an SSE-C object read without its key, or with another
+    │   └── ObjectRetained           Object Lock / WORM refused deleting or overwriting it
     ├── TransferError                a stream broke and could not be resumed
     ├── CommandTimeout (exit 124)    --command-timeout ran out (timeout(1)'s code)
     └── Interrupted (exit 130/143)   Ctrl-C or SIGTERM cut the work short
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 
 class BaleError(Exception):
@@ -98,6 +102,37 @@ class ObjectFrozen(StoreError):
     def __init__(self, message: str, *, key: str = "") -> None:
         super().__init__(message)
         self.key = key
+
+
+class WrongEncryptionKey(StoreError):
+    """An object encrypted with a customer key (SSE-C) asked for without that key, or with
+    another one. Exit 2: the remedy is the right key file, not a retry."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class ObjectRetained(StoreError):
+    """The bucket refused to delete or overwrite an object under retention (S3 Object Lock,
+    legal hold, OSS WORM). gc and prune report it ("retained until X") and go on."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str = "",
+        until: datetime | None = None,
+        legal_hold: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.key = key
+        self.until = until
+        """When the object becomes deletable, where the store said (None: unknown, or a legal
+        hold, which lasts until it is lifted)."""
+        self.legal_hold = legal_hold
 
 
 class StoreUnusable(StoreError):

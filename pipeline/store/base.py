@@ -14,6 +14,8 @@ from typing import Protocol
 
 from pipeline.readable import Readable as Readable  # where streams are defined
 from pipeline.store.classes import RestoreState, Thaw
+from pipeline.store.encryption import Encryption
+from pipeline.store.protection import Lock, Protection, Retention
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,12 @@ class ObjectInfo:
     restore first."""
     restore: RestoreState | None = None
     """The object's restore, from `head` (listings do not say): None when none was asked."""
+    retention: Retention | None = None
+    """From `head`: the object's Object Lock retention or legal hold (S3), or the bucket's WORM
+    period from its last write (OSS, once `protection()` was asked); None: none known."""
+    encryption: str | None = None
+    """From `head`: how the provider says the object is encrypted at rest (`AES256`,
+    `aws:kms`, `KMS`, `SSE-C`); None where it says nothing."""
 
     @property
     def frozen(self) -> bool:
@@ -155,6 +163,21 @@ class ObjectStore(Protocol):
         UnknownStorageClass (exit 2) for a class the store does not have; see classes.py."""
         ...
 
+    encryption: Encryption
+    """What every write asks of the provider (and for SSE-C every read too); `describe()` is
+    what a record says of it. `NONE` for a local directory."""
+
+    def protection(self) -> Protection:
+        """The bucket's write-once configuration (S3 Object Lock, OSS WORM), asked once and
+        kept; `UNPROTECTED` for a local directory or a bucket without one."""
+        ...
+
+    def with_lock(self, lock: Lock) -> ObjectStore:
+        """This store writing every new object with `lock` (retention, legal hold), as
+        `with_storage_class` does for classes. UsageError (exit 2) where objects cannot carry
+        their own retention (OSS: the bucket's WORM policy decides; a local directory)."""
+        ...
+
     def head(self, key: str) -> ObjectInfo | None:
         """Size, date, class and restore state of the object at `key`, None when there is
         none."""
@@ -220,7 +243,9 @@ class ObjectStore(Protocol):
         ...
 
     def delete(self, key: str) -> None:
-        """Remove the object at `key`; no object there is fine."""
+        """Remove the object at `key`; no object there is fine. ObjectRetained (naming the key
+        and, when known, the date it becomes deletable) when the bucket's Object Lock or WORM
+        refuses it."""
         ...
 
     def list_uploads(

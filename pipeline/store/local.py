@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote, unquote
 
-from pipeline.errors import StoreError, StoreNotFound, StoreUnusable
+from pipeline.errors import StoreError, StoreNotFound, StoreUnusable, UsageError
 from pipeline.store import direct, keys
 from pipeline.store.base import (
     CopyRange,
@@ -42,6 +42,8 @@ from pipeline.store.base import (
 )
 from pipeline.store.classes import Thaw, check_storage_class, check_tier
 from pipeline.store.compose import DeferredComposition
+from pipeline.store.encryption import NONE, Encryption
+from pipeline.store.protection import UNPROTECTED, Lock, Protection
 from pipeline.store.source import READ_CHUNK, expect_end, read_exactly, read_up_to
 from pipeline.transfer import cancel
 
@@ -177,6 +179,24 @@ class LocalStore:
     def with_storage_class(self, storage_class: str | None) -> LocalStore:
         if storage_class:
             check_storage_class("file", storage_class)
+        return self
+
+    # -- protection --------------------------------------------------------------------------
+
+    encryption: Encryption = NONE
+    """A directory is not encrypted by bale (open_store refuses asking it to be)."""
+
+    def protection(self) -> Protection:
+        return UNPROTECTED
+
+    def with_lock(self, lock: Lock) -> LocalStore:
+        """Nothing to ask of a directory but no lock: a retention is refused (exit 2) rather
+        than promised and not kept."""
+        if lock.any:
+            raise UsageError(
+                f"{self.url}: a local directory has no Object Lock; retention and legal hold "
+                "need an S3 bucket with Object Lock"
+            )
         return self
 
     def restore(self, key: str, *, days: int = 1, tier: str = "Standard") -> Thaw:

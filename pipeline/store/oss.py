@@ -26,9 +26,10 @@ import oss2
 import oss2.exceptions
 import requests
 
-from pipeline.errors import StoreError, TransferError
+from pipeline.errors import StoreError, TransferError, UsageError
 from pipeline.store.base import MultipartUpload, ObjectInfo
 from pipeline.store.classes import OSS_ARCHIVE, parse_restore
+from pipeline.store.encryption import NONE, Encryption
 from pipeline.store.multipart import (
     DEFAULT_PARALLEL,
     DEFAULT_PART_SIZE,
@@ -36,6 +37,7 @@ from pipeline.store.multipart import (
     Part,
     PartLimits,
 )
+from pipeline.store.protection import UNPROTECTED, Lock, Protection, Retention
 from pipeline.store.remote import (
     DENIED,
     NO_BUCKET,
@@ -59,6 +61,12 @@ from pipeline.transfer.retry import (
 log = logging.getLogger("bale.store")
 
 FORBID_OVERWRITE = {"x-oss-forbid-overwrite": "true"}
+IMMUTABLE = ("FileImmutable", "0026-00000202")
+"""409 to a delete or overwrite of an object a bucket's WORM retention protects: its error code,
+and OSS's fine-grained one (`x-oss-ec`, documented for this refusal), either recognised."""
+WORM_PROTECTS = ("InProgress", "Locked")
+"""WORM states in which objects are protected: InProgress for its first 24 h (it can still be
+aborted then), Locked for good; a policy never locked expires."""
 STANDARD_RANGE = {"x-oss-range-behavior": "standard"}
 
 _TRANSIENT_CODES = frozenset(
@@ -199,10 +207,18 @@ class OSSStore(RemoteStore):
         part_size: int = DEFAULT_PART_SIZE,
         parallel: int = DEFAULT_PARALLEL,
         timeout: float = 120.0,
+        encryption: Encryption = NONE,
     ) -> None:
         if bucket and not endpoint:  # a missing bucket is reported first, by RemoteStore
             raise StoreError("OSS store needs an endpoint")
-        super().__init__(bucket, prefix, retry=retry, part_size=part_size, parallel=parallel)
+        super().__init__(
+            bucket,
+            prefix,
+            retry=retry,
+            part_size=part_size,
+            parallel=parallel,
+            encryption=encryption,
+        )
         self.endpoint = endpoint
         self.region = region or region_from_endpoint(endpoint)
         self.anonymous = not access_key_id
@@ -254,15 +270,58 @@ class OSSStore(RemoteStore):
                 raise
             return None
         storage_class = r.headers.get("x-oss-storage-class") or "Standard"
+        modified = _when(r.last_modified)
         return ObjectInfo(
             key=name,
             size=int(r.content_length),
-            modified=_when(r.last_modified),
+            modified=modified,
             etag=r.etag,
             storage_class=storage_class,
             archived=storage_class in OSS_ARCHIVE,
             restore=parse_restore(r.headers.get("x-oss-restore")),
+            retention=self._worm_retention(modified),
+            encryption=r.headers.get("x-oss-server-side-encryption"),
         )
+
+    def _worm_retention(self, modified: datetime | None) -> Retention | None:
+        """An object's retention under the bucket's WORM policy, once `protection()` asked
+        for it (OSS has no retention per object: the period runs from the last write)."""
+        known = self._known_protection()
+        if known is None or known.kind != "worm":
+            return None
+        return Retention("WORM", known.retained_until(modified))
+
+    def _refused(self, exc: oss2.exceptions.ServerError, name: str) -> None:
+        """A write or delete the bucket's WORM policy refused: ObjectRetained, with the date
+        the object is free again (asking the policy once if need be)."""
+        if exc.status == 409 and (exc.code in IMMUTABLE or getattr(exc, "ec", "") in IMMUTABLE):
+            self.protection()
+            raise self._retained(name, self._head_object(name)) from exc
+
+    def _check_lock(self, lock: Lock) -> None:
+        if lock.any:
+            raise UsageError(
+                f"{self.url}: OSS has no retention or legal hold per object; the bucket's "
+                "WORM retention policy protects every object in it"
+            )
+
+    def _get_protection(self) -> Protection:
+        try:
+            r = self.bucket.get_bucket_worm()
+        except oss2.exceptions.ServerError as exc:
+            if exc.code == "NoSuchBucket":
+                raise
+            if exc.code != "NoSuchWORMConfiguration":
+                log.info(
+                    "%s: could not ask the bucket's WORM policy (%s); taken as none",
+                    self.url,
+                    exc.code or exc.status,
+                )
+            return UNPROTECTED
+        state = getattr(r, "state", None) or r.worm_state
+        if state not in WORM_PROTECTS:
+            return UNPROTECTED
+        return Protection("worm", mode="WORM", days=r.retention_period_days, state=state)
 
     def _get(self, name: str, span: Span | None) -> bytes:
         result = self._open(name, span)
@@ -299,11 +358,15 @@ class OSSStore(RemoteStore):
         return items, token if page.is_truncated and token else None
 
     def _delete_object(self, name: str) -> None:
-        self.bucket.delete_object(name)
+        try:
+            self.bucket.delete_object(name)
+        except oss2.exceptions.ServerError as exc:
+            self._refused(exc, name)
+            raise
 
     def _put_object(self, name: str, data: bytes, *, if_absent: bool) -> bool:
         md5 = hashlib.md5(data, usedforsecurity=False).digest()
-        headers = {"Content-MD5": base64.b64encode(md5).decode()} | self._class_header()
+        headers = {"Content-MD5": base64.b64encode(md5).decode()} | self._write_headers()
         if if_absent:
             headers |= FORBID_OVERWRITE
         try:
@@ -316,14 +379,19 @@ class OSSStore(RemoteStore):
         except oss2.exceptions.ServerError as exc:
             if _taken(exc, if_absent):
                 return False
+            self._refused(exc, name)
             raise
         return True
+
+    def _write_headers(self) -> dict[str, str]:
+        """Storage class and encryption, for PutObject and InitiateMultipartUpload."""
+        return self._class_header() | self.encryption.oss_write_headers()
 
     def _class_header(self) -> dict[str, str]:
         return {"x-oss-storage-class": self.storage_class} if self.storage_class else {}
 
     def _initiate(self, name: str) -> str:
-        upload = self.bucket.init_multipart_upload(name, headers=self._class_header() or None)
+        upload = self.bucket.init_multipart_upload(name, headers=self._write_headers() or None)
         return str(upload.upload_id)
 
     def _restore_object(self, name: str, days: int, tier: str, storage_class: str) -> None:
@@ -362,6 +430,7 @@ class OSSStore(RemoteStore):
         except oss2.exceptions.ServerError as exc:
             if _taken(exc, if_absent):
                 return False
+            self._refused(exc, name)
             if exc.status == 409 and exc.code != "FileAlreadyExists":
                 raise Retryable(f"409 {exc.code}") from exc
             raise

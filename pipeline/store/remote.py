@@ -21,10 +21,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 from pipeline.errors import (
     ObjectFrozen,
+    ObjectRetained,
     StoreError,
     StoreNotFound,
     StoreUnusable,
@@ -48,6 +49,7 @@ from pipeline.store.classes import (
     restore_time,
 )
 from pipeline.store.compose import StreamingComposition, plan_compose
+from pipeline.store.encryption import NONE, Encryption
 from pipeline.store.multipart import (
     DEFAULT_PARALLEL,
     DEFAULT_PART_SIZE,
@@ -55,6 +57,7 @@ from pipeline.store.multipart import (
     PartLimits,
     stream_upload,
 )
+from pipeline.store.protection import NO_LOCK, Lock, Protection
 from pipeline.transfer.retry import RetryPolicy, call_with_retry, describe_error
 
 T = TypeVar("T")
@@ -196,9 +199,16 @@ class RemoteStore(ABC):
         retry: RetryPolicy | None = None,
         part_size: int = DEFAULT_PART_SIZE,
         parallel: int = DEFAULT_PARALLEL,
+        encryption: Encryption = NONE,
     ) -> None:
         if not bucket:
             raise StoreError(f"{self.provider.name} store needs a bucket")
+        self.encryption = encryption.check_for(self.provider.scheme)
+        """Asked of the provider on every write (and for SSE-C on every read): encryption.py."""
+        self.lock: Lock = NO_LOCK
+        """What new objects are written with on an Object Lock bucket (`with_lock`)."""
+        self._bucket_state: dict[str, Any] = {}
+        """What was learnt of the bucket (its protection), shared by every view of this store."""
         self.bucket_name = bucket
         self.prefix = keys.normalize_prefix(prefix)
         self.part_size = part_size
@@ -241,7 +251,12 @@ class RemoteStore(ABC):
                 is_transient=is_transient or provider.is_transient,
             )
         except errors as exc:
-            raise provider.store_error(exc, self.bucket_name, what) from exc
+            raise self._store_error(exc, what) from exc
+
+    def _store_error(self, exc: BaseException, what: str) -> StoreError:
+        """The one-line error for a failed call on `what` (a backend adds what only it can
+        tell, such as an SSE-C key that does not match)."""
+        return self.provider.store_error(exc, self.bucket_name, what)
 
     @staticmethod
     def _span(start: int, length: int | None) -> Span | None:
@@ -275,6 +290,8 @@ class RemoteStore(ABC):
                 initiate = self.provider.initiate_op
                 upload_id = self._call(initiate, self.url, lambda: self._initiate(name))
                 self._call("AbortMultipartUpload", self.url, lambda: self._abort(name, upload_id))
+        except StoreUnusable:
+            raise  # said already, more precisely (an encryption the server refuses)
         except StoreError as exc:
             found = self._problem(exc)
             if found is None:
@@ -320,6 +337,58 @@ class RemoteStore(ABC):
         scheme = self.provider.scheme
         view.storage_class = check_storage_class(scheme, storage_class) if storage_class else None
         return view
+
+    # -- protection (Object Lock, WORM) ----------------------------------------------------
+
+    def protection(self) -> Protection:
+        """Asked of the bucket once (GetObjectLockConfiguration, GetBucketWorm), then kept
+        for every view of this store."""
+        known = self._bucket_state.get("protection")
+        if known is None:
+            known = self._call("GetBucketProtection", self.url, self._get_protection)
+            self._bucket_state["protection"] = known
+        return known
+
+    def _known_protection(self) -> Protection | None:
+        """The bucket's protection if it was asked already (no request)."""
+        return self._bucket_state.get("protection")
+
+    def with_lock(self, lock: Lock) -> Self:
+        """A view of this store writing every new object with `lock`."""
+        self._check_lock(lock)
+        view = copy.copy(self)
+        view.lock = lock
+        return view
+
+    @abstractmethod
+    def _check_lock(self, lock: Lock) -> None:
+        """Refuse (UsageError) a lock this provider's objects cannot carry."""
+
+    @abstractmethod
+    def _get_protection(self) -> Protection:
+        """The bucket's lock configuration (UNPROTECTED when it has none)."""
+
+    def _retained(self, name: str, info: ObjectInfo | None) -> ObjectRetained:
+        """The error for a delete or overwrite of object `name` the bucket refused, with the
+        date it becomes deletable where its HEAD (`info`) tells."""
+        retention = info.retention if info is not None else None
+        until = retention.until if retention is not None else None
+        hold = retention is not None and retention.legal_hold
+        why = (
+            "under a legal hold"
+            if hold
+            else (f"retained until {until.isoformat()}" if until is not None else "retained")
+        )
+        return ObjectRetained(
+            f"{self._where(name)}: {why} ({self._protection_said()})",
+            key=keys.strip(self.prefix, name),
+            until=until,
+            legal_hold=hold,
+        )
+
+    def _protection_said(self) -> str:
+        known = self._known_protection()
+        return str(known) if known is not None and known.protected else "the bucket refused it"
 
     def restore(self, key: str, *, days: int = 1, tier: str = "Standard") -> Thaw:
         tier = check_tier(tier)

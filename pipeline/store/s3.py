@@ -33,9 +33,16 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from pipeline.errors import StoreError, TransferError
+from pipeline.errors import (
+    StoreError,
+    StoreUnusable,
+    TransferError,
+    UsageError,
+    WrongEncryptionKey,
+)
 from pipeline.store.base import MultipartUpload, ObjectInfo
 from pipeline.store.classes import S3_ARCHIVE, parse_restore
+from pipeline.store.encryption import NONE, Encryption
 from pipeline.store.multipart import (
     DEFAULT_PARALLEL,
     DEFAULT_PART_SIZE,
@@ -43,6 +50,7 @@ from pipeline.store.multipart import (
     Part,
     PartLimits,
 )
+from pipeline.store.protection import UNPROTECTED, Lock, Protection, Retention
 from pipeline.store.remote import (
     DENIED,
     NO_BUCKET,
@@ -84,6 +92,9 @@ _TRANSIENT_CODES = frozenset(
 )
 """BadDigest, XAmzContentSHA256Mismatch: the body's checksum or signed payload hash is not the
 one of what the server received, damaged on the way; sending the same bytes again cures it."""
+_VERSIONS_DELETED = 100
+"""Most versions of one key a delete on an Object Lock bucket removes (bale writes each key
+once; more means something else writes there)."""
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _UPLOAD_GONE_CODES = frozenset({"NoSuchUpload", "NoSuchKey"})
 """An upload id the server no longer knows: AWS and moto say NoSuchUpload; RGW 16 answers
@@ -223,6 +234,55 @@ def body_checksum(data: bytes, integrity: Integrity) -> dict[str, str]:
     return {}  # boto3 signs the payload's SHA-256 (x-amz-content-sha256) instead
 
 
+def content_md5(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+
+
+_LOCK_NEEDS_MD5 = "MissingUploadObjectWithObjectLockHeaders"
+"""moto's code for a write to a bucket with a default retention that carries neither
+Content-MD5 nor a checksum; AWS says InvalidRequest with a message naming Content-MD5."""
+
+_SSE_C_WORDS = (
+    "customer provided key",
+    "md5 hash of the key",
+    "server side encryption",
+    "encryption parameters",
+)
+"""What S3 and RGW say when an SSE-C object is read without its key or with another (RGW:
+400 InvalidArgument "...must provide a valid encryption algorithm" / "The calculated MD5 hash
+of the key did not match..."; AWS: 400 InvalidRequest "...stored using a form of Server Side
+Encryption...", 403 for another key). A HEAD has no body: its bare 400/403 is all there is."""
+
+
+def _key_refused(exc: ClientError, customer: bool) -> bool:
+    """Whether `exc` says the object's SSE-C key was missing or another."""
+    if _status(exc) not in (400, 403):
+        return False
+    message = str(exc.response.get("Error", {}).get("Message", "") or "").lower()
+    if any(words in message for words in _SSE_C_WORDS):
+        return True
+    bare = _code(exc) in ("400", "403", "BadRequest", "Forbidden")  # a HEAD's answer
+    return bare and (customer or _status(exc) == 400)
+
+
+def _retention_of(r: dict[str, Any]) -> Retention | None:
+    """An object's Object Lock state from its HEAD (None without one)."""
+    mode = r.get("ObjectLockMode")
+    hold = r.get("ObjectLockLegalHoldStatus") == "ON"
+    if not mode and not hold:
+        return None
+    return Retention(mode or "LEGAL_HOLD", r.get("ObjectLockRetainUntilDate"), hold)
+
+
+def _protection_of(config: dict[str, Any]) -> Protection:
+    """GetObjectLockConfiguration's answer as a Protection."""
+    if config.get("ObjectLockEnabled") != "Enabled":
+        return UNPROTECTED
+    default = config.get("Rule", {}).get("DefaultRetention", {})
+    days = default.get("Days") or 365 * int(default.get("Years") or 0) or None
+    return Protection("object-lock", mode=default.get("Mode"), days=days)
+
+
 def multipart_etag(parts: list[Part]) -> str | None:
     """The ETag S3 gives an object completed from `parts`: the MD5 of their binary MD5s, then
     `-count` (None when a part's ETag is not an MD5, as under SSE-KMS)."""
@@ -281,8 +341,16 @@ class S3Store(RemoteStore):
         addressing: str | None = None,
         ca_bundle: str | None = None,
         checksums: Integrity | None = None,
+        encryption: Encryption = NONE,
     ) -> None:
-        super().__init__(bucket, prefix, retry=retry, part_size=part_size, parallel=parallel)
+        super().__init__(
+            bucket,
+            prefix,
+            retry=retry,
+            part_size=part_size,
+            parallel=parallel,
+            encryption=encryption,
+        )
         self.endpoint_url = endpoint_url
         self.checksums = checksums
         """What uploads carry for the server to check; None: what the probe found it checks."""
@@ -311,12 +379,19 @@ class S3Store(RemoteStore):
     # -- boto3 calls (RemoteStore hooks) ---------------------------------------------------
 
     def _head_object(self, name: str) -> ObjectInfo | None:
+        r = self._head(name)
+        return None if r is None else self._info(name, r)
+
+    def _head(self, name: str) -> dict[str, Any] | None:
+        """HeadObject's answer, None when there is no object."""
         try:
-            r = self.client.head_object(Bucket=self.bucket, Key=name)
+            return dict(self.client.head_object(Bucket=self.bucket, Key=name, **self._key()))
         except ClientError as exc:
             if _status(exc) == 404 and _code(exc) != "NoSuchBucket":
                 return None
             raise
+
+    def _info(self, name: str, r: dict[str, Any]) -> ObjectInfo:
         storage_class = r.get("StorageClass") or "STANDARD"  # S3 omits the header for it
         return ObjectInfo(
             key=name,
@@ -326,14 +401,76 @@ class S3Store(RemoteStore):
             storage_class=storage_class,
             archived=_archived(storage_class, r.get("ArchiveStatus")),
             restore=parse_restore(r.get("Restore")),
+            retention=_retention_of(r),
+            encryption="SSE-C" if r.get("SSECustomerAlgorithm") else r.get("ServerSideEncryption"),
         )
+
+    def _versioned(self) -> bool:
+        """An Object Lock bucket (so versioned), as far as `protection()` knows: Ceph RGW 16
+        ignores `If-None-Match: *` there (measured: 200, a new version) though it honours it
+        elsewhere, so if-absent writes are checked by HEAD on such buckets."""
+        known = self._known_protection()
+        return known is not None and known.kind == "object-lock"
+
+    def _key(self) -> dict[str, Any]:
+        """SSE-C's key arguments for a request on an object's bytes (nothing otherwise)."""
+        return self.encryption.s3_key_args()
+
+    def _lock_md5(self, data: bytes) -> dict[str, str]:
+        """Content-MD5 where S3 requires it: on writes with an Object Lock retention, asked
+        for or the bucket's default (known from `protection()`, or learnt from a refusal)."""
+        known = self._known_protection()
+        needed = (
+            self.lock.any
+            or self._bucket_state.get("lock-md5", False)
+            or (known is not None and known.default_retention)
+        )
+        return {"ContentMD5": content_md5(data)} if needed else {}
+
+    def _learn_lock_md5(self, exc: ClientError) -> None:
+        """A write refused for want of Content-MD5 on a locked bucket: send it from now on,
+        and this write again."""
+        message = str(exc.response.get("Error", {}).get("Message", "") or "")
+        wants_md5 = _code(exc) == _LOCK_NEEDS_MD5 or (
+            _code(exc) == "InvalidRequest" and "Content-MD5" in message
+        )
+        if wants_md5 and not self._bucket_state.get("lock-md5"):
+            self._bucket_state["lock-md5"] = True
+            raise Retryable("the bucket's Object Lock needs Content-MD5 on writes") from exc
+
+    def _store_error(self, exc: BaseException, what: str) -> StoreError:
+        if isinstance(exc, ClientError) and self.encryption.mode == "aws:kms":
+            message = str(exc.response.get("Error", {}).get("Message", "") or "")
+            if _status(exc) in (400, 403) and "kms" in message.lower():
+                # RGW: no key id (400 InvalidArgument), an unknown one (400 InvalidAccessKeyId,
+                # which is not about credentials); AWS: KMS.* codes, AccessDenied to the key.
+                return StoreUnusable(
+                    f"{what}: the server refused encryption {self.encryption} "
+                    f"({_code(exc)}: {message.splitlines()[0][:200]})"
+                )
+        if isinstance(exc, ClientError) and _key_refused(exc, self.encryption.customer):
+            if self.encryption.customer:
+                return WrongEncryptionKey(
+                    f"{what}: the SSE-C key does not match the one the object was written "
+                    f"with ({_code(exc)})",
+                    key=what,
+                )
+            return WrongEncryptionKey(
+                f"{what}: encrypted with a customer key (SSE-C) and read without one "
+                f"({_code(exc)}): give its key file",
+                key=what,
+            )
+        error = super()._store_error(exc, what)
+        shown = self.encryption.scrub(str(error))
+        return error if shown == str(error) else StoreError(shown)
 
     def _get_object(self, name: str, span: Span | None) -> Any:
         byte_range = {}
         if span is not None:
             start, last = span
             byte_range["Range"] = f"bytes={start}-{'' if last is None else last}"
-        return self.client.get_object(Bucket=self.bucket, Key=name, **byte_range)["Body"]
+        r = self.client.get_object(Bucket=self.bucket, Key=name, **byte_range, **self._key())
+        return r["Body"]
 
     def _get(self, name: str, span: Span | None) -> bytes:
         body = self._get_object(name, span)
@@ -367,7 +504,52 @@ class S3Store(RemoteStore):
         return items, token if page.get("IsTruncated") and token else None
 
     def _delete_object(self, name: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=name)
+        if self.protection().kind != "object-lock":
+            self.client.delete_object(Bucket=self.bucket, Key=name)
+            return
+        # Versions are on: a DELETE without a version only hides the object behind a delete
+        # marker, retained or not. Deleting the version itself is what the lock refuses, and
+        # what frees the storage; an older version showing up after it is deleted the same way.
+        for _ in range(_VERSIONS_DELETED):
+            r = self._head(name)
+            if r is None:
+                return
+            version = r.get("VersionId")
+            try:
+                self.client.delete_object(
+                    Bucket=self.bucket, Key=name, **({"VersionId": version} if version else {})
+                )
+            except ClientError as exc:
+                if _status(exc) == 403 and _code(exc) == "AccessDenied":
+                    raise self._retained(name, self._info(name, r)) from exc
+                raise
+            if not version:
+                return
+        raise StoreError(f"{self._where(name)}: over {_VERSIONS_DELETED} versions to delete")
+
+    def _check_lock(self, lock: Lock) -> None:
+        """A lock on a bucket without Object Lock would be refused at every write (400
+        InvalidRequest): refused here instead, once, asking the bucket (`protection()`)."""
+        if lock.any and self.protection().kind != "object-lock":
+            raise UsageError(
+                f"{self.url}: the bucket has no Object Lock (it is enabled when a bucket is "
+                "created): retention and legal hold cannot be kept there"
+            )
+
+    def _get_protection(self) -> Protection:
+        try:
+            r = self.client.get_object_lock_configuration(Bucket=self.bucket)
+        except ClientError as exc:
+            if _code(exc) == "NoSuchBucket":
+                raise
+            if _code(exc) != "ObjectLockConfigurationNotFoundError":
+                log.info(
+                    "%s: could not ask the bucket's Object Lock configuration (%s); taken as none",
+                    self.url,
+                    _code(exc) or _status(exc),
+                )
+            return UNPROTECTED
+        return _protection_of(r.get("ObjectLockConfiguration", {}))
 
     def _traits(self) -> ServerTraits:
         return traits_of(self.client, self.bucket, self.prefix)
@@ -424,16 +606,23 @@ class S3Store(RemoteStore):
         return after is None or ours is None or after.etag == ours
 
     def _put_object(self, name: str, data: bytes, *, if_absent: bool) -> bool:
-        honoured = not if_absent or self._traits().conditional_put
-        return self._write(
-            self.client.put_object,
-            if_absent=if_absent,
-            honoured=honoured,
-            Key=name,
-            Body=data,
-            **body_checksum(data, self._integrity()),
-            **self._class_arg(),
-        )
+        honoured = not if_absent or (self._traits().conditional_put and not self._versioned())
+        try:
+            return self._write(
+                self.client.put_object,
+                if_absent=if_absent,
+                honoured=honoured,
+                Key=name,
+                Body=data,
+                **body_checksum(data, self._integrity()),
+                **self._class_arg(),
+                **self.encryption.s3_write_args(),
+                **self.lock.s3_args(),
+                **self._lock_md5(data),
+            )
+        except ClientError as exc:
+            self._learn_lock_md5(exc)
+            raise
 
     def _class_arg(self) -> dict[str, str]:
         return {"StorageClass": self.storage_class} if self.storage_class else {}
@@ -441,7 +630,12 @@ class S3Store(RemoteStore):
     def _initiate(self, name: str) -> str:
         composite = {"ChecksumAlgorithm": "SHA256"} if self._integrity() == "sha256" else {}
         r = self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=name, **composite, **self._class_arg()
+            Bucket=self.bucket,
+            Key=name,
+            **composite,
+            **self._class_arg(),
+            **self.encryption.s3_write_args(),
+            **self.lock.s3_args(),
         )
         return str(r["UploadId"])
 
@@ -457,9 +651,20 @@ class S3Store(RemoteStore):
 
     def _upload_part(self, name: str, upload_id: str, number: int, data: bytes) -> Part:
         check = body_checksum(data, self._integrity())
-        r = self.client.upload_part(
-            Bucket=self.bucket, Key=name, UploadId=upload_id, PartNumber=number, Body=data, **check
-        )
+        try:
+            r = self.client.upload_part(
+                Bucket=self.bucket,
+                Key=name,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+                **check,
+                **self._key(),
+                **self._lock_md5(data),
+            )
+        except ClientError as exc:
+            self._learn_lock_md5(exc)
+            raise
         return Part(number, str(r["ETag"]), len(data), checksum=check.get("ChecksumSHA256"))
 
     def _copy_part(self, name: str, upload_id: str, number: int, source: str, span: Span) -> Part:
@@ -471,6 +676,8 @@ class S3Store(RemoteStore):
             PartNumber=number,
             CopySource={"Bucket": self.bucket, "Key": source},
             CopySourceRange=f"bytes={start}-{last}",
+            **self._key(),
+            **self.encryption.s3_copy_source_args(),
         )
         result = r["CopyPartResult"]
         # On an upload that declared SHA256, the server reports the copied part's own.
@@ -486,15 +693,43 @@ class S3Store(RemoteStore):
                 for p in parts
             ]
         }
-        return self._write(
+        written = self._write(
             self.client.complete_multipart_upload,
             if_absent=if_absent,
-            honoured=not if_absent or self._traits().conditional_complete,
+            honoured=not if_absent
+            or (self._traits().conditional_complete and not self._versioned()),
             expected_etag=multipart_etag(parts),
             Key=name,
             UploadId=upload_id,
             MultipartUpload=body,
+            # AWS wants an SSE-C upload's key again where the parts carry checksums.
+            **(self._key() if self._integrity() == "sha256" else {}),
         )
+        if written and self.lock.any:
+            self._keep_lock(name)
+        return written
+
+    def _keep_lock(self, name: str) -> None:
+        """Make sure an object completed from a multipart upload carries the lock asked at its
+        creation: Ceph RGW 16 and moto_server drop it (AWS keeps it), so what the HEAD does not
+        show is set with PutObjectRetention / PutObjectLegalHold on that version."""
+        r = self._head(name)
+        if r is None:
+            return
+        held = _retention_of(r)
+        version = {"VersionId": r["VersionId"]} if r.get("VersionId") else {}
+        lock = self.lock
+        if lock.mode is not None and (held is None or held.until is None):
+            self.client.put_object_retention(
+                Bucket=self.bucket,
+                Key=name,
+                Retention={"Mode": lock.mode, "RetainUntilDate": lock.until},
+                **version,
+            )
+        if lock.legal_hold and (held is None or not held.legal_hold):
+            self.client.put_object_legal_hold(
+                Bucket=self.bucket, Key=name, LegalHold={"Status": "ON"}, **version
+            )
 
     def _no_such_upload(self, exc: BaseException) -> bool:
         return isinstance(exc, ClientError) and _code(exc) in _UPLOAD_GONE_CODES

@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 from pipeline.errors import InvalidStoreURL, StoreError, UsageError
 from pipeline.store import keys
 from pipeline.store.base import ObjectStore
+from pipeline.store.encryption import NONE, Encryption
 from pipeline.transfer.retry import RetryPolicy
 
 SCHEMES = ("s3", "oss", "file")
@@ -197,15 +198,19 @@ def open_store(
     part_size: int | None = None,
     env: Mapping[str, str] | None = None,
     check: Access | None = None,
+    encryption: Encryption = NONE,
 ) -> ObjectStore:
     """The store for `url`, configured from the arguments and the environment as DESIGN's Stores
     table says. Nothing is contacted, unless `check` asks to prove first that the store can be
     read (or written): then a store that cannot raises StoreUnusable (exit 2), once.
 
+    `encryption` (encryption.py) is applied to every write, and for SSE-C to every read; one
+    the store's kind cannot do (any on a local directory, SSE-C on OSS) is a UsageError here.
+
     `env` (default `os.environ`) supplies the endpoint and OSS variables; S3 credentials always
     come from boto3's standard chain (environment, profiles, instance roles).
     """
-    store = _configured(url, endpoint_url, retry, parallel, part_size, env)
+    store = _configured(url, endpoint_url, retry, parallel, part_size, env, encryption)
     if check is not None:
         store.check(write=check == "write")
     return store
@@ -225,8 +230,10 @@ def _configured(
     parallel: int | None,
     part_size: int | None,
     env: Mapping[str, str] | None,
+    encryption: Encryption = NONE,
 ) -> ObjectStore:
     parsed = url if isinstance(url, StoreURL) else parse_store_url(url)
+    encryption.check_for(parsed.scheme)
     env = os.environ if env is None else env
     tuning: _Tuning = {}
     if parallel is not None:
@@ -256,6 +263,7 @@ def _configured(
             addressing=addressing,
             ca_bundle=ca_bundle,
             retry=retry,
+            encryption=encryption,
             **tuning,
         )
 
@@ -274,6 +282,7 @@ def _configured(
             security_token=env.get("OSS_SESSION_TOKEN") or None,
             region=env.get("OSS_REGION") or None,
             retry=retry,
+            encryption=encryption,
             **tuning,
         )
 
@@ -291,9 +300,10 @@ def open_location(
     part_size: int | None = None,
     env: Mapping[str, str] | None = None,
     check: Access | None = None,
+    encryption: Encryption = NONE,
 ) -> tuple[ObjectStore, str]:
-    """The store holding one object LOCATION, and the object's key in it (`check` as for
-    `open_store`)."""
+    """The store holding one object LOCATION, and the object's key in it (`check` and
+    `encryption` as for `open_store`)."""
     parsed = location if isinstance(location, ObjectLocation) else parse_location(location)
     store = open_store(
         parsed.store,
@@ -303,5 +313,6 @@ def open_location(
         part_size=part_size,
         env=env,
         check=check,
+        encryption=encryption,
     )
     return store, parsed.key

@@ -10,7 +10,8 @@ local dirs.
     store_bed        factory: a fresh store of one kind ("local", "s3", "rgw", "oss") with a prefix,
                      plus inspection that bypasses the store code (boto3 client, server state,
                      a directory walk) so tests can check what the server really holds
-    any_store_bed    parametrized over all four kinds: the contract suite runs on it
+    any_store_bed    parametrized over all four kinds, and over variants of them (an Object Lock
+                     bucket, SSE-C, KMS): the contract suite runs on it
 
 Credentials are fixed test values given to each store explicitly; the process environment is
 not changed (tests of `open_store` set variables with monkeypatch).
@@ -88,6 +89,9 @@ class StoreBed:
     start_stale_upload: Callable[[str], str]
     """Begin an upload of `key` and leave it unfinished (a crashed writer); its upload id."""
     cleanup: Callable[[], None] = lambda: None
+    variant: str = ""
+    """"" for the plain store; `locked` (an Object Lock bucket, every write retained a day in
+    GOVERNANCE mode), `sse-c` (a customer key), `kms` (SSE-KMS): see `VARIANTS`."""
 
     def full(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -146,13 +150,68 @@ def oss_bucket(oss_server: OssServer) -> str:
     return oss_server.create_bucket()
 
 
-def _s3_bed(server: S3Server, prefix: str, kind: str = "s3", **tuning: Any) -> StoreBed:
+VARIANTS = {
+    "s3": ("locked", "sse-c", "kms"),
+    "rgw": ("locked", "sse-c", "kms"),
+    "oss": ("kms",),
+}
+"""What each server of the bed offers beyond the plain store: moto keeps Object Lock and
+accepts (ignores) SSE-C and KMS headers; RGW enforces Object Lock and SSE-C, and encrypts with
+SSE-KMS through its testing KMS back end (key id `bale-test-key`, tests/bed/rgw.py); the OSS
+test server keeps KMS, and its WORM policy is tested on its own."""
+
+
+def retained_a_day() -> Any:
+    """The lock of the `locked` variant: GOVERNANCE (a test can still clean up), one day."""
+    from datetime import UTC, datetime, timedelta
+
+    from pipeline.store.protection import Lock
+
+    return Lock("GOVERNANCE", datetime.now(UTC) + timedelta(days=1))
+
+
+def _variant_tuning(kind: str, variant: str, tuning: dict[str, Any]) -> None:
+    from pipeline.store.encryption import Encryption
+
+    if variant == "sse-c":
+        tuning.setdefault("encryption", Encryption("SSE-C", customer_key=os.urandom(32)))
+    elif variant == "kms":
+        kms = Encryption("KMS" if kind == "oss" else "aws:kms", kms_key_id="bale-test-key")
+        tuning.setdefault("encryption", kms)
+
+
+def empty_locked_bucket(client: Any, bucket: str) -> None:
+    """Every version and delete marker removed, bypassing GOVERNANCE retention and lifting
+    legal holds."""
+    r = client.list_object_versions(Bucket=bucket)
+    for v in r.get("Versions", []):
+        try:
+            hold = client.get_object_legal_hold(
+                Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"]
+            )
+        except client.exceptions.ClientError:  # RGW: no legal hold is an error answer
+            continue
+        if hold.get("LegalHold", {}).get("Status") == "ON":
+            client.put_object_legal_hold(
+                Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"], LegalHold={"Status": "OFF"}
+            )
+    for v in r.get("Versions", []) + r.get("DeleteMarkers", []):
+        client.delete_object(
+            Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"], BypassGovernanceRetention=True
+        )
+
+
+def _s3_bed(
+    server: S3Server, prefix: str, kind: str = "s3", variant: str = "", **tuning: Any
+) -> StoreBed:
     from pipeline.store.multipart import S3_LIMITS
     from pipeline.store.s3 import S3Store
 
-    bucket = server.create_bucket()
+    locked = variant == "locked"
+    bucket = server.create_bucket(object_lock=True) if locked else server.create_bucket()
     tuning.setdefault("part_size", S3_LIMITS.min_part)
     tuning.setdefault("retry", fast_retry())
+    _variant_tuning(kind, variant, tuning)
     store = S3Store(
         bucket,
         prefix,
@@ -161,6 +220,8 @@ def _s3_bed(server: S3Server, prefix: str, kind: str = "s3", **tuning: Any) -> S
         secret_key=server.secret_key,
         **tuning,
     )
+    if locked:
+        store = store.with_lock(retained_a_day())
     client = server.client()
 
     def open_uploads() -> list[tuple[str, str]]:
@@ -189,19 +250,24 @@ def _s3_bed(server: S3Server, prefix: str, kind: str = "s3", **tuning: Any) -> S
     def cleanup() -> None:
         for name, upload_id in open_uploads():
             client.abort_multipart_upload(Bucket=bucket, Key=name, UploadId=upload_id)
+        if locked:
+            empty_locked_bucket(client, bucket)
         for name in names():
             client.delete_object(Bucket=bucket, Key=name)
         client.delete_bucket(Bucket=bucket)
 
-    return StoreBed(kind, store, prefix, open_uploads, parts_of, names, start_stale_upload, cleanup)
+    return StoreBed(
+        kind, store, prefix, open_uploads, parts_of, names, start_stale_upload, cleanup, variant
+    )
 
 
-def _oss_bed(server: OssServer, prefix: str, **tuning: Any) -> StoreBed:
+def _oss_bed(server: OssServer, prefix: str, variant: str = "", **tuning: Any) -> StoreBed:
     from pipeline.store.oss import OSSStore
 
     bucket = server.create_bucket()
     tuning.setdefault("part_size", 1024 * 1024)
     tuning.setdefault("retry", fast_retry())
+    _variant_tuning("oss", variant, tuning)
     store = OSSStore(
         bucket,
         prefix,
@@ -234,7 +300,7 @@ def _oss_bed(server: OssServer, prefix: str, **tuning: Any) -> StoreBed:
         server.drop_bucket(bucket)
 
     return StoreBed(
-        "oss", store, prefix, open_uploads, parts_of, names, start_stale_upload, cleanup
+        "oss", store, prefix, open_uploads, parts_of, names, start_stale_upload, cleanup, variant
     )
 
 
@@ -386,13 +452,15 @@ def store_bed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callab
     """
     beds: list[StoreBed] = []
 
-    def make(kind: str, prefix: str = "pfx", **tuning: Any) -> StoreBed:
+    def make(kind: str, prefix: str = "pfx", variant: str = "", **tuning: Any) -> StoreBed:
+        if variant and variant not in VARIANTS.get(kind, ()):
+            raise ValueError(f"{kind} has no variant {variant}")
         if kind == "s3":
-            bed = _s3_bed(request.getfixturevalue("moto_server"), prefix, **tuning)
+            bed = _s3_bed(request.getfixturevalue("moto_server"), prefix, "s3", variant, **tuning)
         elif kind == "rgw":
-            bed = _s3_bed(request.getfixturevalue("rgw_server"), prefix, "rgw", **tuning)
+            bed = _s3_bed(request.getfixturevalue("rgw_server"), prefix, "rgw", variant, **tuning)
         elif kind == "oss":
-            bed = _oss_bed(request.getfixturevalue("oss_server"), prefix, **tuning)
+            bed = _oss_bed(request.getfixturevalue("oss_server"), prefix, variant, **tuning)
         elif kind == "local":
             bed = _local_bed(tmp_path / f"store-{len(beds)}", **tuning)
         elif kind in ("live-s3", "live-oss"):
@@ -415,8 +483,17 @@ def store_bed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callab
         pytest.param("oss", marks=pytest.mark.integration),
         pytest.param("live-s3", marks=pytest.mark.live),
         pytest.param("live-oss", marks=pytest.mark.live),
+        *(
+            pytest.param(f"{kind}-{variant}", marks=pytest.mark.integration)
+            for kind, variants in VARIANTS.items()
+            for variant in variants
+        ),
     ]
 )
 def any_store_bed(request: pytest.FixtureRequest, store_bed: Callable[..., StoreBed]) -> StoreBed:
-    """Every backend in turn; the contract suite (tests/test_store_contract.py) runs on it."""
-    return store_bed(request.param)
+    """Every backend in turn, and its variants (`s3-locked`, `rgw-sse-c`, ...); the contract
+    suite (tests/test_store_contract.py) runs on it."""
+    kind, _, variant = str(request.param).partition("-")
+    if kind == "live":
+        return store_bed(request.param)
+    return store_bed(kind, variant=variant)

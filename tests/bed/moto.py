@@ -86,9 +86,11 @@ class MotoServer:
             ),
         )
 
-    def create_bucket(self, name: str | None = None) -> str:
+    def create_bucket(self, name: str | None = None, *, object_lock: bool = False) -> str:
+        """A new bucket; with `object_lock`, created with Object Lock (and so versioning) on."""
         name = name or f"bale-{uuid.uuid4().hex[:12]}"
-        self.client().create_bucket(Bucket=name)
+        lock = {"ObjectLockEnabledForBucket": True} if object_lock else {}
+        self.client().create_bucket(Bucket=name, **lock)
         return name
 
     def stop(self) -> None:

@@ -13,6 +13,20 @@ the part of the OSS API that bale uses, the way the OSS documentation and oss2's
     UploadPartCopy (x-oss-copy-source, x-oss-copy-source-range)   CompleteMultipartUpload
     (part numbers ascending, ETags, parts >= 100 KB but the last, forbid-overwrite)
     AbortMultipartUpload   ListParts   ListMultipartUploads   PutBucket   RestoreObject
+    InitiateBucketWorm   CompleteBucketWorm   GetBucketWorm   AbortBucketWorm
+
+Encryption at rest as OSS has it: `x-oss-server-side-encryption` (AES256, KMS, SM4; anything
+else 400 InvalidEncryptionAlgorithmError) and `x-oss-server-side-encryption-key-id` on
+PutObject and InitiateMultipartUpload are kept with the object and answered on GET and HEAD.
+The bytes are kept as they came (nothing here needs them encrypted).
+
+WORM retention policies (`worm`): InitiateBucketWorm starts one InProgress (`x-oss-worm-id`),
+CompleteBucketWorm locks it, AbortBucketWorm removes an unlocked one (409
+WORMConfigurationLocked once locked), GetBucketWorm answers it (404
+NoSuchWORMConfiguration without). While one is InProgress or Locked, an object younger than the
+retention period (from its last write) cannot be overwritten (PutObject, the completion of an
+upload) or deleted: 409 FileImmutable, OSS's code for it (EC 0026-00000202). Tests move an
+object's write time back with `OssServer.age` to see it become deletable.
 
 Storage classes as OSS has them (`x-oss-storage-class` on PutObject and
 InitiateMultipartUpload; an unknown name is 400 InvalidArgument): objects in Archive,
@@ -52,6 +66,9 @@ MAX_PARTS = 10_000
 STORAGE_CLASSES = ("Standard", "IA", "Archive", "ColdArchive", "DeepColdArchive")
 ARCHIVE_CLASSES = frozenset({"Archive", "ColdArchive", "DeepColdArchive"})
 RESTORED_DAYS = 86400.0
+WORM_EC = "0026-00000202"
+"""OSS's error code (`x-oss-ec`) for deleting or modifying an object a retention policy
+protects."""
 
 _crc64 = crcmod.mkCrcFun(0x142F0E1EBA9EA3693, initCrc=0, xorOut=0xFFFFFFFFFFFFFFFF, rev=True)
 
@@ -90,6 +107,8 @@ class StoredObject:
     restore_ready_at: float | None = None
     """When a restore asked for completes (None: never asked)."""
     restore_days: int = 0
+    sse: str | None = None
+    sse_key_id: str | None = None
 
     def restore_header(self, now: float) -> str | None:
         if self.restore_ready_at is None:
@@ -122,6 +141,18 @@ class Upload:
     initiated: float
     parts: dict[int, StoredPart] = field(default_factory=dict)
     storage_class: str = "Standard"
+    sse: str | None = None
+    sse_key_id: str | None = None
+
+
+@dataclass
+class Worm:
+    """A bucket's retention policy."""
+
+    worm_id: str
+    days: int
+    created: float
+    state: str = "InProgress"
 
 
 @dataclass
@@ -145,6 +176,8 @@ class LoggedRequest:
     auth: str
     """`v1`, `v4` or `none`."""
     body_bytes: int
+    headers: dict[str, str] = field(default_factory=dict)
+    """The request's headers as they arrived (names lower-cased)."""
 
 
 class OssError(Exception):
@@ -162,6 +195,7 @@ class OssState:
     def __init__(self, access_key_id: str | None, region: str | None) -> None:
         self.lock = threading.RLock()
         self.buckets: dict[str, dict[str, StoredObject]] = {}
+        self.worms: dict[str, Worm] = {}
         self.uploads: dict[str, Upload] = {}
         self.faults: list[Fault] = []
         self.denied: set[str] = set()
@@ -228,8 +262,11 @@ class _Handler(BaseHTTPRequestHandler):
         bucket, key, query, body_bytes = self._request
         with self.state.lock:
             self.state.active -= 1
+            sent = {k.lower(): v for k, v in self.headers.items()}
             self.state.log.append(
-                LoggedRequest(self.command, bucket, key, query, status, self._auth, body_bytes)
+                LoggedRequest(
+                    self.command, bucket, key, query, status, self._auth, body_bytes, sent
+                )
             )
         self.send_response(status)
         self.send_header("x-oss-request-id", self._request_id)
@@ -253,6 +290,8 @@ class _Handler(BaseHTTPRequestHandler):
             _add(root, tag, text)
         body = _xml(root)
         headers = {"Content-Type": "application/xml"}
+        if "EC" in err.extra:  # OSS's fine-grained code, in the body and a header
+            headers["x-oss-ec"] = err.extra["EC"]
         if self.command == "HEAD":
             # HEAD has no body: OSS puts the error document, base64, in x-oss-err.
             headers["x-oss-err"] = base64.b64encode(body).decode()
@@ -337,6 +376,8 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "PUT":
                 return self._put_bucket(bucket)
             objects = self._bucket(bucket)
+            if "worm" in query or "wormId" in query:
+                return self._worm(bucket, method, query, body)
             if method == "GET" and "uploads" in query:
                 return self._list_uploads(bucket, query)
             if method == "GET":
@@ -367,7 +408,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._get_object(bucket, key)
         if method == "DELETE":
             with self.state.lock:
-                self._bucket(bucket).pop(key, None)
+                objects = self._bucket(bucket)
+                if key in objects:
+                    self._check_mutable(bucket, objects[key])
+                objects.pop(key, None)
             return self._send(204)
         raise OssError(400, "InvalidArgument", f"{method} with {sorted(query)} is not implemented")
 
@@ -424,6 +468,80 @@ class _Handler(BaseHTTPRequestHandler):
                 status = 200
         self._send(status)
 
+    def _encryption(self) -> tuple[str | None, str | None]:
+        """The `x-oss-server-side-encryption` asked for (and its KMS key id)."""
+        sse = self.headers.get("x-oss-server-side-encryption")
+        if sse is not None and sse not in ("AES256", "KMS", "SM4"):
+            raise OssError(
+                400,
+                "InvalidEncryptionAlgorithmError",
+                "The Encryption request you specified is not valid. Supported value: "
+                "AES256/KMS/SM4",
+            )
+        key_id = self.headers.get("x-oss-server-side-encryption-key-id")
+        return sse, (key_id if sse == "KMS" else None)
+
+    @staticmethod
+    def _encryption_headers(sse: str | None, key_id: str | None) -> dict[str, str]:
+        headers = {"x-oss-server-side-encryption": sse} if sse else {}
+        if key_id:
+            headers["x-oss-server-side-encryption-key-id"] = key_id
+        return headers
+
+    def _check_mutable(self, bucket: str, obj: StoredObject) -> None:
+        """409 FileImmutable for an object the bucket's WORM policy still protects (lock held)."""
+        worm = self.state.worms.get(bucket)
+        if worm is None or worm.state not in ("InProgress", "Locked"):
+            return
+        if time.time() < obj.modified + worm.days * RESTORED_DAYS:
+            raise OssError(
+                409,
+                "FileImmutable",
+                "The object is protected by the bucket's retention policy (WORM) and cannot "
+                "be deleted or overwritten until its retention period ends.",
+                EC=WORM_EC,
+            )
+
+    def _worm(self, bucket: str, method: str, query: dict[str, str], body: bytes) -> None:
+        with self.state.lock:
+            worm = self.state.worms.get(bucket)
+            if method == "POST" and "worm" in query:  # InitiateBucketWorm
+                try:
+                    days = int(ET.fromstring(body).findtext("RetentionPeriodInDays") or 0)
+                except (ET.ParseError, ValueError) as exc:
+                    raise OssError(
+                        400, "MalformedXML", "The XML you provided was not well-formed."
+                    ) from exc
+                if not 1 <= days <= 25550:
+                    raise OssError(400, "InvalidArgument", "RetentionPeriodInDays is invalid.")
+                if worm is not None:
+                    raise OssError(
+                        409, "WORMConfigurationAlreadyExists", "The WORM configuration exists."
+                    )
+                worm = Worm(uuid.uuid4().hex[:16].upper(), days, time.time())
+                self.state.worms[bucket] = worm
+                return self._send(200, b"", {"x-oss-worm-id": worm.worm_id})
+            if worm is None or ("wormId" in query and query["wormId"] != worm.worm_id):
+                raise OssError(
+                    404, "NoSuchWORMConfiguration", "The WORM Configuration does not exist."
+                )
+            if method == "POST":  # CompleteBucketWorm
+                worm.state = "Locked"
+                return self._send(200)
+            if method == "DELETE":  # AbortBucketWorm
+                if worm.state == "Locked":
+                    raise OssError(
+                        409, "WORMConfigurationLocked", "The WORM Configuration is locked."
+                    )
+                del self.state.worms[bucket]
+                return self._send(204)
+            root = ET.Element("WormConfiguration")
+            _add(root, "WormId", worm.worm_id)
+            _add(root, "State", worm.state)
+            _add(root, "RetentionPeriodInDays", worm.days)
+            _add(root, "CreationDate", _iso(worm.created))
+        self._send(200, _xml(root), {"Content-Type": "application/xml"})
+
     def _forbid_overwrite(self) -> bool:
         return self.headers.get("x-oss-forbid-overwrite", "").lower() == "true"
 
@@ -436,6 +554,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _put_object(self, bucket: str, key: str, body: bytes) -> None:
         self._check_md5(body)
+        sse, sse_key_id = self._encryption()
         obj = StoredObject(
             data=body,
             etag=_etag(body),
@@ -443,6 +562,8 @@ class _Handler(BaseHTTPRequestHandler):
             modified=time.time(),
             content_type=self.headers.get("Content-Type", "application/octet-stream"),
             storage_class=self._storage_class(),
+            sse=sse,
+            sse_key_id=sse_key_id,
         )
         with self.state.lock:
             objects = self._bucket(bucket)
@@ -452,8 +573,11 @@ class _Handler(BaseHTTPRequestHandler):
                     "FileAlreadyExists",
                     "The object you specified already exists and can not be overwritten.",
                 )
+            if key in objects:
+                self._check_mutable(bucket, objects[key])
             objects[key] = obj
-        self._send(200, b"", {"ETag": obj.etag, "x-oss-hash-crc64ecma": str(obj.crc)})
+        headers = {"ETag": obj.etag, "x-oss-hash-crc64ecma": str(obj.crc)}
+        self._send(200, b"", headers | self._encryption_headers(sse, sse_key_id))
 
     def _get_object(self, bucket: str, key: str) -> None:
         with self.state.lock:
@@ -475,6 +599,7 @@ class _Handler(BaseHTTPRequestHandler):
         restore = obj.restore_header(time.time())
         if restore is not None:
             headers["x-oss-restore"] = restore
+        headers |= self._encryption_headers(obj.sse, obj.sse_key_id)
         span = self._range(self.headers.get("Range"), size)
         if span is None:
             return self._send(200, obj.data, headers)
@@ -602,9 +727,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _initiate(self, bucket: str, key: str) -> None:
         upload_id = uuid.uuid4().hex.upper()
+        sse, sse_key_id = self._encryption()
         with self.state.lock:
             self.state.uploads[upload_id] = Upload(
-                bucket, key, upload_id, time.time(), storage_class=self._storage_class()
+                bucket,
+                key,
+                upload_id,
+                time.time(),
+                storage_class=self._storage_class(),
+                sse=sse,
+                sse_key_id=sse_key_id,
             )
         root = ET.Element("InitiateMultipartUploadResult")
         _add(root, "Bucket", bucket)
@@ -721,6 +853,8 @@ class _Handler(BaseHTTPRequestHandler):
                     "FileAlreadyExists",
                     "The object you specified already exists and can not be overwritten.",
                 )
+            if key in objects:
+                self._check_mutable(bucket, objects[key])
             data = b"".join(p.data for p in chosen)
             digest = hashlib.md5(b"".join(bytes.fromhex(p.etag.strip('"')) for p in chosen))
             etag = f'"{digest.hexdigest().upper()}-{len(chosen)}"'
@@ -731,6 +865,8 @@ class _Handler(BaseHTTPRequestHandler):
                 time.time(),
                 kind="Multipart",
                 storage_class=upload.storage_class,
+                sse=upload.sse,
+                sse_key_id=upload.sse_key_id,
             )
             objects[key] = obj
             del self.state.uploads[upload_id]
@@ -899,6 +1035,16 @@ class OssServer:
             for upload_id in [i for i, u in self.state.uploads.items() if u.bucket == bucket]:
                 del self.state.uploads[upload_id]
             self.state.log = [r for r in self.state.log if r.bucket != bucket]
+
+    def age(self, bucket: str, key: str, seconds: float) -> None:
+        """Move an object's last write `seconds` into the past (a WORM period running out)."""
+        with self.state.lock:
+            self.state.buckets[bucket][key].modified -= seconds
+
+    def stored(self, bucket: str, key: str) -> StoredObject:
+        """The object as the server keeps it (its class, encryption, ...)."""
+        with self.state.lock:
+            return self.state.buckets[bucket][key]
 
     def deny(self, bucket: str) -> None:
         with self.state.lock:

@@ -6,6 +6,9 @@ loopback port, and an S3 user with fixed test keys. Every daemon runs in the for
 its own session, dies with the test run (PR_SET_PDEATHSIG), and is stopped by its own PID; the
 directory goes with it.
 
+SSE-C is allowed over plain HTTP (`rgw_crypt_require_ssl = false`) and SSE-KMS goes through
+the `testing` KMS back end with one key (`KMS_KEY_ID`).
+
 Settings that matter (measured on Ceph 16.2.15, see the project notes): no cephx on loopback, so
 clients must offer `crc` mode to the monitor (radosgw's default `secure` loops on "-13"); a short
 paxos interval (start 13 s -> 3 s); pools of one replica on one OSD; deleted data reclaimed after
@@ -39,6 +42,11 @@ ACCESS_KEY = "BALETESTACCESSKEY000"
 SECRET_KEY = "bale-test-secret-key-0000000000000000000"
 REGION = "us-east-1"
 USER = "bale-test"
+KMS_KEY_ID = "bale-test-key"
+KMS_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+"""SSE-KMS through radosgw's `testing` KMS back end: this one key id, its 256 bits in base64
+(`aws:kms` with another id is refused, 400 InvalidAccessKeyId; without an id, 400
+InvalidArgument)."""
 
 STORAGE_CLASSES = ("STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER", "DEEP_ARCHIVE")
 """Added to the default placement target next to STANDARD, each with its own data pool."""
@@ -115,6 +123,8 @@ rgw_gc_obj_min_wait = 30
 rgw_gc_processor_period = 30
 rgw_enable_usage_log = false
 rgw_crypt_require_ssl = false
+rgw_crypt_s3_kms_backend = testing
+rgw_crypt_s3_kms_encryption_keys = {KMS_KEY_ID}={KMS_KEY}
 rgw_thread_pool_size = 64
 """
 
@@ -161,9 +171,11 @@ class RgwServer:
             )
         return self._clients[0]
 
-    def create_bucket(self, name: str | None = None) -> str:
+    def create_bucket(self, name: str | None = None, *, object_lock: bool = False) -> str:
+        """A new bucket; with `object_lock`, created with Object Lock (and so versioning) on."""
         name = name or f"bale-{uuid.uuid4().hex[:12]}"
-        self.client().create_bucket(Bucket=name)
+        lock = {"ObjectLockEnabledForBucket": True} if object_lock else {}
+        self.client().create_bucket(Bucket=name, **lock)
         return name
 
     def log(self, name: str = "client.rgw.bed") -> str:
