@@ -34,7 +34,7 @@ from botocore.exceptions import (
 )
 
 from pipeline.errors import StoreError, TransferError
-from pipeline.store.base import MultipartUpload, ObjectInfo
+from pipeline.store.base import MultipartUpload, ObjectInfo, attachment
 from pipeline.store.classes import S3_ARCHIVE, parse_restore
 from pipeline.store.multipart import (
     DEFAULT_PARALLEL,
@@ -307,6 +307,15 @@ class S3Store(RemoteStore):
     @property
     def endpoint_shown(self) -> str:
         return str(self.client.meta.endpoint_url)
+
+    def presign(self, key: str, *, expires: int = 900, filename: str | None = None) -> str:
+        """See `Presigning`: boto3 signs locally (SigV4 query string)."""
+        params = {"Bucket": self.bucket, "Key": self._name(key)}
+        if filename is not None:
+            params["ResponseContentDisposition"] = attachment(filename)
+        return str(
+            self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires)
+        )
 
     # -- boto3 calls (RemoteStore hooks) ---------------------------------------------------
 

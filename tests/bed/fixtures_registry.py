@@ -1,4 +1,5 @@
-"""Registry test bed fixtures: real registries in three auth modes, an image factory, skopeo.
+"""Registry test bed fixtures: real registries in three auth modes, an image factory, skopeo,
+podman.
 
 The shared servers are session-scoped (each starts in well under a second), so tests must
 push to repositories of their own: `unique_repo` gives one per test. Tests that need a
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.bed.images import ImageFactory, Skopeo
+from tests.bed.podman import Podman
 from tests.bed.registry import AuthMode, RegistryServer
 from tests.bed.token_issuer import TokenIssuer
 
@@ -118,6 +121,16 @@ def any_registry(request: pytest.FixtureRequest) -> RegistryServer:
 @pytest.fixture(scope="session")
 def image_factory(tmp_path_factory: pytest.TempPathFactory) -> ImageFactory:
     return ImageFactory(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture
+def podman(tmp_path: Path) -> Iterator[Podman]:
+    """podman on a vfs store of the test's own (tests/bed/podman.py)."""
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed")
+    p = Podman(tmp_path / "podman")
+    yield p
+    p.close()
 
 
 @pytest.fixture(scope="session")
