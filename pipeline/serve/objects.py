@@ -92,6 +92,8 @@ def serve_object(
             while chunk := stream.read(STREAM_CHUNK):
                 yield chunk
         finally:
-            stream.close()
+            close = getattr(stream, "close", None)  # store bodies hold a connection; Readable
+            if close is not None:  # promises only `read`
+                close()
 
     return StreamingResponse(chunks(), status_code=status, headers=headers)
