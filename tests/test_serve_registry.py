@@ -1,5 +1,5 @@
 """The read-only `/v2/` API over an archive: images archived by `bale archive` (into a local
-directory and into moto S3) are pulled back by skopeo, podman and containerd's `ctr` with their
+directory, moto S3 and the OSS protocol server) are pulled back by skopeo, podman and containerd's `ctr` with their
 digests unchanged; manifests, blobs (ranges, presigned redirects), lists and referrers answer
 as the distribution spec says; writes are refused with 405; auth off, htpasswd, bearer."""
 
@@ -24,6 +24,7 @@ import pytest
 from pipeline.oci import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from tests.bed.artifacts import SBOM
 from tests.bed.cli import isolated_env
+from tests.bed.fixtures_store import OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET, OSS_REGION
 from tests.bed.images import Skopeo, SkopeoError
 from tests.bed.moto import MOTO_KEYS, MotoServer
 from tests.bed.serve_web import Sample, ServeWeb, archive_sample, push_sample, start_serve_web
@@ -61,6 +62,7 @@ class Served:
     sample: Sample
     local: ServeWeb
     s3: ServeWeb
+    oss: ServeWeb
     htpasswd: ServeWeb
     bearer: ServeWeb
     anonymous: ServeWeb
@@ -69,15 +71,25 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(
-    registry, image_factory, skopeo, moto_server: MotoServer, tmp_path_factory
+    registry, image_factory, skopeo, moto_server: MotoServer, oss_server, tmp_path_factory
 ) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("serve-registry")
     sample = push_sample(registry, image_factory, skopeo, tmp / "artifacts", "served")
-    env = isolated_env(tmp, **MOTO_KEYS, AWS_ENDPOINT_URL=moto_server.endpoint_url)
+    env = isolated_env(
+        tmp,
+        **MOTO_KEYS,
+        AWS_ENDPOINT_URL=moto_server.endpoint_url,
+        OSS_ENDPOINT=oss_server.endpoint,
+        OSS_ACCESS_KEY_ID=OSS_ACCESS_KEY_ID,
+        OSS_ACCESS_KEY_SECRET=OSS_ACCESS_KEY_SECRET,
+        OSS_REGION=OSS_REGION,
+    )
     store_dir = tmp / "archive"
     archive_sample(sample, str(store_dir), env)
     bucket = moto_server.create_bucket()
     archive_sample(sample, f"s3://{bucket}/team", env)
+    oss_bucket = oss_server.create_bucket()
+    archive_sample(sample, f"oss://{oss_bucket}/team", env)
 
     htpasswd = tmp / "htpasswd"
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
@@ -89,6 +101,7 @@ def served(
         for store, extra in (
             (str(store_dir), ()),
             (f"s3://{bucket}/team", ()),
+            (f"oss://{oss_bucket}/team", ()),
             (str(store_dir), ("--htpasswd", str(htpasswd))),
             (str(store_dir), ("--token-file", str(tokens))),
             (str(store_dir), ("--htpasswd", str(htpasswd), "--anonymous-read")),
@@ -197,21 +210,24 @@ def test_blobs_head_get_and_ranges_from_a_local_store(served):
     assert elsewhere.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
 
 
-def test_blobs_redirect_to_presigned_store_urls_on_s3(served, moto_server):
+@pytest.mark.parametrize("which", ["s3", "oss"])
+def test_blobs_redirect_to_presigned_store_urls(served, moto_server, oss_server, which):
+    server: ServeWeb = getattr(served, which)
+    endpoint = moto_server.endpoint_url if which == "s3" else oss_server.endpoint
     layer = served.sample.app.layers[0]
     path = f"/v2/{_name(served)}/blobs/{layer.digest}"
-    got = call(served.s3, "GET", path)
+    got = call(server, "GET", path)
     assert got.status == 307
     location = urlsplit(got.headers["location"])
-    assert f"{location.scheme}://{location.netloc}" == moto_server.endpoint_url
-    assert "Signature" in location.query
+    assert f"{location.scheme}://{location.netloc}" == endpoint
+    assert "ignature" in location.query
     conn = http.client.HTTPConnection(location.netloc, timeout=30)
     conn.request("GET", f"{location.path}?{location.query}", headers={"Range": "bytes=0-99"})
     resp = conn.getresponse()
     assert resp.status == 206
     assert resp.read() == served.sample.app.read_blob(layer.digest)[:100]
     conn.close()
-    head = call(served.s3, "HEAD", path)  # HEAD is answered here: a presigned URL is for GET
+    head = call(server, "HEAD", path)  # HEAD is answered here: a presigned URL is for GET
     assert head.status == 200 and head.headers["content-length"] == str(layer.size)
 
 
@@ -278,7 +294,7 @@ def _oci_digest(layout: Path) -> str:
     return json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]
 
 
-@pytest.mark.parametrize("which", ["local", "s3"])
+@pytest.mark.parametrize("which", ["local", "s3", "oss"])
 def test_skopeo_pulls_with_digests_unchanged(served, skopeo: Skopeo, which, tmp_path):
     server: ServeWeb = getattr(served, which)
     for attr, tag in (("app", "v1"), ("multi", "v2")):
