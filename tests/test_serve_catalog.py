@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import os
 import shutil
 import time
@@ -25,30 +24,19 @@ from pipeline.refs import Reference
 from pipeline.serve.catalog_index import CatalogIndex
 from pipeline.store.local import LocalStore
 from tests.bed.cli import isolated_env
-from tests.bed.moto import MOTO_KEYS, MotoServer
-from tests.bed.serve_web import Sample, ServeWeb, archive_sample, push_sample, start_serve_web
+from tests.bed.moto import MotoServer
+from tests.bed.serve_web import (
+    Sample,
+    ServeWeb,
+    archive_everywhere,
+    push_sample,
+    request,
+    serving,
+    start_serve_web,
+)
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 """Screenshots of the browser test land here (gitignored), one PNG per page."""
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> dict:
-        return json.loads(self.body)
-
-
-def get(server: ServeWeb, path: str, headers: dict[str, str] | None = None) -> Answer:
-    conn = http.client.HTTPConnection(server.host, timeout=60)
-    conn.request("GET", path, headers=headers or {})
-    resp = conn.getresponse()
-    body = resp.read()
-    conn.close()
-    return Answer(resp.status, {k.lower(): v for k, v in resp.getheaders()}, body)
 
 
 # ---- the index, in process --------------------------------------------------------------------
@@ -157,20 +145,10 @@ def catalog(
 ) -> Iterator[Catalog]:
     tmp = tmp_path_factory.mktemp("serve-catalog")
     sample = push_sample(registry, image_factory, skopeo, tmp / "artifacts", "catalog")
-    env = isolated_env(tmp, **MOTO_KEYS, AWS_ENDPOINT_URL=moto_server.endpoint_url)
-    store_dir = tmp / "archive"
-    archive_sample(sample, str(store_dir), env)
-    bucket = moto_server.create_bucket()
-    archive_sample(sample, f"s3://{bucket}/team", env)
-    local = start_serve_web(str(store_dir), tmp, env=env)
-    try:
-        s3 = start_serve_web(f"s3://{bucket}/team", tmp, env=env)
-    except BaseException:
-        local.stop()
-        raise
-    yield Catalog(sample, local, s3, store_dir, bucket)
-    local.stop()
-    s3.stop()
+    stores = archive_everywhere(sample, tmp, moto_server)
+    specs: list[tuple[str, tuple[str, ...]]] = [(str(stores.local), ()), (stores.s3, ())]
+    with serving(specs, tmp, env=stores.env) as (local, s3):
+        yield Catalog(sample, local, s3, stores.local, stores.s3.split("/")[2])
 
 
 @pytest.mark.integration
@@ -179,7 +157,7 @@ def test_api_lists_repositories_images_and_one_image(catalog, which):
     server: ServeWeb = getattr(catalog, which)
     sample = catalog.sample
     app_repo, multi_repo = sample.store_repo(sample.app), sample.store_repo(sample.multi)
-    repos = get(server, "/api/repositories").json()
+    repos = request(server, "GET", "/api/repositories").json()
     assert repos["total"] == 2
     by_name = {r["repository"]: r for r in repos["items"]}
     app = by_name[app_repo]
@@ -189,12 +167,12 @@ def test_api_lists_repositories_images_and_one_image(catalog, which):
     assert app["registries"] == [sample.registry_host]
     assert repos["totals"]["images"] == 2
 
-    found = get(server, "/api/images?q=multi").json()
+    found = request(server, "GET", "/api/images?q=multi").json()
     assert [i["repository"] for i in found["items"]] == [multi_repo]
     assert found["items"][0]["platforms"] == ["linux/amd64", "linux/arm64"]
-    assert get(server, "/api/repositories?q=nothing-like-it").json()["items"] == []
+    assert request(server, "GET", "/api/repositories?q=nothing-like-it").json()["items"] == []
 
-    listed = get(server, f"/api/repositories/{app_repo}").json()
+    listed = request(server, "GET", f"/api/repositories/{app_repo}").json()
     [image] = listed["items"]
     assert image["digest"] == sample.app.digest
     assert image["signed"] and image["attested"]
@@ -202,8 +180,9 @@ def test_api_lists_repositories_images_and_one_image(catalog, which):
     assert image["storage_class"] == (None if which == "local" else "STANDARD")
     assert image["source"] == sample.app.reference
 
-    detail = get(server, f"/api/images/{app_repo}/v1").json()
+    detail = request(server, "GET", f"/api/images/{app_repo}/v1").json()
     [manifest] = detail["manifests"]
+    assert manifest["platform"] == "linux/amd64"  # from the config: a lone manifest has none
     assert [layer["digest"] for layer in manifest["layers"]] == [
         d.digest for d in sample.app.layers
     ]
@@ -215,29 +194,29 @@ def test_api_lists_repositories_images_and_one_image(catalog, which):
     assert commands["restore"].endswith(f"--from {store}")
     assert f"docker-archive:{tar}/images/{app_repo}/v1.tar" in commands["copy"]
     assert f"{server.host}/{app_repo}:v1" in commands["pull"]
-    by_digest = get(server, f"/api/images/{app_repo}/{sample.app.digest}").json()
+    by_digest = request(server, "GET", f"/api/images/{app_repo}/{sample.app.digest}").json()
     assert by_digest["ref"] == "v1"
-    multi = get(server, f"/api/images/{multi_repo}/v2").json()
+    multi = request(server, "GET", f"/api/images/{multi_repo}/v2").json()
     assert [m["platform"] for m in multi["manifests"]] == [None, "linux/amd64", "linux/arm64"]
-    assert get(server, f"/api/images/{app_repo}/nope").status == 404
+    assert request(server, "GET", f"/api/images/{app_repo}/nope").status == 404
 
 
 @pytest.mark.integration
 def test_pages_render_with_search_sort_and_pages(catalog):
     sample = catalog.sample
     app_repo = sample.store_repo(sample.app)
-    home = get(catalog.local, "/?sort=unique&order=desc").body.decode()
+    home = request(catalog.local, "GET", "/?sort=unique&order=desc").body.decode()
     assert app_repo in home and "unique after dedup" in home
-    searched = get(catalog.local, "/?q=multi").body.decode()
+    searched = request(catalog.local, "GET", "/?q=multi").body.decode()
     assert sample.store_repo(sample.multi) in searched and f">{app_repo}<" not in searched
-    repo = get(catalog.local, f"/repos/{app_repo}").body.decode()
+    repo = request(catalog.local, "GET", f"/repos/{app_repo}").body.decode()
     assert sample.app.digest[:19] in repo and "signature" in repo
-    image = get(catalog.local, f"/images/{app_repo}/v1").body.decode()
+    image = request(catalog.local, "GET", f"/images/{app_repo}/v1").body.decode()
     for layer in sample.app.layers:
         assert layer.digest in image
     assert f'href="/download/{app_repo}/v1.tar"' in image
     assert "bale copy docker-archive:" in image and "bale restore " in image
-    missing = get(catalog.local, "/repos/no/such/repo")
+    missing = request(catalog.local, "GET", "/repos/no/such/repo")
     assert missing.status == 404 and "not in the archive" in missing.body.decode()
 
 
@@ -245,21 +224,21 @@ def test_pages_render_with_search_sort_and_pages(catalog):
 def test_download_streams_the_tar_from_a_local_store(catalog):
     repo = catalog.sample.store_repo(catalog.sample.app)
     tar = (catalog.store_dir / "images" / repo / "v1.tar").read_bytes()
-    got = get(catalog.local, f"/download/{repo}/v1.tar")
+    got = request(catalog.local, "GET", f"/download/{repo}/v1.tar")
     assert got.status == 200
     assert hashlib.sha256(got.body).digest() == hashlib.sha256(tar).digest()
     assert got.headers["content-type"] == "application/x-tar"
     assert got.headers["content-disposition"].startswith("attachment; filename=")
-    part = get(catalog.local, f"/download/{repo}/v1.tar", {"Range": "bytes=512-1023"})
+    part = request(catalog.local, "GET", f"/download/{repo}/v1.tar", {"Range": "bytes=512-1023"})
     assert part.status == 206 and part.body == tar[512:1024]
-    assert get(catalog.local, f"/download/{repo}/v9.tar").status == 404
-    assert get(catalog.local, f"/download/{repo}/v1.json").status == 404  # tars only
+    assert request(catalog.local, "GET", f"/download/{repo}/v9.tar").status == 404
+    assert request(catalog.local, "GET", f"/download/{repo}/v1.json").status == 404  # tars only
 
 
 @pytest.mark.integration
 def test_download_redirects_to_a_presigned_url_on_s3(catalog, moto_server):
     repo = catalog.sample.store_repo(catalog.sample.app)
-    got = get(catalog.s3, f"/download/{repo}/v1.tar")
+    got = request(catalog.s3, "GET", f"/download/{repo}/v1.tar")
     assert got.status == 307
     location = urlsplit(got.headers["location"])
     assert f"{location.scheme}://{location.netloc}" == moto_server.endpoint_url
@@ -300,18 +279,20 @@ def test_ten_thousand_images_page_without_reading_records(tmp_path):
             "/repos/registry.example.com-5000/team3/app993",
         ):
             t0 = time.perf_counter()
-            got = get(server, path)
+            got = request(server, "GET", path)
             timings.append((path, time.perf_counter() - t0))
             assert got.status == 200, (path, got.body[:300])
-        home = get(server, "/api/repositories?per_page=100&page=10").json()
+        home = request(server, "GET", "/api/repositories?per_page=100&page=10").json()
         assert home["total"] == 1000 and home["pages"] == 10 and len(home["items"]) == 100
-        found = get(server, "/api/images?q=team3/app99&per_page=500").json()
+        found = request(server, "GET", "/api/images?q=team3/app99&per_page=500").json()
         # app99x in team3: images i with i % 1000 in 990..999 (team = i % 10 = 3 → 993), 10 each
         assert found["total"] == 10
         assert all(i["repository"].endswith("/team3/app993") for i in found["items"])
-        last = get(server, "/api/images?page=200&per_page=50").json()
+        last = request(server, "GET", "/api/images?page=200&per_page=50").json()
         assert last["page"] == 200 and len(last["items"]) == 50
-        repo = get(server, "/api/repositories/registry.example.com-5000/team3/app993").json()
+        repo = request(
+            server, "GET", "/api/repositories/registry.example.com-5000/team3/app993"
+        ).json()
         assert (
             repo["total"] == 10
             and repo["repository"]["unique_bytes"] < repo["repository"]["stored_bytes"]

@@ -9,10 +9,6 @@ import base64
 import hashlib
 import http.client
 import json
-import shutil
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,34 +19,13 @@ import pytest
 
 from pipeline.oci import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from tests.bed.artifacts import SBOM
-from tests.bed.cli import isolated_env
-from tests.bed.fixtures_store import OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET, OSS_REGION
 from tests.bed.images import Skopeo, SkopeoError
-from tests.bed.moto import MOTO_KEYS, MotoServer
-from tests.bed.serve_web import Sample, ServeWeb, archive_sample, push_sample, start_serve_web
+from tests.bed.moto import MotoServer
+from tests.bed.serve_web import Sample, ServeWeb, archive_everywhere, push_sample, request, serving
 
 pytestmark = pytest.mark.integration
 
 USER, PASSWORD, TOKEN = "puller", "s3cret-pw", "bale-test-token-1234"
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> dict:
-        return json.loads(self.body)
-
-
-def call(server: ServeWeb, method: str, path: str, headers: dict[str, str] | None = None) -> Answer:
-    conn = http.client.HTTPConnection(server.host, timeout=30)
-    conn.request(method, path, headers=headers or {})
-    resp = conn.getresponse()
-    body = resp.read()
-    conn.close()
-    return Answer(resp.status, {k.lower(): v for k, v in resp.getheaders()}, body)
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -75,42 +50,24 @@ def served(
 ) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("serve-registry")
     sample = push_sample(registry, image_factory, skopeo, tmp / "artifacts", "served")
-    env = isolated_env(
-        tmp,
-        **MOTO_KEYS,
-        AWS_ENDPOINT_URL=moto_server.endpoint_url,
-        OSS_ENDPOINT=oss_server.endpoint,
-        OSS_ACCESS_KEY_ID=OSS_ACCESS_KEY_ID,
-        OSS_ACCESS_KEY_SECRET=OSS_ACCESS_KEY_SECRET,
-        OSS_REGION=OSS_REGION,
-    )
-    store_dir = tmp / "archive"
-    archive_sample(sample, str(store_dir), env)
-    bucket = moto_server.create_bucket()
-    archive_sample(sample, f"s3://{bucket}/team", env)
-    oss_bucket = oss_server.create_bucket()
-    archive_sample(sample, f"oss://{oss_bucket}/team", env)
-
+    stores = archive_everywhere(sample, tmp, moto_server, oss_server)
+    assert stores.oss is not None
     htpasswd = tmp / "htpasswd"
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
     htpasswd.write_text(f"{USER}:{hashed.replace('$2b$', '$2y$')}\n")  # as htpasswd -B writes
     tokens = tmp / "tokens"
     tokens.write_text(f"{TOKEN}\n")
-    servers = []
-    try:
-        for store, extra in (
-            (str(store_dir), ()),
-            (f"s3://{bucket}/team", ()),
-            (f"oss://{oss_bucket}/team", ()),
-            (str(store_dir), ("--htpasswd", str(htpasswd))),
-            (str(store_dir), ("--token-file", str(tokens))),
-            (str(store_dir), ("--htpasswd", str(htpasswd), "--anonymous-read")),
-        ):
-            servers.append(start_serve_web(store, tmp, env=env, extra=extra))
-        yield Served(sample, *servers, store_dir=store_dir)
-    finally:
-        for server in servers:
-            server.stop()
+    local = str(stores.local)
+    specs: list[tuple[str, tuple[str, ...]]] = [
+        (local, ()),
+        (stores.s3, ()),
+        (stores.oss, ()),
+        (local, ("--htpasswd", str(htpasswd))),
+        (local, ("--token-file", str(tokens))),
+        (local, ("--htpasswd", str(htpasswd), "--anonymous-read")),
+    ]
+    with serving(specs, tmp, env=stores.env) as servers:
+        yield Served(sample, *servers, store_dir=stores.local)
 
 
 def _name(served: Served, which: str = "app") -> str:
@@ -121,15 +78,15 @@ def _name(served: Served, which: str = "app") -> str:
 
 
 def test_base_catalog_and_tags(served):
-    base = call(served.local, "GET", "/v2/")
+    base = request(served.local, "GET", "/v2/")
     assert base.status == 200
     assert base.headers["docker-distribution-api-version"] == "registry/2.0"
-    catalog = call(served.local, "GET", "/v2/_catalog").json()["repositories"]
+    catalog = request(served.local, "GET", "/v2/_catalog").json()["repositories"]
     assert catalog == sorted([_name(served, "app"), _name(served, "multi")])
-    first = call(served.local, "GET", "/v2/_catalog?n=1")
+    first = request(served.local, "GET", "/v2/_catalog?n=1")
     assert first.json()["repositories"] == catalog[:1]
     assert first.headers["link"] == f'</v2/_catalog?n=1&last={catalog[0]}>; rel="next"'
-    tags = call(served.local, "GET", f"/v2/{_name(served)}/tags/list").json()
+    tags = request(served.local, "GET", f"/v2/{_name(served)}/tags/list").json()
     app = served.sample.app
     hexes = app.digest[7:]
     assert tags["name"] == _name(served)
@@ -139,7 +96,7 @@ def test_base_catalog_and_tags(served):
         f"sha256-{hexes}.sig",
         f"sha256-{hexes}.att",
     }
-    missing = call(served.local, "GET", "/v2/nothing/here/tags/list")
+    missing = request(served.local, "GET", "/v2/nothing/here/tags/list")
     assert missing.status == 404
     assert missing.json()["errors"][0]["code"] == "NAME_UNKNOWN"
 
@@ -148,40 +105,42 @@ def test_manifests_by_tag_and_digest_head_and_get(served):
     app = served.sample.app
     for ref in ("v1", app.digest):
         path = f"/v2/{_name(served)}/manifests/{ref}"
-        got = call(served.local, "GET", path, {"Accept": DOCKER_MANIFEST})
+        got = request(served.local, "GET", path, {"Accept": DOCKER_MANIFEST})
         assert got.status == 200
         assert got.body == app.manifest
         assert got.headers["docker-content-digest"] == app.digest
         assert got.headers["content-type"] == DOCKER_MANIFEST
-        head = call(served.local, "HEAD", path, {"Accept": DOCKER_MANIFEST})
+        head = request(served.local, "HEAD", path, {"Accept": DOCKER_MANIFEST})
         assert head.status == 200 and head.body == b""
         assert head.headers["content-length"] == str(len(app.manifest))
         assert head.headers["docker-content-digest"] == app.digest
-    unknown = call(served.local, "GET", f"/v2/{_name(served)}/manifests/nope")
+    unknown = request(served.local, "GET", f"/v2/{_name(served)}/manifests/nope")
     assert unknown.status == 404
     assert unknown.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
     # a digest of another repository is not this one's
-    other = call(served.local, "GET", f"/v2/{_name(served)}/manifests/{served.sample.multi.digest}")
+    other = request(
+        served.local, "GET", f"/v2/{_name(served)}/manifests/{served.sample.multi.digest}"
+    )
     assert other.status == 404
 
 
 def test_content_negotiation(served):
     multi = served.sample.multi
     path = f"/v2/{_name(served, 'multi')}/manifests/v2"
-    index = call(served.local, "GET", path, {"Accept": f"{OCI_INDEX}, {OCI_MANIFEST}"})
+    index = request(served.local, "GET", path, {"Accept": f"{OCI_INDEX}, {OCI_MANIFEST}"})
     assert index.headers["content-type"] == OCI_INDEX
     assert index.headers["docker-content-digest"] == multi.digest
     # a client that cannot take an index gets the linux/amd64 image, as distribution answers
-    single = call(served.local, "GET", path, {"Accept": OCI_MANIFEST})
+    single = request(served.local, "GET", path, {"Accept": OCI_MANIFEST})
     amd64 = multi.child("linux/amd64")
     assert single.status == 200
     assert single.headers["docker-content-digest"] == amd64.digest
     assert single.body == amd64.manifest
     # never a converted manifest: an OCI image asked for as Docker schema2 is not found
-    refused = call(served.local, "GET", path, {"Accept": DOCKER_MANIFEST})
+    refused = request(served.local, "GET", path, {"Accept": DOCKER_MANIFEST})
     assert refused.status == 404
     assert refused.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
-    anything = call(served.local, "GET", path, {"Accept": "*/*"})
+    anything = request(served.local, "GET", path, {"Accept": "*/*"})
     assert anything.headers["docker-content-digest"] == multi.digest
 
 
@@ -190,22 +149,22 @@ def test_blobs_head_get_and_ranges_from_a_local_store(served):
     layer = app.layers[0]
     data = app.read_blob(layer.digest)
     path = f"/v2/{_name(served)}/blobs/{layer.digest}"
-    head = call(served.local, "HEAD", path)
+    head = request(served.local, "HEAD", path)
     assert head.status == 200 and head.body == b""
     assert head.headers["content-length"] == str(layer.size)
     assert head.headers["docker-content-digest"] == layer.digest
-    whole = call(served.local, "GET", path)
+    whole = request(served.local, "GET", path)
     assert hashlib.sha256(whole.body).hexdigest() == layer.digest[7:]
-    part = call(served.local, "GET", path, {"Range": "bytes=1000-1999"})
+    part = request(served.local, "GET", path, {"Range": "bytes=1000-1999"})
     assert part.status == 206
     assert part.body == data[1000:2000]
     assert part.headers["content-range"] == f"bytes 1000-1999/{layer.size}"
-    tail = call(served.local, "GET", path, {"Range": "bytes=-10"})
+    tail = request(served.local, "GET", path, {"Range": "bytes=-10"})
     assert tail.status == 206 and tail.body == data[-10:]
-    beyond = call(served.local, "GET", path, {"Range": f"bytes={layer.size}-"})
+    beyond = request(served.local, "GET", path, {"Range": f"bytes={layer.size}-"})
     assert beyond.status == 416
     # a blob the repository does not link is unknown there, even though the store has it
-    elsewhere = call(served.local, "GET", f"/v2/{_name(served, 'multi')}/blobs/{layer.digest}")
+    elsewhere = request(served.local, "GET", f"/v2/{_name(served, 'multi')}/blobs/{layer.digest}")
     assert elsewhere.status == 404
     assert elsewhere.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
 
@@ -216,7 +175,7 @@ def test_blobs_redirect_to_presigned_store_urls(served, moto_server, oss_server,
     endpoint = moto_server.endpoint_url if which == "s3" else oss_server.endpoint
     layer = served.sample.app.layers[0]
     path = f"/v2/{_name(served)}/blobs/{layer.digest}"
-    got = call(server, "GET", path)
+    got = request(server, "GET", path)
     assert got.status == 307
     location = urlsplit(got.headers["location"])
     assert f"{location.scheme}://{location.netloc}" == endpoint
@@ -227,23 +186,25 @@ def test_blobs_redirect_to_presigned_store_urls(served, moto_server, oss_server,
     assert resp.status == 206
     assert resp.read() == served.sample.app.read_blob(layer.digest)[:100]
     conn.close()
-    head = call(server, "HEAD", path)  # HEAD is answered here: a presigned URL is for GET
+    head = request(server, "HEAD", path)  # HEAD is answered here: a presigned URL is for GET
     assert head.status == 200 and head.headers["content-length"] == str(layer.size)
 
 
 def test_referrers_api_lists_the_sbom(served):
     app = served.sample.app
     path = f"/v2/{_name(served)}/referrers/{app.digest}"
-    got = call(served.local, "GET", path)
+    got = request(served.local, "GET", path)
     assert got.status == 200
     assert got.headers["content-type"] == OCI_INDEX
     listed = got.json()["manifests"]
     assert [m["digest"] for m in listed] == [served.sample.sbom.digest]
     assert listed[0]["artifactType"] == SBOM
-    filtered = call(served.local, "GET", f"{path}?artifactType=application/example")
+    filtered = request(served.local, "GET", f"{path}?artifactType=application/example")
     assert filtered.json()["manifests"] == []
     assert filtered.headers["oci-filters-applied"] == "artifactType"
-    none = call(served.local, "GET", f"/v2/{_name(served)}/referrers/{served.sample.sbom.digest}")
+    none = request(
+        served.local, "GET", f"/v2/{_name(served)}/referrers/{served.sample.sbom.digest}"
+    )
     assert none.status == 200 and none.json()["manifests"] == []
 
 
@@ -256,7 +217,7 @@ def test_writes_answer_405_unsupported(served, method, server):
         f"/v2/{name}/blobs/uploads/",
         f"/v2/{name}/blobs/{served.sample.app.layers[0].digest}",
     ):
-        got = call(getattr(served, server), method, path)
+        got = request(getattr(served, server), method, path)
         assert got.status == 405, (method, path)
         error = got.json()["errors"][0]
         assert error["code"] == "UNSUPPORTED"
@@ -265,26 +226,32 @@ def test_writes_answer_405_unsupported(served, method, server):
 
 def test_basic_auth_from_htpasswd(served):
     path = f"/v2/{_name(served)}/manifests/v1"
-    anonymous = call(served.htpasswd, "GET", "/v2/")
+    anonymous = request(served.htpasswd, "GET", "/v2/")
     assert anonymous.status == 401
     assert anonymous.headers["www-authenticate"] == 'Basic realm="bale"'
     assert anonymous.json()["errors"][0]["code"] == "UNAUTHORIZED"
-    assert call(served.htpasswd, "GET", path, basic(USER, "wrong")).status == 401
-    assert call(served.htpasswd, "GET", path, basic("nobody", PASSWORD)).status == 401
-    assert call(served.htpasswd, "GET", path, {"Authorization": f"Bearer {TOKEN}"}).status == 401
-    assert call(served.htpasswd, "GET", path, basic(USER, PASSWORD)).status == 200
+    assert request(served.htpasswd, "GET", path, basic(USER, "wrong")).status == 401
+    assert request(served.htpasswd, "GET", path, basic("nobody", PASSWORD)).status == 401
+    assert request(served.htpasswd, "GET", path, {"Authorization": f"Bearer {TOKEN}"}).status == 401
+    assert request(served.htpasswd, "GET", path, basic(USER, PASSWORD)).status == 200
+    # the catalog lists and hands out what may be pulled: the same credentials
+    for page in ("/", "/api/repositories", f"/download/{_name(served)}/v1.tar"):
+        refused = request(served.htpasswd, "GET", page)
+        assert refused.status == 401, page
+        assert refused.headers["www-authenticate"] == 'Basic realm="bale"'
+        assert request(served.htpasswd, "GET", page, basic(USER, PASSWORD)).status == 200, page
     # anonymous read when configured; a wrong password is still refused
-    assert call(served.anonymous, "GET", path).status == 200
-    assert call(served.anonymous, "GET", path, basic(USER, "wrong")).status == 401
+    assert request(served.anonymous, "GET", path).status == 200
+    assert request(served.anonymous, "GET", path, basic(USER, "wrong")).status == 401
 
 
 def test_bearer_tokens(served):
     path = f"/v2/{_name(served)}/manifests/v1"
-    anonymous = call(served.bearer, "GET", path)
+    anonymous = request(served.bearer, "GET", path)
     assert anonymous.status == 401
     assert anonymous.headers["www-authenticate"].startswith("Bearer realm=")
-    assert call(served.bearer, "GET", path, {"Authorization": "Bearer nope"}).status == 401
-    assert call(served.bearer, "GET", path, {"Authorization": f"Bearer {TOKEN}"}).status == 200
+    assert request(served.bearer, "GET", path, {"Authorization": "Bearer nope"}).status == 401
+    assert request(served.bearer, "GET", path, {"Authorization": f"Bearer {TOKEN}"}).status == 200
 
 
 # ---- real clients pulling -------------------------------------------------------------------
@@ -347,73 +314,6 @@ def test_podman_pulls_with_digests_unchanged(served, podman, which):
     inspected = json.loads(podman("image", "inspect", ref))[0]
     assert inspected["Digest"] == app.digest
     assert inspected["RootFS"]["Layers"] == list(app.diff_ids)
-
-
-class Containerd:
-    """A containerd of the test's own (root, state and socket in a temporary directory)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.socket = root / "containerd.sock"
-        config = root / "config.toml"
-        config.write_text(
-            "version = 2\n"
-            f'root = "{root / "root"}"\n'
-            f'state = "{root / "state"}"\n'
-            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-            f'[grpc]\n  address = "{self.socket}"\n'
-        )
-        self.log = (root / "containerd.log").open("wb")
-        self.process = subprocess.Popen(
-            ["containerd", "--config", str(config)], stdout=self.log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 30
-        while self.ctr_status("version") != 0:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError((root / "containerd.log").read_text()[-2000:])
-            time.sleep(0.2)
-
-    def ctr_status(self, *args: str) -> int:
-        return subprocess.run(
-            ["ctr", "--address", str(self.socket), *args], capture_output=True, timeout=60
-        ).returncode
-
-    def ctr(self, *args: str) -> str:
-        proc = subprocess.run(
-            ["ctr", "--address", str(self.socket), *args],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-
-
-@pytest.fixture
-def containerd() -> Iterator[Containerd]:
-    missing = [b for b in ("containerd", "ctr") if shutil.which(b) is None]
-    if missing:
-        pytest.skip(f"{' and '.join(missing)} not installed (`make deps` installs containerd)")
-    root = Path(tempfile.mkdtemp(prefix="bale-ctrd-"))  # the socket path must stay short
-    try:
-        daemon = Containerd(root)
-    except (RuntimeError, OSError) as exc:
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.skip(f"containerd cannot run here: {exc}")
-    yield daemon
-    daemon.stop()
-    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.parametrize("which", ["local", "s3", "htpasswd"])

@@ -16,6 +16,7 @@ dictionaries the API returns.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,22 +25,32 @@ from typing import Any, TypeVar
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket
 from pipeline.archive.record import format_time
 from pipeline.errors import BaleError, ObjectFrozen, StoreNotFound
-from pipeline.oci import ImageIndex, ImageManifest, RawManifest
+from pipeline.oci import (
+    DOCKER_CONFIG,
+    OCI_CONFIG,
+    Descriptor,
+    ImageIndex,
+    ImageManifest,
+    Platform,
+    RawManifest,
+)
 from pipeline.serve.catalog_index import CatalogImage, CatalogIndex, RepoSummary, Snapshot
 from pipeline.serve.objects import RangeNotSatisfiable, serve_object
+from pipeline.serve.registry_auth import Authenticator, RegistryAuth
 from pipeline.store.base import ObjectStore
 from pipeline.units import format_size
 
 TEMPLATES = Path(__file__).with_name("templates")
 PER_PAGE = 50
 MAX_PER_PAGE = 500
+MAX_CONFIG_BYTES = 1024 * 1024
 
 T = TypeVar("T")
 
@@ -176,6 +187,8 @@ def manifests_json(bucket: ArchiveBucket, item: CatalogImage) -> list[dict[str, 
             "platform": platform,
         }
         if isinstance(parsed, ImageManifest):
+            if platform is None and parsed.config.media_type in (OCI_CONFIG, DOCKER_CONFIG):
+                entry["platform"] = _config_platform(bucket, parsed.config)
             entry["config"] = parsed.config.to_json()
             entry["layers"] = [d.to_json() for d in parsed.layers]
             entry["layers_bytes"] = sum(d.size for d in parsed.layers)
@@ -202,6 +215,19 @@ def manifests_json(bucket: ArchiveBucket, item: CatalogImage) -> list[dict[str, 
     return out
 
 
+def _config_platform(bucket: ArchiveBucket, config: Descriptor) -> str | None:
+    """A lone manifest's platform, from its config (records list platforms of indexes only)."""
+    if config.size > MAX_CONFIG_BYTES:
+        return None
+    try:
+        obj = json.loads(bucket.read_blob(config))
+    except (BaleError, ValueError):
+        return None
+    if not isinstance(obj, dict) or not obj.get("os") or not obj.get("architecture"):
+        return None
+    return str(Platform.from_json(obj))
+
+
 def commands_json(store: ObjectStore, item: CatalogImage, pull_host: str) -> dict[str, str]:
     """How to get the image back: restore (registry), copy (from the tar), or pull from here."""
     r = item.record
@@ -223,8 +249,15 @@ def commands_json(store: ObjectStore, item: CatalogImage, pull_host: str) -> dic
 class Catalog:
     """The catalog's handlers over one store and its index."""
 
-    def __init__(self, store: ObjectStore, index: CatalogIndex | None = None) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        index: CatalogIndex | None = None,
+        auth: RegistryAuth | None = None,
+    ) -> None:
         self.store = store
+        self.auth = auth or RegistryAuth()
+        self.authenticator = Authenticator(self.auth)
         self.bucket = ArchiveBucket(store)
         self.index = index or CatalogIndex(store)
         self.templates = Environment(
@@ -233,17 +266,33 @@ class Catalog:
         self.templates.filters["size"] = format_size
 
     def routes(self) -> list[BaseRoute]:
+        guard = self._guarded
         return [
-            Route("/", self.home),
-            Route("/repos/{repo:path}", self.repository),
-            Route("/images", self.images),
-            Route("/images/{repo:path}/{ref}", self.image),
-            Route("/download/{repo:path}/{name}", self.download, methods=["GET", "HEAD"]),
-            Route("/api/repositories", self.home),
-            Route("/api/repositories/{repo:path}", self.repository),
-            Route("/api/images", self.images),
-            Route("/api/images/{repo:path}/{ref}", self.image),
+            Route("/", guard(self.home)),
+            Route("/repos/{repo:path}", guard(self.repository)),
+            Route("/images", guard(self.images)),
+            Route("/images/{repo:path}/{ref}", guard(self.image)),
+            Route("/download/{repo:path}/{name}", guard(self.download), methods=["GET", "HEAD"]),
+            Route("/api/repositories", guard(self.home)),
+            Route("/api/repositories/{repo:path}", guard(self.repository)),
+            Route("/api/images", guard(self.images)),
+            Route("/api/images/{repo:path}/{ref}", guard(self.image)),
         ]
+
+    def _guarded(self, handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
+        """`handler` behind the registry's credentials: whoever may pull an image may see it
+        listed and download its tar, and nobody else (a browser asks for Basic credentials)."""
+
+        def endpoint(request: Request) -> Response:
+            if not self.authenticator.allows(request.headers.get("authorization")):
+                return PlainTextResponse(
+                    "authentication required\n",
+                    status_code=401,
+                    headers={"WWW-Authenticate": self.auth.challenge()},
+                )
+            return handler(request)
+
+        return endpoint
 
     def _render(
         self,
@@ -349,7 +398,9 @@ class Catalog:
             return self._render(request, "missing.html", {"error": str(exc)}, status)
 
 
-def catalog_routes(store: ObjectStore, *, index: CatalogIndex | None = None) -> list[BaseRoute]:
-    """The catalog's pages and JSON over `store`. Give the same `index` to `registry_routes`
-    so both share one snapshot and one refresh."""
-    return Catalog(store, index).routes()
+def catalog_routes(
+    store: ObjectStore, *, index: CatalogIndex | None = None, auth: RegistryAuth | None = None
+) -> list[BaseRoute]:
+    """The catalog's pages and JSON over `store`. Give `registry_routes` the same `index` (one
+    snapshot, one refresh) and the same `auth` (what may be pulled may be listed)."""
+    return Catalog(store, index, auth).routes()

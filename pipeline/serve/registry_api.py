@@ -18,6 +18,7 @@ Errors are the spec's JSON (`{"errors": [{"code", "message", "detail"}]}`).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any
 
@@ -27,7 +28,7 @@ from starlette.routing import BaseRoute, Route
 
 from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket
-from pipeline.errors import ObjectFrozen, StoreNotFound
+from pipeline.errors import InvalidReference, ObjectFrozen, StoreError, StoreNotFound
 from pipeline.oci import (
     DEFAULT_PLATFORM,
     INDEX_TYPES,
@@ -43,6 +44,8 @@ from pipeline.serve.catalog_index import CatalogIndex
 from pipeline.serve.objects import PRESIGN_SECONDS, RangeNotSatisfiable, serve_object
 from pipeline.serve.registry_auth import Authenticator, RegistryAuth
 from pipeline.store.base import ObjectStore
+
+log = logging.getLogger("bale.serve")
 
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 READ_METHODS = ("GET", "HEAD")
@@ -118,7 +121,13 @@ class ArchiveRegistry:
     # -- dispatch --------------------------------------------------------------------------
     def handle(self, request: Request) -> Response:
         try:
-            return self._dispatch(request)
+            try:
+                return self._dispatch(request)
+            except StoreError as exc:  # the store failed (gone, refused): say so, as JSON
+                log.warning("/v2/ %s %s: %s", request.method, request.url.path, exc)
+                raise RegistryError(
+                    503, "UNAVAILABLE", "the archive cannot be read", str(exc)
+                ) from None
         except RegistryError as exc:
             headers = {}
             if exc.status == 401:
@@ -166,7 +175,7 @@ class ArchiveRegistry:
             return self.bucket.read_manifest(digest)
         except ObjectFrozen:
             raise _frozen(digest) from None
-        except StoreNotFound:
+        except (StoreNotFound, InvalidReference):  # no such blob, or a link holding no digest
             raise RegistryError(404, "MANIFEST_UNKNOWN", "manifest unknown", digest) from None
 
     def _resolve(self, name: str, ref: str) -> str:

@@ -6,28 +6,35 @@
 A Starlette app of `catalog_routes` and `registry_routes` (sharing one `CatalogIndex`) under
 uvicorn on 127.0.0.1. The store is opened with `open_store` from the environment, as the CLI
 would (`AWS_*`, `OSS_*`). `start_serve_web(...)` starts it as a subprocess and waits until
-`/v2/` answers; `ServeWeb.stop()` ends it. `push_sample` and `archive_sample` make the archive
-the serve tests read.
+`/v2/` answers; `ServeWeb.stop()` ends it; `request(server, method, path)` asks it one thing; `serving([(store, extra), ...], ...)` starts several and
+stops them all. `push_sample`, `archive_sample` and `archive_everywhere` make the archives the
+serve tests read.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
+import json
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline.oci import Descriptor
 from pipeline.refs import Reference
 from tests.bed.artifacts import attach, sign
-from tests.bed.cli import run_bale
+from tests.bed.cli import isolated_env, run_bale
+from tests.bed.fixtures_store import OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET, OSS_REGION
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec, Skopeo
-from tests.bed.moto import _die_with_parent, free_port
+from tests.bed.moto import MOTO_KEYS, MotoServer, _die_with_parent, free_port, stop_process
+from tests.bed.oss_server import OssServer
 from tests.bed.registry import RegistryServer
 
 
@@ -39,16 +46,36 @@ class ServeWeb:
     log_path: Path
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One HTTP answer, headers keyed in lower case."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def request(
+    server: ServeWeb, method: str, path: str, headers: dict[str, str] | None = None
+) -> Answer:
+    """`method path` to the server, the body read whole; redirects are not followed."""
+    conn = http.client.HTTPConnection(server.host, timeout=60)
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    return Answer(resp.status, {k.lower(): v for k, v in resp.getheaders()}, body)
 
 
 def start_serve_web(
@@ -97,6 +124,22 @@ def start_serve_web(
             time.sleep(0.1)
 
 
+@contextlib.contextmanager
+def serving(
+    specs: list[tuple[str, tuple[str, ...]]], workdir: Path, *, env: dict[str, str]
+) -> Iterator[list[ServeWeb]]:
+    """One server per `(store, extra args)`, all stopped on leaving (also when one fails to
+    start)."""
+    servers: list[ServeWeb] = []
+    try:
+        for store, extra in specs:
+            servers.append(start_serve_web(store, workdir, env=env, extra=extra))
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
 def main() -> None:
     import uvicorn
     from starlette.applications import Starlette
@@ -121,7 +164,10 @@ def main() -> None:
     )
     index = CatalogIndex(store, max_age=args.max_age)
     app = Starlette(
-        routes=[*registry_routes(store, auth, index=index), *catalog_routes(store, index=index)]
+        routes=[
+            *registry_routes(store, auth, index=index),
+            *catalog_routes(store, index=index, auth=auth),
+        ]
     )
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
@@ -174,6 +220,41 @@ def push_sample(
     attestation = sign(skopeo, tmp, registry, repo, app.digest, ".att")
     sbom = attach(skopeo, tmp, registry, repo, app.descriptor, b'{"spdxVersion":"SPDX-2.3"}')
     return Sample(registry.host, app, multi, signature, attestation, sbom)
+
+
+@dataclass(frozen=True)
+class SampleStores:
+    """Where `archive_everywhere` put the sample, and the environment that reaches them."""
+
+    env: dict[str, str]
+    local: Path
+    s3: str
+    oss: str | None
+
+
+def archive_everywhere(
+    sample: Sample, tmp: Path, moto_server: MotoServer, oss_server: OssServer | None = None
+) -> SampleStores:
+    """The sample archived into a local directory, a moto bucket and, given its server, an OSS
+    bucket (each under the prefix `team`)."""
+    keys = dict(MOTO_KEYS, AWS_ENDPOINT_URL=moto_server.endpoint_url)
+    if oss_server is not None:
+        keys.update(
+            OSS_ENDPOINT=oss_server.endpoint,
+            OSS_ACCESS_KEY_ID=OSS_ACCESS_KEY_ID,
+            OSS_ACCESS_KEY_SECRET=OSS_ACCESS_KEY_SECRET,
+            OSS_REGION=OSS_REGION,
+        )
+    env = isolated_env(tmp, **keys)
+    local = tmp / "archive"
+    archive_sample(sample, str(local), env)
+    s3 = f"s3://{moto_server.create_bucket()}/team"
+    archive_sample(sample, s3, env)
+    oss = None
+    if oss_server is not None:
+        oss = f"oss://{oss_server.create_bucket()}/team"
+        archive_sample(sample, oss, env)
+    return SampleStores(env, local, s3, oss)
 
 
 def archive_sample(sample: Sample, store: str, env: dict[str, str]) -> None:
