@@ -103,12 +103,23 @@ class ListQuery:
         )
 
     def apply(
-        self, items: Sequence[T], name: Callable[[T], str], key: Callable[[T], Any]
+        self,
+        items: Sequence[T],
+        name: Callable[[T], str],
+        key: Callable[[T], Any],
+        orders: dict[Any, list[Any]] | None = None,
+        what: str = "",
     ) -> dict[str, Any]:
-        """Filter, sort and slice `items`; the page and what a pager needs."""
+        """Sort, filter and slice `items`; the page and what a pager needs. With `orders` (a
+        snapshot's memo), each sort of `what` is made once per snapshot, not per page load."""
+        memo = (what, self.sort, self.descending)
+        ordered = orders.get(memo) if orders is not None else None
+        if ordered is None:
+            ordered = sorted(items, key=key, reverse=self.descending)
+            if orders is not None:
+                orders[memo] = ordered
         needle = self.q.lower()
-        found = [i for i in items if needle in name(i).lower()] if needle else list(items)
-        found.sort(key=key, reverse=self.descending)
+        found = [i for i in ordered if needle in name(i).lower()] if needle else ordered
         pages = max(1, math.ceil(len(found) / self.per_page))
         page = min(self.page, pages)
         start = (page - 1) * self.per_page
@@ -334,7 +345,9 @@ class Catalog:
     def home(self, request: Request) -> Response:
         snap = self.index.snapshot()
         query = ListQuery.parse(request, list(REPO_SORTS), "name")
-        listed = query.apply(snap.repos, lambda r: r.repo, REPO_SORTS[query.sort])
+        listed = query.apply(
+            snap.repos, lambda r: r.repo, REPO_SORTS[query.sort], snap.orders, "repos"
+        )
         listed["items"] = [repo_json(r) for r in listed["items"]]
         return self._render(request, "index.html", {**self._common(snap), **listed})
 
@@ -353,7 +366,13 @@ class Catalog:
     def images(self, request: Request) -> Response:
         snap = self.index.snapshot()
         query = ListQuery.parse(request, list(IMAGE_SORTS), "name")
-        listed = query.apply(snap.images, lambda i: f"{i.repo}:{i.ref}", IMAGE_SORTS[query.sort])
+        listed = query.apply(
+            snap.images,
+            lambda i: f"{i.repo}:{i.ref}",
+            IMAGE_SORTS[query.sort],
+            snap.orders,
+            "images",
+        )
         listed["items"] = [image_json(i) for i in listed["items"]]
         return self._render(request, "images.html", {**self._common(snap), **listed})
 

@@ -10,7 +10,8 @@ the very first.
 Records are read with `ImageRecord.from_json` and keys taken apart with `layout`, as `bale ls`
 does; signatures and attestations come from the repository's tags (cosign's
 `sha256-<hex>.sig/.att/.sbom`, and the OCI referrers fallback tag `sha256-<hex>`, see
-ops/referrers.py), listed again only for repositories whose records changed.
+ops/referrers.py), listed again for repositories whose records changed and, every tenth refresh,
+for all. A refresh that finds nothing new keeps the snapshot it has.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket
@@ -37,6 +39,10 @@ DEFAULT_MAX_AGE = 30.0
 
 _READERS = 16
 """Records read at once on a (re)build: a round trip each on S3/OSS."""
+
+TAGS_RELIST_EVERY = 10
+"""Every this many refreshes, all repositories' tags are listed again (else only those whose
+records changed): a signature archived on its own shows within ten refreshes."""
 
 ARTIFACT_KINDS = {".sig": "signature", ".att": "attestation", ".sbom": "sbom", "": "referrers"}
 """Tag suffix after `sha256-<hex>` → what the catalog calls it."""
@@ -68,7 +74,9 @@ class CatalogImage:
 
     @property
     def registry(self) -> str:
-        return self.record.reference.registry
+        """The source registry: `source` is `registry/repository[:tag][@digest]`, and a registry
+        name never holds a `/` (parsing the reference again costs a refresh 10,000 parses)."""
+        return self.record.source.split("/", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,8 @@ class Snapshot:
     """Records that could not be read (named by key), shown rather than failing the page."""
     by_repo: dict[str, tuple[CatalogImage, ...]] = field(default_factory=dict)
     by_ref: dict[tuple[str, str], CatalogImage] = field(default_factory=dict)
+    orders: dict[Any, list[Any]] = field(default_factory=dict, compare=False)
+    """Sorted lists pages asked for, kept for the snapshot's life (catalog.py fills it)."""
 
     def image(self, repo: str, ref: str) -> CatalogImage | None:
         """By tag, or by digest (the record's own, or the manifest in its tar)."""
@@ -205,6 +215,7 @@ class CatalogIndex:
         self._bad: dict[str, tuple[_Fingerprint, str]] = {}
         """Records that did not read, not read again until they change."""
         self._tags: dict[str, frozenset[str]] = {}
+        self._tar_state: dict[str, tuple[int, str | None]] = {}
         self._lock = threading.Lock()
         """Held by the one refresh running; page loads never take it once a snapshot exists."""
         self._background: threading.Thread | None = None
@@ -259,9 +270,19 @@ class CatalogIndex:
             self._read_records(changed, records)
             touched.update(self._records[k][1].repo for k in changed if k in self._records)
             repos = {record.repo for _, record in self._records.values()}
-            self._list_tags(r for r in repos if r in touched or r not in self._tags)
+            every = self.refreshes % TAGS_RELIST_EVERY == 0
+            tags_changed = self._list_tags(
+                r for r in repos if every or r in touched or r not in self._tags
+            )
             for repo in set(self._tags) - repos:
                 del self._tags[repo]
+            tar_state = {key: (info.size, info.storage_class) for key, info in tars.items()}
+            same = not changed and not touched and not tags_changed
+            if same and tar_state == self._tar_state and self._snapshot is not None:
+                self._taken_at = started  # nothing new: the snapshot stands
+                self.refreshes += 1
+                return self._snapshot
+            self._tar_state = tar_state
             images = []
             for _, record in self._records.values():
                 tar = tars.get(record.tar_key)
@@ -301,14 +322,18 @@ class CatalogIndex:
                 self._bad.pop(key, None)
                 self._records[key] = (_fingerprint(infos[key]), record)
 
-    def _list_tags(self, repos: Iterable[str]) -> None:
+    def _list_tags(self, repos: Iterable[str]) -> bool:
+        """List the tags of `repos` again; whether any repository's tags changed."""
         wanted = list(repos)
         if not wanted:
-            return
+            return False
+        changed = False
 
         def tags(repo: str) -> tuple[str, frozenset[str]]:
             return repo, frozenset(self.bucket.tags(repo))
 
         with ThreadPoolExecutor(min(_READERS, len(wanted)), "bale-catalog-tags") as pool:
             for repo, found in pool.map(tags, wanted):
+                changed = changed or self._tags.get(repo) != found
                 self._tags[repo] = found
+        return changed
