@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import shlex
 import shutil
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from pipeline.oci import OCI_MANIFEST
 from pipeline.refs import Reference
 from pipeline.serve.catalog_index import CatalogIndex
 from pipeline.store.local import LocalStore
-from tests.bed.cli import isolated_env
+from tests.bed.cli import isolated_env, run_bale
 from tests.bed.moto import MotoServer
 from tests.bed.serve_web import (
     Sample,
@@ -199,6 +200,25 @@ def test_api_lists_repositories_images_and_one_image(catalog, which):
     multi = request(server, "GET", f"/api/images/{multi_repo}/v2").json()
     assert [m["platform"] for m in multi["manifests"]] == [None, "linux/amd64", "linux/arm64"]
     assert request(server, "GET", f"/api/images/{app_repo}/nope").status == 404
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("which", ["app", "multi"])
+def test_the_commands_an_image_page_shows_work(catalog, registry, skopeo, which, tmp_path):
+    """`bale restore` and `bale copy` as the page spells them, REGISTRY filled in: the image
+    lands in a registry under the digest it was archived with (restore) or the tar's (copy)."""
+    image = getattr(catalog.sample, which)
+    tag = image.reference.rsplit(":", 1)[1]
+    name = image.repository.split("/", 1)[1]
+    detail = request(catalog.local, "GET", f"/api/images/{catalog.sample.store_repo(image)}/{tag}")
+    detail_json = detail.json()
+    env = isolated_env(tmp_path)
+    for kind, expected in (("restore", image.digest), ("copy", detail_json["tar_digest"])):
+        where = f"{registry.host}/{kind}-{which}"
+        argv = shlex.split(detail_json["commands"][kind].replace("REGISTRY", where))
+        assert argv[0] == "bale"
+        run_bale(*argv[1:], "--dest-tls-verify=false", env=env, check=True)
+        assert skopeo.inspect(f"docker://{where}/{name}:{tag}")["Digest"] == expected
 
 
 @pytest.mark.integration

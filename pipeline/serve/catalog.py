@@ -34,6 +34,7 @@ from pipeline.archive.record import format_time
 from pipeline.errors import BaleError, ObjectFrozen, StoreNotFound
 from pipeline.oci import (
     DOCKER_CONFIG,
+    INDEX_TYPES,
     OCI_CONFIG,
     Descriptor,
     ImageIndex,
@@ -70,10 +71,6 @@ IMAGE_SORTS: dict[str, Callable[[CatalogImage], Any]] = {
     "size": lambda i: i.record.tar_size,
     "stored": lambda i: i.record.blob_bytes,
 }
-
-
-class NotInCatalog(Exception):
-    """404: what the URL names is not archived."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +169,7 @@ def image_json(item: CatalogImage) -> dict[str, Any]:
         "storage_class": item.storage_class,
         "archived_at": format_time(r.archived_at),
         "tar_key": r.tar_key,
+        "tar_digest": r.tar_digest,
         "tar_size": r.tar_size,
         "tar_present": item.tar_present,
         "stored_bytes": r.blob_bytes,
@@ -246,9 +244,12 @@ def commands_json(store: ObjectStore, item: CatalogImage, pull_host: str) -> dic
     target = f"{r.tag}" if r.tag else r.digest
     sep = ":" if r.tag else "@"
     here = f"{pull_host}/{item.repo}{sep}{target}"
+    # a tar of several platforms holds them in its OCI index: only oci-archive reads them all
+    tar = "oci-archive" if r.tar_media_type in INDEX_TYPES else "docker-archive"
+    location = store.describe(r.tar_key)
     return {
         "restore": f"bale restore {r.source} docker://REGISTRY/{name} --from {store.url}",
-        "copy": f"bale copy docker-archive:{store.describe(r.tar_key)} docker://REGISTRY/{name}{sep}{target}",
+        "copy": f"bale copy {tar}:{location} docker://REGISTRY/{name}{sep}{target}",
         "pull": f"podman pull --tls-verify=false {here}",
         "skopeo": f"skopeo copy --src-tls-verify=false docker://{here} oci-archive:{item.tar_name}",
     }

@@ -61,7 +61,7 @@ _ROUTES = (
 )
 
 
-class RegistryError(Exception):
+class ApiError(Exception):
     """An answer in the distribution spec's error format."""
 
     def __init__(self, status: int, code: str, message: str, detail: Any = None) -> None:
@@ -125,10 +125,8 @@ class ArchiveRegistry:
                 return self._dispatch(request)
             except StoreError as exc:  # the store failed (gone, refused): say so, as JSON
                 log.warning("/v2/ %s %s: %s", request.method, request.url.path, exc)
-                raise RegistryError(
-                    503, "UNAVAILABLE", "the archive cannot be read", str(exc)
-                ) from None
-        except RegistryError as exc:
+                raise ApiError(503, "UNAVAILABLE", "the archive cannot be read", str(exc)) from None
+        except ApiError as exc:
             headers = {}
             if exc.status == 401:
                 headers["WWW-Authenticate"] = self.auth.challenge()
@@ -140,14 +138,14 @@ class ArchiveRegistry:
 
     def _dispatch(self, request: Request) -> Response:
         if request.method not in READ_METHODS:
-            raise RegistryError(
+            raise ApiError(
                 405,
                 "UNSUPPORTED",
                 "The operation is unsupported.",
                 f"this registry serves an archive read-only: {request.method} is not allowed",
             )
         if not self.authenticator.allows(request.headers.get("authorization")):
-            raise RegistryError(401, "UNAUTHORIZED", "authentication required")
+            raise ApiError(401, "UNAUTHORIZED", "authentication required")
         path = request.path_params.get("path", "")
         if path == "":
             return JSONResponse({}, headers=dict([API_VERSION]))
@@ -159,7 +157,7 @@ class ArchiveRegistry:
                 continue
             name = m.group("name")
             if not is_valid_repository(name):
-                raise RegistryError(400, "NAME_INVALID", "invalid repository name", name)
+                raise ApiError(400, "NAME_INVALID", "invalid repository name", name)
             if kind == "manifest":
                 return self._manifest(request, name, m.group("ref"))
             if kind == "blob":
@@ -167,7 +165,7 @@ class ArchiveRegistry:
             if kind == "tags":
                 return self._tags(request, name)
             return self._referrers(request, name, m.group("ref"))
-        raise RegistryError(404, "NOT_FOUND", "no such endpoint", f"/v2/{path}")
+        raise ApiError(404, "NOT_FOUND", "no such endpoint", f"/v2/{path}")
 
     # -- manifests -------------------------------------------------------------------------
     def _read_manifest(self, name: str, digest: str) -> RawManifest:
@@ -176,21 +174,21 @@ class ArchiveRegistry:
         except ObjectFrozen:
             raise _frozen(digest) from None
         except (StoreNotFound, InvalidReference):  # no such blob, or a link holding no digest
-            raise RegistryError(404, "MANIFEST_UNKNOWN", "manifest unknown", digest) from None
+            raise ApiError(404, "MANIFEST_UNKNOWN", "manifest unknown", digest) from None
 
     def _resolve(self, name: str, ref: str) -> str:
         """The digest a tag or digest names in repository `name`."""
         if ":" in ref:
             if not is_valid_digest(ref) or not ref.startswith("sha256:"):
-                raise RegistryError(400, "DIGEST_INVALID", "invalid digest", ref)
+                raise ApiError(400, "DIGEST_INVALID", "invalid digest", ref)
             if self.store.head(layout.revision_link_key(name, ref)) is None:
-                raise RegistryError(404, "MANIFEST_UNKNOWN", "manifest unknown", ref)
+                raise ApiError(404, "MANIFEST_UNKNOWN", "manifest unknown", ref)
             return ref
         if not is_valid_tag(ref):
-            raise RegistryError(400, "TAG_INVALID", "invalid tag", ref)
+            raise ApiError(400, "TAG_INVALID", "invalid tag", ref)
         digest = self.bucket.tag_digest(name, ref)
         if digest is None:
-            raise RegistryError(404, "MANIFEST_UNKNOWN", "manifest unknown", f"{name}:{ref}")
+            raise ApiError(404, "MANIFEST_UNKNOWN", "manifest unknown", f"{name}:{ref}")
         return digest
 
     def _manifest(self, request: Request, name: str, ref: str) -> Response:
@@ -222,7 +220,7 @@ class ArchiveRegistry:
                 child = entries[chosen]
                 if self.store.head(layout.revision_link_key(name, child.digest)) is not None:
                     return self._read_manifest(name, child.digest)
-        raise RegistryError(
+        raise ApiError(
             404,
             "MANIFEST_UNKNOWN",
             f"manifest is {raw.media_type}, which the Accept header does not allow",
@@ -232,9 +230,9 @@ class ArchiveRegistry:
     # -- blobs -----------------------------------------------------------------------------
     def _blob(self, request: Request, name: str, digest: str) -> Response:
         if not is_valid_digest(digest) or not digest.startswith("sha256:"):
-            raise RegistryError(400, "DIGEST_INVALID", "invalid digest", digest)
+            raise ApiError(400, "DIGEST_INVALID", "invalid digest", digest)
         if self.store.head(layout.layer_link_key(name, digest)) is None:
-            raise RegistryError(404, "BLOB_UNKNOWN", "blob unknown to registry", digest)
+            raise ApiError(404, "BLOB_UNKNOWN", "blob unknown to registry", digest)
         headers = {
             "Docker-Content-Digest": digest,
             "ETag": f'"{digest}"',
@@ -249,17 +247,17 @@ class ArchiveRegistry:
                 presign_seconds=self.presign_seconds,
             )
         except StoreNotFound:
-            raise RegistryError(404, "BLOB_UNKNOWN", "blob unknown to registry", digest) from None
+            raise ApiError(404, "BLOB_UNKNOWN", "blob unknown to registry", digest) from None
         except ObjectFrozen:
             raise _frozen(digest) from None
         except RangeNotSatisfiable as exc:
-            raise RegistryError(416, "RANGE_INVALID", "range not satisfiable", str(exc)) from None
+            raise ApiError(416, "RANGE_INVALID", "range not satisfiable", str(exc)) from None
 
     # -- lists -----------------------------------------------------------------------------
     def _tags(self, request: Request, name: str) -> Response:
         tags = self.bucket.tags(name)
         if not tags:
-            raise RegistryError(404, "NAME_UNKNOWN", "repository name not known to registry", name)
+            raise ApiError(404, "NAME_UNKNOWN", "repository name not known to registry", name)
         page, link = _paginate(request, tags, f"/v2/{name}/tags/list")
         return JSONResponse({"name": name, "tags": page}, headers=_with_link(link))
 
@@ -270,7 +268,7 @@ class ArchiveRegistry:
 
     def _referrers(self, request: Request, name: str, digest: str) -> Response:
         if not is_valid_digest(digest) or not digest.startswith("sha256:"):
-            raise RegistryError(400, "DIGEST_INVALID", "invalid digest", digest)
+            raise ApiError(400, "DIGEST_INVALID", "invalid digest", digest)
         entries: list[Descriptor] = []
         listed = self.bucket.tag_digest(name, fallback_tag(digest))
         if listed is not None:
@@ -288,8 +286,8 @@ class ArchiveRegistry:
         return Response(json.dumps(body).encode(), headers=headers, media_type=OCI_INDEX)
 
 
-def _frozen(digest: str) -> RegistryError:
-    return RegistryError(
+def _frozen(digest: str) -> ApiError:
+    return ApiError(
         403,
         "DENIED",
         "the object is in an archive storage class and not restored (bale thaw)",
@@ -304,11 +302,11 @@ def _paginate(request: Request, items: list[str], path: str) -> tuple[list[str],
     try:
         n = int(n_text) if n_text is not None else DEFAULT_PAGE
     except ValueError:
-        raise RegistryError(
+        raise ApiError(
             400, "PAGINATION_NUMBER_INVALID", "invalid number of results requested", n_text
         ) from None
     if n < 0:
-        raise RegistryError(
+        raise ApiError(
             400, "PAGINATION_NUMBER_INVALID", "invalid number of results requested", n_text
         )
     ordered = sorted(items)
