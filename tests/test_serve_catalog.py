@@ -128,6 +128,15 @@ def test_a_stale_snapshot_is_served_while_the_next_is_built(tmp_path):
     assert index.snapshot().totals.images == 2
 
 
+def test_a_warmed_index_builds_before_the_first_page(tmp_path):
+    store = LocalStore(tmp_path / "archive", fsync=False)
+    write_records(store, [synthetic_record(i) for i in range(3)])
+    index = CatalogIndex(store)
+    index.warm()
+    assert index.snapshot().totals.images == 3
+    assert index.refreshes == 1  # the page waited for the warm-up's build, not a second one
+
+
 # ---- pages and JSON over a real archive ------------------------------------------------------
 
 

@@ -227,11 +227,21 @@ class CatalogIndex:
     def store(self) -> ObjectStore:
         return self.bucket.store
 
+    def warm(self) -> None:
+        """Start building the first snapshot now (at startup), so that the first page need not
+        wait for it: on S3 the first build reads every record, a round trip each."""
+        if self._snapshot is None:
+            self._refresh_in_background()
+
     def snapshot(self) -> Snapshot:
-        """The current snapshot; builds the first one, and starts a refresh when it is old."""
+        """The current snapshot; builds the first one (or waits for `warm`'s), and starts a
+        refresh when it is old."""
         current = self._snapshot
         if current is None:
-            return self.refresh()
+            background = self._background
+            if background is not None and background.is_alive():
+                background.join()
+            return self._snapshot or self.refresh()
         if self._clock() - self._taken_at >= self.max_age:
             self._refresh_in_background()
         return current

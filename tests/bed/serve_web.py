@@ -163,6 +163,7 @@ def main() -> None:
         htpasswd=args.htpasswd, token_file=args.token_file, anonymous_read=args.anonymous_read
     )
     index = CatalogIndex(store, max_age=args.max_age)
+    index.warm()
     app = Starlette(
         routes=[
             *registry_routes(store, auth, index=index),
