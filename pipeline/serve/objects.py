@@ -3,6 +3,7 @@
 Blob pulls (`/v2/`) and tar downloads (the catalog) answer the same way. A store that can
 presign (S3, OSS) gets the client redirected (307) to a short-lived URL, so the bytes go from
 the bucket to the client and never through this process; the client repeats its `Range` there.
+A store whose objects a URL alone cannot read (SSE-C: `presign` says None) is streamed.
 Otherwise (a local store) the object is streamed as the client reads it, a single `bytes=`
 range honoured (206), so an interrupted download resumes.
 """
@@ -62,16 +63,15 @@ def serve_object(
 ) -> Response:
     """GET or HEAD of `key` (see the module docstring). Raises StoreNotFound for no object,
     ObjectFrozen for one in an archive class, RangeNotSatisfiable (the caller answers 416)."""
-    if request.method == "GET" and isinstance(store, Presigning):
-        if store.head(key) is None:
-            raise StoreNotFound(f"{key}: not found")
-        url = store.presign(key, expires=presign_seconds, filename=filename)
-        return RedirectResponse(url, status_code=307, headers=headers)
     info = store.head(key)
     if info is None:
         raise StoreNotFound(f"{key}: not found")
-    if info.frozen:
+    if info.frozen:  # said here: a redirect would end in the store's own refusal
         raise ObjectFrozen(f"{key}: in an archive storage class and not restored", key=key)
+    if request.method == "GET" and isinstance(store, Presigning):
+        url = store.presign(key, expires=presign_seconds, filename=filename)
+        if url is not None:
+            return RedirectResponse(url, status_code=307, headers=headers)
     headers = {**headers, "Accept-Ranges": "bytes", "Content-Type": content_type}
     if filename is not None:
         headers["Content-Disposition"] = attachment(filename)

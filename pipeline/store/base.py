@@ -245,10 +245,11 @@ class Presigning(Protocol):
     while, without credentials. The read-only registry redirects blob pulls and the catalog its
     tar downloads there, so the bytes go from the store to the client and not through bale."""
 
-    def presign(self, key: str, *, expires: int = 900, filename: str | None = None) -> str:
+    def presign(self, key: str, *, expires: int = 900, filename: str | None = None) -> str | None:
         """A GET URL for `key`, valid `expires` seconds; `filename` makes the response an
         attachment of that name (Content-Disposition). Nothing is contacted: a missing key is
-        the URL's 404 later."""
+        the URL's 404 later. None when a URL alone cannot read this store's objects (keys that
+        must travel in headers, as with SSE-C): the caller streams the object instead."""
         ...
 
 

@@ -246,7 +246,7 @@ class OSSStore(RemoteStore):
 
     # -- oss2 calls (RemoteStore hooks) ----------------------------------------------------
 
-    def presign(self, key: str, *, expires: int = 900, filename: str | None = None) -> str:
+    def presign(self, key: str, *, expires: int = 900, filename: str | None = None) -> str | None:
         """See `Presigning`: oss2 signs locally (V4 when the store has a region)."""
         params = {"response-content-disposition": attachment(filename)} if filename else None
         return str(

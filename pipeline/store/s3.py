@@ -308,7 +308,7 @@ class S3Store(RemoteStore):
     def endpoint_shown(self) -> str:
         return str(self.client.meta.endpoint_url)
 
-    def presign(self, key: str, *, expires: int = 900, filename: str | None = None) -> str:
+    def presign(self, key: str, *, expires: int = 900, filename: str | None = None) -> str | None:
         """See `Presigning`: boto3 signs locally (SigV4 query string)."""
         params = {"Bucket": self.bucket, "Key": self._name(key)}
         if filename is not None:
