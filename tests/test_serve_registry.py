@@ -17,9 +17,14 @@ from urllib.parse import urlsplit
 import bcrypt
 import pytest
 
+from pipeline.archive import layout
 from pipeline.oci import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from pipeline.refs import Reference
+from pipeline.store.oss import OSSStore
 from tests.bed.artifacts import SBOM
-from tests.bed.images import Skopeo, SkopeoError
+from tests.bed.cli import isolated_env, run_bale
+from tests.bed.fixtures_store import OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET, OSS_REGION
+from tests.bed.images import LayerSpec, Skopeo, SkopeoError
 from tests.bed.moto import MotoServer
 from tests.bed.serve_web import Sample, ServeWeb, archive_everywhere, push_sample, request, serving
 
@@ -338,3 +343,53 @@ def test_ctr_pulls_with_digests_unchanged(served, containerd, which):
         assert image.digest in line.split()
         for blob in image.blobs:
             assert containerd.ctr_status("content", "get", blob.digest) == 0
+
+
+def test_objects_in_an_archive_class_are_refused_with_a_hint_to_thaw(
+    registry, image_factory, oss_server, tmp_path
+):
+    """A layer (and a tar) moved to OSS Archive answers 403 DENIED on /v2/ and 409 on the
+    download, naming `bale thaw`, instead of redirecting to the store's own refusal."""
+    app = image_factory.push(
+        image_factory.image(layers=(LayerSpec(5000, seed=9151),)), "frozen/app:v1", registry
+    )
+    bucket = oss_server.create_bucket()
+    keys = dict(
+        OSS_ENDPOINT=oss_server.endpoint,
+        OSS_ACCESS_KEY_ID=OSS_ACCESS_KEY_ID,
+        OSS_ACCESS_KEY_SECRET=OSS_ACCESS_KEY_SECRET,
+        OSS_REGION=OSS_REGION,
+    )
+    env = isolated_env(tmp_path, **keys)
+    run_bale(
+        "archive",
+        f"docker://{app.reference}",
+        "--to",
+        f"oss://{bucket}/team",
+        "--src-tls-verify=false",
+        env=env,
+        check=True,
+    )
+    store = OSSStore(
+        bucket,
+        "team",
+        endpoint=oss_server.endpoint,
+        access_key_id=OSS_ACCESS_KEY_ID,
+        access_key_secret=OSS_ACCESS_KEY_SECRET,
+        region=OSS_REGION,
+    )
+    cold = store.with_storage_class("Archive")
+    layer = app.layers[0]
+    repo = Reference.parse(app.reference).store_repo
+    tar_key = layout.tar_key_for(Reference.parse(app.reference))
+    for key in (layout.blob_key(layer.digest), tar_key):
+        cold.put(key, store.read(key))  # the same bytes, now in Archive
+    with serving([(f"oss://{bucket}/team", ())], tmp_path, env=env) as (server,):
+        blob = request(server, "GET", f"/v2/{repo}/blobs/{layer.digest}")
+        assert blob.status == 403
+        error = blob.json()["errors"][0]
+        assert error["code"] == "DENIED" and "bale thaw" in error["message"]
+        tar = request(server, "GET", f"/download/{repo}/v1.tar")
+        assert tar.status == 409 and "not restored" in tar.body.decode()
+        config = app.config_descriptor.digest  # still Standard: redirected as before
+        assert request(server, "GET", f"/v2/{repo}/blobs/{config}").status == 307
