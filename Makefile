@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := docker-registry skopeo podman buildah debootstrap
+APT_PACKAGES := docker-registry skopeo podman buildah debootstrap chromium containerd
 # Ceph RGW for the test bed (tests/bed/rgw.py); without recommends (no mgr, no dashboards).
 APT_PACKAGES_NO_RECOMMENDS := ceph-mon ceph-osd radosgw ceph-common
 PYTEST_ARGS ?=
@@ -12,7 +12,8 @@ PYTEST_ARGS ?=
 all: test
 
 # System packages the test bed drives as independent peers (registry, skopeo, podman, Ceph
-# RGW), and what the image test builds with (buildah, debootstrap for a base made locally).
+# RGW, containerd's ctr pulling from `bale serve`, headless chromium for the catalog pages),
+# and what the image test builds with (buildah, debootstrap for a base made locally).
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	bare=""; for p in $(APT_PACKAGES_NO_RECOMMENDS); do dpkg -s $$p >/dev/null 2>&1 || bare="$$bare $$p"; done; \

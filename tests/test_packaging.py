@@ -87,6 +87,7 @@ def test_wheel_installs_into_a_fresh_venv_and_archives(tmp_path: Path, pushed_im
         names = zf.namelist()
         metadata = zf.read(f"bale-{__version__}.dist-info/METADATA").decode()
     assert "pipeline/cli/__init__.py" in names
+    assert "pipeline/serve/templates/index.html" in names  # the catalog's pages: package data
     assert not [n for n in names if n.startswith("tests/")]
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith("/LICENSE") for n in names)
     assert "Apache-2.0" in metadata

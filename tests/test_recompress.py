@@ -9,11 +9,9 @@ import hashlib
 import io
 import json
 import random
-import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -502,40 +500,6 @@ def test_uncompressed_oci_layers_are_compressed_too():
 
 
 # ---- registries and podman -----------------------------------------------------------------
-
-
-class Podman:
-    """podman on a throwaway vfs store (the runroot path must stay under 50 characters)."""
-
-    def __init__(self, root: Path) -> None:
-        self.runroot = tempfile.mkdtemp(prefix="bale-zr-")
-        self.base = [
-            "podman",
-            "--storage-driver",
-            "vfs",
-            "--root",
-            str(root),
-            "--runroot",
-            self.runroot,
-        ]
-
-    def __call__(self, *args: str) -> str:
-        proc = subprocess.run([*self.base, *args], capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
-
-    def close(self) -> None:
-        subprocess.run([*self.base, "rmi", "-a", "-f"], capture_output=True, timeout=120)
-        shutil.rmtree(self.runroot, ignore_errors=True)
-
-
-@pytest.fixture
-def podman(tmp_path):
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not installed")
-    p = Podman(tmp_path / "podman")
-    yield p
-    p.close()
 
 
 def _layer_files(blob: bytes) -> dict[str, bytes]:

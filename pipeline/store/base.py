@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+from urllib.parse import quote
 
 from pipeline.readable import Readable as Readable  # where streams are defined
 from pipeline.store.classes import RestoreState, Thaw
@@ -261,3 +262,24 @@ class ObjectStore(Protocol):
     def abort_upload(self, upload: MultipartUpload) -> None:
         """Abort (or for local files, remove) an unfinished write; gone already is fine."""
         ...
+
+
+@runtime_checkable
+class Presigning(Protocol):
+    """An optional capability (S3, OSS): a URL that lets anyone holding it GET one object for a
+    while, without credentials. The read-only registry redirects blob pulls and the catalog its
+    tar downloads there, so the bytes go from the store to the client and not through bale."""
+
+    def presign(self, key: str, *, expires: int = 900, filename: str | None = None) -> str | None:
+        """A GET URL for `key`, valid `expires` seconds; `filename` makes the response an
+        attachment of that name (Content-Disposition). Nothing is contacted: a missing key is
+        the URL's 404 later. None when a URL alone cannot read this store's objects (keys that
+        must travel in headers, as with SSE-C): the caller streams the object instead."""
+        ...
+
+
+def attachment(filename: str) -> str:
+    """A Content-Disposition value that saves the response as `filename`: the same whether a
+    presigned URL asks the store for it or bale streams the object itself."""
+    plain = filename.encode("ascii", "replace").decode().replace('"', "_").replace("\\", "_")
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(filename, safe='')}"

@@ -40,7 +40,7 @@ from pipeline.errors import (
     UsageError,
     WrongEncryptionKey,
 )
-from pipeline.store.base import MultipartUpload, ObjectInfo
+from pipeline.store.base import MultipartUpload, ObjectInfo, attachment
 from pipeline.store.classes import S3_ARCHIVE, parse_restore
 from pipeline.store.encryption import NONE, Encryption
 from pipeline.store.multipart import (
@@ -375,6 +375,18 @@ class S3Store(RemoteStore):
     @property
     def endpoint_shown(self) -> str:
         return str(self.client.meta.endpoint_url)
+
+    def presign(self, key: str, *, expires: int = 900, filename: str | None = None) -> str | None:
+        """See `Presigning`: boto3 signs locally (SigV4 query string). An SSE-C object cannot
+        be read by a URL alone (the key travels in headers), so it is streamed instead."""
+        if self.encryption.customer:
+            return None
+        params = {"Bucket": self.bucket, "Key": self._name(key)}
+        if filename is not None:
+            params["ResponseContentDisposition"] = attachment(filename)
+        return str(
+            self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires)
+        )
 
     # -- boto3 calls (RemoteStore hooks) ---------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Registry test bed fixtures: real registries in three auth modes, an image factory, skopeo.
+"""Registry test bed fixtures: real registries in three auth modes, an image factory, skopeo,
+podman and containerd as pullers.
 
 The shared servers are session-scoped (each starts in well under a second), so tests must
 push to repositories of their own: `unique_repo` gives one per test. Tests that need a
@@ -10,13 +11,17 @@ from __future__ import annotations
 
 import itertools
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.bed.containerd import Containerd
 from tests.bed.images import ImageFactory, Skopeo
+from tests.bed.podman import Podman
 from tests.bed.registry import AuthMode, RegistryServer
 from tests.bed.token_issuer import TokenIssuer
 
@@ -118,6 +123,33 @@ def any_registry(request: pytest.FixtureRequest) -> RegistryServer:
 @pytest.fixture(scope="session")
 def image_factory(tmp_path_factory: pytest.TempPathFactory) -> ImageFactory:
     return ImageFactory(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture
+def podman(tmp_path: Path) -> Iterator[Podman]:
+    """podman on a vfs store of the test's own (tests/bed/podman.py)."""
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed")
+    p = Podman(tmp_path / "podman")
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def containerd() -> Iterator[Containerd]:
+    """containerd of the test's own, for `ctr` pulls (tests/bed/containerd.py)."""
+    missing = [b for b in ("containerd", "ctr") if shutil.which(b) is None]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not installed (`make deps` installs containerd)")
+    root = Path(tempfile.mkdtemp(prefix="bale-ctrd-"))  # a socket path must stay short
+    try:
+        daemon = Containerd(root)
+    except (RuntimeError, OSError) as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"containerd cannot run here: {exc}")
+    yield daemon
+    daemon.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,17 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def stop_process(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM a server the bed started, SIGKILL it if it is not gone in 10 s, and reap it."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def _moto_server_binary() -> str:
     candidate = Path(sys.executable).with_name("moto_server")
     if candidate.exists():
@@ -94,13 +105,7 @@ class MotoServer:
         return name
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def start_moto_server(

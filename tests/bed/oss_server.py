@@ -77,6 +77,9 @@ _V4_AUTH = re.compile(
     r"^OSS4-HMAC-SHA256 Credential=(?P<ak>[^/\s]+)/(?P<date>\d{8})/(?P<region>[a-z0-9-]+)"
     r"/oss/aliyun_v4_request(?:, ?AdditionalHeaders=[a-z0-9;-]+)?, ?Signature=[0-9a-f]{64}$"
 )
+_V4_CREDENTIAL = re.compile(
+    r"^(?P<ak>[^/\s]+)/(?P<date>\d{8})/(?P<region>[a-z0-9-]+)/oss/aliyun_v4_request$"
+)
 
 
 def crc64(data: bytes) -> int:
@@ -329,6 +332,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _check_auth(self) -> str:
         header = self.headers.get("Authorization", "")
         if not header:
+            signed = self._check_url_auth()
+            if signed is not None:
+                return signed
             raise OssError(403, "AccessDenied", "AccessDenied: no Authorization header")
         m = _V1_AUTH.match(header)
         version = "v1"
@@ -353,6 +359,26 @@ class _Handler(BaseHTTPRequestHandler):
                 "InvalidAccessKeyId",
                 "The OSS Access Key Id you provided does not exist in our records.",
             )
+        return version
+
+    def _check_url_auth(self) -> str | None:
+        """A presigned URL (oss2 `Bucket.sign_url`): V1 `OSSAccessKeyId` + `Signature`, V4
+        `x-oss-credential` + `x-oss-signature`. As for headers, the key id and region are
+        checked and the signature's form, not its value."""
+        query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+        if "OSSAccessKeyId" in query and "Signature" in query:
+            ak, version = query["OSSAccessKeyId"], "v1-url"
+        elif query.get("x-oss-signature-version") == "OSS4-HMAC-SHA256":
+            m = _V4_CREDENTIAL.match(query.get("x-oss-credential", ""))
+            if m is None or not re.fullmatch(r"[0-9a-f]{64}", query.get("x-oss-signature", "")):
+                raise OssError(400, "InvalidArgument", "presigned URL is invalid.")
+            if self.state.region and m.group("region") != self.state.region:
+                raise OssError(403, "SignatureDoesNotMatch", "presigned URL region")
+            ak, version = m.group("ak"), "v4-url"
+        else:
+            return None
+        if self.state.access_key_id and ak != self.state.access_key_id:
+            raise OssError(403, "InvalidAccessKeyId", "The OSS Access Key Id does not exist.")
         return version
 
     def _check_faults(self, bucket: str, key: str, query: dict[str, str]) -> None:
