@@ -15,7 +15,6 @@ import pytest
 
 from tests.bed.fixtures_registry import ImageFactory, RegistryFactory
 from tests.bed.images import LayerSpec
-from tests.bed.redis import RedisServer
 from tests.bed.registry import NotifyEndpoint, RegistryServer, free_port
 from tests.bed.serve import SECRET, BaleServe
 
