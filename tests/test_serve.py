@@ -8,13 +8,16 @@ real redis-server for two replicas.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
 import pytest
 
+from tests.bed.cli import run_bale, show
 from tests.bed.fixtures_registry import ImageFactory, RegistryFactory
 from tests.bed.images import LayerSpec
+from tests.bed.redis import RedisServer
 from tests.bed.registry import NotifyEndpoint, RegistryServer, free_port
 from tests.bed.serve import SECRET, BaleServe
 
@@ -79,5 +82,260 @@ def test_pushes_with_duplicates_archive_each_image_once(
         for image in images:
             key = f"{registry.host.replace(':', '-')}/dedup/app/{image.digest[7:15]}"
             assert got[key]["digest"] == image.digest
+    finally:
+        serve.stop()
+
+
+def test_refusals_secret_size_shape_and_hosts_not_allowed(tmp_path: Path) -> None:
+    """Intake only (`--workers 0`): what is refused is never queued."""
+    serve = BaleServe(
+        tmp_path / "serve",
+        store=str(tmp_path / "archive"),
+        allow=["registry.example.com:5000"],
+        args=["--workers", "0", "--max-body", "64K"],
+    ).start()
+    try:
+        good = {"image": "registry.example.com:5000/team/app:1"}
+        assert serve.post("/events/generic", good, secret=None)[0] == 401
+        assert serve.post("/events/generic", good, secret="wrong")[0] == 401
+        # Harbor's auth header sends the secret as is.
+        status, _ = serve.post("/events/generic", good, secret=None, Authorization=SECRET)
+        assert status == 202
+        big = json.dumps({"image": "registry.example.com:5000/team/app:1", "pad": "x" * 70_000})
+        assert serve.post("/events/generic", big.encode())[0] == 413
+        assert serve.post("/events/generic", b"{nope")[0] == 400
+        assert serve.post("/events/distribution", {"image": "x"})[0] == 400
+        # A host outside the allow-list: refused and logged, by every endpoint.
+        status, body = serve.post("/events/generic", {"image": "evil.example.com/team/app:1"})
+        assert status == 403 and body["refused"][0]["image"] == "evil.example.com/team/app:1"
+        envelope = {
+            "events": [
+                {
+                    "action": "push",
+                    "target": {
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": "sha256:" + "c" * 64,
+                        "repository": "team/app",
+                        "tag": "2",
+                    },
+                    "request": {"host": "evil.example.com"},
+                }
+            ]
+        }
+        assert serve.post("/events/distribution", envelope)[0] == 403
+        harbor = {
+            "type": "PUSH_ARTIFACT",
+            "event_data": {
+                "resources": [
+                    {
+                        "digest": "sha256:" + "c" * 64,
+                        "tag": "2",
+                        "resource_url": "evil.example.com/team/app:2",
+                    }
+                ]
+            },
+        }
+        assert serve.post("/events/harbor", harbor)[0] == 403
+        # Mixed: the allowed image is queued, the other refused.
+        status, body = serve.post(
+            "/events/generic",
+            {"image": ["registry.example.com:5000/team/app:3", "evil.example.com/x:1"]},
+        )
+        assert status == 202 and len(body["queued"]) == 1 and len(body["refused"]) == 1
+        keys = sorted(j["key"] for j in serve.jobs())
+        assert keys == [
+            "registry.example.com:5000/team/app:1",
+            "registry.example.com:5000/team/app:3",
+        ]
+        assert (
+            "evil.example.com/team/app:1 (registry evil.example.com is not allowed)" in serve.log()
+        )
+        status, metrics = serve.get("/metrics", raw=True)
+        text = metrics.decode()
+        assert 'bale_serve_events_refused_total{reason="auth",source="generic"} 2.0' in text
+        assert 'bale_serve_events_refused_total{reason="registry",source="generic"} 2.0' in text
+        assert 'bale_serve_events_refused_total{reason="size",source="generic"} 1.0' in text
+        assert 'bale_serve_queue_jobs{state="pending"} 2.0' in text
+        assert serve.get("/healthz", raw=True)[0] == 200
+        # Retrying needs the secret too, and only a parked job can be retried.
+        job_id = serve.jobs()[0]["id"]
+        assert serve.post(f"/api/queue/{job_id}/retry", {}, secret=None)[0] == 401
+        assert serve.post(f"/api/queue/{job_id}/retry", {})[0] == 409
+        assert serve.post("/api/queue/nope/retry", {})[0] == 404
+    finally:
+        serve.stop()
+
+
+def test_failures_are_parked_then_retried_from_the_api(
+    tmp_path: Path, make_registry: RegistryFactory, image_factory: ImageFactory
+) -> None:
+    registry = make_registry()
+    serve = BaleServe(
+        tmp_path / "serve",
+        store=str(tmp_path / "archive"),
+        allow=[registry.host],
+        args=["--max-attempts", "2", "--retry-delay", "0.2s", "--retries", "0"],
+    ).start()
+    try:
+        ref = f"{registry.host}/parked/app:1"
+        assert serve.post("/events/generic", {"image": ref})[0] == 202
+        serve.wait_for(lambda: serve.counts()["parked"] == 1, what="the job parked")
+        (job,) = serve.jobs("parked")
+        assert job["attempts"] == 2 and job["error"]
+        assert [a["outcome"] for a in job["history"]] == ["failed", "failed"]
+        assert "bale_serve_jobs_parked_total 1.0" in serve.get("/metrics", raw=True)[1].decode()
+        image_factory.build_and_push("parked/app:1", registry, layers=[LayerSpec(2048, seed=77)])
+        status, body = serve.post(f"/api/queue/{job['id']}/retry", {})
+        assert status == 202 and body["state"] == "pending"
+        serve.wait_idle(1)
+        (job,) = serve.jobs()
+        assert job["state"] == "done" and job["result"]["status"] == "archived"
+    finally:
+        serve.stop()
+
+
+def test_kill_9_with_jobs_queued_and_running_loses_no_accepted_event(
+    tmp_path: Path, make_registry: RegistryFactory, image_factory: ImageFactory
+) -> None:
+    port = free_port()
+    registry = notified_registry(make_registry, port)
+    archive = tmp_path / "archive"
+    # One worker, slowed down, so that the kill finds one image running and others waiting;
+    # a short lease so that the restarted service takes the running one back soon.
+    serve = BaleServe(
+        tmp_path / "serve",
+        store=str(archive),
+        allow=[registry.host],
+        port=port,
+        args=["--workers", "1", "--lease", "2s", "--limit-rate", "400K"],
+    ).start()
+    try:
+        images = [image_factory.image([LayerSpec(600_000, seed=300 + n)]) for n in range(4)]
+        for image in images:
+            image_factory.push(image, f"crash/app:{image.digest[7:15]}", registry)
+
+        def busy() -> bool:
+            c = serve.counts()
+            return c["running"] >= 1 and c["pending"] >= 1
+
+        serve.wait_for(busy, what="a job running and another waiting")
+        running = {j["key"] for j in serve.jobs("running")}
+        serve.kill()
+        serve.start()
+        serve.wait_idle(len(images), timeout=180)
+        jobs = serve.jobs()
+        assert {j["state"] for j in jobs} == {"done"}, jobs
+        lost = [j for j in jobs if any(a["outcome"] == "lost" for a in j["history"])]
+        assert {j["key"] for j in lost} == running
+        got = records(archive)
+        for image in images:
+            key = f"{registry.host.replace(':', '-')}/crash/app/{image.digest[7:15]}"
+            assert got[key]["digest"] == image.digest
+        # The archive the killed worker left half done is whole now: bale verify reads it back.
+        verify = run_bale("verify", str(archive))
+        assert verify.returncode == 0, show(verify)
+    finally:
+        serve.stop()
+
+
+def test_two_replicas_on_redis_share_the_work_without_overlap(
+    tmp_path: Path, make_registry: RegistryFactory, image_factory: ImageFactory
+) -> None:
+    redis = RedisServer(tmp_path / "redis").start()
+    ports = (free_port(), free_port())
+    # Both replicas get every event (two endpoints): duplicates across replicas too.
+    registry = notified_registry(make_registry, *ports)
+    archive = tmp_path / "archive"
+    replicas = [
+        BaleServe(
+            tmp_path / f"serve-{n}",
+            store=str(archive),
+            allow=[registry.host],
+            port=port,
+            queue=redis.url,
+            args=["--workers", "1", "--limit-rate", "600K"],
+        ).start()
+        for n, port in enumerate(ports)
+    ]
+    try:
+        images = [image_factory.image([LayerSpec(500_000, seed=500 + n)]) for n in range(6)]
+        for image in images:
+            image_factory.push(image, f"replicas/app:{image.digest[7:15]}", registry)
+        replicas[0].wait_idle(len(images), timeout=180)
+        jobs = replicas[1].jobs()
+        assert len(jobs) == len(images) and {j["state"] for j in jobs} == {"done"}, jobs
+        assert set(archived_attempts(jobs).values()) == {1}, jobs
+        workers = {a["worker"].rsplit(":", 1)[0] for j in jobs for a in j["history"]}
+        assert len(workers) == 2, jobs  # both replicas archived
+        for job in jobs:
+            spans = sorted((a["started"], a["finished"]) for a in job["history"])
+            for (_, end), (start, _) in itertools.pairwise(spans):
+                assert end is not None and end <= start, job
+        assert len(records(archive)) == len(images)
+    finally:
+        for replica in replicas:
+            replica.stop()
+        redis.stop()
+
+
+def test_reconcile_queues_what_the_archive_lacks(
+    tmp_path: Path, make_registry: RegistryFactory, image_factory: ImageFactory
+) -> None:
+    """No notifications at all: `bale reconcile` once, then `serve --reconcile` on its own."""
+    registry = make_registry()
+    for n in range(2):
+        image_factory.build_and_push(
+            f"sweep/app:{n}", registry, layers=[LayerSpec(2048, seed=700 + n)]
+        )
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"{registry.host}:\n  tls-verify: false\n  images:\n    sweep/app: []\n")
+    archive = tmp_path / "archive"
+    queue = tmp_path / "queue.db"
+    once = run_bale("reconcile", str(spec), "--to", str(archive), "--queue", str(queue))
+    assert once.returncode == 0, show(once)
+    assert "2 listed, 0 archived, 2 queued" in once.stdout
+    serve = BaleServe(
+        tmp_path / "serve", store=str(archive), allow=[registry.host], queue=str(queue)
+    ).start()
+    try:
+        serve.wait_idle(2)
+        assert len(records(archive)) == 2
+        serve.stop()
+        again = run_bale("reconcile", str(spec), "--to", str(archive), "--queue", str(queue))
+        assert "2 listed, 2 archived, 0 queued" in again.stdout, show(again)
+        image_factory.build_and_push("sweep/app:2", registry, layers=[LayerSpec(2048, seed=702)])
+        serve.args = ["--spec", str(spec), "--reconcile", "1h"]
+        serve.start()
+        serve.wait_idle(3)
+        assert len(records(archive)) == 3
+    finally:
+        serve.stop()
+
+
+@pytest.mark.slow
+def test_100_pushes_of_20_images_archive_each_once(
+    tmp_path: Path, make_registry: RegistryFactory, image_factory: ImageFactory
+) -> None:
+    port = free_port()
+    registry = notified_registry(make_registry, port)
+    archive = tmp_path / "archive"
+    serve = BaleServe(
+        tmp_path / "serve",
+        store=str(archive),
+        allow=[registry.host],
+        port=port,
+        args=["--workers", "4"],
+    ).start()
+    try:
+        images = [image_factory.image([LayerSpec(8192, seed=1000 + n)]) for n in range(20)]
+        for _round in range(5):
+            for image in images:
+                image_factory.push(image, f"many/app:{image.digest[7:15]}", registry)
+        serve.wait_idle(20, timeout=300)
+        jobs = serve.jobs()
+        assert len(jobs) == 20 and {j["state"] for j in jobs} == {"done"}
+        assert set(archived_attempts(jobs).values()) == {1}, jobs
+        assert sum(j["events"] for j in jobs) >= 100
+        assert len(records(archive)) == 20
     finally:
         serve.stop()
