@@ -339,3 +339,40 @@ def test_100_pushes_of_20_images_archive_each_once(
         assert len(records(archive)) == 20
     finally:
         serve.stop()
+
+
+def test_sigterm_puts_the_running_job_back_without_using_an_attempt(
+    tmp_path: Path, make_registry: RegistryFactory, image_factory: ImageFactory
+) -> None:
+    registry = make_registry()
+    image = image_factory.build_and_push(
+        "term/app:1", registry, layers=[LayerSpec(800_000, seed=41)]
+    )
+    archive = tmp_path / "archive"
+    serve = BaleServe(
+        tmp_path / "serve",
+        store=str(archive),
+        allow=[registry.host],
+        args=["--workers", "1", "--limit-rate", "200K"],
+    ).start()
+    try:
+        assert serve.post("/events/generic", {"image": f"{registry.host}/term/app:1"})[0] == 202
+        serve.wait_for(lambda: serve.counts()["running"] == 1, what="the job running")
+        assert serve.proc is not None
+        proc = serve.proc
+        serve.stop()
+        # uvicorn shuts down, then ends with the signal it caught (143 to a shell).
+        assert proc.returncode == -15 and "Traceback" not in serve.log(), serve.log()
+        serve.args = ["--workers", "1"]
+        serve.start()
+        (job,) = serve.jobs()
+        assert job["history"][0]["outcome"] == "interrupted"
+        serve.wait_idle(1)
+        (job,) = serve.jobs()
+        assert job["state"] == "done" and job["attempts"] == 1
+        assert records(archive)[f"{registry.host.replace(':', '-')}/term/app/1"]["digest"] == (
+            image.digest
+        )
+        assert not list(archive.rglob(".bale-tmp/*"))
+    finally:
+        serve.stop()
