@@ -147,7 +147,7 @@ class Service:
         except ValueError:
             return _error(400, "offset and limit must be integers")
         counts = await run_in_threadpool(self.queue.counts)
-        jobs = await run_in_threadpool(self.queue.jobs, state, offset, limit)  # type: ignore[arg-type]
+        jobs = await run_in_threadpool(self.queue.jobs, state, offset, limit)
         return JSONResponse(
             {
                 "counts": counts,

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 State = Literal["pending", "running", "done", "parked"]
 STATES: tuple[State, ...] = ("pending", "running", "done", "parked")
@@ -187,7 +187,7 @@ class JobQueue:
     # -- intake ------------------------------------------------------------------------------
     def submit(self, target: Target) -> Submitted:
         now = self.clock()
-        what: list[str] = []
+        what: list[Literal["new", "woken", "collapsed"]] = []
 
         def change(job: Job | None) -> Job | None:
             what[:] = ["collapsed"]
@@ -469,7 +469,7 @@ class SqliteBackend:
         return [Job.from_json(r[0]) for r in rows]
 
     def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(STATES, 0)
+        out: dict[str, int] = dict.fromkeys(STATES, 0)
         for state, n in self._db().execute("SELECT state, count(*) FROM jobs GROUP BY state"):
             out[state] = n
         return out
@@ -514,7 +514,7 @@ class RedisBackend:
                 try:
                     pipe.watch(key)
                     raw = pipe.get(key)
-                    job = Job.from_json(raw) if raw else None  # type: ignore[arg-type]
+                    job = Job.from_json(raw) if raw else None
                     new = change(job)
                     if new is None:
                         pipe.unwatch()
@@ -532,30 +532,32 @@ class RedisBackend:
 
     def get(self, job_id: str) -> Job | None:
         raw = self.redis.get(self._key(job_id))
-        return Job.from_json(raw) if raw else None  # type: ignore[arg-type]
+        return Job.from_json(raw) if raw else None
 
     def due(self, now: float, limit: int) -> list[str]:
         ids: list[str] = []
         for state in ("running", "pending"):
             found = self.redis.zrangebyscore(self._index(state), "-inf", now, start=0, num=limit)
-            ids += [i.decode() for i in found]  # type: ignore[union-attr]
+            ids += [i.decode() for i in cast(list[bytes], found)]
         return ids[:limit]
 
     def jobs(self, state: State | None, offset: int, limit: int) -> list[Job]:
         if state is None:
             ids: list[bytes] = []
             for s in STATES:
-                ids += self.redis.zrange(self._index(s), 0, -1)  # type: ignore[operator]
+                ids += cast(list[bytes], self.redis.zrange(self._index(s), 0, -1))
             ids = ids[offset : offset + limit]
         else:
-            ids = self.redis.zrange(self._index(state), offset, offset + limit - 1)  # type: ignore[assignment]
+            ids = cast(
+                list[bytes], self.redis.zrange(self._index(state), offset, offset + limit - 1)
+            )
         if not ids:
             return []
         raws = self.redis.mget([self._key(i.decode()) for i in ids])
-        return [Job.from_json(r) for r in raws if r]  # type: ignore[union-attr]
+        return [Job.from_json(r) for r in raws if r]
 
     def counts(self) -> dict[str, int]:
-        return {s: int(self.redis.zcard(self._index(s))) for s in STATES}  # type: ignore[arg-type]
+        return {s: int(self.redis.zcard(self._index(s))) for s in STATES}
 
     def ping(self) -> None:
         self.redis.ping()
