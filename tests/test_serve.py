@@ -37,6 +37,24 @@ def notified_registry(make_registry: RegistryFactory, *ports: int) -> RegistrySe
     return make_registry(notify=endpoints)
 
 
+def notified_serve(
+    tmp_path: Path, make_registry: RegistryFactory, *args: str
+) -> tuple[RegistryServer, Path, BaleServe]:
+    """A registry notifying a `bale serve` (not started yet) that archives into `archive`."""
+    port = free_port()
+    registry = notified_registry(make_registry, port)
+    archive = tmp_path / "archive"
+    serve = BaleServe(
+        tmp_path / "serve", store=str(archive), allow=[registry.host], port=port, args=args
+    )
+    return registry, archive, serve
+
+
+def archived_digest(archive: Path, registry: RegistryServer, repo: str, tag: str) -> str:
+    """The digest the archive's record names for `repo:tag` of `registry`."""
+    return records(archive)[f"{registry.host.replace(':', '-')}/{repo}/{tag}"]["digest"]
+
+
 def records(archive: Path) -> dict[str, dict]:
     """Image records in a local archive, by `repo/tag` path under images/."""
     out = {}
@@ -55,12 +73,9 @@ def archived_attempts(jobs: list[dict]) -> dict[str, int]:
 def test_pushes_with_duplicates_archive_each_image_once(
     tmp_path: Path, make_registry: RegistryFactory, image_factory: ImageFactory
 ) -> None:
-    port = free_port()
-    registry = notified_registry(make_registry, port)
-    archive = tmp_path / "archive"
-    serve = BaleServe(
-        tmp_path / "serve", store=str(archive), allow=[registry.host], port=port
-    ).start()
+    # An index's platform manifests are pushed by digest before its tag: they wait 5 s.
+    registry, archive, serve = notified_serve(tmp_path, make_registry, "--digest-grace", "5s")
+    serve.start()
     try:
         images = [image_factory.image([LayerSpec(4096, seed=900 + n)]) for n in range(4)]
         for image in images:
@@ -73,15 +88,31 @@ def test_pushes_with_duplicates_archive_each_image_once(
                 "/events/generic", {"image": f"{registry.host}/dedup/app:{image.digest[7:15]}"}
             )
             assert status == 202
-        serve.wait_idle(4)
-        jobs = serve.jobs()
-        assert len(jobs) == 4, jobs
-        assert all(j["state"] == "done" for j in jobs), jobs
-        assert set(archived_attempts(jobs).values()) == {1}, jobs
-        got = records(archive)
+        index = image_factory.push(image_factory.index(), "dedup/multi:1", registry)
+        serve.wait_idle(7)
+        jobs = {j["key"]: j for j in serve.jobs()}
+        assert len(jobs) == 7, jobs
+        assert all(j["state"] == "done" for j in jobs.values()), jobs
+        assert set(archived_attempts(list(jobs.values())).values()) == {0, 1}, jobs
         for image in images:
-            key = f"{registry.host.replace(':', '-')}/dedup/app/{image.digest[7:15]}"
-            assert got[key]["digest"] == image.digest
+            key = f"{registry.host}/dedup/app:{image.digest[7:15]}"
+            assert archived_attempts([jobs[key]]) == {key: 1}
+            assert jobs[key]["events"] >= 2
+            assert archived_digest(archive, registry, "dedup/app", image.digest[7:15]) == (
+                image.digest
+            )
+        # The index once, under its tag; its platform manifests' own events found them there.
+        assert archived_digest(archive, registry, "dedup/multi", "1") == index.digest
+        for child in index.children:
+            job = jobs[f"{registry.host}/dedup/multi@{child.digest}"]
+            assert job["result"]["status"] == "covered", job
+        # Another tag for an archived digest: archived under that tag, no blob fetched again.
+        image_factory.push(images[0], "dedup/app:again", registry)
+        serve.wait_idle(8)
+        again = next(j for j in serve.jobs() if j["key"].endswith(":again"))
+        assert again["result"]["status"] == "archived", again
+        assert again["result"]["bytes_downloaded"] == 0, again
+        assert archived_digest(archive, registry, "dedup/app", "again") == images[0].digest
     finally:
         serve.stop()
 
@@ -197,18 +228,12 @@ def test_failures_are_parked_then_retried_from_the_api(
 def test_kill_9_with_jobs_queued_and_running_loses_no_accepted_event(
     tmp_path: Path, make_registry: RegistryFactory, image_factory: ImageFactory
 ) -> None:
-    port = free_port()
-    registry = notified_registry(make_registry, port)
-    archive = tmp_path / "archive"
     # One worker, slowed down, so that the kill finds one image running and others waiting;
     # a short lease so that the restarted service takes the running one back soon.
-    serve = BaleServe(
-        tmp_path / "serve",
-        store=str(archive),
-        allow=[registry.host],
-        port=port,
-        args=["--workers", "1", "--lease", "2s", "--limit-rate", "400K"],
-    ).start()
+    registry, archive, serve = notified_serve(
+        tmp_path, make_registry, "--workers", "1", "--lease", "2s", "--limit-rate", "400K"
+    )
+    serve.start()
     try:
         images = [image_factory.image([LayerSpec(600_000, seed=300 + n)]) for n in range(4)]
         for image in images:
@@ -227,10 +252,10 @@ def test_kill_9_with_jobs_queued_and_running_loses_no_accepted_event(
         assert {j["state"] for j in jobs} == {"done"}, jobs
         lost = [j for j in jobs if any(a["outcome"] == "lost" for a in j["history"])]
         assert {j["key"] for j in lost} == running
-        got = records(archive)
         for image in images:
-            key = f"{registry.host.replace(':', '-')}/crash/app/{image.digest[7:15]}"
-            assert got[key]["digest"] == image.digest
+            assert archived_digest(archive, registry, "crash/app", image.digest[7:15]) == (
+                image.digest
+            )
         # The archive the killed worker left half done is whole now: bale verify reads it back.
         verify = run_bale("verify", str(archive))
         assert verify.returncode == 0, show(verify)
@@ -316,16 +341,8 @@ def test_reconcile_queues_what_the_archive_lacks(
 def test_100_pushes_of_20_images_archive_each_once(
     tmp_path: Path, make_registry: RegistryFactory, image_factory: ImageFactory
 ) -> None:
-    port = free_port()
-    registry = notified_registry(make_registry, port)
-    archive = tmp_path / "archive"
-    serve = BaleServe(
-        tmp_path / "serve",
-        store=str(archive),
-        allow=[registry.host],
-        port=port,
-        args=["--workers", "4"],
-    ).start()
+    registry, archive, serve = notified_serve(tmp_path, make_registry, "--workers", "4")
+    serve.start()
     try:
         images = [image_factory.image([LayerSpec(8192, seed=1000 + n)]) for n in range(20)]
         for _round in range(5):
@@ -370,9 +387,7 @@ def test_sigterm_puts_the_running_job_back_without_using_an_attempt(
         serve.wait_idle(1)
         (job,) = serve.jobs()
         assert job["state"] == "done" and job["attempts"] == 1
-        assert records(archive)[f"{registry.host.replace(':', '-')}/term/app/1"]["digest"] == (
-            image.digest
-        )
+        assert archived_digest(archive, registry, "term/app", "1") == image.digest
         assert not list(archive.rglob(".bale-tmp/*"))
     finally:
         serve.stop()

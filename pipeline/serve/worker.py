@@ -134,7 +134,7 @@ class Workers:
         try:
             ref = Reference.parse(job.image)
             if ref.digest and not ref.tag and self._covered(ref):
-                return "covered", {"digest": ref.digest}, None
+                return "covered", {"status": "covered", "digest": ref.digest}, None
             result = self.archiver.archive(
                 ref, self.config.registry_for(ref.registry), self.options
             )
