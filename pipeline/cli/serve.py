@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING
 
 import click
@@ -237,5 +238,12 @@ def serve_command(
             )
         )
         click.echo(f"bale serve: listening on http://{listen} (queue {queue_url})", err=True)
-        server.run()
-    queue.backend.close()
+        try:
+            # On SIGINT/SIGTERM uvicorn stops taking requests, the app's shutdown cuts the
+            # running archives (their jobs go back to pending), then it re-raises the signal:
+            # the process ends as stopped by it (130/143).
+            server.run()
+        except KeyboardInterrupt:
+            sys.exit(130)
+        finally:
+            queue.backend.close()
