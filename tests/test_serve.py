@@ -297,6 +297,11 @@ def test_two_replicas_on_redis_share_the_work_without_overlap(
             for (_, end), (start, _) in itertools.pairwise(spans):
                 assert end is not None and end <= start, job
         assert len(records(archive)) == len(images)
+        # Redis away: not ready, and an event is refused with 503 (its sender retries).
+        redis.stop()
+        assert replicas[0].get("/readyz", raw=True)[0] == 503
+        event = {"image": f"{registry.host}/replicas/app:later"}
+        assert replicas[0].post("/events/generic", event)[0] == 503
     finally:
         for replica in replicas:
             replica.stop()
@@ -389,5 +394,48 @@ def test_sigterm_puts_the_running_job_back_without_using_an_attempt(
         assert job["state"] == "done" and job["attempts"] == 1
         assert archived_digest(archive, registry, "term/app", "1") == image.digest
         assert not list(archive.rglob(".bale-tmp/*"))
+    finally:
+        serve.stop()
+
+
+def test_harbor_webhooks_default_and_cloudevents_archive(
+    tmp_path: Path, make_registry: RegistryFactory, image_factory: ImageFactory
+) -> None:
+    """The bed registry stands in for Harbor's: the payloads are Harbor's, the host is ours."""
+    registry = make_registry()
+    pushed = [
+        image_factory.build_and_push(f"proj/app:{n}", registry, layers=[LayerSpec(2048, seed=n)])
+        for n in (61, 62)
+    ]
+    archive = tmp_path / "archive"
+    serve = BaleServe(tmp_path / "serve", store=str(archive), allow=[registry.host]).start()
+    try:
+
+        def data(image, tag: str) -> dict:
+            return {
+                "resources": [
+                    {
+                        "digest": image.digest,
+                        "tag": tag,
+                        "resource_url": f"{registry.host}/proj/app:{tag}",
+                    }
+                ],
+                "repository": {"name": "app", "namespace": "proj", "repo_full_name": "proj/app"},
+            }
+
+        default = {"type": "PUSH_ARTIFACT", "occur_at": 1, "event_data": data(pushed[0], "61")}
+        assert serve.post("/events/harbor", default, secret=None, Authorization=SECRET)[0] == 202
+        cloud = {
+            "specversion": "1.0",
+            "id": "1",
+            "source": "/projects/1/webhook/policies/1",
+            "type": "harbor.artifact.pushed",
+            "datacontenttype": "application/json",
+            "data": data(pushed[1], "62"),
+        }
+        assert serve.post("/events/harbor", cloud, secret=None, Authorization=SECRET)[0] == 202
+        serve.wait_idle(2)
+        for image, tag in zip(pushed, ("61", "62"), strict=True):
+            assert archived_digest(archive, registry, "proj/app", tag) == image.digest
     finally:
         serve.stop()

@@ -110,7 +110,12 @@ class Service:
                 refused.what,
                 refused.reason,
             )
-        queued, collapsed = await run_in_threadpool(self._submit, screened.pushes, kind)
+        try:
+            queued, collapsed = await run_in_threadpool(self._submit, screened.pushes, kind)
+        except Exception as exc:  # the broker away: the sender retries, duplicates collapse
+            self.metrics.events_refused.labels(kind, "queue").inc()
+            log.error("event %s: queue unavailable: %s", kind, exc)
+            return _error(503, f"queue unavailable: {exc}")
         if self.workers is not None and queued:
             self.workers.wake.set()
         answer = {
