@@ -163,6 +163,21 @@ def _listen(text: str) -> tuple[str, int]:
     help="Queue what --spec lists and the archive lacks, at start and then this often "
     "(1h; 0: never).",
 )
+@option(
+    "--htpasswd",
+    metavar="PATH",
+    help="Pulls through /v2/ need a user of this htpasswd file (bcrypt, as distribution's).",
+)
+@option(
+    "--registry-token-file",
+    metavar="PATH",
+    help="Pulls through /v2/ may send one of these bearer tokens (one per line).",
+)
+@option(
+    "--anonymous-read",
+    is_flag=True,
+    help="With --htpasswd or --registry-token-file, also let anyone pull.",
+)
 @policy_options
 @src_registry_options
 @transfer_options
@@ -182,6 +197,9 @@ def serve_command(
     retry_delay: float,
     lease: float,
     digest_grace: float,
+    htpasswd: str | None,
+    registry_token_file: str | None,
+    anonymous_read: bool,
     src_registry: RegistryFlags,
     transfer: TransferFlags,
 ) -> None:
@@ -221,6 +239,11 @@ def serve_command(
         per_registry=per_registry,
         reconcile_every=reconcile_every,
         spec_path=spec_path,
+        registry_auth={
+            "htpasswd": htpasswd,
+            "token_file": registry_token_file,
+            "anonymous_read": anonymous_read,
+        },
     )
     queue = open_queue(queue_url, make_policy(max_attempts, retry_delay, lease, digest_grace))
     bucket = open_bucket(store_url, endpoint_url, transfer.retries, existing=False, write=True)

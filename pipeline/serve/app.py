@@ -236,18 +236,24 @@ class Service:
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
         ]
-        try:
-            from pipeline.serve.registry_api import registry_routes  # type: ignore[import-not-found]
-
-            routes += registry_routes(self.bucket, None)
-        except ImportError:
-            pass
-        try:
+        try:  # the catalog and /v2/ modules (they come from another branch until merged)
             from pipeline.serve.catalog import catalog_routes  # type: ignore[import-not-found]
-
-            routes += catalog_routes(self.bucket)
+            from pipeline.serve.catalog_index import (  # type: ignore[import-not-found]
+                CatalogIndex,
+            )
+            from pipeline.serve.registry_api import (  # type: ignore[import-not-found]
+                registry_routes,
+            )
+            from pipeline.serve.registry_auth import (  # type: ignore[import-not-found]
+                RegistryAuth,
+            )
         except ImportError:
-            pass
+            return routes
+        store = self.bucket.store
+        index = CatalogIndex(store)
+        auth = RegistryAuth.from_files(**self.config.registry_auth)
+        routes += registry_routes(store, auth, index=index)
+        routes += catalog_routes(store, index=index)
         return routes
 
 

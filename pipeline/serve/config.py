@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.copy.session import RegistryOptions
 from pipeline.errors import UsageError
@@ -42,6 +43,9 @@ class ServeConfig:
     reconcile_every: float = 0.0
     spec_path: str | None = None
     worker_name: str = ""
+    registry_auth: dict[str, Any] = field(default_factory=dict)
+    """Who may pull through `/v2/`: `htpasswd`, `token_file`, `anonymous_read` (the keywords
+    of `RegistryAuth.from_files`)."""
 
     def __post_init__(self) -> None:
         if not self.secret:
