@@ -205,7 +205,16 @@ def test_failures_are_parked_then_retried_from_the_api(
         tmp_path / "serve",
         store=str(tmp_path / "archive"),
         allow=[registry.host],
-        args=["--max-attempts", "2", "--retry-delay", "0.2s", "--retries", "0"],
+        args=[
+            "--max-attempts",
+            "2",
+            "--retry-delay",
+            "0.2s",
+            "--retries",
+            "0",
+            "--src-creds",
+            "bed-user:sekrit-never-queued",
+        ],
     ).start()
     try:
         ref = f"{registry.host}/parked/app:1"
@@ -221,6 +230,9 @@ def test_failures_are_parked_then_retried_from_the_api(
         serve.wait_idle(1)
         (job,) = serve.jobs()
         assert job["state"] == "done" and job["result"]["status"] == "archived"
+        # Jobs hold references: the service's credentials are nowhere in the queue.
+        queue_files = [p for p in (tmp_path / "serve").glob("queue.db*") if p.is_file()]
+        assert queue_files and not any(b"sekrit" in p.read_bytes() for p in queue_files)
     finally:
         serve.stop()
 
