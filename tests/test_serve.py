@@ -153,7 +153,9 @@ def test_refusals_secret_size_shape_and_hosts_not_allowed(tmp_path: Path) -> Non
                 }
             ]
         }
-        assert serve.post("/events/distribution", envelope)[0] == 403
+        # distribution retries a failed delivery forever and in order: refused with a 200.
+        status, body = serve.post("/events/distribution", envelope)
+        assert status == 200 and body["queued"] == [] and body["refused"], body
         harbor = {
             "type": "PUSH_ARTIFACT",
             "event_data": {
@@ -185,6 +187,9 @@ def test_refusals_secret_size_shape_and_hosts_not_allowed(tmp_path: Path) -> Non
         text = metrics.decode()
         assert 'bale_serve_events_refused_total{reason="auth",source="generic"} 2.0' in text
         assert 'bale_serve_events_refused_total{reason="registry",source="generic"} 2.0' in text
+        assert 'bale_serve_events_refused_total{reason="registry",source="distribution"} 1.0' in (
+            text
+        )
         assert 'bale_serve_events_refused_total{reason="size",source="generic"} 1.0' in text
         assert 'bale_serve_queue_jobs{state="pending"} 2.0' in text
         assert serve.get("/healthz", raw=True)[0] == 200

@@ -136,6 +136,24 @@ def test_an_untagged_push_waits_and_a_tag_event_covers_it(make_queue) -> None:
     assert q.claim("w") is None
 
 
+def test_an_untagged_push_defers_while_a_tag_job_of_its_repository_is_busy(make_queue) -> None:
+    clock = Clock()
+    q = make_queue(POLICY, clock)
+    q.submit(Target(f"r.example/app@{DIGEST_B}", DIGEST_B, "distribution"))
+    q.submit(Target("r.example/other:1", DIGEST_A, "distribution"))
+    assert not q.tag_jobs_busy("r.example/app")
+    q.submit(Target("r.example/app:1", DIGEST_A, "distribution"))
+    assert q.tag_jobs_busy("r.example/app")
+    clock.now += 5
+    claimed = [q.claim(f"w{n}") for n in range(3)]
+    assert q.tag_jobs_busy("r.example/app")  # running counts too
+    (digest_job,) = [j for j in claimed if j is not None and "@" in j.key]
+    deferred = q.defer(digest_job, digest_job.owner, "waiting")
+    assert deferred is not None and deferred.state == "pending" and deferred.attempts == 0
+    assert deferred.not_before == clock.now + POLICY.digest_grace
+    assert deferred.history[-1].outcome == "deferred"
+
+
 def test_a_job_lost_too_often_is_parked(make_queue) -> None:
     clock = Clock()
     q = make_queue(Policy(max_attempts=2, lease=5), clock)

@@ -125,7 +125,11 @@ class Service:
             "refused": [{"image": r.what, "reason": r.reason} for r in screened.refused],
         }
         if screened.refused and not screened.pushes:
-            return JSONResponse({"error": "registry not allowed", **answer}, status_code=403)
+            # distribution retries a failed delivery forever, one event at a time per
+            # endpoint: a 403 would hold back every later push of that registry. It gets a 200
+            # naming the refusal (logged and counted all the same); other senders get 403.
+            status = 200 if kind == "distribution" else 403
+            return JSONResponse({"error": "registry not allowed", **answer}, status_code=status)
         return JSONResponse(answer, status_code=202)
 
     def _submit(self, pushes: list[intake.Push], kind: str) -> tuple[list[str], int]:

@@ -321,6 +321,19 @@ class JobQueue:
         service stopping) returns it at once without using up an attempt."""
         return self._end(job, worker, "failed" if count else "interrupted", error, {}, count)
 
+    def defer(self, job: Job, worker: str, reason: str) -> Job | None:
+        """Back to pending for another `digest_grace`, without using an attempt."""
+        return self._end(job, worker, "deferred", reason, {}, False, self.policy.digest_grace)
+
+    def tag_jobs_busy(self, repository: str) -> bool:
+        """A tagged job of `repository` (`registry/path`) is waiting or running: an untagged
+        push of the same repository may be one of its manifests."""
+        for state in ("running", "pending"):
+            for job in self.backend.jobs(state, 0, 1000):
+                if job.tagged and job.key.rpartition(":")[0] == repository:
+                    return True
+        return False
+
     def _end(
         self,
         job: Job,
@@ -329,6 +342,7 @@ class JobQueue:
         error: str | None,
         result: dict[str, Any],
         count: bool = True,
+        delay: float = 0.0,
     ) -> Job | None:
         now = self.clock()
 
@@ -354,7 +368,7 @@ class JobQueue:
                     base,
                     state="pending",
                     attempts=current.attempts - 1,
-                    not_before=now,
+                    not_before=now + delay,
                     error=error,
                 )
             if current.attempts >= self.policy.max_attempts:

@@ -119,6 +119,9 @@ class Workers:
             self.metrics.bytes_archived.inc(int(result.get("bytes_uploaded", 0)))
             log.info("%s: %s (%s)", job.image, outcome, result.get("digest"))
             return
+        if outcome == "deferred":
+            self.queue.defer(job, name, error)
+            return
         after = self.queue.fail(job, name, error, count=outcome != "interrupted")
         if outcome == "interrupted":
             return
@@ -133,8 +136,11 @@ class Workers:
         """(outcome, result, error): error None means the record is written (or not needed)."""
         try:
             ref = Reference.parse(job.image)
-            if ref.digest and not ref.tag and self._covered(ref):
-                return "covered", {"status": "covered", "digest": ref.digest}, None
+            if ref.digest and not ref.tag:
+                if self._covered(ref):
+                    return "covered", {"status": "covered", "digest": ref.digest}, None
+                if self._tag_may_cover(job, ref):
+                    return "deferred", {}, "waiting for the repository's tag jobs"
             result = self.archiver.archive(
                 ref, self.config.registry_for(ref.registry), self.options
             )
@@ -151,6 +157,14 @@ class Workers:
         assert ref.digest is not None
         key = layout.revision_link_key(ref.store_repo, ref.digest)
         return self.bucket.store.head(key) is not None
+
+    def _tag_may_cover(self, job: Job, ref: Reference) -> bool:
+        """A tag job of the same repository is still waiting or running (an index's tag, whose
+        archive stores this manifest too): wait for it, up to six grace periods in all."""
+        grace = self.queue.policy.digest_grace
+        if self.queue.clock() > job.created + 6 * grace:
+            return False
+        return self.queue.tag_jobs_busy(ref.name)
 
     def _renew(self, job: Job, name: str, done: threading.Event) -> None:
         every = max(0.2, self.queue.policy.lease / 3)
