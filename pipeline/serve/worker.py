@@ -97,7 +97,12 @@ class Workers:
                 self.wake.wait(IDLE_POLL)
                 self.wake.clear()
                 continue
-            self.run(job, name)
+            try:
+                self.run(job, name)
+            except Exception as exc:
+                # The queue was away when the job ended: its lease runs out and it runs again
+                # (the archive then finds the image current and skips it).
+                log.error("%s: outcome not recorded in the queue: %s", job.image, exc)
 
     def run(self, job: Job, name: str) -> None:
         self.running[name] = job.image
