@@ -328,21 +328,34 @@ def test_two_replicas_on_redis_share_the_work_without_overlap(
 def test_reconcile_queues_what_the_archive_lacks(
     tmp_path: Path, make_registry: RegistryFactory, image_factory: ImageFactory
 ) -> None:
-    """No notifications at all: `bale reconcile` once, then `serve --reconcile` on its own."""
-    registry = make_registry()
+    """No notifications at all: `bale reconcile` once, then `serve --reconcile` on its own.
+    The registry wants a password, which only the spec holds: the jobs carry none, the
+    workers take it from the spec the service was given."""
+    registry = make_registry("htpasswd")
     for n in range(2):
         image_factory.build_and_push(
             f"sweep/app:{n}", registry, layers=[LayerSpec(2048, seed=700 + n)]
         )
     spec = tmp_path / "spec.yaml"
-    spec.write_text(f"{registry.host}:\n  tls-verify: false\n  images:\n    sweep/app: []\n")
+    spec.write_text(
+        f"{registry.host}:\n  tls-verify: false\n"
+        f"  credentials:\n    username: {registry.username}\n    password: {registry.password}\n"
+        "  images:\n    sweep/app: []\n"
+    )
     archive = tmp_path / "archive"
     queue = tmp_path / "queue.db"
     once = run_bale("reconcile", str(spec), "--to", str(archive), "--queue", str(queue))
     assert once.returncode == 0, show(once)
     assert "2 listed, 0 archived, 2 queued" in once.stdout
+    assert registry.password is not None
+    files = [p for p in tmp_path.glob("queue.db*") if p.is_file()]
+    assert files and not any(registry.password.encode() in p.read_bytes() for p in files)
     serve = BaleServe(
-        tmp_path / "serve", store=str(archive), allow=[registry.host], queue=str(queue)
+        tmp_path / "serve",
+        store=str(archive),
+        allow=[registry.host],
+        queue=str(queue),
+        args=["--spec", str(spec)],
     ).start()
     try:
         serve.wait_idle(2)
