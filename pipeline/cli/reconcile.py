@@ -22,6 +22,7 @@ from pipeline.cli.serve import make_policy, policy_options, queue_option
 
 @examples(
     "bale reconcile manifests/example.yaml --to s3://my-archive/images --queue redis://redis:6379/0",
+    "bale reconcile images.yaml --to ./archive --queue bale-queue.db   # the file bale serve uses",
 )
 @click.command("reconcile", cls=SkopeoCommand)
 @click.argument("spec_path", metavar="SPEC.yaml")
