@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := docker-registry skopeo podman buildah debootstrap chromium containerd
+APT_PACKAGES := docker-registry skopeo podman buildah debootstrap chromium containerd redis-server
 # Ceph RGW for the test bed (tests/bed/rgw.py); without recommends (no mgr, no dashboards).
 APT_PACKAGES_NO_RECOMMENDS := ceph-mon ceph-osd radosgw ceph-common
 PYTEST_ARGS ?=

@@ -48,7 +48,7 @@ def parse_bale(args: list[str]) -> tuple[str, dict[str, Any]]:
 
 def test_every_deploy_file_is_yaml() -> None:
     files = sorted(DEPLOY.rglob("*.yml")) + sorted(DEPLOY.rglob("*.yaml"))
-    assert len(files) == 6
+    assert len(files) == 8
     for path in files:
         assert _docs(path), path
 
@@ -139,6 +139,36 @@ def test_gitlab_ci_archives_the_pushed_list_and_keeps_reports() -> None:
     assert artifacts["when"] == "always"
     assert artifacts["reports"]["junit"] == "junit.xml"
     _check_archive_step(_bale_line("\n".join(job["script"])), artifacts["paths"])
+
+
+def test_serve_deployment_runs_bale_serve_on_the_redis_service() -> None:
+    kinds = _by_kind()
+    deployments = {d["metadata"]["name"]: d for d in kinds["Deployment"]}
+    services = {s["metadata"]["name"]: s for s in kinds["Service"]}
+    pod = deployments["bale-serve"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    name, params = parse_bale(container["args"])
+    assert name == "serve"
+    assert params["allowed"] and params["reconcile_every"] == 3600
+    host_port = params["queue_url"].removeprefix("redis://").split("/")[0]
+    redis_host, redis_port = host_port.split(":")
+    (redis,) = [s for s in kinds["StatefulSet"] if s["metadata"]["name"] == redis_host]
+    assert services[redis_host]["spec"]["ports"][0]["port"] == int(redis_port)
+    assert "--appendonly" in redis["spec"]["template"]["spec"]["containers"][0]["args"]
+    # The Service reaches the pods' port; the probes ask the service's own health routes.
+    listen_port = int(params["listen"].rsplit(":", 1)[1])
+    assert container["ports"][0]["containerPort"] == listen_port
+    labels = deployments["bale-serve"]["spec"]["template"]["metadata"]["labels"]
+    assert services["bale-serve"]["spec"]["selector"].items() <= labels.items()
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # The shared secret and the store keys come from Secrets that secrets.example.yaml makes.
+    secrets = {s["metadata"]["name"]: s for s in kinds["Secret"]}
+    refs = [e["secretRef"]["name"] for e in container["envFrom"]]
+    assert "BALE_SERVE_SECRET" in secrets[refs[1]]["stringData"]
+    assert all(r in secrets for r in refs)
+    configmaps = {c["metadata"]["name"] for c in kinds["ConfigMap"]}
+    assert {v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v} <= configmaps
 
 
 def test_parse_bale_rejects_an_unknown_option() -> None:

@@ -7,7 +7,7 @@ one module per command (`archive` holds `run` too, `inspect` holds `list-tags`).
 
 from __future__ import annotations
 
-from pipeline.cli import archive, copy, gc, inspect, ls, restore, sync, verify
+from pipeline.cli import archive, copy, gc, inspect, ls, reconcile, restore, serve, sync, verify
 from pipeline.cli.group import main
 
 for _command in (
@@ -18,7 +18,9 @@ for _command in (
     inspect.inspect_command,
     inspect.list_tags_command,
     ls.ls_command,
+    reconcile.reconcile_command,
     restore.restore_command,
+    serve.serve_command,
     sync.sync_command,
     verify.verify_command,
 ):

@@ -28,7 +28,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -101,6 +101,31 @@ Storage = FilesystemStorage | S3Storage
 
 
 @dataclass(frozen=True)
+class NotifyEndpoint:
+    """One `notifications.endpoints` entry: the registry POSTs event envelopes
+    (`application/vnd.docker.distribution.events.v1+json`) to `url` with `headers`, and
+    retries a failed delivery (after `threshold` failures it waits `backoff` between tries)."""
+
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    name: str = "bed"
+    timeout: str = "5s"
+    threshold: int = 3
+    backoff: str = "500ms"
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "url": self.url,
+            "headers": {k: [v] for k, v in self.headers.items()},
+            "timeout": self.timeout,
+            "threshold": self.threshold,
+            "backoff": self.backoff,
+            "ignoredmediatypes": ["application/octet-stream"],
+        }
+
+
+@dataclass(frozen=True)
 class AccessLogEntry:
     remote: str
     time: str
@@ -149,7 +174,8 @@ class RegistryServer:
     `auth` is "none", "htpasswd" (bcrypt, a random user per server) or "token" (trusts
     `token_issuer`, whose first user becomes this server's `username`). `storage` defaults
     to a fresh directory under `workdir`. `readonly` sets
-    `storage.maintenance.readonly.enabled`. `extra_config` is merged over the generated
+    `storage.maintenance.readonly.enabled`. `notify` are `notifications.endpoints` (push and
+    pull events sent to those URLs). `extra_config` is merged over the generated
     config (nested dicts merge) for anything else.
     """
 
@@ -164,6 +190,7 @@ class RegistryServer:
         users: Mapping[str, str] | None = None,
         extra_config: Mapping[str, Any] | None = None,
         binary: str = REGISTRY_BINARY,
+        notify: tuple[NotifyEndpoint, ...] = (),
     ) -> None:
         if auth == "token" and token_issuer is None:
             raise ValueError("auth='token' needs a token_issuer")
@@ -174,6 +201,7 @@ class RegistryServer:
         self.readonly = readonly
         self.token_issuer = token_issuer
         self.extra_config = dict(extra_config or {})
+        self.notify = notify
         self.binary = binary
         if auth == "htpasswd" and users is None:
             users = {f"bed-{secrets.token_hex(3)}": secrets.token_urlsafe(12)}
@@ -248,6 +276,8 @@ class RegistryServer:
         elif self.auth == "token":
             assert self.token_issuer is not None
             cfg["auth"] = {"token": self.token_issuer.registry_auth_config()}
+        if self.notify:
+            cfg["notifications"] = {"endpoints": [n.config() for n in self.notify]}
         return _merge(cfg, self.extra_config)
 
     def write_htpasswd(self) -> None:
