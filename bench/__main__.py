@@ -1,12 +1,15 @@
 """`python -m bench` (or `make bench`): run the cases, write results.json, results.md, bench.png.
 
 Options (or environment): `--quick` (`BENCH_QUICK=1`: small images, 3 runs), `--cases a,b,…`
-(`BENCH_CASES`; default all: e a a-shaped b c d m r), `--out DIR` (`BENCH_OUT`, default
+(`BENCH_CASES`; default all: e a a-shaped b c d m r q s), `--out DIR` (`BENCH_OUT`, default
 bench/results), `--workdir DIR` (`BENCH_WORKDIR`, default a directory under /var/tmp: the
 images, registry storage and moto's spool need several GiB in the full run), `--code REV|DIR`
 (`BENCH_CODE`, default HEAD: the committed bale, exported, is what gets measured), `--store
 moto|rgw` (`BENCH_STORE`, default moto: the S3 server of the S3 cases; rgw is Ceph's RADOS Gateway
-on bluestore, tests/bed/rgw.py).
+on bluestore, tests/bed/rgw.py; `both`: every case on moto, then the store's cases again on RGW,
+results in OUT/moto and OUT/rgw), `--baseline REV` (`BENCH_BASELINE`: an older commit, exported
+the same way, measured as a second bale "… @REV" in the same alternating runs: old and new share
+the machine's noise, which a comparison with an earlier run on an idle machine would not).
 """
 
 from __future__ import annotations
@@ -24,10 +27,14 @@ from typing import Any
 
 from bench import config as bench_config
 from bench.bed import ROOT, STORES, Bed
-from bench.cases import Bench
+from bench.cases import Bench, RequestCases
 from bench.report import Results, markdown, plot
 
-ALL_CASES = ("e", "a", "a-shaped", "b", "c", "d", "m", "r")
+ALL_CASES = ("e", "a", "a-shaped", "b", "c", "d", "m", "r", "q", "s")
+PROFILES = ("mp",)
+"""Not in the default run (a profiler slows bale down): ask for them with --cases."""
+STORE_CASES = ("e", "a", "a-shaped", "d", "m", "q", "mp")
+"""Cases that write to the S3 server: the only ones run again for a second store."""
 
 
 def machine() -> dict[str, Any]:
@@ -95,33 +102,14 @@ def snapshot(code: str, into: Path) -> tuple[Path, str]:
     return into, commit
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", default=None)
-    parser.add_argument("--cases", default=os.environ.get("BENCH_CASES", ",".join(ALL_CASES)))
-    parser.add_argument(
-        "--out", default=os.environ.get("BENCH_OUT", str(ROOT / "bench" / "results"))
-    )
-    parser.add_argument(
-        "--workdir", default=os.environ.get("BENCH_WORKDIR", f"/var/tmp/bale-bench-{os.getpid()}")
-    )
-    parser.add_argument(
-        "--code",
-        default=os.environ.get("BENCH_CODE", "HEAD"),
-        help="What bale to measure: a git revision (exported, default HEAD) or a directory "
-        "(`.` for the work tree as it is).",
-    )
-    parser.add_argument(
-        "--store", choices=STORES, default=os.environ.get("BENCH_STORE", "moto"), help="S3 server."
-    )
-    parser.add_argument("--keep", action="store_true", help="Keep the work directory.")
-    args = parser.parse_args(argv)
-    cfg = bench_config.load(args.quick)
-    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = set(cases) - set(ALL_CASES)
-    if unknown:
-        parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
-    out = Path(args.out)
+def run_store(
+    args: argparse.Namespace,
+    cfg: bench_config.Config,
+    cases: list[str],
+    store: str,
+    out: Path,
+    argv: list[str] | None,
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "bench.log"
     log_file = log_path.open("w")
@@ -143,15 +131,20 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     log(f"bench {'quick' if cfg.quick else 'full'}: cases {' '.join(cases)}, {cfg.runs} runs")
     log(f"machine: {info['nproc']} cores, {info['cpu']}, {info['memory_gib']} GiB")
-    log(f"S3 server: {args.store}")
-    with Bed(Path(args.workdir), keep=args.keep, store=args.store) as bed:
+    log(f"S3 server: {store}")
+    with Bed(Path(args.workdir), keep=args.keep, store=store) as bed:
         code, commit = snapshot(args.code, bed.workdir / "code")
         bed.code = code
         log(f"measuring bale from {code} ({commit})")
+        if args.baseline:
+            old, old_commit = snapshot(args.baseline, bed.workdir / "baseline")
+            bed.baseline = (f" @{old_commit}", old)
+            log(f"baseline: bale from {old} ({old_commit}), as contenders '… @{old_commit}'")
         bench = Bench(bed, cfg, log)
         for case in cases:
             note_load(f"before {case}")
-            getattr(bench, f"case_{case.replace('-', '_')}")()
+            name = f"case_{case.replace('-', '_')}"
+            (getattr(bench, name, None) or getattr(RequestCases(bench), name))()
         note_load("end")
         results = [r.to_json() for r in bench.results]
     data = {
@@ -161,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         "jobs": cfg.jobs,
         "machine": info,
         "code": args.code,
-        "store": args.store,
+        "store": store,
+        "baseline": bed.baseline[0].removeprefix(" @") if bed.baseline else None,
         "commit": commit,
         "load": loads,
         "seconds": round(time.monotonic() - started, 1),
@@ -184,6 +178,47 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     log(f"done in {data['seconds']:.0f}s; results in {out}")
     log_file.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", default=None)
+    parser.add_argument("--cases", default=os.environ.get("BENCH_CASES", ",".join(ALL_CASES)))
+    parser.add_argument(
+        "--out", default=os.environ.get("BENCH_OUT", str(ROOT / "bench" / "results"))
+    )
+    parser.add_argument(
+        "--workdir", default=os.environ.get("BENCH_WORKDIR", f"/var/tmp/bale-bench-{os.getpid()}")
+    )
+    parser.add_argument(
+        "--code",
+        default=os.environ.get("BENCH_CODE", "HEAD"),
+        help="What bale to measure: a git revision (exported, default HEAD) or a directory "
+        "(`.` for the work tree as it is).",
+    )
+    parser.add_argument(
+        "--store",
+        choices=(*STORES, "both"),
+        default=os.environ.get("BENCH_STORE", "moto"),
+        help="S3 server.",
+    )
+    parser.add_argument(
+        "--baseline",
+        default=os.environ.get("BENCH_BASELINE") or None,
+        help="An older git revision measured beside --code in the same runs.",
+    )
+    parser.add_argument("--keep", action="store_true", help="Keep the work directory.")
+    args = parser.parse_args(argv)
+    cfg = bench_config.load(args.quick)
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = set(cases) - set(ALL_CASES) - set(PROFILES)
+    if unknown:
+        parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
+    stores = STORES if args.store == "both" else (args.store,)
+    for i, store in enumerate(stores):
+        todo = cases if i == 0 else [c for c in cases if c in STORE_CASES]
+        out = Path(args.out) / store if len(stores) > 1 else Path(args.out)
+        run_store(args, cfg, todo, store, out, argv)
     return 0
 
 

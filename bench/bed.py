@@ -61,6 +61,8 @@ class Bed:
         """Which S3 server the S3 cases write to: one of STORES."""
         self.code = code
         """The tree whose `pipeline` is measured (a snapshot of a commit, or the work tree)."""
+        self.baseline: tuple[str, Path] | None = None
+        """An older bale measured beside `code` in the same runs: (its label, its tree)."""
         self.keep = keep
         self._stack = contextlib.ExitStack()
         self.registry: RegistryServer
@@ -97,6 +99,11 @@ class Bed:
         if not self.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def bales(self) -> list[tuple[str, Path]]:
+        """(suffix of the contender's name, tree) of every bale measured: the code, then the
+        baseline if any, so an old and a new commit run alternately on the same servers."""
+        return [("", self.code), *([self.baseline] if self.baseline else [])]
+
     # ---- images ------------------------------------------------------------------------
 
     def push(self, name: str, layers: Sequence[LayerSpec]) -> Pushed:
@@ -122,15 +129,16 @@ class Bed:
         path.mkdir(parents=True)
         return path
 
-    def s3_env(self, endpoint: str | None = None) -> dict[str, str]:
-        """The environment of a contender talking to the S3 server: fixed keys, no CA bundle."""
+    def s3_env(self, endpoint: str | None = None, code: Path | None = None) -> dict[str, str]:
+        """The environment of a contender talking to the S3 server: fixed keys, no CA bundle;
+        `code` is the tree whose bale runs (default: the one measured)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BALE_"))}
         env.update(
             AWS_ACCESS_KEY_ID=self.s3.access_key,
             AWS_SECRET_ACCESS_KEY=self.s3.secret_key,
             AWS_DEFAULT_REGION=REGION,
             AWS_ENDPOINT_URL=endpoint or self.s3.endpoint_url,
-            PYTHONPATH=os.pathsep.join(dict.fromkeys([str(self.code), str(ROOT)])),
+            PYTHONPATH=os.pathsep.join(dict.fromkeys([str(code or self.code), str(ROOT)])),
         )
         return env
 

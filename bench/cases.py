@@ -7,13 +7,16 @@ c. `bale sync` vs `skopeo sync` between two local registries (when bale has `syn
 d. a second image sharing its base layers with an archived one: bytes on the wire vs new bytes;
 e. the limits: plain GET, plain boto3 PUT, SHA-256 on one core;
 m. memory and disk: peak RSS of `bale archive` for a 4 GiB and a 256 MiB image, temp disk;
-r. parallel ranged download on a long link (latency and a per-connection window).
+r. parallel ranged download on a long link (latency and a per-connection window);
+q. requests per image at the registry and at the store (issue 19);
+s. start-up of `bale --version` and `bale --help`, and the imports that dominate it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,10 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import memprofile, requestcount
 from bench.bed import BALE, Bed, Pushed
 from bench.config import Config, Shape
 from bench.measure import Sample, run
 from bench.relay import Relay
+from tests.bed.proxy import FaultProxy
 from tests.bed.registry import RegistryServer
 
 Contender = Callable[[], Sample]
@@ -147,15 +152,23 @@ class Bench:
     # ---- contenders --------------------------------------------------------------------
 
     def bale_archive(
-        self, pushed: Pushed, host: str | None = None, store_endpoint: str | None = None
+        self,
+        pushed: Pushed,
+        host: str | None = None,
+        store_endpoint: str | None = None,
+        code: Path | None = None,
+        cmd: list[str] | None = None,
+        env_extra: dict[str, str] | None = None,
     ) -> Sample:
+        """`cmd`: what runs bale (default `python -m pipeline`; a profiler's wrapper);
+        `env_extra`: variables added to its environment."""
         n = self._next()
         tmp = self.bed.tmpdir("bale-archive")
         report = self.out / f"report-{n}.json"
         ref = _with_host(pushed.ref, host)
         with self._bucket() as bucket:
             cmd = [
-                *BALE,
+                *(cmd or BALE),
                 "archive",
                 f"docker://{ref}",
                 "--to",
@@ -166,7 +179,8 @@ class Bench:
                 "--report",
                 str(report),
             ]
-            sample = run(cmd, env=self.bed.s3_env(store_endpoint), tmpdir=tmp, cwd=self.cwd)
+            env = {**self.bed.s3_env(store_endpoint, code), **(env_extra or {})}
+            sample = run(cmd, env=env, tmpdir=tmp, cwd=self.cwd)
         data = json.loads(report.read_text())
         image = data["images"][0]
         if image["status"] != "archived":
@@ -202,7 +216,7 @@ class Bench:
         self._settle(tar, tmp)
         return sample
 
-    def bale_copy(self, pushed: Pushed) -> Sample:
+    def bale_copy(self, pushed: Pushed, code: Path | None = None) -> Sample:
         n = self._next()
         tmp = self.bed.tmpdir("bale-copy")
         tar = self.out / f"bale-{n}.tar"
@@ -215,7 +229,7 @@ class Bench:
             f"docker://{pushed.ref}",
             f"docker-archive:{tar}",
         ]
-        sample = run(cmd, env=self.bed.s3_env(), tmpdir=tmp, cwd=self.cwd)
+        sample = run(cmd, env=self.bed.s3_env(code=code), tmpdir=tmp, cwd=self.cwd)
         sample.extra.update(tar=tar.stat().st_size, disk=sample.tmp_peak)
         self._settle(tar, tmp)
         return sample
@@ -236,7 +250,7 @@ class Bench:
         self._settle(tar, tmp)
         return sample
 
-    def bale_sync(self, pushed: Pushed) -> Sample:
+    def bale_sync(self, pushed: Pushed, code: Path | None = None) -> Sample:
         n = self._next()
         tmp = self.bed.tmpdir("bale-sync")
         with self._fresh_registry(n) as dest:
@@ -250,7 +264,7 @@ class Bench:
                 f"docker://{pushed.ref}",
                 f"{dest.host}/bale",
             ]
-            sample = run(cmd, env=self.bed.s3_env(), tmpdir=tmp, cwd=self.cwd)
+            sample = run(cmd, env=self.bed.s3_env(code=code), tmpdir=tmp, cwd=self.cwd)
             sample.extra.update(disk=sample.tmp_peak, pushed=_pushed_bytes(dest))
         self._settle(tmp)
         return sample
@@ -341,7 +355,10 @@ class Bench:
                 shape.key,
                 pushed.size,
                 {
-                    "bale archive": lambda p=pushed: self.bale_archive(p),
+                    **{
+                        f"bale archive{tag}": lambda p=pushed, c=code: self.bale_archive(p, code=c)
+                        for tag, code in self.bed.bales()
+                    },
                     "skopeo copy + boto3 upload": lambda p=pushed: self.skopeo_then_upload(p),
                 },
                 self.cfg.runs,
@@ -358,7 +375,12 @@ class Bench:
                 self.cfg.big.key,
                 pushed.size,
                 {
-                    "bale archive": lambda: self.bale_archive(pushed, relay.host),
+                    **{
+                        f"bale archive{tag}": lambda c=code: self.bale_archive(
+                            pushed, relay.host, code=c
+                        )
+                        for tag, code in self.bed.bales()
+                    },
                     "skopeo copy + boto3 upload": lambda: self.skopeo_then_upload(
                         pushed, relay.host
                     ),
@@ -377,7 +399,10 @@ class Bench:
                 shape.key,
                 pushed.size,
                 {
-                    "bale copy": lambda p=pushed: self.bale_copy(p),
+                    **{
+                        f"bale copy{tag}": lambda p=pushed, c=code: self.bale_copy(p, c)
+                        for tag, code in self.bed.bales()
+                    },
                     "skopeo copy": lambda p=pushed: self.skopeo_copy(p),
                 },
                 self.cfg.runs,
@@ -395,7 +420,10 @@ class Bench:
                 shape.key,
                 pushed.size,
                 {
-                    "bale sync": lambda p=pushed: self.bale_sync(p),
+                    **{
+                        f"bale sync{tag}": lambda p=pushed, c=code: self.bale_sync(p, c)
+                        for tag, code in self.bed.bales()
+                    },
                     "skopeo sync": lambda p=pushed: self.skopeo_sync(p),
                 },
                 self.cfg.runs,
@@ -473,7 +501,10 @@ class Bench:
                 "m",
                 shape.key,
                 pushed.size,
-                {"bale archive": lambda p=pushed: self.bale_archive(p)},
+                {
+                    f"bale archive{tag}": lambda p=pushed, c=code: self.bale_archive(p, code=c)
+                    for tag, code in self.bed.bales()
+                },
                 self.cfg.memory_runs,
             )
             if shape is self.cfg.mem_big:
@@ -552,3 +583,151 @@ def _with_host(ref: str, host: str | None) -> str:
 def _median_rate(result: Result) -> float:
     rates = sorted(s.extra["bytes"] / s.seconds for s in result.samples)
     return rates[len(rates) // 2]
+
+
+class RequestCases:
+    """Issue 19's counts: requests per image (case q) and start-up time (case s)."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.bed = bench.bed
+
+    def _archive_counted(
+        self, refs: list[str], bucket: str, reg: FaultProxy, s3: FaultProxy, code: Path
+    ) -> Sample:
+        """One `bale archive` of `refs` (through both proxies), with its requests classed."""
+        listing = self.bench.out / "images.txt"
+        listing.write_text("".join(f"{reg.host}/{ref}\n" for ref in refs))
+        reg.clear()
+        s3.clear()
+        tmp = self.bed.tmpdir("bale-q")
+        cmd = [
+            *BALE, "archive", "--from-file", str(listing), "--to", f"s3://{bucket}/archive",
+            "--src-tls-verify=false", "--jobs", str(self.bench.cfg.jobs),
+        ]  # fmt: skip
+        sample = run(cmd, env=self.bed.s3_env(s3.url, code), tmpdir=tmp, cwd=self.bench.cwd)
+        self.bench._settle(tmp)
+        at_registry = requestcount.count(reg.requests, requestcount.registry_class)
+        at_store = requestcount.count(s3.requests, requestcount.store_class)
+        for path in requestcount.others(s3.requests, requestcount.store_class):
+            self.bench.log(f"    store request of no class: {path}")
+        sample.extra.update(
+            images=len(refs),
+            registry_requests=sum(at_registry.values()),
+            store_requests=sum(at_store.values()),
+        )
+        sample.extra.update({f"registry: {k}": v for k, v in at_registry.items()})
+        sample.extra.update({f"store: {k}": v for k, v in at_store.items()})
+        return sample
+
+    def case_q(self) -> None:
+        """Requests per image for archive: 1 large layer, many small layers, and a no-op
+        rerun of many small images (first run not counted)."""
+        bench, cfg = self.bench, self.bench.cfg
+        small = 30 if cfg.quick else 300
+        self.bench.log(f"case q: requests per image (1 run each; no-op rerun of {small} images)")
+        store_host = self.bed.s3.endpoint_url.rsplit("/", 1)[1]
+        repos = [f"bench/many-{i}" for i in range(10)]
+        refs = requestcount.push_small_images(self.bed.registry.url, repos, small // len(repos))
+        for tag, code in self.bed.bales():
+            with (
+                FaultProxy(self.bed.registry.host) as reg,
+                FaultProxy(store_host) as s3,
+                bench._bucket() as bucket,
+            ):
+                for shape in (cfg.big, cfg.many):
+                    pushed = bench.image(shape)
+                    ref = pushed.ref.split("/", 1)[1]
+                    sample = self._archive_counted([ref], bucket, reg, s3, code)
+                    self._keep("q", shape.key, f"bale archive{tag}", pushed.size, sample)
+                self._archive_counted(refs, bucket, reg, s3, code)
+                sample = self._archive_counted(refs, bucket, reg, s3, code)
+                self._keep("q", f"{small} small, no-op rerun", f"bale archive{tag}", 0, sample)
+
+    def _keep(self, case: str, shape: str, name: str, payload: int, sample: Sample) -> None:
+        result = Result(case, shape, name, payload, [sample])
+        self.bench.results.append(result)
+        extra = sample.extra
+        self.bench.log(
+            f"  {case} {shape} {name}: {sample.seconds:.2f}s, {extra['images']:.0f} images, "
+            f"registry {extra['registry_requests']:.0f} requests, "
+            f"store {extra['store_requests']:.0f} requests"
+        )
+
+    def case_s(self) -> None:
+        """Start-up: `bale --version` and `bale --help`, and the imports that dominate."""
+        bench = self.bench
+        runs = 10
+        bench.log(f"case s: start-up ({runs} runs each)")
+        contenders: dict[str, Contender] = {}
+        for tag, code in self.bed.bales():
+            env = self.bed.s3_env(code=code)
+            for arg in ("--version", "--help"):
+                contenders[f"bale {arg}{tag}"] = lambda a=arg, e=env: run(
+                    [*BALE, a], env=e, cwd=bench.cwd
+                )
+        results = bench.alternate("s", "start-up", 0, contenders, runs)
+        for tag, code in self.bed.bales():
+            for arg in ("--version", "--help"):
+                imports = top_imports(
+                    [sys.executable, "-X", "importtime", *BALE[1:], arg],
+                    self.bed.s3_env(code=code),
+                    bench.cwd,
+                )
+                for r in results:
+                    if r.contender == f"bale {arg}{tag}":
+                        r.info["imports"] = imports
+
+    def case_mp(self) -> None:
+        """What is resident at the peak of `bale archive`, small and large image (memray)."""
+        bench, cfg = self.bench, self.bench.cfg
+        bench.log("case mp: memray capture of bale archive, allocations alive at the peak")
+        # BENCH_MP_RANGE_STREAMS=1 pins one stream per blob: under a profiler (and on a busy
+        # machine) the first range reads slowly and bale would take the parallel-range path.
+        streams = os.environ.get("BENCH_MP_RANGE_STREAMS")
+        env = {"BALE_RANGE_STREAMS": streams} if streams else {}
+        for shape in (cfg.mem_small, cfg.mem_big):
+            pushed = bench.image(shape)
+            for tag, code in self.bed.bales()[:1]:  # the profile is of the code measured
+                capture = bench.out / f"memray-{bench._next()}.bin"
+                prefix = [sys.executable, "-m", "memray", "run", "--aggregate", "-q"]
+                profiled = [*prefix, "-o", str(capture), *BALE[1:]]
+                sample = bench.bale_archive(pushed, code=code, cmd=profiled, env_extra=env)
+                summary = memprofile.summarize(capture)
+                capture.unlink()
+                result = Result(
+                    "mp",
+                    shape.key,
+                    f"bale archive under memray{f', BALE_RANGE_STREAMS={streams}' if streams else ''}{tag}",
+                    pushed.size,
+                )
+                result.samples.append(sample)
+                result.info["memray"] = summary
+                bench.results.append(result)
+                bench.log(
+                    f"  mp {shape.key}{tag}: rss {sample.peak_rss / 2**20:.0f} MiB, heap peak "
+                    f"{summary['peak_heap'] / 2**20:.0f} MiB; top: "
+                    + "; ".join(
+                        f"{s['site']} {s['bytes'] / 2**20:.1f} MiB" for s in summary["sites"][:4]
+                    )
+                )
+            if shape is cfg.mem_big:
+                self.bed.drop_layer_files(pushed)
+
+
+def top_imports(cmd: list[str], env: dict[str, str], cwd: Path, n: int = 12) -> dict:
+    """Where start-up goes (`-X importtime`, one run): the total, the top-level imports by
+    cumulative time, and the `n` modules whose own (self) time is largest."""
+    err = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, check=True).stderr
+    rows = []
+    for line in err.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
+        if m:
+            depth = (len(m[3]) - 1) // 2
+            rows.append((m[4], int(m[1]), int(m[2]), depth))
+    top = sorted((r for r in rows if r[3] == 0), key=lambda r: -r[2])
+    return {
+        "total_us": sum(r[2] for r in top),
+        "top_level": [{"module": r[0], "cumulative_us": r[2]} for r in top[:n]],
+        "self": [{"module": r[0], "self_us": r[1]} for r in sorted(rows, key=lambda r: -r[1])[:n]],
+    }

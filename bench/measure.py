@@ -48,7 +48,12 @@ class Sample:
             tmp_peak=max(self.tmp_peak, other.tmp_peak),
             tmp_after=self.tmp_after + other.tmp_after,
             steps=[*self.steps, *other.steps],
-            extra={**self.extra, **other.extra},
+            extra={
+                **self.extra,
+                **other.extra,
+                "cpu_seconds": self.extra.get("cpu_seconds", 0.0)
+                + other.extra.get("cpu_seconds", 0.0),
+            },
         )
 
 
@@ -157,6 +162,9 @@ def run(
         tmp_peak=watch.peak,
         tmp_after=dir_size(tmpdir) if tmpdir is not None else 0,
         steps=[seconds],
+        # CPU seconds (user + system) of the process and the children it waited for: less
+        # sensitive to a busy machine than wall time, so old and new compare even under load.
+        extra={"cpu_seconds": usage.ru_utime + usage.ru_stime},
     )
 
 

@@ -260,7 +260,7 @@ def markdown(results: Results) -> str:
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in results.rows:
-        if not r["samples"] or r["case"] == "d":
+        if not r["samples"] or r["case"] in ("d", "q"):
             continue
         secs = [s["seconds"] for s in r["samples"]]
         med = median(secs)
@@ -285,12 +285,102 @@ def markdown(results: Results) -> str:
             f"{s['registry_down'] / MiB:.1f} | {s['store_up'] / MiB:.1f} | "
             f"{s['store_down'] / MiB:.1f} | {r['payload'] / MiB:.1f} |"
         )
+    lines += baseline_table(results)
+    lines += requests_table(results)
+    lines += imports_table(results)
     lines += ["", "| target | measured | limit | verdict | detail |", "|---|---:|---:|---|---|"]
     for t in results.targets():
         measured = "-" if t.measured is None else f"{t.measured:.2f}"
         sign = {"max": "≤", "min": "≥"}.get(t.kind, "~")
         lines.append(f"| {t.name} | {measured} | {sign} {t.limit:g} | {t.verdict} | {t.detail} |")
     return "\n".join(lines) + "\n"
+
+
+def baseline_table(results: Results) -> list[str]:
+    """New against old bale, both measured in the same alternating runs (`--baseline REV`):
+    the ratio of medians, and a verdict that treats 10% as the noise of this machine."""
+    tag = results.data.get("baseline")
+    if not tag:
+        return []
+    lines = [
+        "",
+        f"| case | image | contender | new median s | new min-max s | old @{tag} median s "
+        "| old min-max s | new / old | CPU s new / old | new / old peak RSS | verdict |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for old in results.rows:
+        if not old["contender"].endswith(f" @{tag}") or not old["samples"]:
+            continue
+        name = old["contender"].removesuffix(f" @{tag}")
+        new = results.one(old["case"], old["shape"], name)
+        if not new or not new["samples"]:
+            continue
+        n = [s["seconds"] for s in new["samples"]]
+        o = [s["seconds"] for s in old["samples"]]
+        ratio = median(n) / median(o)
+        rss = max(s["peak_rss"] for s in new["samples"]) / max(
+            s["peak_rss"] for s in old["samples"]
+        )
+        verdict = "slower" if ratio > 1.10 else "faster" if ratio < 0.90 else "same (within 10%)"
+        cpu_n = [s["extra"]["cpu_seconds"] for s in new["samples"] if "cpu_seconds" in s["extra"]]
+        cpu_o = [s["extra"]["cpu_seconds"] for s in old["samples"] if "cpu_seconds" in s["extra"]]
+        cpu = (
+            f"{median(cpu_n):.2f} / {median(cpu_o):.2f} = {median(cpu_n) / median(cpu_o):.2f}"
+            if cpu_n and cpu_o
+            else "-"
+        )
+        lines.append(
+            f"| {old['case']} | {old['shape']} | {name} | {median(n):.2f} | "
+            f"{min(n):.2f}-{max(n):.2f} | {median(o):.2f} | {min(o):.2f}-{max(o):.2f} | "
+            f"{ratio:.2f} | {cpu} | {rss:.2f} | {verdict} |"
+        )
+    return lines
+
+
+def requests_table(results: Results) -> list[str]:
+    """Case q: requests per image at the registry and at the store, by class."""
+    rows = [r for r in results.find("q") if r["samples"]]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "| case q | contender | s | images | registry requests / image | store requests / image "
+        "| by class (all images) |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        s = r["samples"][0]
+        x = s["extra"]
+        n = x["images"]
+        classes = ", ".join(
+            f"{k} {v:.0f}" for k, v in x.items() if k.startswith(("registry: ", "store: "))
+        )
+        lines.append(
+            f"| {r['shape']} | {r['contender']} | {s['seconds']:.2f} | {n:.0f} | "
+            f"{x['registry_requests'] / n:.1f} | {x['store_requests'] / n:.1f} | {classes} |"
+        )
+    return lines
+
+
+def imports_table(results: Results) -> list[str]:
+    """Case s: where start-up goes, from one `-X importtime` run per command."""
+    lines: list[str] = []
+    for r in results.find("s"):
+        imports = r["info"].get("imports")
+        if not imports:
+            continue
+        top = ", ".join(
+            f"{m['module']} {m['cumulative_us'] / 1000:.0f}" for m in imports["top_level"][:6]
+        )
+        own = ", ".join(f"{m['module']} {m['self_us'] / 1000:.1f}" for m in imports["self"][:8])
+        if not lines:
+            lines = [
+                "",
+                "| case s | imports ms | top-level imports, cumulative ms | largest own import time, ms |",
+                "|---|---:|---|---|",
+            ]
+        lines.append(f"| {r['contender']} | {imports['total_us'] / 1000:.0f} | {top} | {own} |")
+    return lines
 
 
 def plot(results: Results, path: Path) -> None:
@@ -376,7 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.json").write_text(json.dumps(data, indent=1))
     results = Results(data)
     (out / "results.md").write_text(markdown(results))
-    plot(results, out / "bench.png")
+    try:
+        plot(results, out / "bench.png")
+    except ImportError:
+        print("matplotlib missing: no plot (pip install -e '.[bench]')")
     print(markdown(results))
     return 0
 

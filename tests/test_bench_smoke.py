@@ -32,9 +32,10 @@ def test_quick_bench_runs_every_case(tmp_path: Path) -> None:
     data = json.loads((out / "results.json").read_text())
     assert data["quick"] and data["runs"] == 3
     cases = {r["case"] for r in data["results"]}
-    assert {"e", "a", "a-shaped", "b", "d", "m", "r"} <= cases
+    assert {"e", "a", "a-shaped", "b", "d", "m", "r", "q", "s"} <= cases
     for row in data["results"]:
-        runs = 1 if row["case"] in ("m",) or row["shape"] == "sha256" else 3
+        runs = 1 if row["case"] in ("m", "q") or row["shape"] == "sha256" else 3
+        runs = 10 if row["case"] == "s" else runs
         assert len(row["samples"]) == runs, row["case"]
     targets = Results(data).targets()
     assert all(t.measured is not None for t in targets)
@@ -43,3 +44,34 @@ def test_quick_bench_runs_every_case(tmp_path: Path) -> None:
     assert "| target |" in table and "bale archive" in table
     assert (out / "bench.png").stat().st_size > 5000
     assert not (tmp_path / "work").exists(), "the work directory is removed"
+
+
+def test_baseline_runs_beside_the_code_in_the_same_rounds(tmp_path: Path) -> None:
+    """`--baseline REV`: a second bale, exported from REV, alternating with the measured one."""
+    out = tmp_path / "results"
+    env = {**os.environ, "BENCH_QUICK": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "bench", "--cases", "s", "--baseline", "HEAD~1",
+            "--out", str(out), "--workdir", str(tmp_path / "work"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    old = data["baseline"]
+    assert old and old != data["commit"]
+    names = {r["contender"] for r in data["results"]}
+    assert {
+        "bale --version",
+        f"bale --version @{old}",
+        "bale --help",
+        f"bale --help @{old}",
+    } <= names
+    assert all(len(r["samples"]) == 10 for r in data["results"])
+    table = (out / "results.md").read_text()
+    assert f"old @{old} median s" in table and "| s | start-up | bale --version |" in table
