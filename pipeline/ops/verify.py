@@ -400,8 +400,11 @@ class _Verifier:
         """(link key, digest) of every link the record's image needs to be served."""
         out = []
         ref = record.reference
-        if ref.tag and not ref.digest:
-            out.append((layout.tag_current_link_key(record.repo, ref.tag), record.digest))
+        if ref.tag and not ref.digest:  # a moved tag's kept image: its index link names it
+            key = layout.tag_current_link_key(record.repo, ref.tag)
+            if record.is_history:
+                key = layout.tag_index_link_key(record.repo, ref.tag, record.digest)
+            out.append((key, record.digest))
         for blob in record.blobs:
             if blob.media_type in MANIFEST_TYPES or blob.digest == record.digest:
                 out.append((layout.revision_link_key(record.repo, blob.digest), blob.digest))
