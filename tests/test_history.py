@@ -9,13 +9,22 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pipeline.archive import layout
+from pipeline.archive.bucket import ArchiveBucket
+from pipeline.copy.session import RegistryOptions, Session
+from pipeline.errors import StoreError
+from pipeline.ops.archive import Archiver
+from pipeline.ops.verify import verify_store
+from pipeline.refs import Reference
+from pipeline.store.base import Composition, Piece, Readable, WriteResult
+from pipeline.store.local import LocalStore
 from tests.bed.cli import isolated_env, kill_when, run_bale, show, start_bale
 from tests.bed.fixtures_store import oss_cli_env
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
@@ -208,3 +217,64 @@ def test_kill_after_the_history_copy_leaves_the_old_image_then_a_rerun_moves(
         == first.digest
     )
     assert _restored_digest(store, ref, registry, skopeo, f"{dest}:new") == second.digest
+
+
+class WriteOnceStore(LocalStore):
+    """A local store that refuses every overwrite, as an OSS WORM bucket does, and says so
+    through the `write_once` flag a protected store sets."""
+
+    write_once = True
+
+    def _refuse(self, key: str, if_absent: bool) -> None:
+        if not if_absent and self.head(key) is not None:
+            raise StoreError(f"{self.describe(key)}: FileImmutable: the bucket is write-once")
+
+    def put(self, key: str, data: bytes, *, if_absent: bool = False) -> WriteResult:
+        self._refuse(key, if_absent)
+        return super().put(key, data, if_absent=if_absent)
+
+    def put_stream(
+        self, key: str, stream: Readable, size: int | None = None, *, if_absent: bool = False
+    ) -> WriteResult:
+        self._refuse(key, if_absent)
+        return super().put_stream(key, stream, size, if_absent=if_absent)
+
+    def start_compose(
+        self, key: str, pieces: Sequence[Piece], *, if_absent: bool = False
+    ) -> Composition:
+        self._refuse(key, if_absent)
+        return super().start_compose(key, pieces, if_absent=if_absent)
+
+
+def test_write_once_store_gets_the_moved_tag_at_its_history_path(
+    registry: RegistryServer, image_factory: ImageFactory, tmp_path: Path
+) -> None:
+    repo = f"worm/{uuid.uuid4().hex[:8]}"
+    ref = Reference.parse(f"{registry.host}/{repo}:1.0")
+    bucket = ArchiveBucket(WriteOnceStore(tmp_path / "worm"))
+
+    def archive() -> str:
+        with Session() as session:
+            result = Archiver(bucket, session).archive(ref, RegistryOptions(tls_verify=False))
+        assert result.status != "failed", result.error
+        return result.status
+
+    first = _push(image_factory, registry, str(ref), seed=2001)
+    assert archive() == "archived"
+    second = _push(image_factory, registry, str(ref), seed=2011)
+    assert archive() == "archived"
+    assert archive() == "skipped"  # its history copy is the archived image of that digest
+
+    current = bucket.read_record(ref)
+    assert current is not None and current.digest == first.digest
+    assert bucket.tag_digest(ref.store_repo, "1.0") == first.digest
+    kept = bucket.read_history(ref.store_repo, "1.0", second.digest)
+    assert kept is not None and kept.is_history
+    assert kept.tar_key == layout.history_tar_key(ref.store_repo, "1.0", second.digest)
+    assert bucket.store.head(kept.tar_key) is not None
+    index = layout.tag_index_link_key(ref.store_repo, "1.0", second.digest)
+    assert bucket.store.read(index) == second.digest.encode()
+    assert {r.digest for r in bucket.records(history=True)} == {first.digest, second.digest}
+    restored = bucket.image(Reference.parse(f"{ref}@{second.digest}")).manifest()
+    assert restored.digest == second.digest
+    assert verify_store(bucket).ok

@@ -79,7 +79,9 @@ class ArchiveBucket:
 
     # -- links and tags ------------------------------------------------------------------
     def _link(self, key: str, digest: str) -> None:
-        self.store.put(key, layout.link_body(digest))
+        # A link's body is its key's digest, but for a tag's current link, which a write-once
+        # bucket never moves: there, one already written is left as it is.
+        self.store.put(key, layout.link_body(digest), if_absent=self.write_once)
 
     def _links(self, links: list[tuple[str, str]]) -> None:
         """Write (key, digest) links, several at a time: an image of 40 layers is 40 small PUTs,
