@@ -270,9 +270,14 @@ def _from_obj(obj: Any) -> ImageRecord:
     tar_size = _int(sizes, "tar")
     tar_key = _str(obj, "tar_key")
     history = None
-    digest = obj.get("digest")
-    sha256 = isinstance(digest, str) and is_valid_digest(digest) and digest.startswith("sha256:")
-    if tag is not None and ref.digest is None and sha256:
+    digest = obj.get("digest")  # checked below; a history key is only built from a good one
+    if (
+        tag is not None
+        and ref.digest is None
+        and isinstance(digest, str)
+        and digest.startswith("sha256:")
+        and is_valid_digest(digest)
+    ):
         history = layout.history_tar_key(repo, tag, digest)
     if tar_key not in (layout.tar_key_for(ref), history):
         raise ValueError(f"tar key {tar_key!r} is not where {source} is archived")

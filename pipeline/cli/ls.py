@@ -65,9 +65,9 @@ def ls_command(
         click.echo(f"no archived image matches {pattern}", err=True)
         return
     table = Table(box=None, pad_edge=False)
-    columns = ("IMAGE", "DIGEST", "PLATFORMS", "IN TAR", "BLOBS", "TAR", "TAR KEY", "ARCHIVED")
-    if history:
-        columns = ("", *columns)
+    columns: tuple[str, ...] = ("IMAGE", "DIGEST", "PLATFORMS", "IN TAR", "BLOBS", "TAR")
+    columns = ("", *columns) if history else columns
+    columns += ("TAR KEY", "ARCHIVED")
     for column in columns:
         table.add_column(column, no_wrap=True, overflow="fold")
     for r in records:
