@@ -146,6 +146,17 @@ def test_immutable_refuses_a_moved_tag_and_goes_on(
     second = _push(image_factory, registry, ref, seed=1811)
     _push(image_factory, registry, other, seed=1821)
 
+    planned = run_bale(
+        "archive",
+        ref,
+        "--to",
+        store.url,
+        "--src-tls-verify=false",
+        "--immutable",
+        "--dry-run",
+        env=store.env,
+    )
+    assert planned.returncode == 1 and second.digest in planned.stderr, show(planned)
     report = tmp_path / "report.json"
     proc = run_bale(
         "archive",
