@@ -65,18 +65,15 @@ def ls_command(
         click.echo(f"no archived image matches {pattern}", err=True)
         return
     table = Table(box=None, pad_edge=False)
-    columns: tuple[str, ...] = ("IMAGE", "DIGEST", "PLATFORMS", "IN TAR", "BLOBS", "TAR")
-    columns = ("", *columns) if history else columns
-    columns += ("TAR KEY", "ARCHIVED")
+    columns = ("IMAGE", "DIGEST", "PLATFORMS", "IN TAR", "BLOBS", "TAR", "TAR KEY", "ARCHIVED")
     for column in columns:
         table.add_column(column, no_wrap=True, overflow="fold")
     for r in records:
         stored = r.stored_platforms or r.platforms
         in_tar = ",".join(r.platforms) if r.platforms != stored else "all" if stored else "-"
-        mark = ("*" if not r.is_history else " ",) if history else ()
+        mark = ("  " if r.is_history else "* ") if history else ""  # the tag's current image
         table.add_row(
-            *mark,
-            r.source,
+            mark + r.source,
             r.digest[:19],
             ",".join(stored) or "-",
             in_tar,
