@@ -93,17 +93,37 @@ def _restored_digest(
     return digest
 
 
+@dataclass(frozen=True)
+class Moved:
+    """A tag archived, then another image pushed to it in the registry (not yet archived)."""
+
+    repo: str
+    ref: str
+    first: BuiltImage
+    second: BuiltImage
+    archive: tuple[str, ...]
+    """The archive command's arguments for the tag."""
+
+
+def _archived_then_moved(
+    store: Store, registry: RegistryServer, factory: ImageFactory, seed: int, size: int = 20_000
+) -> Moved:
+    repo = f"history/{uuid.uuid4().hex[:8]}"
+    ref = f"{registry.host}/{repo}:1.0"
+    first = _push(factory, registry, ref, seed=seed)
+    archive = ("archive", ref, "--to", store.url, "--src-tls-verify=false")
+    _ok(run_bale(*archive, env=store.env))
+    second = _push(factory, registry, ref, seed=seed + 10, size=size)
+    assert first.digest != second.digest
+    return Moved(repo, ref, first, second, archive)
+
+
 def test_moved_tag_keeps_both_digests(
     store: Store, registry: RegistryServer, image_factory: ImageFactory, skopeo: Any
 ) -> None:
-    repo = f"history/{uuid.uuid4().hex[:8]}"
-    ref = f"{registry.host}/{repo}:1.0"
-    first = _push(image_factory, registry, ref, seed=1701)
-    archive = ("archive", ref, "--to", store.url, "--src-tls-verify=false")
-    _ok(run_bale(*archive, env=store.env))
-    second = _push(image_factory, registry, ref, seed=1711)
-    assert first.digest != second.digest
-    _ok(run_bale(*archive, env=store.env))
+    moved = _archived_then_moved(store, registry, image_factory, seed=1701)
+    repo, ref, first, second = moved.repo, moved.ref, moved.first, moved.second
+    _ok(run_bale(*moved.archive, env=store.env))
 
     listed = _history(store, ref)
     assert [(e["digest"], e["current"]) for e in listed] == [
@@ -195,12 +215,9 @@ def test_immutable_refuses_a_moved_tag_and_goes_on(
 def test_kill_after_the_history_copy_leaves_the_old_image_then_a_rerun_moves(
     store: Store, registry: RegistryServer, image_factory: ImageFactory, skopeo: Any
 ) -> None:
-    repo = f"crash/{uuid.uuid4().hex[:8]}"
-    ref = f"{registry.host}/{repo}:1.0"
-    first = _push(image_factory, registry, ref, seed=1901)
-    archive = ("archive", ref, "--to", store.url, "--src-tls-verify=false")
-    _ok(run_bale(*archive, env=store.env))
-    second = _push(image_factory, registry, ref, seed=1911, size=3 << 20)
+    moved = _archived_then_moved(store, registry, image_factory, seed=1901, size=3 << 20)
+    repo, ref, first, second = moved.repo, moved.ref, moved.first, moved.second
+    archive = moved.archive
 
     hex_ = first.digest.split(":")[1]
     kept = f"{registry.host.replace(':', '-')}/{repo}/1.0@sha256-{hex_}.json"
