@@ -143,6 +143,8 @@ def test_moved_tag_keeps_both_digests(
     # gc with no grace keeps what only the history image uses; verify counts it as referenced.
     _ok(run_bale("gc", store.url, "--older-than", "0s", env=store.env))
     _ok(run_bale("verify", store.url, env=store.env))
+    for digest in (first.digest, second.digest):
+        _ok(run_bale("verify", store.url, f"{ref}@{digest}", env=store.env))
 
     dest = f"{registry.host}/restored/{uuid.uuid4().hex[:8]}"
     got = _restored_digest(store, f"{ref}@{first.digest}", registry, skopeo, f"{dest}:old")
