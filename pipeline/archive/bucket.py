@@ -160,26 +160,26 @@ class ArchiveBucket:
             return None
         return ImageRecord.from_json(data)
 
-    def keep_history(self, previous: ImageRecord) -> ImageRecord | None:
+    def keep_history(self, previous: ImageRecord) -> WriteResult | None:
         """Copy a tag's current tar and record to its history path before they are replaced.
 
         The tar goes first (a server-side copy in S3/OSS), the record after it, both
         create-if-absent: a history record that exists describes a complete tar, and one that
         a crashed run already wrote is never replaced by a current tar that may have changed
-        since. None when the current tar is gone (the old image then stays reachable in the
-        registry area only: its revision and tag index links).
+        since. Returns what copying the tar sent and copied; None when nothing was copied: the
+        history record was there already, or the current tar is gone (the old image then stays
+        reachable in the registry area only: its revision and tag index links).
         """
         kept = previous.as_history()
         if self.store.head(kept.record_key) is not None:
-            return kept
+            return None
         info = self.store.head(previous.tar_key)
         if info is None:
             return None
-        self.store.compose(
-            kept.tar_key, [CopyRange(previous.tar_key, 0, info.size)], if_absent=True
-        )
+        copy = [CopyRange(previous.tar_key, 0, info.size)]
+        written = self.store.compose(kept.tar_key, copy, if_absent=True)
         self.store.put(kept.record_key, kept.to_json(), if_absent=True)
-        return kept
+        return written
 
     def tags(self, repo: str) -> list[str]:
         """Tags the bucket holds for `repo` (store repo path), sorted."""

@@ -407,7 +407,9 @@ class Archiver(BucketWorker):
             # The tag moves: its current tar and record are kept at the history path first,
             # complete before the tag link, tar or record is replaced (docs/layout.md).
             self.events.on_image_phase(name, "keeping the previous image")
-            self.bucket.keep_history(previous)
+            kept = self.bucket.keep_history(previous)
+            if kept is not None:
+                counts.add(uploaded=kept.sent, copied=kept.copied)
         dest = BucketDestination(
             self.bucket,
             ref,
