@@ -22,6 +22,7 @@ the CLI contract: 2 for bad input (nothing was written), 1 for a runtime failure
     │   ├── WrongEncryptionKey (exit 2)  an SSE-C object read without its key, or with another
     │   └── ObjectRetained           Object Lock / WORM refused deleting or overwriting it
     ├── TransferError                a stream broke and could not be resumed
+    ├── TagImmutable                 --immutable: the tag is archived with another digest
     ├── CommandTimeout (exit 124)    --command-timeout ran out (timeout(1)'s code)
     └── Interrupted (exit 130/143)   Ctrl-C or SIGTERM cut the work short
 """
@@ -145,6 +146,11 @@ class StoreUnusable(StoreError):
 
 class TransferError(BaleError):
     """A transfer broke and could not be resumed or retried."""
+
+
+class TagImmutable(BaleError):
+    """`--immutable` (or `immutable: true` in a spec): the tag is already archived with another
+    digest, and that image is refused (the rest of the run goes on)."""
 
 
 class CommandTimeout(BaleError):

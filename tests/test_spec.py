@@ -509,3 +509,41 @@ def test_lister_receives_the_registry_spec() -> None:
 
     expand(spec, lister)
     assert seen == [False]
+
+
+def test_immutable_per_registry_or_per_repository() -> None:
+    def immutable(text: str) -> dict[str, bool]:
+        images = expand(spec_of(text), lambda *_: [])
+        return {str(i.ref): i.immutable for i in images}
+
+    assert immutable(
+        """
+        quay.io:
+          images: {app: ["1"], lib: ["2"]}
+          immutable: [app]
+        ghcr.io:
+          images: {tool: ["3"]}
+          immutable: yes
+        docker.io:
+          images: {busybox: ["4"]}
+        """
+    ) == {
+        "quay.io/app:1": True,
+        "quay.io/lib:2": False,
+        "ghcr.io/tool:3": True,
+        "docker.io/library/busybox:4": False,
+    }
+    assert "quay.io immutable must be true or false" in usage_error(
+        """
+        quay.io:
+          images: {app: ["1"]}
+          immutable: sometimes
+        """
+    )
+    assert "invalid repository" in usage_error(
+        """
+        quay.io:
+          images: {app: ["1"]}
+          immutable: ["Bad Name"]
+        """
+    )

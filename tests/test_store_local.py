@@ -5,7 +5,12 @@ from __future__ import annotations
 import errno
 import io
 import os
+import shutil
+import stat
+import subprocess
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -144,3 +149,64 @@ def test_concurrent_writers_in_sibling_directories(tmp_path: Path) -> None:
     assert errors == []
     assert len(list(store.list("blobs/"))) == 8 * 150
     assert not (tmp_path / TMP_DIR).exists()
+
+
+def _writes_in_place(path: Path, root: Path) -> bool:
+    """Whether an ordinary program (not bale) can overwrite `path` in place: as ourselves, or,
+    as root (whom mode bits do not stop), as an unprivileged user owning the store."""
+    if os.geteuid() != 0:
+        try:
+            with path.open("r+b") as f:
+                f.write(b"!")
+        except PermissionError:
+            return False
+        return True
+    nobody = 65534
+    for parent in [path, *path.parents]:
+        os.chown(parent, nobody, -1)
+        if parent == root:
+            break
+    proc = subprocess.run(
+        ["sh", "-c", 'printf ! 1<> "$1"', "sh", str(path)], user=nobody, capture_output=True
+    )
+    return proc.returncode == 0
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user can reach (pytest's tmp_path is the owner's alone)."""
+    path = Path(tempfile.mkdtemp(prefix="bale-ro-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+@pytest.mark.parametrize("write", ["put", "put_stream", "compose"])
+def test_objects_are_read_only_but_bale_replaces_them(open_dir: Path, write: str) -> None:
+    root = open_dir / "store"
+    store = LocalStore(root)
+    store.put("blobs/src", b"source bytes")
+    key = "images/repo/app.tar"
+
+    def put(data: bytes) -> None:
+        if write == "put":
+            store.put(key, data)
+        elif write == "put_stream":
+            store.put_stream(key, io.BytesIO(data), len(data))
+        else:
+            store.compose(key, [Inline(data[:3]), CopyRange("blobs/src", 0, 6), Inline(data[3:])])
+
+    put(b"first")
+    path = root / key
+    assert stat.S_IMODE(path.stat().st_mode) & 0o222 == 0
+    before = path.read_bytes()
+    assert not _writes_in_place(path, root)
+    assert path.read_bytes() == before
+    put(b"second")  # our own replace: a rename over the read-only file
+    assert store.read(key) == (b"second" if write != "compose" else b"secsourceond")
+    assert stat.S_IMODE(path.stat().st_mode) & 0o222 == 0
+    assert store.put(key, b"third", if_absent=True).written is False
+    store.delete(key)
+    assert store.head(key) is None

@@ -16,7 +16,14 @@ from pipeline.errors import StoreNotFound
 from pipeline.image import MemoisedTopSource
 from pipeline.oci import Descriptor, RawManifest, verify_digest
 from pipeline.refs import Reference
-from pipeline.store.base import Composition, ObjectStore, Piece, Readable, WriteResult
+from pipeline.store.base import (
+    Composition,
+    CopyRange,
+    ObjectStore,
+    Piece,
+    Readable,
+    WriteResult,
+)
 from pipeline.store.resume import ResumingRead
 from pipeline.transfer.digest_stream import VerifyingReader
 from pipeline.transfer.retry import RetryPolicy
@@ -72,7 +79,9 @@ class ArchiveBucket:
 
     # -- links and tags ------------------------------------------------------------------
     def _link(self, key: str, digest: str) -> None:
-        self.store.put(key, layout.link_body(digest))
+        # A link's body is its key's digest, but for a tag's current link, which a write-once
+        # bucket never moves: there, one already written is left as it is.
+        self.store.put(key, layout.link_body(digest), if_absent=self.write_once)
 
     def _links(self, links: list[tuple[str, str]]) -> None:
         """Write (key, digest) links, several at a time: an image of 40 layers is 40 small PUTs,
@@ -91,9 +100,12 @@ class ArchiveBucket:
     def link_revisions(self, repo: str, digests: Iterable[str]) -> None:
         self._links([(layout.revision_link_key(repo, d), d) for d in digests])
 
-    def tag(self, repo: str, tag: str, digest: str) -> None:
+    def tag(self, repo: str, tag: str, digest: str, *, current: bool = True) -> None:
+        """The tag's index link, then (unless `current` is False: a write-once bucket keeps a
+        tag where it is) its current link."""
         self._link(layout.tag_index_link_key(repo, tag, digest), digest)
-        self._link(layout.tag_current_link_key(repo, tag), digest)
+        if current:
+            self._link(layout.tag_current_link_key(repo, tag), digest)
 
     def tag_digest(self, repo: str, tag: str) -> str | None:
         """What the tag points at, or None when the bucket has no such tag."""
@@ -120,10 +132,54 @@ class ArchiveBucket:
         except StoreNotFound:
             return None
 
-    def records(self) -> Iterator[ImageRecord]:
+    def records(self, *, history: bool = False) -> Iterator[ImageRecord]:
+        """The current image of every tag and digest, and with `history` the images moved
+        tags had before (`ImageRecord.is_history`)."""
         for info in self.store.list(layout.IMAGES_PREFIX):
-            if info.key.endswith(".json"):
+            parsed = layout.parse_image_key(info.key)
+            if parsed is None or parsed.kind != "record" or (parsed.history and not history):
+                continue
+            try:
                 yield ImageRecord.from_json(self.store.read(info.key))
+            except StoreNotFound:
+                continue  # removed since the listing
+
+    # -- history: the earlier images of a moved tag (docs/layout.md) ---------------------
+    @property
+    def write_once(self) -> bool:
+        """The store refuses to overwrite (OSS WORM, S3 Object Lock): a moved tag's new image
+        then goes to its history path only and the tag's current keys stay. Read from the
+        store's `write_once` flag (set by backends that know their protection)."""
+        return bool(getattr(self.store, "write_once", False))
+
+    def read_history(self, repo: str, tag: str, digest: str) -> ImageRecord | None:
+        """The tag's kept image of `digest`, when its record (written after its tar) is there."""
+        try:
+            data = self.store.read(layout.history_record_key(repo, tag, digest))
+        except StoreNotFound:
+            return None
+        return ImageRecord.from_json(data)
+
+    def keep_history(self, previous: ImageRecord) -> WriteResult | None:
+        """Copy a tag's current tar and record to its history path before they are replaced.
+
+        The tar goes first (a server-side copy in S3/OSS), the record after it, both
+        create-if-absent: a history record that exists describes a complete tar, and one that
+        a crashed run already wrote is never replaced by a current tar that may have changed
+        since. Returns what copying the tar sent and copied; None when nothing was copied: the
+        history record was there already, or the current tar is gone (the old image then stays
+        reachable in the registry area only: its revision and tag index links).
+        """
+        kept = previous.as_history()
+        if self.store.head(kept.record_key) is not None:
+            return None
+        info = self.store.head(previous.tar_key)
+        if info is None:
+            return None
+        copy = [CopyRange(previous.tar_key, 0, info.size)]
+        written = self.store.compose(kept.tar_key, copy, if_absent=True)
+        self.store.put(kept.record_key, kept.to_json(), if_absent=True)
+        return written
 
     def tags(self, repo: str) -> list[str]:
         """Tags the bucket holds for `repo` (store repo path), sorted."""

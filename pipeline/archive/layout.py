@@ -32,6 +32,7 @@ TAR_SUFFIX = ".tar"
 RECORD_SUFFIX = ".json"
 
 _DIGEST_STEM_RE = re.compile(r"^sha256-([a-f0-9]{64})$")
+_HISTORY_STEM_RE = re.compile(r"^(.+)@sha256-([a-f0-9]{64})$")
 _BLOB_KEY_RE = re.compile(r"^docker/registry/v2/blobs/sha256/([a-f0-9]{2})/([a-f0-9]{64})/data$")
 _LINK_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
 
@@ -188,6 +189,22 @@ def record_key(repo: str, tag: str | None = None, digest: str | None = None) -> 
     return _image_stem(repo, tag, digest) + RECORD_SUFFIX
 
 
+def history_tar_key(repo: str, tag: str, digest: str) -> str:
+    """`images/<repo>/<tag>@sha256-<hex>.tar`: the tag's image of that digest, kept when the
+    tag moved on (docs/layout.md). `@` is never in a tag, so no current tar has this name."""
+    return _history_stem(repo, tag, digest) + TAR_SUFFIX
+
+
+def history_record_key(repo: str, tag: str, digest: str) -> str:
+    """`images/<repo>/<tag>@sha256-<hex>.json`, the record beside `history_tar_key`."""
+    return _history_stem(repo, tag, digest) + RECORD_SUFFIX
+
+
+def _history_stem(repo: str, tag: str, digest: str) -> str:
+    _, hex_ = _digest_parts(digest)
+    return f"{IMAGES_PREFIX}{_check_repo(repo)}/{_check_tag(tag)}@sha256-{hex_}"
+
+
 def tar_key_for(ref: Reference) -> str:
     return tar_key(ref.store_repo, ref.tag, ref.digest)
 
@@ -218,6 +235,8 @@ class ImageKey:
     """`"tar"` or `"record"`."""
     tag: str | None = None
     digest: str | None = None
+    history: bool = False
+    """A tag's earlier image (`<tag>@sha256-<hex>`): both `tag` and `digest` are set."""
 
 
 def parse_image_key(key: str) -> ImageKey | None:
@@ -238,4 +257,8 @@ def parse_image_key(key: str) -> ImageKey | None:
         return ImageKey(key=key, repo=repo, kind=kind, digest=f"sha256:{m.group(1)}")
     if is_valid_tag(name):
         return ImageKey(key=key, repo=repo, kind=kind, tag=name)
+    m = _HISTORY_STEM_RE.match(name)
+    if m and is_valid_tag(m.group(1)):
+        digest = f"sha256:{m.group(2)}"
+        return ImageKey(key=key, repo=repo, kind=kind, tag=m.group(1), digest=digest, history=True)
     return None

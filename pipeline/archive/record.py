@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -103,6 +103,17 @@ class ImageRecord:
     @property
     def reference(self) -> Reference:
         return Reference.parse(self.source)
+
+    @property
+    def is_history(self) -> bool:
+        """A tag's earlier image, kept at `<tag>@sha256-<hex>` when the tag moved on."""
+        return self.tar_key != layout.tar_key_for(self.reference)
+
+    def as_history(self) -> ImageRecord:
+        """This record as it reads at the tag's history path (its tar there too)."""
+        if self.tag is None or self.reference.digest is not None:
+            raise ValueError(f"{self.source} is no tag: it has no history")
+        return replace(self, tar_key=layout.history_tar_key(self.repo, self.tag, self.digest))
 
     @classmethod
     def build(
@@ -258,7 +269,17 @@ def _from_obj(obj: Any) -> ImageRecord:
         raise TypeError("sizes must be an object")
     tar_size = _int(sizes, "tar")
     tar_key = _str(obj, "tar_key")
-    if tar_key != layout.tar_key_for(ref):
+    history = None
+    digest = obj.get("digest")  # checked below; a history key is only built from a good one
+    if (
+        tag is not None
+        and ref.digest is None
+        and isinstance(digest, str)
+        and digest.startswith("sha256:")
+        and is_valid_digest(digest)
+    ):
+        history = layout.history_tar_key(repo, tag, digest)
+    if tar_key not in (layout.tar_key_for(ref), history):
         raise ValueError(f"tar key {tar_key!r} is not where {source} is archived")
     blobs_obj = obj.get("blobs", [])
     if not isinstance(blobs_obj, list):

@@ -42,6 +42,8 @@ class RunPlan:
     shard: tuple[int, int] | None = None
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     """When the run began: tag listing is part of it."""
+    immutable: frozenset[Reference] = frozenset()
+    """Images whose spec entry says `immutable` (archived as with `--immutable`)."""
 
 
 def registry_options(entry: RegistrySpec | SpecImage, defaults: RegistryOptions) -> RegistryOptions:
@@ -116,4 +118,5 @@ def expand_spec(
         selected=len(images),
         shard=shard,
         started=started,
+        immutable=frozenset(i.ref for i in chosen if i.immutable),
     )

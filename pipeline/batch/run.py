@@ -7,6 +7,7 @@ report = run_plan(plan, Archiver(bucket, session), options)  # or dryrun.Planner
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline.batch.plan import RunPlan
@@ -14,6 +15,7 @@ from pipeline.batch.report import ImageResult, RunReport
 from pipeline.batch.runner import run_batch
 from pipeline.errors import UsageError
 from pipeline.ops.archive import ArchiveOptions, ImageWorker
+from pipeline.refs import Reference
 
 
 def run_plan(
@@ -32,7 +34,7 @@ def run_plan(
     with worker.sizes_ahead([] if stopped else list(plan.images), options):
         return run_batch(
             plan.images,
-            lambda image: worker.archive(*image, options),
+            lambda image: worker.archive(*image, _options_of(plan, image[0], options)),
             jobs=worker.session.transfer.jobs,
             name=lambda image: str(image[0]),
             fail_fast=fail_fast,
@@ -40,6 +42,15 @@ def run_plan(
             listed=plan.failures,
             started=plan.started,
         )
+
+
+def _options_of(
+    plan: RunPlan, ref: Reference, options: ArchiveOptions | None
+) -> ArchiveOptions | None:
+    """The run's options, immutable for an image whose spec entry says so."""
+    if ref not in plan.immutable:
+        return options
+    return replace(options or ArchiveOptions(), immutable=True)
 
 
 def check_output_paths(paths: Iterable[str | None]) -> None:

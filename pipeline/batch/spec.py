@@ -13,6 +13,7 @@ The format and its meaning follow skopeo's `cmd/skopeo/sync.go` (and `docs/skope
       credentials: {username: john, password: secret}   # skopeo also reads `identitytoken`
       tls-verify: true               # absent = leave the command line's setting alone
       cert-dir: /home/john/certs
+      immutable: true                # bale's own: or [redis, nginx]; see `bale run --immutable`
 
 What skopeo does and bale keeps: a repository is `<registry key>/<repository>` normalised the
 docker way (`docker.io/busybox` → `docker.io/library/busybox`); an entry of `images` is tried as
@@ -55,6 +56,7 @@ _REGISTRY_KEYS = (
     "credentials",
     "tls-verify",
     "cert-dir",
+    "immutable",
 )
 _CREDENTIAL_KEYS = ("username", "password", "identitytoken")
 
@@ -108,6 +110,13 @@ class RegistrySpec:
     tls_verify: bool | None = None
     """None when the spec does not say: the command line's `--src-tls-verify` applies."""
     cert_dir: str | None = None
+    immutable: bool = False
+    """`immutable: true`: every image of the entry (archive's `--immutable`)."""
+    immutable_repos: frozenset[str] = frozenset()
+    """`immutable: [repo, ...]`: those repositories' images (full names, `host/path`)."""
+
+    def is_immutable(self, ref: Reference) -> bool:
+        return self.immutable or ref.name in self.immutable_repos
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,7 @@ class SpecImage:
     credentials: Credentials | None = None
     tls_verify: bool | None = None
     cert_dir: str | None = None
+    immutable: bool = False
 
 
 ListTags = Callable[[str, str, RegistrySpec], list[str]]
@@ -175,7 +185,13 @@ def expand(
                     continue
                 seen.add(key)
                 images.append(
-                    SpecImage(ref, registry.credentials, registry.tls_verify, registry.cert_dir)
+                    SpecImage(
+                        ref,
+                        registry.credentials,
+                        registry.tls_verify,
+                        registry.cert_dir,
+                        registry.is_immutable(ref),
+                    )
                 )
     return images
 
@@ -335,6 +351,7 @@ class _Parser:
         credentials: Credentials | None = None
         tls_verify: bool | None = None
         cert_dir: str | None = None
+        immutable, immutable_repos = False, frozenset[str]()
         for opt_key, value in self.mapping(node, f"registry {name!r}", "options"):
             option = opt_key.value
             where = f"{name} {option}"
@@ -350,6 +367,8 @@ class _Parser:
                 tls_verify = self.boolean(value, f"{name} tls-verify")
             elif option == "cert-dir":
                 cert_dir = self.string(value, f"{name} cert-dir", allow_null=True) or None
+            elif option == "immutable":
+                immutable, immutable_repos = self.immutable(name, value)
             else:
                 raise self.error(
                     opt_key,
@@ -365,7 +384,20 @@ class _Parser:
             credentials=credentials,
             tls_verify=tls_verify,
             cert_dir=cert_dir,
+            immutable=immutable,
+            immutable_repos=immutable_repos,
         )
+
+    def immutable(self, registry: str, node: yaml.Node) -> tuple[bool, frozenset[str]]:
+        """`immutable: true|false`, or a list of the entry's repositories."""
+        if isinstance(node, yaml.SequenceNode):
+            repos = []
+            for item in node.value:
+                if not isinstance(item, yaml.ScalarNode) or self.is_null(item):
+                    raise self.error(item, f"{registry} immutable: entries must be repositories")
+                repos.append(self.repository(registry, item).name)
+            return False, frozenset(repos)
+        return bool(self.boolean(node, f"{registry} immutable")), frozenset()
 
     def repository(self, registry: str, key: yaml.ScalarNode) -> Reference:
         try:

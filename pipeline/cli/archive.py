@@ -54,6 +54,7 @@ class ArchiveFlags(NamedTuple):
     referrers: bool
     transfer: TransferFlags
     reports: ReportFlags
+    immutable: bool = False
 
 
 archive_options = fold(
@@ -74,6 +75,13 @@ archive_options = fold(
         help="Show what would move (manifests and HEADs only); write nothing.",
     ),
     option("--force", is_flag=True, help="Rewrite the tar and record even if already archived."),
+    option(
+        "--immutable",
+        is_flag=True,
+        help="Refuse an image whose tag is archived with another digest (exit 1, both digests "
+        "named; the rest goes on). Without it a moved tag keeps its earlier images "
+        "(ls --history).",
+    ),
     option(
         "--fail-fast/--keep-going",
         default=False,
@@ -117,6 +125,7 @@ def archive_images(
         all_platforms=flags.all_platforms,
         force=flags.force,
         referrers=flags.referrers,
+        immutable=flags.immutable,
     )
     credentials = registry.credentials
     secrets = (secrets or []) + ([credentials.password] if credentials else [])

@@ -21,9 +21,14 @@ from pipeline.cli.output import handles_errors
 @endpoint_option()
 @store_options
 @option("--json", "as_json", is_flag=True, help="One JSON array of records.")
+@option(
+    "--history",
+    is_flag=True,
+    help='Every digest each tag was archived with (* marks the current; JSON: "current").',
+)
 @handles_errors
 def ls_command(
-    store_url: str, pattern: str | None, endpoint_url: str | None, as_json: bool
+    store_url: str, pattern: str | None, endpoint_url: str | None, as_json: bool, history: bool
 ) -> None:
     """The archived images in STORE: ref, digest, platforms, sizes, tar key, date.
 
@@ -39,11 +44,22 @@ def ls_command(
     from pipeline.cli.runtime import open_bucket
     from pipeline.units import format_size
 
-    records = sorted(open_bucket(store_url, endpoint_url).records(), key=lambda r: r.source)
+    bucket = open_bucket(store_url, endpoint_url)
+    records = sorted(
+        bucket.records(history=history),
+        key=lambda r: (r.source, r.is_history, -r.archived_at.timestamp()),
+    )
+    if history:  # a tag moved back to a digest it had: listed once, as the current
+        current = {(r.source, r.digest) for r in records if not r.is_history}
+        records = [r for r in records if not r.is_history or (r.source, r.digest) not in current]
     if pattern is not None:
         records = select_records(records, pattern)
     if as_json:
-        click.echo(json.dumps([json.loads(r.to_json()) for r in records], indent=2))
+        listed = [json.loads(r.to_json()) for r in records]
+        if history:
+            for obj, r in zip(listed, records, strict=True):
+                obj["current"] = not r.is_history
+        click.echo(json.dumps(listed, indent=2))
         return
     if pattern is not None and not records:
         click.echo(f"no archived image matches {pattern}", err=True)
@@ -55,8 +71,9 @@ def ls_command(
     for r in records:
         stored = r.stored_platforms or r.platforms
         in_tar = ",".join(r.platforms) if r.platforms != stored else "all" if stored else "-"
+        mark = ("  " if r.is_history else "* ") if history else ""  # the tag's current image
         table.add_row(
-            r.source,
+            mark + r.source,
             r.digest[:19],
             ",".join(stored) or "-",
             in_tar,

@@ -29,7 +29,7 @@ from pipeline.copy.engine import CopyPlan, CopyStats, copy_image
 from pipeline.copy.events import image_events
 from pipeline.copy.result import ImageResult, Status
 from pipeline.copy.session import RegistryOptions, Session
-from pipeline.errors import BaleError, UsageError
+from pipeline.errors import BaleError, TagImmutable, UsageError
 from pipeline.image import ImageSource, ResolvedImage, resolve_image, select_platforms
 from pipeline.oci import ImageIndex, Platform, RawManifest
 from pipeline.ops.copy import archive_image, open_archive
@@ -54,6 +54,8 @@ class ArchiveOptions:
     """Rewrite the tar and record even when the digest is already archived."""
     referrers: bool = True
     """Also store the image's signatures and attestations (cosign tags, OCI referrers)."""
+    immutable: bool = False
+    """A tag archived with another digest is refused, never moved (Harbor's, ECR's rule)."""
 
 
 @dataclass
@@ -207,9 +209,10 @@ class BucketWorker:
         bytes_uploaded: int = 0,
         bytes_already_stored: int = 0,
         bytes_copied_server_side: int = 0,
+        tar_key: str | None = None,
     ) -> ImageResult:
         """The result of an image whose digest is known, naming its tar in full."""
-        tar_key = layout.tar_key_for(ref)
+        tar_key = tar_key or layout.tar_key_for(ref)
         return ImageResult(
             str(ref),
             status,
@@ -232,13 +235,33 @@ class BucketWorker:
         return nullcontext()
 
     def _is_current(self, ref: Reference, digest: str, options: ArchiveOptions) -> bool:
-        """Archived with this digest and its tar there: skipped, unless --force."""
+        """Archived with this digest and its tar there: skipped, unless --force. On a
+        write-once bucket, a moved tag's image kept at its history path counts too."""
         if options.force:
             return False
         record = self.bucket.read_record(ref)
+        if record is not None and record.digest != digest and self.bucket.write_once:
+            record = self.bucket.read_history(ref.store_repo, ref.tag or "latest", digest)
         if record is None or record.digest != digest:
             return False
         return self.bucket.store.head(record.tar_key) is not None
+
+    def _moved_from(
+        self, ref: Reference, digest: str, options: ArchiveOptions
+    ) -> ImageRecord | None:
+        """The tag's current record when the tag now names another digest (None: a new tag,
+        the same image, or a digest reference). With `immutable` that is refused here, before
+        anything is read or written."""
+        if ref.tag is None or ref.digest is not None:
+            return None
+        previous = self.bucket.read_record(ref)
+        if previous is None or previous.digest == digest:
+            return None
+        if options.immutable:
+            raise TagImmutable(
+                f"{ref} is immutable: archived as {previous.digest}, the registry now has {digest}"
+            )
+        return previous
 
     def _resolve(self, source: ImageSource, options: ArchiveOptions) -> ResolvedImage:
         """The bucket keeps a whole index unless `--platform` alone narrows it."""
@@ -350,6 +373,7 @@ class Archiver(BucketWorker):
             bytes_uploaded=counts.uploaded,
             bytes_already_stored=counts.already,
             bytes_copied_server_side=counts.copied,
+            tar_key=record.tar_key if record is not None else None,
         )
 
     # -- steps -----------------------------------------------------------------------------
@@ -366,6 +390,8 @@ class Archiver(BucketWorker):
         """Archive `source` under `ref` (its own name, or the one a tar's image was given)."""
         if self._is_current(ref, digest, options):
             return None
+        previous = self._moved_from(ref, digest, options)
+        history_only = previous is not None and self.bucket.write_once
         if ahead is not None and ahead.resolved is not None:
             resolved = ahead.resolved
         else:
@@ -377,14 +403,26 @@ class Archiver(BucketWorker):
         record: list[ImageRecord] = []
         # The tar's parts go up while its blobs stream in; it becomes visible only at commit,
         # after the tags, and is abandoned (nothing left) if any step before fails.
+        if previous is not None and not history_only:
+            # The tag moves: its current tar and record are kept at the history path first,
+            # complete before the tag link, tar or record is replaced (docs/layout.md).
+            self.events.on_image_phase(name, "keeping the previous image")
+            kept = self.bucket.keep_history(previous)
+            if kept is not None:
+                counts.add(uploaded=kept.sent, copied=kept.copied)
         dest = BucketDestination(
             self.bucket,
             ref,
             tar=plan,
-            record=lambda: record.append(self._write_record(ref, resolved, plan, origin)),
+            record=lambda: record.append(
+                self._write_record(ref, resolved, plan, origin, history=history_only)
+            ),
             rewrite=True,
             events=self.events,
             name=name,
+            tar_key=layout.history_tar_key(ref.store_repo, ref.tag or "", digest)
+            if history_only
+            else None,
         )
         moves = CopyPlan.of_resolved(resolved)
         subjects = [m.digest for m in moves.manifests]
@@ -425,7 +463,13 @@ class Archiver(BucketWorker):
         counts.add(downloaded=stats.bytes_read, uploaded=stats.bytes_uploaded)
 
     def _write_record(
-        self, ref: Reference, resolved: ResolvedImage, plan: TarPlan, origin: str | None
+        self,
+        ref: Reference,
+        resolved: ResolvedImage,
+        plan: TarPlan,
+        origin: str | None,
+        *,
+        history: bool = False,
     ) -> ImageRecord:
         stored = [*resolved.blobs(), *(i.raw.descriptor() for i in resolved.images)]
         stored += [m.descriptor() for m in resolved.extra_manifests]
@@ -437,6 +481,8 @@ class Archiver(BucketWorker):
             stored_platforms=resolved.platforms,
             origin=origin,
         )
+        if history:
+            record = record.as_history()
         self.bucket.write_record(record)
         return record
 

@@ -51,6 +51,7 @@ class Planner(BucketWorker):
         digest = self._stored_digest(ref, top, options)
         if self._is_current(ref, digest, options):
             return self._done(ref, "skipped", top, digest)
+        self._moved_from(ref, digest, options)  # --immutable refuses a moved tag here too
         resolved = self._resolve(source, options)
         stats = copy_image(
             source,

@@ -360,8 +360,18 @@ class _Verifier:
                 keys.append(info.key)
         return [r for _, r in self._map(pool, self._read_record, keys) if r is not None]
 
+    def _record_key(self, ref: Reference) -> str:
+        """Where `ref`'s record is: `REPO:TAG@DIGEST` is that digest archived by digest, else
+        the tag's kept image of it (docs/layout.md), else the tag's current image."""
+        key = layout.record_key_for(ref)
+        if ref.tag is None or ref.digest is None:
+            return key
+        kept = layout.history_record_key(ref.store_repo, ref.tag, ref.digest)
+        current = layout.record_key(ref.store_repo, ref.tag)
+        return next((k for k in (key, kept, current) if self.store.head(k) is not None), key)
+
     def _named_records(self, pool: ThreadPoolExecutor, refs: list[Reference]) -> list[ImageRecord]:
-        by_key = {layout.record_key_for(ref): ref for ref in reversed(refs)}
+        by_key = {self._record_key(ref): ref for ref in reversed(refs)}
         records = []
         for (key, ref), (found, record) in zip(
             by_key.items(), self._map(pool, self._read_record, by_key), strict=True
@@ -400,8 +410,11 @@ class _Verifier:
         """(link key, digest) of every link the record's image needs to be served."""
         out = []
         ref = record.reference
-        if ref.tag and not ref.digest:
-            out.append((layout.tag_current_link_key(record.repo, ref.tag), record.digest))
+        if ref.tag and not ref.digest:  # a moved tag's kept image: its index link names it
+            key = layout.tag_current_link_key(record.repo, ref.tag)
+            if record.is_history:
+                key = layout.tag_index_link_key(record.repo, ref.tag, record.digest)
+            out.append((key, record.digest))
         for blob in record.blobs:
             if blob.media_type in MANIFEST_TYPES or blob.digest == record.digest:
                 out.append((layout.revision_link_key(record.repo, blob.digest), blob.digest))

@@ -2,7 +2,9 @@
 
 Objects are files at `<root>/<key>`. Every write goes to a temporary file under the reserved
 `<root>/.bale-tmp/` first (same filesystem, so the final step is atomic) and becomes visible in
-one step: `os.replace`, or for create-if-absent `os.link`, which fails if the key exists. A
+one step: `os.replace`, or for create-if-absent `os.link`, which fails if the key exists.
+Objects are read-only files (no write bit): an accidental in-place write fails, while bale's
+own replace (a rename) and delete (an unlink) need only the directory writable. A
 crashed write leaves only a file under `.bale-tmp/`, which `list` never shows and
 `list_uploads` reports (like a stale multipart upload) so that gc can remove it.
 
@@ -279,6 +281,10 @@ class LocalStore:
             with self._create(tmp) as f:
                 fill(f)
                 f.flush()
+                # Read-only once written (chmod a-w), so that nothing overwrites an archived
+                # object in place by accident; our own replace below is a rename, which a
+                # read-only target allows (the directory, not the file, must be writable).
+                os.fchmod(f.fileno(), stat.S_IMODE(os.fstat(f.fileno()).st_mode) & ~0o222)
                 if self.fsync:
                     os.fsync(f.fileno())
             if final.is_dir():

@@ -29,7 +29,9 @@ class BucketDestination:
     layout), optionally with the image's tar at `layout.tar_key_for(reference)`.
 
     `rewrite`: write every manifest, link and tag even when present (archive refreshes them);
-    `record`: written last, in `commit`; `events`/`name`: the phases an archive shows.
+    `record`: written last, in `commit`; `events`/`name`: the phases an archive shows;
+    `tar_key`: where the tar goes instead, and with it the tag gets only its index link (a
+    moved tag's image on a write-once bucket goes to its history path, docs/layout.md).
     """
 
     def __init__(
@@ -42,8 +44,10 @@ class BucketDestination:
         rewrite: bool = False,
         events: ImageEvents | None = None,
         name: str | None = None,
+        tar_key: str | None = None,
     ) -> None:
         self.bucket = bucket
+        self._tar_key = tar_key
         self._reference = reference
         self._tar_plan = tar
         self._record = record
@@ -79,7 +83,8 @@ class BucketDestination:
         self._plan = plan
         if self._tar_plan is not None:
             pieces = to_compose_pieces(self._tar_plan, layout.blob_key_for)
-            tar = self.bucket.start_tar(layout.tar_key_for(self._reference), pieces)
+            key = self._tar_key or layout.tar_key_for(self._reference)
+            tar = self.bucket.start_tar(key, pieces)
             self._tar = tar.__enter__()
 
     def commit(self) -> None:
@@ -168,4 +173,4 @@ class BucketDestination:
         self.bucket.link_revisions(self.repo, self._pending)
         self._pending = []
         if tag is not None:
-            self.bucket.tag(self.repo, tag, raw.digest)
+            self.bucket.tag(self.repo, tag, raw.digest, current=self._tar_key is None)
