@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from pipeline.archive import layout
 from pipeline.archive.record import ImageRecord
@@ -16,12 +17,24 @@ from pipeline.errors import StoreNotFound
 from pipeline.image import MemoisedTopSource
 from pipeline.oci import Descriptor, RawManifest, verify_digest
 from pipeline.refs import Reference
-from pipeline.store.base import Composition, ObjectStore, Piece, Readable, WriteResult
+from pipeline.store.base import Composition, ObjectInfo, ObjectStore, Piece, Readable, WriteResult
 from pipeline.store.resume import ResumingRead
 from pipeline.transfer.digest_stream import VerifyingReader
 from pipeline.transfer.retry import RetryPolicy
 
 _LINK_WRITERS = 8
+
+
+@dataclass(frozen=True)
+class ArchivedImage:
+    """One archived image as the store lists it: its record, the record's own key (a tag's
+    earlier digests sit beside it under other keys), and the listing's record and tar objects
+    (size, date, storage class); `tar` is None when the record's tar is not listed."""
+
+    record: ImageRecord
+    key: str
+    info: ObjectInfo
+    tar: ObjectInfo | None
 
 
 class ArchiveBucket:
@@ -121,9 +134,24 @@ class ArchiveBucket:
             return None
 
     def records(self) -> Iterator[ImageRecord]:
-        for info in self.store.list(layout.IMAGES_PREFIX):
-            if info.key.endswith(".json"):
-                yield ImageRecord.from_json(self.store.read(info.key))
+        for entry in self.archived():
+            yield entry.record
+
+    def archived(self, jobs: int = _LINK_WRITERS) -> list[ArchivedImage]:
+        """Every archived image, from one listing of `images/` (records read several at a
+        time): what `ls` shows and `prune` decides on, with the listing's dates and classes."""
+        infos = {info.key: info for info in self.store.list(layout.IMAGES_PREFIX)}
+        keys = [key for key in infos if key.endswith(layout.RECORD_SUFFIX)]
+
+        def read(key: str) -> ArchivedImage | None:
+            try:
+                record = ImageRecord.from_json(self.store.read(key))
+            except StoreNotFound:
+                return None  # removed since the listing
+            return ArchivedImage(record, key, infos[key], infos.get(record.tar_key))
+
+        with ThreadPoolExecutor(max(1, min(jobs, len(keys))), "bale-records") as pool:
+            return [entry for entry in pool.map(read, keys) if entry is not None]
 
     def tags(self, repo: str) -> list[str]:
         """Tags the bucket holds for `repo` (store repo path), sorted."""

@@ -7,7 +7,7 @@ one module per command (`archive` holds `run` too, `inspect` holds `list-tags`).
 
 from __future__ import annotations
 
-from pipeline.cli import archive, copy, gc, inspect, ls, restore, sync, verify
+from pipeline.cli import archive, copy, gc, inspect, ls, pin, prune, restore, sync, verify
 from pipeline.cli.group import main
 
 for _command in (
@@ -18,6 +18,8 @@ for _command in (
     inspect.inspect_command,
     inspect.list_tags_command,
     ls.ls_command,
+    pin.pin_command,
+    prune.prune_command,
     restore.restore_command,
     sync.sync_command,
     verify.verify_command,
