@@ -243,3 +243,44 @@ def test_prune_refuses_early_deletion_on_s3(
     assert sorted(i.key for i in store.list()) == before
     done = plan(t, *rules, "--apply", "--allow-early-delete")
     assert done["applied"] and store.head(tar) is None
+
+
+@pytest.mark.slow
+def test_prune_plans_300_images(
+    store_bed: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """300 archived images in 10 repositories on moto S3: the plan (one listing, 300 record
+    reads) is printed with its time; BENCHMARKS.md keeps the number (no timed assertion)."""
+    import hashlib
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.archive.record import BlobEntry, ImageRecord
+    from pipeline.refs import Reference
+
+    t = target("s3", store_bed, tmp_path, request)
+    now = datetime.now(UTC)
+    shared = BlobEntry("sha256:" + hashlib.sha256(b"base").hexdigest(), 1000, "layer")
+
+    def put(i: int) -> None:
+        ref = Reference.parse(f"reg.example.com/team/app{i % 10}:v{i}")
+        digest = "sha256:" + hashlib.sha256(b"m%d" % i).hexdigest()
+        own = BlobEntry("sha256:" + hashlib.sha256(b"l%d" % i).hexdigest(), 500 + i, "layer")
+        record = ImageRecord(
+            source=str(ref), repo=ref.store_repo, tag=ref.tag, digest=digest,
+            media_type="application/vnd.oci.image.manifest.v1+json",
+            tar_key=layout.tar_key_for(ref), tar_digest=digest,
+            tar_media_type="application/vnd.oci.image.manifest.v1+json", tar_size=3000,
+            archived_at=now - timedelta(days=i), version="test", blobs=(shared, own),
+        )  # fmt: skip
+        t.bucket.store.put(record.tar_key, b"tar")
+        t.bucket.write_record(record)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, range(300)))
+    started = time.monotonic()
+    p = plan(t, "--keep-last", "5", "--keep-semver", ">=v290")
+    seconds = time.monotonic() - started
+    print(f"\nprune plan of 300 images on moto S3: {seconds:.2f} s (CLI run, start-up included)")
+    assert (p["images"], p["keep"], p["delete"]) == (300, 60, 240)
+    assert p["gc_bytes"] == sum(500 + i for i in range(50, 290))  # the shared layer stays
