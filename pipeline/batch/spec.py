@@ -417,10 +417,10 @@ class _Parser:
             return None
         keep_last = None
         if "keep-last" in values:
-            text = self.string(values["keep-last"], f"{what} keep-last")
-            if not text.isdigit():
+            number = self.string(values["keep-last"], f"{what} keep-last")
+            if not number.isdigit():
                 raise self.error(values["keep-last"], f"{what} keep-last must be a number")
-            keep_last = int(text)
+            keep_last = int(number)
         exclude: list[str] = []
         if "exclude-tags" in values:
             item = values["exclude-tags"]

@@ -111,15 +111,23 @@ def _table(plan: object) -> None:
     assert isinstance(plan, PrunePlan)
     table = Table(box=None, pad_edge=False)
     for column in ("ACTION", "IMAGE", "DIGEST", "ARCHIVED", "TAR", "KEPT BY / NOTE"):
-        table.add_column(column, no_wrap=True, overflow="fold")
+        # The image and the reasons may wrap in a narrow terminal; the rest never shrinks.
+        wraps = column in ("IMAGE", "KEPT BY / NOTE")
+        table.add_column(
+            column, no_wrap=not wraps, overflow="fold", min_width=None if wraps else len(column)
+        )
     for d in plan.decisions:
         record = d.image.record
-        note = ", ".join(d.kept_by)
-        for e in d.early:
-            note += (
-                f"early delete: {e.key} {e.storage_class} (minimum {e.minimum_days} d, "
-                f"{e.remaining_days:.0f} d left, {format_size(e.bytes)})"
-            )
+        note = ", ".join(
+            [
+                *d.kept_by,
+                *(
+                    f"early delete: {e.key} {e.storage_class} (minimum {e.minimum_days} d, "
+                    f"{e.remaining_days:.0f} d left, {format_size(e.bytes)})"
+                    for e in d.early
+                ),
+            ]
+        )
         action = "keep" if d.kept_by else ("deleted" if plan.applied else "delete")
         table.add_row(
             action,
