@@ -21,9 +21,9 @@ import pytest
 
 from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket
-from tests.bed.cli import isolated_env, run_bale, show, start_bale
+from tests.bed.cli import run_bale, show, start_bale
+from tests.bed.fixtures_store import store_cli
 from tests.bed.images import LayerSpec
-from tests.bed.moto import MOTO_KEYS
 from tests.bed.proxy import FaultProxy, Hold
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -54,7 +54,7 @@ def test_gc_loop_beside_archives_loses_nothing(
 ) -> None:
     bed = store_bed(kind)
     bucket = ArchiveBucket(bed.store)
-    url, env = target(kind, bed, tmp_path, request)
+    url, env = store_cli(bed, tmp_path, request)
     refs, digests = push_images(registry, image_factory, unique_repo)
     archive = ("archive", *refs, "--to", url, "--src-tls-verify=false", "--jobs", "4")
     first = run_bale(*archive, env=env)
@@ -110,7 +110,7 @@ def test_gc_rechecks_what_was_linked_during_its_plan(
     runs, finds those blobs stored and links them; gc goes on. Without the re-check it deletes
     every blob the archives just linked (verify: missing blobs, restore fails)."""
     bed = store_bed("s3")
-    url, env = target("s3", bed, tmp_path, request)
+    url, env = store_cli(bed, tmp_path, request)
     refs, digests = push_images(registry, image_factory, unique_repo)
     archive = ("archive", *refs, "--to", url, "--src-tls-verify=false", "--jobs", "4")
     assert run_bale(*archive, env=env).returncode == 0
@@ -137,15 +137,6 @@ def test_gc_rechecks_what_was_linked_during_its_plan(
     assert verified.returncode == 0, show(verified)
     restore_all(registry, unique_repo, url, env, digests)
     assert "removed blob" not in out, out
-
-
-def target(
-    kind: str, bed: Any, tmp_path: Path, request: pytest.FixtureRequest
-) -> tuple[str, dict[str, str]]:
-    if kind == "local":
-        return str(bed.store.root), isolated_env(tmp_path)
-    moto = request.getfixturevalue("moto_server")
-    return bed.store.url, isolated_env(tmp_path, **MOTO_KEYS, AWS_ENDPOINT_URL=moto.endpoint_url)
 
 
 def push_images(registry: Any, image_factory: Any, repo: str) -> tuple[list[str], dict[str, str]]:

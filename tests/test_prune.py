@@ -16,10 +16,9 @@ import pytest
 from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket
 from pipeline.archive.record import format_time
-from tests.bed.cli import isolated_env, run_bale
-from tests.bed.fixtures_store import oss_cli_env
+from tests.bed.cli import run_bale
+from tests.bed.fixtures_store import store_cli
 from tests.bed.images import LayerSpec
-from tests.bed.moto import MOTO_KEYS
 
 pytestmark = pytest.mark.integration
 
@@ -41,14 +40,8 @@ class Target:
 
 def target(kind: str, store_bed: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Target:
     bed = store_bed(kind)
-    if kind == "local":
-        return Target(kind, str(bed.store.root), isolated_env(tmp_path), ArchiveBucket(bed.store))
-    if kind == "s3":
-        moto = request.getfixturevalue("moto_server")
-        env = isolated_env(tmp_path, **MOTO_KEYS, AWS_ENDPOINT_URL=moto.endpoint_url)
-        return Target(kind, bed.store.url, env, ArchiveBucket(bed.store))
-    env = oss_cli_env(tmp_path, request.getfixturevalue("oss_server"))
-    return Target(kind, bed.store.url, env, ArchiveBucket(bed.store))
+    url, env = store_cli(bed, tmp_path, request)
+    return Target(kind, url, env, ArchiveBucket(bed.store))
 
 
 def archive_tags(t: Target, registry: Any, image_factory: Any, repo: str) -> str:
