@@ -213,9 +213,13 @@ def _sweep(
         links_of.setdefault(targets[key], []).append(key)
     report.links = []
     for start in range(0, len(planned), max(1, batch)):
-        for _ in range(RECHECKS):  # until a listing finds nothing new: its walk took time
-            if not _recheck(marker, seen, pool):
-                break
+        try:
+            for _ in range(RECHECKS):  # until a listing finds nothing new: its walk took time
+                if not _recheck(marker, seen, pool):
+                    break
+        except GcStopped as exc:  # an earlier batch did delete
+            done = f"{len(report.blobs)} blob(s) removed before"
+            raise GcStopped(str(exc).replace("nothing deleted", done, 1)) from None
         chunk = [b for b in planned[start : start + batch] if b.digest not in marker.marked]
         spared = min(batch, len(planned) - start) - len(chunk)
         if spared:
