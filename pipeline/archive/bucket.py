@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from pipeline.archive import layout
 from pipeline.archive.record import ImageRecord
@@ -19,6 +20,7 @@ from pipeline.refs import Reference
 from pipeline.store.base import (
     Composition,
     CopyRange,
+    ObjectInfo,
     ObjectStore,
     Piece,
     Readable,
@@ -29,6 +31,18 @@ from pipeline.transfer.digest_stream import VerifyingReader
 from pipeline.transfer.retry import RetryPolicy
 
 _LINK_WRITERS = 8
+
+
+@dataclass(frozen=True)
+class ArchivedImage:
+    """One archived image as the store lists it: its record, the record's own key (a tag's
+    earlier digests sit beside it under other keys), and the listing's record and tar objects
+    (size, date, storage class); `tar` is None when the record's tar is not listed."""
+
+    record: ImageRecord
+    key: str
+    info: ObjectInfo
+    tar: ObjectInfo | None
 
 
 class ArchiveBucket:
@@ -135,14 +149,30 @@ class ArchiveBucket:
     def records(self, *, history: bool = False) -> Iterator[ImageRecord]:
         """The current image of every tag and digest, and with `history` the images moved
         tags had before (`ImageRecord.is_history`)."""
-        for info in self.store.list(layout.IMAGES_PREFIX):
-            parsed = layout.parse_image_key(info.key)
+        for entry in self.archived(history=history):
+            yield entry.record
+
+    def archived(self, jobs: int = _LINK_WRITERS, *, history: bool = True) -> list[ArchivedImage]:
+        """Every archived image, from one listing of `images/` (records read several at a
+        time): what `ls` shows and `prune` decides on, with the listing's dates and classes.
+        `history` includes the earlier images of moved tags (prune's rules apply to them too)."""
+        infos = {info.key: info for info in self.store.list(layout.IMAGES_PREFIX)}
+        keys = []
+        for key in infos:
+            parsed = layout.parse_image_key(key)
             if parsed is None or parsed.kind != "record" or (parsed.history and not history):
                 continue
+            keys.append(key)
+
+        def read(key: str) -> ArchivedImage | None:
             try:
-                yield ImageRecord.from_json(self.store.read(info.key))
+                record = ImageRecord.from_json(self.store.read(key))
             except StoreNotFound:
-                continue  # removed since the listing
+                return None  # removed since the listing
+            return ArchivedImage(record, key, infos[key], infos.get(record.tar_key))
+
+        with ThreadPoolExecutor(max(1, min(jobs, len(keys))), "bale-records") as pool:
+            return [entry for entry in pool.map(read, keys) if entry is not None]
 
     # -- history: the earlier images of a moved tag (docs/layout.md) ---------------------
     @property

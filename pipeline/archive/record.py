@@ -90,6 +90,8 @@ class ImageRecord:
     origin: str | None = None
     """What the image was read from when not the registry `source` names (a tar,
     `docker-archive:/abs/x.tar`; another store); absent for a registry."""
+    pinned: bool = False
+    """`bale pin`: `bale prune` never deletes it, whatever its rules say."""
 
     @property
     def blob_bytes(self) -> int:
@@ -174,6 +176,8 @@ class ImageRecord:
         }
         if self.origin is not None:
             obj["origin"] = self.origin
+        if self.pinned:
+            obj["pinned"] = True
         return json.dumps(obj, indent=2).encode() + b"\n"
 
     @classmethod
@@ -298,6 +302,9 @@ def _from_obj(obj: Any) -> ImageRecord:
     origin = obj.get("origin")
     if origin is not None and (not isinstance(origin, str) or not origin):
         raise TypeError("origin must be a non-empty string")
+    pinned = obj.get("pinned", False)
+    if not isinstance(pinned, bool):
+        raise TypeError("pinned must be true or false")
     blob_bytes = sum(b.size for b in blobs)
     if _int(sizes, "blobs") != blob_bytes:
         raise ValueError(
@@ -319,4 +326,5 @@ def _from_obj(obj: Any) -> ImageRecord:
         stored_platforms=_platforms(obj, "stored_platforms"),
         blobs=tuple(blobs),
         origin=origin,
+        pinned=pinned,
     )

@@ -42,6 +42,7 @@ from typing import Literal
 import re2
 import yaml
 
+from pipeline.batch.retention import Retention
 from pipeline.batch.semver import Constraints
 from pipeline.errors import BaleError, InvalidReference, UsageError
 from pipeline.refs import Reference, is_valid_digest, parse_repository
@@ -57,6 +58,15 @@ _REGISTRY_KEYS = (
     "tls-verify",
     "cert-dir",
     "immutable",
+    "retention",
+)
+_RETENTION_KEYS = (
+    "keep-last",
+    "keep-tags",
+    "keep-semver",
+    "keep-within",
+    "exclude-tags",
+    "repositories",
 )
 _CREDENTIAL_KEYS = ("username", "password", "identitytoken")
 
@@ -117,6 +127,11 @@ class RegistrySpec:
 
     def is_immutable(self, ref: Reference) -> bool:
         return self.immutable or ref.name in self.immutable_repos
+
+    retention: Retention | None = None
+    """`bale prune`'s rules for every repository under this registry key."""
+    repository_retention: tuple[tuple[Reference, Retention], ...] = ()
+    """Rules for single repositories (`retention: repositories:`), instead of `retention`."""
 
 
 @dataclass(frozen=True)
@@ -352,6 +367,8 @@ class _Parser:
         tls_verify: bool | None = None
         cert_dir: str | None = None
         immutable, immutable_repos = False, frozenset[str]()
+        retention: Retention | None = None
+        per_repo: list[tuple[Reference, Retention]] = []
         for opt_key, value in self.mapping(node, f"registry {name!r}", "options"):
             option = opt_key.value
             where = f"{name} {option}"
@@ -369,6 +386,12 @@ class _Parser:
                 cert_dir = self.string(value, f"{name} cert-dir", allow_null=True) or None
             elif option == "immutable":
                 immutable, immutable_repos = self.immutable(name, value)
+            elif option == "retention":
+                retention = self.retention(value, f"{name} retention", opt_key, top=True)
+                for repo_key, rules in self.retention_repositories(value, name):
+                    found = self.retention(rules, f"{name} {repo_key.value} retention", repo_key)
+                    if found is not None:
+                        per_repo.append((self.repository(name, repo_key), found))
             else:
                 raise self.error(
                     opt_key,
@@ -386,6 +409,8 @@ class _Parser:
             cert_dir=cert_dir,
             immutable=immutable,
             immutable_repos=immutable_repos,
+            retention=retention,
+            repository_retention=tuple(per_repo),
         )
 
     def immutable(self, registry: str, node: yaml.Node) -> tuple[bool, frozenset[str]]:
@@ -398,6 +423,59 @@ class _Parser:
                 repos.append(self.repository(registry, item).name)
             return False, frozenset(repos)
         return bool(self.boolean(node, f"{registry} immutable")), frozenset()
+
+    def retention_repositories(
+        self, node: yaml.Node, registry: str
+    ) -> list[tuple[yaml.ScalarNode, yaml.Node]]:
+        for key, value in self.mapping(node, f"{registry} retention", "rules"):
+            if key.value == "repositories":
+                return self.mapping(value, f"{registry} retention repositories", "rules")
+        return []
+
+    def retention(
+        self, node: yaml.Node, what: str, at: yaml.Node, *, top: bool = False
+    ) -> Retention | None:
+        """A `retention:` block's rules (None when it only holds `repositories:`)."""
+        values: dict[str, yaml.Node] = {}
+        for key, value in self.mapping(node, what, "rules"):
+            allowed = _RETENTION_KEYS if top else _RETENTION_KEYS[:-1]
+            if key.value not in allowed:
+                raise self.error(
+                    key,
+                    f"unknown key {key.value!r} in {what} (expected one of: {', '.join(allowed)})",
+                )
+            if key.value != "repositories":
+                values[key.value] = value
+        if not values and top:
+            return None
+        keep_last = None
+        if "keep-last" in values:
+            number = self.string(values["keep-last"], f"{what} keep-last")
+            if not number.isdigit():
+                raise self.error(values["keep-last"], f"{what} keep-last must be a number")
+            keep_last = int(number)
+        exclude: list[str] = []
+        if "exclude-tags" in values:
+            item = values["exclude-tags"]
+            if isinstance(item, yaml.SequenceNode):
+                exclude = [self.string(x, f"{what} exclude-tags entry") for x in item.value]
+            else:
+                exclude = self.string(item, f"{what} exclude-tags").split(",")
+
+        def text(name: str) -> str | None:
+            return self.string(values[name], f"{what} {name}") if name in values else None
+
+        try:
+            return Retention.build(
+                keep_last=keep_last,
+                keep_tags=text("keep-tags"),
+                keep_semver=text("keep-semver"),
+                keep_within=text("keep-within"),
+                exclude_tags=tuple(t.strip() for t in exclude),
+                where=f"{self.source}:{at.start_mark.line + 1}",
+            )
+        except UsageError as exc:
+            raise UsageError(f"{exc} ({what})") from None
 
     def repository(self, registry: str, key: yaml.ScalarNode) -> Reference:
         try:

@@ -7,7 +7,20 @@ one module per command (`archive` holds `run` too, `inspect` holds `list-tags`).
 
 from __future__ import annotations
 
-from pipeline.cli import archive, copy, gc, inspect, ls, reconcile, restore, serve, sync, verify
+from pipeline.cli import (
+    archive,
+    copy,
+    gc,
+    inspect,
+    ls,
+    pin,
+    prune,
+    reconcile,
+    restore,
+    serve,
+    sync,
+    verify,
+)
 from pipeline.cli.group import main
 
 for _command in (
@@ -19,6 +32,8 @@ for _command in (
     inspect.list_tags_command,
     ls.ls_command,
     reconcile.reconcile_command,
+    pin.pin_command,
+    prune.prune_command,
     restore.restore_command,
     serve.serve_command,
     sync.sync_command,

@@ -9,14 +9,16 @@ from pipeline.cli.output import echo_result, handles_errors
 from pipeline.units import DURATION
 
 
-@examples("bale gc s3://my-archive/images --dry-run", "bale gc ./archive --older-than 0s")
+@examples("bale gc s3://my-archive/images --dry-run", "bale gc ./archive --grace 0s")
 @click.command("gc")
 @click.argument("store_url", metavar="STORE")
 @endpoint_option()
 @store_options
 @option("--dry-run", is_flag=True, help="List what would be removed, with sizes; remove nothing.")
 @option(
+    "--grace",
     "--older-than",
+    "older_than",
     type=DURATION,
     default="24h",
     show_default=True,
@@ -41,10 +43,11 @@ def gc_command(
     jobs: int,
     retries: int,
 ) -> None:
-    """Remove blobs no tag or record reaches, and multipart uploads older than --older-than.
+    """Remove blobs no tag or record reaches, and multipart uploads older than --grace.
 
-    Marks from every tag, every record and every link younger than --older-than; never removes
-    anything younger than --older-than (a concurrent archive may be linking it right now).
+    Marks from every tag, every record and every link younger than --grace; never removes
+    anything younger than --grace (a concurrent archive may be linking it right now), and reads
+    the links and records written since its plan again just before each batch of deletes.
     """
     from datetime import timedelta
 

@@ -17,13 +17,15 @@ roots and sweeps the rest, as distribution's own garbage collector does:
 Links that already point at missing blobs are reported, not removed: that is damage for
 `bale verify` to explain, not garbage.
 
-Running next to `bale archive`: archive writes a new blob, then its links, tag, tar and
-record. A blob or link younger than `older_than` is never removed and a young link is a root,
-so an archive that started less than `older_than` ago keeps what it wrote. What gc cannot see
-is an archive that found an *old* unreferenced blob already stored and has not yet linked it:
-if gc removes that blob, the archive fails when it composes its tar (before it writes its
-record) and a rerun stores the blob again. Run gc when no archive is writing, or keep
-`older_than` above the longest archive run, for none of this to matter.
+Running next to `bale archive` (docs/lifecycle.md says more): archive writes a new blob, then
+its links, tag, tar and record. A blob or link younger than `older_than` (`--grace`) is never
+removed and a young link is a root, so an archive that started less than `older_than` ago keeps
+what it wrote. An archive may also find an *old* unreferenced blob already stored and link it
+while gc plans: so just before each batch of deletes gc lists the links and records again and
+marks from every one that is new or changed since its plan (repeating while a listing finds
+more), and a blob they reach is spared. What remains is the time between that listing and the
+delete itself: an archive that links the blob in that moment loses it; its tar compose then
+fails (before its record) when it copies the blob, and a rerun stores the blob again.
 
 A manifest that a root reaches but that cannot be read or parsed stops gc before anything is
 deleted: its blobs cannot be marked, and sweeping without them would lose data.
@@ -57,6 +59,12 @@ from pipeline.store.base import MultipartUpload, ObjectInfo, ObjectStore
 log = logging.getLogger(__name__)
 
 DEFAULT_OLDER_THAN = timedelta(hours=24)
+DELETE_BATCH = 256
+"""Blobs deleted after one re-check of the references: each batch costs a listing of the
+repositories' links and the records, so small enough that the re-check is recent, large
+enough that a store of a million blobs is not listed thousands of times."""
+RECHECKS = 5
+"""Listings per re-check at most: again while the last one found new references."""
 
 
 class GcStopped(StoreError):
@@ -121,6 +129,7 @@ def collect_garbage(
     dry_run: bool = False,
     jobs: int = 4,
     now: datetime | None = None,
+    batch: int = DELETE_BATCH,
 ) -> GcReport:
     """Mark from tags, records and recent links; sweep unreferenced blobs and stale uploads.
 
@@ -141,7 +150,8 @@ def collect_garbage(
             for info in store.list(layout.REPOSITORIES_PREFIX)
             if (link := parse_link_key(info.key)) is not None
         ]
-        records = _records(store, pool)
+        record_infos = _record_infos(store)
+        records = _records(store, pool, record_infos)
         marker = _Marker(store, pool, blobs)
         targets = _link_targets(store, pool, links)
 
@@ -175,12 +185,85 @@ def collect_garbage(
         report.uploads = list(store.list_uploads(older_than=older_than))
 
         if not dry_run:
-            _each(pool, store.delete, report.links)
-            _each(pool, store.delete, [b.key for b in report.blobs])
+            seen = {info.key: info for _, info in links}
+            seen.update(_record_infos(store))
+            _sweep(report, marker, seen, targets, pool, batch)
             _each(pool, store.abort_upload, report.uploads)
     log.info("gc of %s: %s", bucket.url, report.summary())
     report.seconds = time.monotonic() - started
     return report
+
+
+def _sweep(
+    report: GcReport,
+    marker: _Marker,
+    seen: dict[str, ObjectInfo],
+    targets: dict[str, str],
+    pool: ThreadPoolExecutor,
+    batch: int,
+) -> None:
+    """Delete the planned blobs (their links first) a batch at a time, each batch only after
+    reading again every link and record written or rewritten since the plan (or since the
+    previous batch) and marking what they reach: an archive that linked a planned blob in the
+    meantime keeps it. What was spared leaves the report."""
+    store = marker.store
+    planned, report.blobs = report.blobs, []
+    links_of: dict[str, list[str]] = {}
+    for key in report.links:
+        links_of.setdefault(targets[key], []).append(key)
+    report.links = []
+    for start in range(0, len(planned), max(1, batch)):
+        try:
+            for _ in range(RECHECKS):  # until a listing finds nothing new: its walk took time
+                if not _recheck(marker, seen, pool):
+                    break
+        except GcStopped as exc:  # an earlier batch did delete
+            done = f"{len(report.blobs)} blob(s) removed before"
+            raise GcStopped(str(exc).replace("nothing deleted", done, 1)) from None
+        chunk = [b for b in planned[start : start + batch] if b.digest not in marker.marked]
+        spared = min(batch, len(planned) - start) - len(chunk)
+        if spared:
+            log.info("gc: %d blob(s) referenced since the plan, kept", spared)
+        links = [key for b in chunk for key in links_of.get(b.digest, [])]
+        _each(pool, store.delete, links)
+        _each(pool, store.delete, [b.key for b in chunk])
+        report.blobs += chunk
+        report.links += links
+        report.live_blobs += spared
+    report.links.sort()
+
+
+def _recheck(marker: _Marker, seen: dict[str, ObjectInfo], pool: ThreadPoolExecutor) -> bool:
+    """Mark from the links and records that are new or changed since `seen` (updated);
+    whether there were any."""
+    store = marker.store
+    changed_links: list[tuple[LinkKey, ObjectInfo]] = []
+    for info in store.list(layout.REPOSITORIES_PREFIX):
+        link = parse_link_key(info.key)
+        if link is not None and _changed(seen.get(info.key), info):
+            changed_links.append((link, info))
+            seen[info.key] = info
+    changed_records = {}
+    for key, info in _record_infos(store).items():
+        if _changed(seen.get(key), info):
+            changed_records[key] = info
+            seen[key] = info
+    targets = _link_targets(store, pool, changed_links)
+    for link, _ in changed_links:
+        if (digest := targets.get(link.key)) is not None:
+            marker.mark(digest, walk=link.kind != "layer")
+    for record in _records(store, pool, changed_records):
+        marker.mark(record.digest, walk=True)
+        for blob in record.blobs:
+            marker.mark(blob.digest, walk=blob.media_type in MANIFEST_TYPES)
+    marker.finish()
+    return bool(changed_links or changed_records)
+
+
+def _changed(before: ObjectInfo | None, now: ObjectInfo) -> bool:
+    if before is None:
+        return True
+    return (before.modified, before.etag, before.size) != (now.modified, now.etag, now.size)
 
 
 def _is_young(modified: datetime | None, cutoff: datetime) -> bool:
@@ -197,13 +280,19 @@ def _list_blobs(store: ObjectStore) -> dict[str, ObjectInfo]:
     return blobs
 
 
-def _records(store: ObjectStore, pool: ThreadPoolExecutor) -> list[ImageRecord]:
-    """Every record; one that cannot be read stops gc (its blobs could not be marked)."""
-    keys = [
-        info.key
+def _record_infos(store: ObjectStore) -> dict[str, ObjectInfo]:
+    return {
+        info.key: info
         for info in store.list(layout.IMAGES_PREFIX)
         if (parsed := layout.parse_image_key(info.key)) is not None and parsed.kind == "record"
-    ]
+    }
+
+
+def _records(
+    store: ObjectStore, pool: ThreadPoolExecutor, infos: dict[str, ObjectInfo]
+) -> list[ImageRecord]:
+    """Every record; one that cannot be read stops gc (its blobs could not be marked)."""
+    keys = list(infos)
 
     def read(key: str) -> ImageRecord | None:
         try:
@@ -277,15 +366,17 @@ class _Marker:
         """A stored manifest's bytes, checked; None when it is not stored. One that cannot be
         read or parsed stops gc: what it references could not be marked."""
         info = self.blobs.get(digest)
-        if info is None:
-            return None
         what = f"manifest {digest}"
-        if info.size > MAX_MANIFEST_BYTES:
+        if info is not None and info.size > MAX_MANIFEST_BYTES:
             raise GcStopped(f"gc stopped, nothing deleted: {what} is {info.size} bytes")
         try:
-            data = self.store.read(info.key)
+            # Not listed: written since the listing (a re-check reaches it) or missing.
+            key = info.key if info else layout.blob_key(digest)
+            data = self.store.read(key, 0, MAX_MANIFEST_BYTES + 1)
         except StoreNotFound:
             return None
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise GcStopped(f"gc stopped, nothing deleted: {what} is {len(data)} bytes")
         try:
             raw = RawManifest.from_bytes(data)
             if raw.digest != digest:

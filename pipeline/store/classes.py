@@ -127,3 +127,18 @@ def parse_restore(header: str | None) -> RestoreState | None:
     if marker in header:
         expires = header.split(marker, 1)[1].split('"', 1)[0]
     return RestoreState(ongoing=ongoing, expires=expires)
+
+
+MINIMUM_STORAGE_DAYS: dict[str, int] = {
+    "STANDARD_IA": 30,
+    "ONEZONE_IA": 30,
+    "GLACIER_IR": 90,
+    "GLACIER": 90,
+    "DEEP_ARCHIVE": 180,
+    "IA": 30,
+    "Archive": 60,
+    "ColdArchive": 180,
+    "DeepColdArchive": 180,
+}
+"""Days an object of the class is billed for at least, deleted earlier or not (AWS "Amazon S3
+pricing", OSS "Storage fees"): deleting one younger than that costs the remaining days."""

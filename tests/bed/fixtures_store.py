@@ -50,6 +50,25 @@ def oss_cli_env(home_parent: Path, server: OssServer) -> dict[str, str]:
     )
 
 
+def store_cli(
+    bed: StoreBed, home_parent: Path, request: pytest.FixtureRequest
+) -> tuple[str, dict[str, str]]:
+    """The URL and isolated environment with which the CLI reaches `bed`'s store: a local
+    directory, moto (`s3`) or the OSS test server (`oss`)."""
+    from tests.bed.cli import isolated_env
+    from tests.bed.moto import MOTO_KEYS
+
+    if bed.kind == "local":
+        return str(bed.store.root), isolated_env(home_parent)
+    if bed.kind == "s3":
+        moto = request.getfixturevalue("moto_server")
+        env = isolated_env(home_parent, **MOTO_KEYS, AWS_ENDPOINT_URL=moto.endpoint_url)
+        return bed.store.url, env
+    if bed.kind == "oss":
+        return bed.store.url, oss_cli_env(home_parent, request.getfixturevalue("oss_server"))
+    raise ValueError(bed.kind)
+
+
 KINDS = ("local", "s3", "rgw", "oss", "live-s3", "live-oss")
 
 S3Server = MotoServer | RgwServer
