@@ -7,28 +7,57 @@ create-if-absent, which is what makes concurrent writers (shards) safe.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from pipeline.archive import layout
+from pipeline.archive.classes import StorageClasses, is_small
 from pipeline.archive.record import ImageRecord
 from pipeline.errors import StoreNotFound
 from pipeline.image import MemoisedTopSource
-from pipeline.oci import Descriptor, RawManifest, verify_digest
+from pipeline.oci import Descriptor, RawManifest, digest_hex, verify_digest
 from pipeline.refs import Reference
-from pipeline.store.base import Composition, ObjectStore, Piece, Readable, WriteResult
+from pipeline.store.base import (
+    Composition,
+    CopyRange,
+    ObjectStore,
+    Piece,
+    Readable,
+    WriteResult,
+)
 from pipeline.store.resume import ResumingRead
 from pipeline.transfer.digest_stream import VerifyingReader
 from pipeline.transfer.retry import RetryPolicy
 
 _LINK_WRITERS = 8
 
+STAGING_PREFIX = "staging/"
+"""Hot copies of blobs stored cold, written while a tar is composed from them and deleted
+once it is (docs/lifecycle.md); one left by a crash is garbage, never referenced."""
+
 
 class ArchiveBucket:
     """An `ObjectStore` seen as an archive: what is stored where, and in which order."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, classes: StorageClasses | None = None) -> None:
         self.store = store
+        self.classes = classes
+        """Classes new objects go in (None: the store's default for all); layer blobs are
+        written in the default class whatever it says, and moved by `chill` once the tar
+        that copies them is complete (docs/lifecycle.md)."""
+        self._small = store
+        self._tars = store
+        self._cold: ObjectStore | None = None
+        if classes is not None:
+            self._small = store.with_storage_class(classes.small)
+            self._tars = store.with_storage_class(classes.tars)
+            if classes.blobs is not None:
+                self._cold = store.with_storage_class(classes.blobs)
+
+    def with_classes(self, classes: StorageClasses | None) -> ArchiveBucket:
+        """This bucket writing in `classes` (same store, same connections)."""
+        return self if classes == self.classes else ArchiveBucket(self.store, classes)
 
     @property
     def url(self) -> str:
@@ -40,13 +69,55 @@ class ArchiveBucket:
         return info is not None and info.size == descriptor.size
 
     def put_blob(self, descriptor: Descriptor, stream: Readable) -> WriteResult:
-        """Stream a blob in; `stream` must verify itself (the read reaching its size fails)."""
-        return self.store.put_stream(
+        """Stream a blob in; `stream` must verify itself (the read reaching its size fails).
+        A config goes in the small objects' class, a layer in the default class (see `chill`)."""
+        store = self._small if is_small(descriptor.media_type) else self.store
+        return store.put_stream(
             layout.blob_key(descriptor.digest), stream, descriptor.size, if_absent=True
         )
 
+    def chill(self, descriptor: Descriptor) -> bool:
+        """Move a layer blob this run wrote into the blobs' class by copying it onto its own
+        key (CopyObject / UploadPartCopy with the new class): done after the tar that copies
+        it is complete, since an archived object cannot be a copy source. True when moved."""
+        if self._cold is None or is_small(descriptor.media_type):
+            return False
+        key = layout.blob_key(descriptor.digest)
+        info = self.store.head(key)
+        if info is None or info.storage_class == self._cold.storage_class:
+            return False
+        self._cold.compose(key, [CopyRange(key, 0, info.size)])
+        return True
+
+    def frozen_blobs(self, descriptors: Iterable[Descriptor]) -> set[str]:
+        """Digests of the blobs stored in an archive class and not restored: a compose cannot
+        copy from them. Local stores have no such class (no request is made)."""
+        if self.store.url.startswith("file:"):
+            return set()
+        wanted = list({d.digest: d for d in descriptors}.values())
+
+        def frozen(desc: Descriptor) -> bool:
+            info = self.store.head(layout.blob_key(desc.digest))
+            return info is not None and info.size == desc.size and info.frozen
+
+        if not wanted:
+            return set()
+        with ThreadPoolExecutor(min(_LINK_WRITERS, len(wanted)), "bale-head") as pool:
+            flags = list(pool.map(frozen, wanted))
+        return {d.digest for d, cold in zip(wanted, flags, strict=True) if cold}
+
+    def staging_key(self, digest: str) -> str:
+        return f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}/{digest_hex(digest)}"
+
+    def holder(self, digest: str) -> ImageRecord | None:
+        """An archived image that keeps blob `digest` (to name in a thaw command)."""
+        for record in self.records():
+            if any(b.digest == digest for b in record.blobs):
+                return record
+        return None
+
     def put_manifest(self, raw: RawManifest) -> WriteResult:
-        return self.store.put(layout.blob_key(raw.digest), raw.data, if_absent=True)
+        return self._small.put(layout.blob_key(raw.digest), raw.data, if_absent=True)
 
     def read_blob(self, descriptor: Descriptor) -> bytes:
         data = self.store.read(layout.blob_key(descriptor.digest))
@@ -72,7 +143,7 @@ class ArchiveBucket:
 
     # -- links and tags ------------------------------------------------------------------
     def _link(self, key: str, digest: str) -> None:
-        self.store.put(key, layout.link_body(digest))
+        self._small.put(key, layout.link_body(digest))
 
     def _links(self, links: list[tuple[str, str]]) -> None:
         """Write (key, digest) links, several at a time: an image of 40 layers is 40 small PUTs,
@@ -106,10 +177,10 @@ class ArchiveBucket:
     # -- tars and records ----------------------------------------------------------------
     def start_tar(self, key: str, pieces: Sequence[Piece]) -> Composition:
         """The tar's compose, begun before its blobs are stored (see `Composition`)."""
-        return self.store.start_compose(key, pieces)
+        return self._tars.start_compose(key, pieces)
 
     def write_record(self, record: ImageRecord) -> None:
-        self.store.put(record.record_key, record.to_json())
+        self._small.put(record.record_key, record.to_json())
 
     def read_record(self, ref: Reference) -> ImageRecord | None:
         key = layout.record_key(

@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.archive import layout
+from pipeline.archive.classes import StorageClasses
 from pipeline.archive.tarplan import TarPlan
 from pipeline.errors import InvalidArchive, InvalidReference
 from pipeline.oci import Descriptor, RawManifest, digest_hex
@@ -90,6 +91,8 @@ class ImageRecord:
     origin: str | None = None
     """What the image was read from when not the registry `source` names (a tar,
     `docker-archive:/abs/x.tar`; another store); absent for a registry."""
+    storage_class: StorageClasses | None = None
+    """Classes its objects were written in (`--storage-class`); absent: the store's default."""
 
     @property
     def blob_bytes(self) -> int:
@@ -116,6 +119,7 @@ class ImageRecord:
         archived_at: datetime | None = None,
         version: str = __version__,
         origin: str | None = None,
+        storage_class: StorageClasses | None = None,
     ) -> ImageRecord:
         """The record of `ref` archived as `plan`; `stored` adds blobs outside the tar (other
         platforms' manifests and blobs kept in the store)."""
@@ -141,6 +145,7 @@ class ImageRecord:
             stored_platforms=tuple(stored_platforms) if stored_platforms is not None else platforms,
             blobs=tuple(blobs.values()),
             origin=origin,
+            storage_class=storage_class,
         )
 
     def to_json(self) -> bytes:
@@ -163,6 +168,8 @@ class ImageRecord:
         }
         if self.origin is not None:
             obj["origin"] = self.origin
+        if self.storage_class is not None:
+            obj["storage_class"] = self.storage_class.to_json()
         return json.dumps(obj, indent=2).encode() + b"\n"
 
     @classmethod
@@ -298,4 +305,7 @@ def _from_obj(obj: Any) -> ImageRecord:
         stored_platforms=_platforms(obj, "stored_platforms"),
         blobs=tuple(blobs),
         origin=origin,
+        storage_class=StorageClasses.from_json(obj["storage_class"])
+        if "storage_class" in obj
+        else None,
     )

@@ -7,7 +7,7 @@ one module per command (`archive` holds `run` too, `inspect` holds `list-tags`).
 
 from __future__ import annotations
 
-from pipeline.cli import archive, copy, gc, inspect, ls, restore, sync, verify
+from pipeline.cli import archive, copy, gc, inspect, ls, restore, sync, thaw, verify
 from pipeline.cli.group import main
 
 for _command in (
@@ -23,5 +23,6 @@ for _command in (
     verify.verify_command,
 ):
     main.add_command(_command)
+main.add_command(thaw.thaw_command)
 
 __all__ = ["main"]

@@ -54,7 +54,14 @@ class ArchiveFlags(NamedTuple):
     referrers: bool
     transfer: TransferFlags
     reports: ReportFlags
+    storage_class: str | None = None
 
+
+STORAGE_CLASS_HELP = (
+    "Storage class of what is written: one class for layer blobs and tars, or per kind "
+    "blobs=DEEP_ARCHIVE,tars=GLACIER_IR,small=STANDARD (small: manifests, configs, links, "
+    "records; default the standard class). S3 or OSS names; see docs/lifecycle.md."
+)
 
 archive_options = fold(
     "flags",
@@ -74,6 +81,7 @@ archive_options = fold(
         help="Show what would move (manifests and HEADs only); write nothing.",
     ),
     option("--force", is_flag=True, help="Rewrite the tar and record even if already archived."),
+    option("--storage-class", metavar="CLASS|KIND=CLASS,...", help=STORAGE_CLASS_HELP),
     option(
         "--fail-fast/--keep-going",
         default=False,
@@ -101,6 +109,7 @@ def archive_images(
     `secrets` are the caller's own (a spec's passwords), scrubbed with --src-creds' from reports;
     `sources` reads the images that do not come from their registry (a tar's).
     """
+    from pipeline.archive.classes import StorageClasses, store_scheme
     from pipeline.batch.run import run_plan
     from pipeline.cli.runtime import open_bucket, open_display, open_session
     from pipeline.ops.archive import ArchiveOptions, Archiver
@@ -108,6 +117,9 @@ def archive_images(
 
     registry = flags.src_registry.options("src")
     flags.reports.check()
+    classes = None
+    if flags.storage_class is not None:  # a class the store lacks: exit 2, nothing written
+        classes = StorageClasses.parse(flags.storage_class).checked(store_scheme(flags.store_url))
     retries, dry_run = flags.transfer.retries, flags.dry_run
     bucket = open_bucket(
         flags.store_url, flags.endpoint_url, retries, existing=False, write=not dry_run
@@ -117,6 +129,7 @@ def archive_images(
         all_platforms=flags.all_platforms,
         force=flags.force,
         referrers=flags.referrers,
+        storage_classes=classes,
     )
     credentials = registry.credentials
     secrets = (secrets or []) + ([credentials.password] if credentials else [])

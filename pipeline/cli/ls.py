@@ -49,7 +49,17 @@ def ls_command(
         click.echo(f"no archived image matches {pattern}", err=True)
         return
     table = Table(box=None, pad_edge=False)
-    columns = ("IMAGE", "DIGEST", "PLATFORMS", "IN TAR", "BLOBS", "TAR", "TAR KEY", "ARCHIVED")
+    columns = (
+        "IMAGE",
+        "DIGEST",
+        "PLATFORMS",
+        "IN TAR",
+        "BLOBS",
+        "TAR",
+        "TAR KEY",
+        "ARCHIVED",
+        "CLASS",
+    )
     for column in columns:
         table.add_column(column, no_wrap=True, overflow="fold")
     for r in records:
@@ -64,5 +74,6 @@ def ls_command(
             format_size(r.tar_size),
             r.tar_key,
             format_time(r.archived_at),
+            str(r.storage_class or "-"),
         )
     Console(width=None if sys.stdout.isatty() else 400, soft_wrap=True).print(table)

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket
+from pipeline.archive.classes import StorageClasses
 from pipeline.archive.record import ImageRecord
 from pipeline.archive.tarplan import TarPlan
 from pipeline.archive.tarstream import plan_resolved
@@ -54,6 +55,8 @@ class ArchiveOptions:
     """Rewrite the tar and record even when the digest is already archived."""
     referrers: bool = True
     """Also store the image's signatures and attestations (cosign tags, OCI referrers)."""
+    storage_classes: StorageClasses | None = None
+    """Classes to write in, checked against the store already (`StorageClasses.checked`)."""
 
 
 @dataclass
@@ -378,10 +381,12 @@ class Archiver(BucketWorker):
         # The tar's parts go up while its blobs stream in; it becomes visible only at commit,
         # after the tags, and is abandoned (nothing left) if any step before fails.
         dest = BucketDestination(
-            self.bucket,
+            self.bucket.with_classes(options.storage_classes),
             ref,
             tar=plan,
-            record=lambda: record.append(self._write_record(ref, resolved, plan, origin)),
+            record=lambda: record.append(
+                self._write_record(ref, resolved, plan, origin, options.storage_classes)
+            ),
             rewrite=True,
             events=self.events,
             name=name,
@@ -425,7 +430,12 @@ class Archiver(BucketWorker):
         counts.add(downloaded=stats.bytes_read, uploaded=stats.bytes_uploaded)
 
     def _write_record(
-        self, ref: Reference, resolved: ResolvedImage, plan: TarPlan, origin: str | None
+        self,
+        ref: Reference,
+        resolved: ResolvedImage,
+        plan: TarPlan,
+        origin: str | None,
+        classes: StorageClasses | None = None,
     ) -> ImageRecord:
         stored = [*resolved.blobs(), *(i.raw.descriptor() for i in resolved.images)]
         stored += [m.descriptor() for m in resolved.extra_manifests]
@@ -436,8 +446,9 @@ class Archiver(BucketWorker):
             stored=stored,
             stored_platforms=resolved.platforms,
             origin=origin,
+            storage_class=classes,
         )
-        self.bucket.write_record(record)
+        self.bucket.with_classes(classes).write_record(record)
         return record
 
 

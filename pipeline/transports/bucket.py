@@ -18,6 +18,7 @@ from pipeline.archive.bucket import ArchiveBucket
 from pipeline.archive.tarplan import TarPlan, to_compose_pieces
 from pipeline.copy.engine import CopyPlan
 from pipeline.copy.events import ImageEvents
+from pipeline.errors import NotFound, ObjectFrozen, StoreNotFound
 from pipeline.image import BlobWrite
 from pipeline.oci import Descriptor, RawManifest
 from pipeline.refs import Reference
@@ -54,6 +55,10 @@ class BucketDestination:
         self._tar: Composition | None = None
         self._linked = False
         self._pending: list[str] = []
+        self._uploaded: list[Descriptor] = []
+        self._staged: dict[str, str] = {}
+        """Digest → staging key of each blob stored cold that the tar copies from a hot copy
+        streamed from the source instead (docs/lifecycle.md)."""
         self.written: WriteResult | None = None
         """What finishing the tar sent and copied server-side (after `commit`)."""
 
@@ -78,7 +83,13 @@ class BucketDestination:
     def begin(self, plan: CopyPlan) -> None:
         self._plan = plan
         if self._tar_plan is not None:
-            pieces = to_compose_pieces(self._tar_plan, layout.blob_key_for)
+            frozen = self.bucket.frozen_blobs(self._tar_plan.blobs)
+            self._staged = {d: self.bucket.staging_key(d) for d in sorted(frozen)}
+
+            def key_for(desc: Descriptor) -> str:
+                return self._staged.get(desc.digest) or layout.blob_key_for(desc)
+
+            pieces = to_compose_pieces(self._tar_plan, key_for)
             tar = self.bucket.start_tar(layout.tar_key_for(self._reference), pieces)
             self._tar = tar.__enter__()
 
@@ -92,6 +103,12 @@ class BucketDestination:
                 tar.__exit__(type(exc), exc, exc.__traceback__)
                 raise
             tar.__exit__(None, None, None)
+            self._unstage()
+        if self._uploaded and self.bucket.classes is not None and self.bucket.classes.blobs:
+            # Before the record: a crash here leaves at worst a blob in the hot class.
+            self._phase(f"moving blobs to {self.bucket.classes.blobs}")
+            for descriptor in self._uploaded:
+                self.bucket.chill(descriptor)
         if self._record is not None:
             self._phase("writing the record")
             self._record()
@@ -102,6 +119,12 @@ class BucketDestination:
         tar, self._tar = self._tar, None
         if tar is not None:
             tar.__exit__(type(error), error, error.__traceback__)
+        self._unstage()
+
+    def _unstage(self) -> None:
+        staged, self._staged = self._staged, {}
+        for key in staged.values():
+            self.bucket.store.delete(key)
 
     # -- blobs --------------------------------------------------------------------------
     def put_blob(
@@ -114,7 +137,9 @@ class BucketDestination:
         """Stream a blob in unless the bucket has it (verified before it becomes visible);
         the stream passes through the tar's compose, which keeps the bytes its own parts need
         and hears at once that the blob is stored."""
-        if self.bucket.has_blob(descriptor):
+        if descriptor.digest in self._staged:
+            result = self._stage(descriptor, open_stream)
+        elif self.bucket.has_blob(descriptor):
             result = BlobWrite("exists")
         else:
             key = layout.blob_key_for(descriptor)
@@ -130,15 +155,43 @@ class BucketDestination:
                 if close is not None:
                     close()
             result = BlobWrite("uploaded" if written.written else "exists", written.sent)
+            if written.written:
+                self._uploaded.append(descriptor)
         if self._plan is None:  # outside a copy: link at once
             self.bucket.link_layers(self.repo, [descriptor.digest])
         return result
+
+    def _stage(self, descriptor: Descriptor, open_stream: Callable[[], Readable]) -> BlobWrite:
+        """A blob the store keeps cold, streamed from the source into a hot copy the tar is
+        composed from (the stored blob stays as it is); a source that cannot give it (an
+        archive that has it cold too) fails the image naming the thaw that unblocks it."""
+        assert self._tar is not None
+        key = self._staged[descriptor.digest]
+        stream: Readable | None = None
+        try:
+            stream = self._tar.capture(key, open_stream())
+            written = self.bucket.store.put_stream(key, stream, descriptor.size)
+            self._tar.stored(key, stream)
+        except (ObjectFrozen, StoreNotFound, NotFound) as exc:
+            holder = self.bucket.holder(descriptor.digest)
+            thaw = f"bale thaw {holder.source if holder else 'IMAGE'} --from {self.bucket.url}"
+            raise ObjectFrozen(
+                f"blob {descriptor.digest} is stored in an archive class in {self.bucket.url} "
+                f"and the source cannot give it ({str(exc).splitlines()[0]}): run `{thaw}` "
+                "first",
+                key=layout.blob_key(descriptor.digest),
+            ) from exc
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        return BlobWrite("exists", written.sent)
 
     def has_blob(self, descriptor: Descriptor) -> bool:
         return self.bucket.has_blob(descriptor)
 
     def blob_ready(self, descriptor: Descriptor) -> None:
-        if self._tar is not None:
+        if self._tar is not None and descriptor.digest not in self._staged:
             self._tar.stored(layout.blob_key_for(descriptor))
 
     # -- manifests ----------------------------------------------------------------------

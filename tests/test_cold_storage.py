@@ -1,0 +1,221 @@
+"""Storage classes and reading back from cold storage, through the CLI (docs/lifecycle.md):
+`--storage-class` per kind (blobs, tars, small), refused before anything is written where the
+store lacks the class; blobs written hot, the tar composed from them, then the blobs moved
+cold; a later image sharing a cold layer gets it from its registry for its tar; `restore`
+refuses frozen images naming `bale thaw`; `bale thaw` and `restore --thaw --wait`."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import subprocess
+import tarfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.bed.cli import error_line, isolated_env, run_bale, show
+from tests.bed.fixtures_store import oss_cli_env
+from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
+from tests.bed.moto import MOTO_KEYS, MotoServer
+from tests.bed.oss_server import OssServer
+from tests.bed.registry import RegistryServer
+
+pytestmark = pytest.mark.integration
+
+BIG = 6_000_000
+"""Over S3's 5 MiB part minimum: the tar copies the layer server-side (UploadPartCopy)."""
+
+
+def _ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert proc.returncode == 0, show(proc)
+    return proc
+
+
+def _blob_key(digest: str) -> str:
+    hex_ = digest.split(":", 1)[1]
+    return f"docker/registry/v2/blobs/sha256/{hex_[:2]}/{hex_}/data"
+
+
+@pytest.fixture(scope="module")
+def pair(registry: RegistryServer, image_factory: ImageFactory) -> tuple[BuiltImage, BuiltImage]:
+    """Two images sharing their big layer."""
+    shared = LayerSpec(BIG, seed=1601)
+    first = image_factory.image(layers=(shared, LayerSpec(3_000, seed=1602)))
+    second = image_factory.image(layers=(shared, LayerSpec(3_000, seed=1603)))
+    return (
+        image_factory.push(first, "cold/app:1", registry),
+        image_factory.push(second, "cold/app:2", registry),
+    )
+
+
+def _members(tar: bytes) -> dict[str, str]:
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        return {
+            m.name: "sha256:" + hashlib.sha256(t.extractfile(m).read()).hexdigest()  # type: ignore[union-attr]
+            for m in t.getmembers()
+            if m.isfile()
+        }
+
+
+def _tags(registry: RegistryServer, repo: str) -> list[str]:
+    try:
+        with urllib.request.urlopen(f"{registry.url}/v2/{repo}/tags/list") as answer:
+            return list(json.load(answer)["tags"] or [])
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 404
+        return []
+
+
+def _record(ls: subprocess.CompletedProcess[str], tag: str) -> dict[str, object]:
+    records = json.loads(ls.stdout)
+    return next(r for r in records if r["tag"] == tag)
+
+
+def test_local_store_has_one_class(pair: tuple[BuiltImage, BuiltImage], tmp_path: Path) -> None:
+    store = tmp_path / "archive"
+    first = pair[0].reference
+    proc = run_bale("archive", first, "--to", str(store), "--storage-class", "GLACIER")
+    assert proc.returncode == 2, show(proc)
+    assert "does not exist in the local store" in error_line(proc)
+    assert not store.exists()
+    proc = run_bale("archive", first, "--to", str(store), "--storage-class", "blobs=deep")
+    assert proc.returncode == 2 and "'deep'" in error_line(proc), show(proc)
+    proc = run_bale("archive", first, "--to", str(store), "--storage-class", "layers=STANDARD")
+    assert proc.returncode == 2 and "KIND=CLASS" in error_line(proc), show(proc)
+
+    _ok(run_bale("archive", first, "--to", str(store), "--storage-class", "standard",
+                 "--src-tls-verify=false"))  # fmt: skip
+    ls = _ok(run_bale("ls", str(store), "--json"))
+    assert _record(ls, "1")["storage_class"] == {
+        "blobs": "STANDARD",
+        "tars": "STANDARD",
+        "small": "STANDARD",
+    }
+    assert "blobs=STANDARD" in _ok(run_bale("ls", str(store))).stdout
+    # Nothing archived cold: restore has nothing to check or thaw.
+    thaw = _ok(run_bale("thaw", first, "--from", str(store), "--json"))
+    assert json.loads(thaw.stdout)[0]["state"] == "not needed"
+
+
+def _cold_cycle(
+    pair: tuple[BuiltImage, BuiltImage],
+    registry: RegistryServer,
+    store: str,
+    env: dict[str, str],
+    classes: Callable[[], dict[str, str]],
+    tar_of: Callable[[str], bytes],
+    cold: str,
+    warm: str,
+    standard: str,
+) -> None:
+    first, second = pair
+    spec = f"blobs={cold},tars={warm}"
+    _ok(run_bale("archive", first.reference, "--to", store, "--storage-class", spec,
+                 "--src-tls-verify=false", env=env))  # fmt: skip
+    found = classes()
+    big, small_layer = first.layers[0].digest, first.layers[1].digest
+    assert found[_blob_key(big)] == cold
+    assert found[_blob_key(small_layer)] == cold
+    assert found[_blob_key(first.digest)] == standard  # the manifest
+    assert found[_blob_key(first.config_descriptor.digest)] == standard  # type: ignore[union-attr]
+    tars = {k: v for k, v in found.items() if k.endswith(".tar")}
+    assert list(tars.values()) == [warm], tars
+    assert all(v == standard for k, v in found.items() if k.endswith(".json")), found
+    members = _members(tar_of(next(iter(tars))))
+    assert members[f"blobs/sha256/{big.split(':')[1]}"] == big
+
+    # The second image shares the big layer, now cold: its tar gets it from the registry.
+    _ok(run_bale("archive", second.reference, "--to", store, "--storage-class", spec,
+                 "--src-tls-verify=false", env=env))  # fmt: skip
+    found = classes()
+    assert not [k for k in found if k.startswith("staging/")], found
+    tar_key = next(k for k in found if k.endswith("/2.tar"))
+    members = _members(tar_of(tar_key))
+    assert members[f"blobs/sha256/{big.split(':')[1]}"] == big
+    ls = _ok(run_bale("ls", store, "--json", env=env))
+    assert _record(ls, "2")["storage_class"] == {"blobs": cold, "tars": warm, "small": standard}
+
+    # Restoring reads cold blobs: refused before the first byte, naming the thaw.
+    dest = f"{registry.host}/cold/back:1"
+    proc = run_bale(
+        "restore", first.reference, f"docker://{dest}", "--from", store,
+        "--dest-tls-verify=false", env=env,
+    )  # fmt: skip
+    assert proc.returncode == 2, show(proc)
+    assert f"bale thaw {first.reference} --from {store}" in error_line(proc)
+    assert _tags(registry, "cold/back") == []
+
+
+def test_s3_cold_classes_and_thaw(
+    pair: tuple[BuiltImage, BuiltImage], registry: RegistryServer, moto_server: MotoServer,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    bucket = moto_server.create_bucket()
+    client = moto_server.client()
+    env = isolated_env(tmp_path, **MOTO_KEYS, AWS_ENDPOINT_URL=moto_server.endpoint_url)
+    store = f"s3://{bucket}/arch"
+
+    def classes() -> dict[str, str]:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="arch/")
+        return {
+            o["Key"].removeprefix("arch/"): o.get("StorageClass", "STANDARD")
+            for page in pages
+            for o in page.get("Contents", [])
+        }
+
+    def tar_of(key: str) -> bytes:
+        return bytes(client.get_object(Bucket=bucket, Key=f"arch/{key}")["Body"].read())
+
+    proc = run_bale("archive", pair[0].reference, "--to", store, "--storage-class", "Archive",
+                    env=env)  # fmt: skip
+    assert proc.returncode == 2 and "does not exist in S3" in error_line(proc), show(proc)
+    assert classes() == {}
+    _cold_cycle(pair, registry, store, env, classes, tar_of, "GLACIER", "GLACIER_IR", "STANDARD")
+
+    first = pair[0].reference
+    thaw = _ok(run_bale("thaw", first, "--from", store, "--json", env=env))
+    (state,) = json.loads(thaw.stdout)
+    assert state["image"] == first and state["state"] in ("ready", "in progress"), state
+    dest = f"{registry.host}/cold/back:1"
+    _ok(run_bale("restore", first, f"docker://{dest}", "--from", store, "--thaw", "--wait",
+                 "--dest-tls-verify=false", env=env))  # fmt: skip
+    assert _tags(registry, "cold/back") == ["1"]
+
+
+def test_oss_cold_classes_and_thaw(
+    pair: tuple[BuiltImage, BuiltImage], registry: RegistryServer, oss_server: OssServer,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    bucket = oss_server.create_bucket()
+    env = oss_cli_env(tmp_path, oss_server)
+    store = f"oss://{bucket}"
+
+    def classes() -> dict[str, str]:
+        with oss_server.state.lock:
+            return {k: o.storage_class for k, o in oss_server.state.buckets[bucket].items()}
+
+    def tar_of(key: str) -> bytes:
+        return oss_server.objects(bucket)[key]
+
+    _cold_cycle(pair, registry, store, env, classes, tar_of, "Archive", "IA", "Standard")
+
+    first = pair[0].reference
+    oss_server.restore_delay = 3.0
+    try:
+        thaw = _ok(run_bale("thaw", first, "--from", store, env=env))
+        assert thaw.stdout.startswith("in progress"), thaw.stdout
+        assert "expected Archive: about 1 minute" in thaw.stdout
+        again = _ok(run_bale("thaw", first, "--from", store, "--json", env=env))
+        assert json.loads(again.stdout)[0]["state"] in ("in progress", "ready")
+        dest = f"{registry.host}/cold/oss-back:1"
+        proc = _ok(run_bale("restore", first, f"docker://{dest}", "--from", store, "--thaw",
+                            "--wait", "--dest-tls-verify=false", env=env))  # fmt: skip
+        assert f"thaw {first}: ready" in proc.stderr
+        assert _tags(registry, "cold/oss-back") == ["1"]
+    finally:
+        oss_server.restore_delay = 0.0
