@@ -219,3 +219,36 @@ def test_oss_cold_classes_and_thaw(
         assert _tags(registry, "cold/oss-back") == ["1"]
     finally:
         oss_server.restore_delay = 0.0
+
+
+def test_spec_storage_class_per_registry(
+    pair: tuple[BuiltImage, BuiltImage], registry: RegistryServer, moto_server: MotoServer,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"{registry.host}:\n"
+        "  images:\n"
+        "    cold/app: ['1']\n"
+        "  tls-verify: false\n"
+        "  storage-class: blobs=STANDARD_IA\n"
+    )
+    local = tmp_path / "local"
+    proc = run_bale("run", str(spec), "--to", str(local))
+    assert proc.returncode == 2 and "STANDARD_IA" in error_line(proc), show(proc)
+    assert not local.exists()
+
+    bucket = moto_server.create_bucket()
+    env = isolated_env(tmp_path, **MOTO_KEYS, AWS_ENDPOINT_URL=moto_server.endpoint_url)
+    store = f"s3://{bucket}"
+    # The spec's entry wins over the command line's class.
+    _ok(run_bale("run", str(spec), "--to", store, "--storage-class", "GLACIER", env=env))
+    ls = _ok(run_bale("ls", store, "--json", env=env))
+    assert _record(ls, "1")["storage_class"] == {"blobs": "STANDARD_IA", "small": "STANDARD"}
+    big = _blob_key(pair[0].layers[0].digest)
+    head = moto_server.client().head_object(Bucket=bucket, Key=big)
+    assert head["StorageClass"] == "STANDARD_IA"
+
+    spec.write_text(spec.read_text().replace("blobs=STANDARD_IA", "layers=STANDARD_IA"))
+    proc = run_bale("run", str(spec), "--to", store, env=env)
+    assert proc.returncode == 2 and f"{spec}:5" in error_line(proc), show(proc)

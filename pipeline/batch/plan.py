@@ -42,6 +42,8 @@ class RunPlan:
     shard: tuple[int, int] | None = None
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     """When the run began: tag listing is part of it."""
+    storage_classes: dict[Reference, str] = field(default_factory=dict)
+    """A spec's `storage-class` per image, over the command line's `--storage-class`."""
 
 
 def registry_options(entry: RegistrySpec | SpecImage, defaults: RegistryOptions) -> RegistryOptions:
@@ -116,4 +118,5 @@ def expand_spec(
         selected=len(images),
         shard=shard,
         started=started,
+        storage_classes={i.ref: i.storage_class for i in chosen if i.storage_class},
     )

@@ -13,6 +13,7 @@ The format and its meaning follow skopeo's `cmd/skopeo/sync.go` (and `docs/skope
       credentials: {username: john, password: secret}   # skopeo also reads `identitytoken`
       tls-verify: true               # absent = leave the command line's setting alone
       cert-dir: /home/john/certs
+      storage-class: blobs=DEEP_ARCHIVE,tars=GLACIER_IR   # bale's own; as --storage-class
 
 What skopeo does and bale keeps: a repository is `<registry key>/<repository>` normalised the
 docker way (`docker.io/busybox` → `docker.io/library/busybox`); an entry of `images` is tried as
@@ -41,6 +42,7 @@ from typing import Literal
 import re2
 import yaml
 
+from pipeline.archive.classes import StorageClasses
 from pipeline.batch.semver import Constraints
 from pipeline.errors import BaleError, InvalidReference, UsageError
 from pipeline.refs import Reference, is_valid_digest, parse_repository
@@ -55,6 +57,7 @@ _REGISTRY_KEYS = (
     "credentials",
     "tls-verify",
     "cert-dir",
+    "storage-class",
 )
 _CREDENTIAL_KEYS = ("username", "password", "identitytoken")
 
@@ -108,6 +111,8 @@ class RegistrySpec:
     tls_verify: bool | None = None
     """None when the spec does not say: the command line's `--src-tls-verify` applies."""
     cert_dir: str | None = None
+    storage_class: str | None = None
+    """`--storage-class` for this registry's images (None: the command line's)."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,7 @@ class SpecImage:
     credentials: Credentials | None = None
     tls_verify: bool | None = None
     cert_dir: str | None = None
+    storage_class: str | None = None
 
 
 ListTags = Callable[[str, str, RegistrySpec], list[str]]
@@ -175,7 +181,13 @@ def expand(
                     continue
                 seen.add(key)
                 images.append(
-                    SpecImage(ref, registry.credentials, registry.tls_verify, registry.cert_dir)
+                    SpecImage(
+                        ref,
+                        registry.credentials,
+                        registry.tls_verify,
+                        registry.cert_dir,
+                        registry.storage_class,
+                    )
                 )
     return images
 
@@ -335,6 +347,7 @@ class _Parser:
         credentials: Credentials | None = None
         tls_verify: bool | None = None
         cert_dir: str | None = None
+        storage_class: str | None = None
         for opt_key, value in self.mapping(node, f"registry {name!r}", "options"):
             option = opt_key.value
             where = f"{name} {option}"
@@ -350,6 +363,12 @@ class _Parser:
                 tls_verify = self.boolean(value, f"{name} tls-verify")
             elif option == "cert-dir":
                 cert_dir = self.string(value, f"{name} cert-dir", allow_null=True) or None
+            elif option == "storage-class":
+                storage_class = self.string(value, f"{name} storage-class")
+                try:
+                    StorageClasses.parse(storage_class)
+                except UsageError as exc:
+                    raise self.error(value, str(exc).replace("--storage-class", option)) from None
             else:
                 raise self.error(
                     opt_key,
@@ -365,6 +384,7 @@ class _Parser:
             credentials=credentials,
             tls_verify=tls_verify,
             cert_dir=cert_dir,
+            storage_class=storage_class,
         )
 
     def repository(self, registry: str, key: yaml.ScalarNode) -> Reference:

@@ -109,6 +109,8 @@ def archive_images(
     `secrets` are the caller's own (a spec's passwords), scrubbed with --src-creds' from reports;
     `sources` reads the images that do not come from their registry (a tar's).
     """
+    from dataclasses import replace
+
     from pipeline.archive.classes import StorageClasses, store_scheme
     from pipeline.batch.run import run_plan
     from pipeline.cli.runtime import open_bucket, open_display, open_session
@@ -117,9 +119,9 @@ def archive_images(
 
     registry = flags.src_registry.options("src")
     flags.reports.check()
-    classes = None
+    classes, scheme = None, store_scheme(flags.store_url)
     if flags.storage_class is not None:  # a class the store lacks: exit 2, nothing written
-        classes = StorageClasses.parse(flags.storage_class).checked(store_scheme(flags.store_url))
+        classes = StorageClasses.parse(flags.storage_class).checked(scheme)
     retries, dry_run = flags.transfer.retries, flags.dry_run
     bucket = open_bucket(
         flags.store_url, flags.endpoint_url, retries, existing=False, write=not dry_run
@@ -135,12 +137,16 @@ def archive_images(
     secrets = (secrets or []) + ([credentials.password] if credentials else [])
     with open_session(flags.transfer) as session:
         plan = plan_for(session, registry)
+        overrides = {  # a spec's classes, checked before any image: exit 2, nothing written
+            ref: replace(options, storage_classes=StorageClasses.parse(text).checked(scheme))
+            for ref, text in plan.storage_classes.items()
+        }
         with open_display(secrets) as display:
             display.on_run_start(len(plan.images) + len(plan.failures), what=what, dry_run=dry_run)
             for failure in plan.failures:
                 display.on_image_done(failure)
             worker = (Planner if dry_run else Archiver)(bucket, session, display, sources=sources)
-            report = run_plan(plan, worker, options, fail_fast=flags.fail_fast)
+            report = run_plan(plan, worker, options, fail_fast=flags.fail_fast, overrides=overrides)
             display.on_run_done(report)
     finish_run(report, flags.reports, secrets, display.summary)
 
@@ -244,12 +250,16 @@ def archive_command(
 @handles_errors
 def run_command(spec_path: str, shard: str | None, flags: ArchiveFlags) -> None:
     """Archive every image SPEC.yaml selects (skopeo sync's YAML, see manifests/) into STORE."""
+    from pipeline.archive.classes import StorageClasses, store_scheme
     from pipeline.batch.plan import check_cert_dirs, expand_spec, spec_secrets
     from pipeline.batch.shard import parse_shard
     from pipeline.batch.spec import load_spec
 
     spec = load_spec(spec_path)
     check_cert_dirs(spec)  # bad input, before the store is opened (and a local one made)
+    for entry in spec.registries:
+        if entry.storage_class:
+            StorageClasses.parse(entry.storage_class).checked(store_scheme(flags.store_url))
     where = parse_shard(shard) if shard else None
     archive_images(
         flags,
