@@ -97,6 +97,22 @@ def test_local_store_has_one_class(pair: tuple[BuiltImage, BuiltImage], tmp_path
         "small": "STANDARD",
     }
     assert "blobs=STANDARD" in _ok(run_bale("ls", str(store))).stdout
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("STANDARD: 1024\n")
+    (listed,) = json.loads(
+        _ok(run_bale("ls", str(store), "--json", "--prices", str(prices))).stdout
+    )
+    total = sum(listed["bytes_by_class"].values())
+    assert listed["bytes_by_class"] == {"STANDARD": total}
+    assert listed["monthly_estimate"] == pytest.approx(total / (1 << 30) * 1024, rel=1e-4)
+    prices.write_text("GLACIER: 1\n")  # a table without the class: no figure rather than 0
+    (listed,) = json.loads(
+        _ok(run_bale("ls", str(store), "--json", "--prices", str(prices))).stdout
+    )
+    assert listed["monthly_estimate"] is None
+    prices.write_text("- STANDARD\n")
+    proc = run_bale("ls", str(store), "--json", "--prices", str(prices))
+    assert proc.returncode == 2 and "--prices" in error_line(proc), show(proc)
     # Nothing archived cold: restore has nothing to check or thaw.
     thaw = _ok(run_bale("thaw", first, "--from", str(store), "--json"))
     assert json.loads(thaw.stdout)[0]["state"] == "not needed"
@@ -138,7 +154,16 @@ def _cold_cycle(
     members = _members(tar_of(tar_key))
     assert members[f"blobs/sha256/{big.split(':')[1]}"] == big
     ls = _ok(run_bale("ls", store, "--json", env=env))
-    assert _record(ls, "2")["storage_class"] == {"blobs": cold, "tars": warm, "small": standard}
+    record = _record(ls, "2")
+    assert record["storage_class"] == {"blobs": cold, "tars": warm, "small": standard}
+    layers = sum(d.size for d in second.layers)
+    tar_size = record["sizes"]["tar"]  # type: ignore[index]
+    assert record["bytes_by_class"] == {
+        cold: layers,
+        warm: tar_size,
+        standard: len(second.manifest) + second.config_descriptor.size,  # type: ignore[union-attr]
+    }
+    assert isinstance(record["monthly_estimate"], float) and record["monthly_estimate"] > 0
 
     # Restoring reads cold blobs: refused before the first byte, naming the thaw.
     dest = f"{registry.host}/cold/back:1"
