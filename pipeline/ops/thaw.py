@@ -19,8 +19,10 @@ from typing import Any
 
 from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket
-from pipeline.errors import ObjectFrozen, StoreNotFound
+from pipeline.archive.record import ImageRecord
+from pipeline.errors import BaleError, ObjectFrozen, StoreNotFound
 from pipeline.refs import Reference
+from pipeline.store.base import ObjectStore
 from pipeline.store.classes import Thaw, restore_time
 
 _WORKERS = 8
@@ -116,6 +118,30 @@ def check_thawed(bucket: ArchiveBucket, refs: list[Reference]) -> None:
             "--thaw --wait)",
             key=frozen[cold[0]][0],
         )
+
+
+def check_object_thawed(store: ObjectStore, key: str) -> None:
+    """ObjectFrozen (exit 2) before the first byte of a single object (a tar `copy` reads)
+    that cannot be read now; for a tar bale archived, naming the `bale thaw` that unblocks it."""
+    info = store.head(key)
+    if info is None or not info.frozen:
+        return
+    thaw = "a restore (RestoreObject) of it"
+    at = key.rfind(layout.IMAGES_PREFIX)
+    found = layout.parse_image_key(key[at:]) if at >= 0 else None
+    if found is not None and found.kind == "tar":
+        try:
+            record_key = key[:at] + layout.record_key_of_tar(key[at:])
+            record = ImageRecord.from_json(store.read(record_key))
+            where = store.describe(key[:at]).rstrip("/")
+            thaw = f"`{shlex.join(['bale', 'thaw', record.source, '--from', where])}`"
+        except BaleError:
+            pass
+    state = "is being restored" if info.restore is not None else "is not restored"
+    raise ObjectFrozen(
+        f"{store.describe(key)} is in {info.storage_class} and {state}: run {thaw} first",
+        key=key,
+    )
 
 
 def thaw_and_wait(
