@@ -274,6 +274,17 @@ def test_spec_storage_class_per_registry(
     bucket = moto_server.create_bucket()
     env = isolated_env(tmp_path, **MOTO_KEYS, AWS_ENDPOINT_URL=moto_server.endpoint_url)
     store = f"s3://{bucket}"
+    # A dry run says what each class would keep, and what that would cost by the example table.
+    report = tmp_path / "plan.json"
+    proc = _ok(run_bale("archive", pair[0].reference, "--to", store, "--dry-run",
+                        "--storage-class", "blobs=DEEP_ARCHIVE,tars=GLACIER_IR",
+                        "--src-tls-verify=false", "--report", str(report), env=env))  # fmt: skip
+    (planned,) = json.loads(report.read_text())["images"]
+    layers = sum(d.size for d in pair[0].layers)
+    assert planned["bytes_by_class"]["DEEP_ARCHIVE"] == layers
+    assert set(planned["bytes_by_class"]) == {"DEEP_ARCHIVE", "GLACIER_IR", "STANDARD"}
+    assert planned["monthly_estimate"] > 0
+    assert "DEEP_ARCHIVE" in proc.stdout + proc.stderr
     # The spec's entry wins over the command line's class.
     _ok(run_bale("run", str(spec), "--to", store, "--storage-class", "GLACIER", env=env))
     ls = _ok(run_bale("ls", store, "--json", env=env))

@@ -55,6 +55,7 @@ class ArchiveFlags(NamedTuple):
     transfer: TransferFlags
     reports: ReportFlags
     storage_class: str | None = None
+    prices: str | None = None
 
 
 STORAGE_CLASS_HELP = (
@@ -82,6 +83,12 @@ archive_options = fold(
     ),
     option("--force", is_flag=True, help="Rewrite the tar and record even if already archived."),
     option("--storage-class", metavar="CLASS|KIND=CLASS,...", help=STORAGE_CLASS_HELP),
+    option(
+        "--prices",
+        metavar="FILE",
+        help="With --dry-run: class -> price per GiB-month (YAML/JSON) for the monthly "
+        "estimate; default an example table, not real prices (docs/lifecycle.md).",
+    ),
     option(
         "--fail-fast/--keep-going",
         default=False,
@@ -112,6 +119,7 @@ def archive_images(
     from dataclasses import replace
 
     from pipeline.archive.classes import StorageClasses, store_scheme
+    from pipeline.archive.costs import load_prices
     from pipeline.batch.run import run_plan
     from pipeline.cli.runtime import open_bucket, open_display, open_session
     from pipeline.ops.archive import ArchiveOptions, Archiver
@@ -119,6 +127,7 @@ def archive_images(
 
     registry = flags.src_registry.options("src")
     flags.reports.check()
+    prices = load_prices(flags.prices) if flags.dry_run else None
     classes, scheme = None, store_scheme(flags.store_url)
     if flags.storage_class is not None:  # a class the store lacks: exit 2, nothing written
         classes = StorageClasses.parse(flags.storage_class).checked(scheme)
@@ -146,6 +155,8 @@ def archive_images(
             for failure in plan.failures:
                 display.on_image_done(failure)
             worker = (Planner if dry_run else Archiver)(bucket, session, display, sources=sources)
+            if isinstance(worker, Planner):
+                worker.prices = prices
             report = run_plan(plan, worker, options, fail_fast=flags.fail_fast, overrides=overrides)
             display.on_run_done(report)
     finish_run(report, flags.reports, secrets, display.summary)
