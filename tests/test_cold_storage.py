@@ -47,6 +47,8 @@ def pair(registry: RegistryServer, image_factory: ImageFactory) -> tuple[BuiltIm
     shared = LayerSpec(BIG, seed=1601)
     first = image_factory.image(layers=(shared, LayerSpec(3_000, seed=1602)))
     second = image_factory.image(layers=(shared, LayerSpec(3_000, seed=1603)))
+    third = image_factory.image(layers=(shared, LayerSpec(3_000, seed=1604)))
+    image_factory.push(third, "cold/app:3", registry)
     return (
         image_factory.push(first, "cold/app:1", registry),
         image_factory.push(second, "cold/app:2", registry),
@@ -145,14 +147,18 @@ def _cold_cycle(
     members = _members(tar_of(next(iter(tars))))
     assert members[f"blobs/sha256/{big.split(':')[1]}"] == big
 
-    # The second image shares the big layer, now cold: its tar gets it from the registry.
-    _ok(run_bale("archive", second.reference, "--to", store, "--storage-class", spec,
+    # The second image shares the big layer, now cold: its tar gets it from the registry; so
+    # does the third, archived in the same run (each image stages its own copy).
+    third = second.reference.replace(":2", ":3")
+    _ok(run_bale("archive", second.reference, third, "--to", store, "--storage-class", spec,
                  "--src-tls-verify=false", env=env))  # fmt: skip
     found = classes()
     assert not [k for k in found if k.startswith("staging/")], found
     tar_key = next(k for k in found if k.endswith("/2.tar"))
     members = _members(tar_of(tar_key))
     assert members[f"blobs/sha256/{big.split(':')[1]}"] == big
+    tar_key = next(k for k in found if k.endswith("/3.tar"))
+    assert _members(tar_of(tar_key))[f"blobs/sha256/{big.split(':')[1]}"] == big
     ls = _ok(run_bale("ls", store, "--json", env=env))
     record = _record(ls, "2")
     assert record["storage_class"] == {"blobs": cold, "tars": warm, "small": standard}
@@ -296,3 +302,22 @@ def test_spec_storage_class_per_registry(
     spec.write_text(spec.read_text().replace("blobs=STANDARD_IA", "layers=STANDARD_IA"))
     proc = run_bale("run", str(spec), "--to", store, env=env)
     assert proc.returncode == 2 and f"{spec}:5" in error_line(proc), show(proc)
+
+
+def test_archive_from_a_store_where_the_shared_layer_is_cold_too(
+    pair: tuple[BuiltImage, BuiltImage], moto_server: MotoServer, tmp_path: Path
+) -> None:
+    first, second = pair
+    env = isolated_env(tmp_path, **MOTO_KEYS, AWS_ENDPOINT_URL=moto_server.endpoint_url)
+    source, dest = (f"s3://{moto_server.create_bucket()}" for _ in range(2))
+    tls = "--src-tls-verify=false"
+    for store in (source, dest):  # the big layer goes cold in both stores
+        _ok(run_bale("archive", first.reference, "--to", store, "--storage-class", "blobs=GLACIER",
+                     tls, env=env))  # fmt: skip
+    _ok(run_bale("archive", second.reference, "--to", source, tls, env=env))
+
+    proc = run_bale("archive", second.reference, "--from", source, "--to", dest, env=env)
+    assert proc.returncode == 1, show(proc)
+    assert f"run `bale thaw {first.reference} --from {dest}` first" in proc.stderr, show(proc)
+    ls = _ok(run_bale("ls", dest, "--json", env=env))
+    assert [r["tag"] for r in json.loads(ls.stdout)] == ["1"]  # nothing of the failed image

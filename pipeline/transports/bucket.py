@@ -72,8 +72,10 @@ class BucketDestination:
 
     @property
     def blob_scope(self) -> str:
-        """The whole bucket: a blob shared by two repositories is stored once."""
-        return self.bucket.url
+        """The whole bucket: a blob shared by two repositories is stored once. Not when this
+        tar stages cold blobs: each image streams those into its own staging copy, so another
+        image of the run moving the same digest must not stand in for it."""
+        return f"{self.bucket.url}#{id(self)}" if self._staged else self.bucket.url
 
     def _phase(self, phase: str) -> None:
         if self._events is not None:
