@@ -172,14 +172,14 @@ def _cold_cycle(
     assert isinstance(record["monthly_estimate"], float) and record["monthly_estimate"] > 0
 
     # Restoring reads cold blobs: refused before the first byte, naming the thaw.
-    dest = f"{registry.host}/cold/back:1"
+    repo = f"cold/refused-{cold.lower()}"
     proc = run_bale(
-        "restore", first.reference, f"docker://{dest}", "--from", store,
+        "restore", first.reference, f"docker://{registry.host}/{repo}:1", "--from", store,
         "--dest-tls-verify=false", env=env,
     )  # fmt: skip
     assert proc.returncode == 2, show(proc)
     assert f"bale thaw {first.reference} --from {store}" in error_line(proc)
-    assert _tags(registry, "cold/back") == []
+    assert _tags(registry, repo) == []
 
 
 def test_s3_cold_classes_and_thaw(

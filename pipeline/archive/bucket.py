@@ -21,6 +21,7 @@ from pipeline.refs import Reference
 from pipeline.store.base import (
     Composition,
     CopyRange,
+    ObjectInfo,
     ObjectStore,
     Piece,
     Readable,
@@ -89,22 +90,19 @@ class ArchiveBucket:
         self._cold.compose(key, [CopyRange(key, 0, info.size)])
         return True
 
-    def frozen_blobs(self, descriptors: Iterable[Descriptor]) -> set[str]:
-        """Digests of the blobs stored in an archive class and not restored: a compose cannot
-        copy from them. Local stores have no such class (no request is made)."""
+    def blob_heads(self, descriptors: Iterable[Descriptor]) -> dict[str, ObjectInfo | None]:
+        """HEAD of each blob, several at a time: at the start of an archive, whether each of
+        the tar's blobs is stored and whether it is frozen (a compose cannot copy from it).
+        Empty for a local store, which has no archive class (its blobs are checked as they
+        come)."""
         if self.store.url.startswith("file:"):
-            return set()
-        wanted = list({d.digest: d for d in descriptors}.values())
-
-        def frozen(desc: Descriptor) -> bool:
-            info = self.store.head(layout.blob_key(desc.digest))
-            return info is not None and info.size == desc.size and info.frozen
-
-        if not wanted:
-            return set()
-        with ThreadPoolExecutor(min(_LINK_WRITERS, len(wanted)), "bale-head") as pool:
-            flags = list(pool.map(frozen, wanted))
-        return {d.digest for d, cold in zip(wanted, flags, strict=True) if cold}
+            return {}
+        digests = sorted({d.digest for d in descriptors})
+        if not digests:
+            return {}
+        with ThreadPoolExecutor(min(_LINK_WRITERS, len(digests)), "bale-head") as pool:
+            infos = list(pool.map(lambda d: self.store.head(layout.blob_key(d)), digests))
+        return dict(zip(digests, infos, strict=True))
 
     def staging_key(self, digest: str) -> str:
         return f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}/{digest_hex(digest)}"

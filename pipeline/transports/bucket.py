@@ -22,7 +22,7 @@ from pipeline.errors import NotFound, ObjectFrozen, StoreNotFound
 from pipeline.image import BlobWrite
 from pipeline.oci import Descriptor, RawManifest
 from pipeline.refs import Reference
-from pipeline.store.base import Composition, Readable, WriteResult
+from pipeline.store.base import Composition, ObjectInfo, Readable, WriteResult
 
 
 class BucketDestination:
@@ -56,6 +56,8 @@ class BucketDestination:
         self._linked = False
         self._pending: list[str] = []
         self._uploaded: list[Descriptor] = []
+        self._heads: dict[str, ObjectInfo | None] = {}
+        """The tar's blobs as `begin` found them (remote stores)."""
         self._staged: dict[str, str] = {}
         """Digest → staging key of each blob stored cold that the tar copies from a hot copy
         streamed from the source instead (docs/lifecycle.md)."""
@@ -85,8 +87,11 @@ class BucketDestination:
     def begin(self, plan: CopyPlan) -> None:
         self._plan = plan
         if self._tar_plan is not None:
-            frozen = self.bucket.frozen_blobs(self._tar_plan.blobs)
-            self._staged = {d: self.bucket.staging_key(d) for d in sorted(frozen)}
+            self._heads = self.bucket.blob_heads(self._tar_plan.blobs)
+            frozen = sorted(
+                {d.digest for d in self._tar_plan.blobs if self._stored(d, frozen=True)}
+            )
+            self._staged = {d: self.bucket.staging_key(d) for d in frozen}
 
             def key_for(desc: Descriptor) -> str:
                 return self._staged.get(desc.digest) or layout.blob_key_for(desc)
@@ -141,7 +146,7 @@ class BucketDestination:
         and hears at once that the blob is stored."""
         if descriptor.digest in self._staged:
             result = self._stage(descriptor, open_stream)
-        elif self.bucket.has_blob(descriptor):
+        elif self._stored(descriptor):
             result = BlobWrite("exists")
         else:
             key = layout.blob_key_for(descriptor)
@@ -162,6 +167,16 @@ class BucketDestination:
         if self._plan is None:  # outside a copy: link at once
             self.bucket.link_layers(self.repo, [descriptor.digest])
         return result
+
+    def _stored(self, descriptor: Descriptor, *, frozen: bool = False) -> bool:
+        """The bucket has the blob (and with `frozen`, only in an archive class, unrestored),
+        from the HEADs `begin` made where it made them."""
+        if descriptor.digest not in self._heads:
+            return not frozen and self.bucket.has_blob(descriptor)
+        info = self._heads[descriptor.digest]
+        if info is None or info.size != descriptor.size:
+            return False
+        return info.frozen or not frozen
 
     def _stage(self, descriptor: Descriptor, open_stream: Callable[[], Readable]) -> BlobWrite:
         """A blob the store keeps cold, streamed from the source into a hot copy the tar is
