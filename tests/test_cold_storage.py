@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import signal
 import subprocess
 import tarfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bed.cli import error_line, isolated_env, run_bale, show
+from tests.bed.cli import error_line, isolated_env, run_bale, show, start_bale
 from tests.bed.fixtures_store import oss_cli_env
 from tests.bed.images import BuiltImage, ImageFactory, LayerSpec
 from tests.bed.moto import MOTO_KEYS, MotoServer
@@ -321,3 +323,39 @@ def test_archive_from_a_store_where_the_shared_layer_is_cold_too(
     assert f"run `bale thaw {first.reference} --from {dest}` first" in proc.stderr, show(proc)
     ls = _ok(run_bale("ls", dest, "--json", env=env))
     assert [r["tag"] for r in json.loads(ls.stdout)] == ["1"]  # nothing of the failed image
+
+
+def test_thaw_wait_is_resumable(
+    pair: tuple[BuiltImage, BuiltImage], registry: RegistryServer, oss_server: OssServer,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Ctrl-C while `restore --thaw --wait` waits: exit 130, nothing pushed; the restores go on
+    at the provider, and a rerun finds them under way instead of asking again."""
+    bucket = oss_server.create_bucket()
+    env = oss_cli_env(tmp_path, oss_server)
+    store, first = f"oss://{bucket}", pair[0].reference
+    _ok(run_bale("archive", first, "--to", store, "--storage-class", "Archive",
+                 "--src-tls-verify=false", env=env))  # fmt: skip
+    oss_server.restore_delay = 600.0
+    try:
+        log = tmp_path / "stderr"
+        with log.open("w") as err:
+            proc = start_bale("restore", first, f"docker://{registry.host}/cold/waited:1",
+                              "--from", store, "--thaw", "--wait", "--dest-tls-verify=false",
+                              env=env, stderr=err)  # fmt: skip
+            deadline = time.monotonic() + 60
+            while "in progress" not in log.read_text() and time.monotonic() < deadline:
+                assert proc.poll() is None, log.read_text()
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=30)
+        assert proc.returncode == 130, log.read_text()
+        assert f"thaw {first}: in progress" in log.read_text()
+        assert _tags(registry, "cold/waited") == []
+        asked = [r for r in oss_server.requests(bucket) if "restore" in r.query]
+        again = _ok(run_bale("thaw", first, "--from", store, "--json", env=env))
+        assert json.loads(again.stdout)[0]["state"] == "in progress"
+        assert [r for r in oss_server.requests(bucket) if "restore" in r.query] == asked
+        assert len(asked) == 3  # the two layers and the tar; manifests and config stay hot
+    finally:
+        oss_server.restore_delay = 0.0

@@ -137,7 +137,10 @@ def _check_thawed(bucket: ArchiveBucket, refs: list[Reference], *, thaw: bool, w
                 click.echo(f"thaw {s.image}: {s.state.value}{more}", err=True)
 
         if wait:
-            thaw_and_wait(bucket, refs, progress=progress)
+            from pipeline.transfer.cancel import on_signals
+
+            with on_signals():  # Ctrl-C: exit 130; a rerun finds the restores under way
+                thaw_and_wait(bucket, refs, progress=progress)
             return
         from pipeline.ops.thaw import thaw_image
 

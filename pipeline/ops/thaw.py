@@ -11,7 +11,6 @@ after an interruption simply reports the restores already under way.
 from __future__ import annotations
 
 import shlex
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from pipeline.errors import BaleError, ObjectFrozen, StoreNotFound
 from pipeline.refs import Reference
 from pipeline.store.base import ObjectStore
 from pipeline.store.classes import Thaw, restore_time
+from pipeline.transfer import cancel
 
 _WORKERS = 8
 
@@ -162,7 +162,7 @@ def thaw_and_wait(
         progress(states)
         if all(s.state != Thaw.IN_PROGRESS for s in states):
             return states
-        time.sleep(wait)
+        cancel.sleep(wait)  # Ctrl-C: Interrupted; the provider's restores go on
         wait = min(wait * 2, longest_wait)
 
 
