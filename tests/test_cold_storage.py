@@ -359,3 +359,26 @@ def test_thaw_wait_is_resumable(
         assert len(asked) == 3  # the two layers and the tar; manifests and config stay hot
     finally:
         oss_server.restore_delay = 0.0
+
+
+def test_images_sharing_a_new_layer_in_one_run(
+    pair: tuple[BuiltImage, BuiltImage], moto_server: MotoServer, tmp_path: Path
+) -> None:
+    """The layer goes cold only after both tars were composed from it (whichever wrote it)."""
+    first, second = pair
+    bucket = moto_server.create_bucket()
+    env = isolated_env(tmp_path, **MOTO_KEYS, AWS_ENDPOINT_URL=moto_server.endpoint_url)
+    store = f"s3://{bucket}"
+    _ok(run_bale("archive", first.reference, second.reference, "--to", store, "--jobs", "2",
+                 "--storage-class", "blobs=GLACIER", "--src-tls-verify=false", env=env))  # fmt: skip
+    client = moto_server.client()
+    big = first.layers[0].digest
+    assert client.head_object(Bucket=bucket, Key=_blob_key(big))["StorageClass"] == "GLACIER"
+    for tag in ("1", "2"):
+        key = next(
+            o["Key"]
+            for o in client.list_objects_v2(Bucket=bucket, Prefix="images/")["Contents"]
+            if o["Key"].endswith(f"/{tag}.tar")
+        )
+        tar = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert _members(tar)[f"blobs/sha256/{big.split(':')[1]}"] == big

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pipeline.archive import layout
 from pipeline.archive.classes import StorageClasses, is_small
+from pipeline.archive.coldgate import ColdGate
 from pipeline.archive.record import ImageRecord
 from pipeline.errors import StoreNotFound
 from pipeline.image import MemoisedTopSource
@@ -41,8 +42,16 @@ once it is (docs/lifecycle.md); one left by a crash is garbage, never referenced
 class ArchiveBucket:
     """An `ObjectStore` seen as an archive: what is stored where, and in which order."""
 
-    def __init__(self, store: ObjectStore, classes: StorageClasses | None = None) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        classes: StorageClasses | None = None,
+        *,
+        gate: ColdGate | None = None,
+    ) -> None:
         self.store = store
+        self.gate = gate or ColdGate()
+        """Shared by every view of this bucket in the process (`with_classes`)."""
         self.classes = classes
         """Classes new objects go in (None: the store's default for all); layer blobs are
         written in the default class whatever it says, and moved by `chill` once the tar
@@ -58,7 +67,9 @@ class ArchiveBucket:
 
     def with_classes(self, classes: StorageClasses | None) -> ArchiveBucket:
         """This bucket writing in `classes` (same store, same connections)."""
-        return self if classes == self.classes else ArchiveBucket(self.store, classes)
+        if classes == self.classes:
+            return self
+        return ArchiveBucket(self.store, classes, gate=self.gate)
 
     @property
     def url(self) -> str:

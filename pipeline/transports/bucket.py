@@ -12,6 +12,7 @@ destination is the same minus the compose and the record.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket
@@ -56,6 +57,7 @@ class BucketDestination:
         self._linked = False
         self._pending: list[str] = []
         self._uploaded: list[Descriptor] = []
+        self._entered = False
         self._heads: dict[str, ObjectInfo | None] = {}
         """The tar's blobs as `begin` found them (remote stores)."""
         self._staged: dict[str, str] = {}
@@ -87,6 +89,8 @@ class BucketDestination:
     def begin(self, plan: CopyPlan) -> None:
         self._plan = plan
         if self._tar_plan is not None:
+            self.bucket.gate.enter(d.digest for d in self._tar_plan.blobs)
+            self._entered = True
             self._heads = self.bucket.blob_heads(self._tar_plan.blobs)
             frozen = sorted(
                 {d.digest for d in self._tar_plan.blobs if self._stored(d, frozen=True)}
@@ -108,14 +112,21 @@ class BucketDestination:
                 self.written = tar.finish()
             except BaseException as exc:
                 tar.__exit__(type(exc), exc, exc.__traceback__)
+                self._unstage()
+                self._leave()
                 raise
             tar.__exit__(None, None, None)
             self._unstage()
-        if self._uploaded and self.bucket.classes is not None and self.bucket.classes.blobs:
-            # Before the record: a crash here leaves at worst a blob in the hot class.
-            self._phase(f"moving blobs to {self.bucket.classes.blobs}")
+        due = self._leave()
+        classes = self.bucket.classes
+        if due or (self._uploaded and classes is not None and classes.blobs):
+            # Before the record: a crash here leaves at worst a blob in the hot class. A blob
+            # another tar of the run still copies from is moved when that tar is done.
+            self._phase(f"moving blobs to {classes.blobs if classes else 'their class'}")
             for descriptor in self._uploaded:
-                self.bucket.chill(descriptor)
+                self.bucket.gate.move(descriptor.digest, partial(self.bucket.chill, descriptor))
+            for move in due:
+                move()
         if self._record is not None:
             self._phase("writing the record")
             self._record()
@@ -127,6 +138,13 @@ class BucketDestination:
         if tar is not None:
             tar.__exit__(type(error), error, error.__traceback__)
         self._unstage()
+        self._leave()  # moves left to this tar stay undone: those blobs stay hot
+
+    def _leave(self) -> list[Callable[[], object]]:
+        if not self._entered or self._tar_plan is None:
+            return []
+        self._entered = False
+        return self.bucket.gate.leave(d.digest for d in self._tar_plan.blobs)
 
     def _unstage(self) -> None:
         staged, self._staged = self._staged, {}
