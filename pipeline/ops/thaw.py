@@ -62,13 +62,17 @@ class ImageThaw:
         }
 
 
-def needed_keys(bucket: ArchiveBucket, ref: Reference, *, tar: bool = True) -> list[str]:
-    """The keys `ref`'s restore reads (every blob its record keeps), and its tar."""
+def needed_keys(record: ImageRecord, *, tar: bool = True) -> list[str]:
+    """The keys a restore of `record`'s image reads (every blob it keeps), and its tar."""
+    found = [layout.blob_key(b.digest) for b in record.blobs]
+    return [*found, record.tar_key] if tar else found
+
+
+def _record(bucket: ArchiveBucket, ref: Reference) -> ImageRecord:
     record = bucket.read_record(ref)
     if record is None:
         raise StoreNotFound(f"{ref} is not archived in {bucket.url}")
-    found = [layout.blob_key(b.digest) for b in record.blobs]
-    return [*found, record.tar_key] if tar else found
+    return record
 
 
 def thaw_image(
@@ -76,7 +80,7 @@ def thaw_image(
 ) -> ImageThaw:
     """Ask for a restore of every archived object `ref` needs that is not readable yet."""
     store = bucket.store
-    keys = needed_keys(bucket, ref)
+    keys = needed_keys(_record(bucket, ref))
 
     def one(key: str) -> ObjectThaw:
         info = store.head(key)
@@ -96,7 +100,10 @@ def frozen_keys(bucket: ArchiveBucket, ref: Reference) -> list[str]:
     """The objects a restore of `ref` reads that cannot be read now (none on a local store)."""
     if bucket.store.url.startswith("file:"):
         return []
-    keys = needed_keys(bucket, ref, tar=False)
+    record = bucket.read_record(ref)
+    if record is None:
+        return []  # by a digest with no record of its own: the reads will say, key by key
+    keys = needed_keys(record, tar=False)
     infos = _each(bucket.store.head, keys)
     return [k for k, info in zip(keys, infos, strict=True) if info is not None and info.frozen]
 
