@@ -86,10 +86,14 @@ def _bytes_text(result: ImageResult) -> str:
         # archive's skip has a tar; sync's has none (the destination holds the digest)
         return "already archived" if result.tar_key else "already there"
     if result.status == "planned":
-        return (
+        text = (
             f"would download {format_size(result.bytes_downloaded)}, "
             f"{format_size(result.bytes_already_stored)} already stored"
         )
+        if result.bytes_by_class and len(result.bytes_by_class) > 1:
+            kept = ", ".join(f"{format_size(n)} {c}" for c, n in result.bytes_by_class.items())
+            text += f"; keeps {kept}"
+        return text
     return (
         f"{format_size(result.bytes_downloaded)} down, {format_size(result.bytes_uploaded)} up, "
         f"{format_size(result.bytes_already_stored)} already stored"

@@ -7,15 +7,18 @@ create-if-absent, which is what makes concurrent writers (shards) safe.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pipeline.archive import layout
+from pipeline.archive.classes import StorageClasses, is_small
+from pipeline.archive.coldgate import ColdGate
 from pipeline.archive.record import ImageRecord
 from pipeline.errors import StoreNotFound
 from pipeline.image import MemoisedTopSource
-from pipeline.oci import Descriptor, RawManifest, verify_digest
+from pipeline.oci import Descriptor, RawManifest, digest_hex, verify_digest
 from pipeline.refs import Reference
 from pipeline.store.base import (
     Composition,
@@ -31,6 +34,10 @@ from pipeline.transfer.digest_stream import VerifyingReader
 from pipeline.transfer.retry import RetryPolicy
 
 _LINK_WRITERS = 8
+
+STAGING_PREFIX = "staging/"
+"""Hot copies of blobs stored cold, written while a tar is composed from them and deleted
+once it is (docs/lifecycle.md); one left by a crash is garbage, never referenced."""
 
 
 @dataclass(frozen=True)
@@ -48,8 +55,34 @@ class ArchivedImage:
 class ArchiveBucket:
     """An `ObjectStore` seen as an archive: what is stored where, and in which order."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        classes: StorageClasses | None = None,
+        *,
+        gate: ColdGate | None = None,
+    ) -> None:
         self.store = store
+        self.gate = gate or ColdGate()
+        """Shared by every view of this bucket in the process (`with_classes`)."""
+        self.classes = classes
+        """Classes new objects go in (None: the store's default for all); layer blobs are
+        written in the default class whatever it says, and moved by `chill` once the tar
+        that copies them is complete (docs/lifecycle.md)."""
+        self._small = store
+        self._tars = store
+        self._cold: ObjectStore | None = None
+        if classes is not None:
+            self._small = store.with_storage_class(classes.small)
+            self._tars = store.with_storage_class(classes.tars)
+            if classes.blobs is not None:
+                self._cold = store.with_storage_class(classes.blobs)
+
+    def with_classes(self, classes: StorageClasses | None) -> ArchiveBucket:
+        """This bucket writing in `classes` (same store, same connections)."""
+        if classes == self.classes:
+            return self
+        return ArchiveBucket(self.store, classes, gate=self.gate)
 
     @property
     def url(self) -> str:
@@ -61,13 +94,52 @@ class ArchiveBucket:
         return info is not None and info.size == descriptor.size
 
     def put_blob(self, descriptor: Descriptor, stream: Readable) -> WriteResult:
-        """Stream a blob in; `stream` must verify itself (the read reaching its size fails)."""
-        return self.store.put_stream(
+        """Stream a blob in; `stream` must verify itself (the read reaching its size fails).
+        A config goes in the small objects' class, a layer in the default class (see `chill`)."""
+        store = self._small if is_small(descriptor.media_type) else self.store
+        return store.put_stream(
             layout.blob_key(descriptor.digest), stream, descriptor.size, if_absent=True
         )
 
+    def chill(self, descriptor: Descriptor) -> bool:
+        """Move a layer blob this run wrote into the blobs' class by copying it onto its own
+        key (CopyObject / UploadPartCopy with the new class): done after the tar that copies
+        it is complete, since an archived object cannot be a copy source. True when moved."""
+        if self._cold is None or is_small(descriptor.media_type):
+            return False
+        key = layout.blob_key(descriptor.digest)
+        info = self.store.head(key)
+        if info is None or info.storage_class == self._cold.storage_class:
+            return False
+        self._cold.compose(key, [CopyRange(key, 0, info.size)])
+        return True
+
+    def blob_heads(self, descriptors: Iterable[Descriptor]) -> dict[str, ObjectInfo | None]:
+        """HEAD of each blob, several at a time: at the start of an archive, whether each of
+        the tar's blobs is stored and whether it is frozen (a compose cannot copy from it).
+        Empty for a local store, which has no archive class (its blobs are checked as they
+        come)."""
+        if self.store.url.startswith("file:"):
+            return {}
+        digests = sorted({d.digest for d in descriptors})
+        if not digests:
+            return {}
+        with ThreadPoolExecutor(min(_LINK_WRITERS, len(digests)), "bale-head") as pool:
+            infos = list(pool.map(lambda d: self.store.head(layout.blob_key(d)), digests))
+        return dict(zip(digests, infos, strict=True))
+
+    def staging_key(self, digest: str) -> str:
+        return f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}/{digest_hex(digest)}"
+
+    def holder(self, digest: str) -> ImageRecord | None:
+        """An archived image that keeps blob `digest` (to name in a thaw command)."""
+        for record in self.records():
+            if any(b.digest == digest for b in record.blobs):
+                return record
+        return None
+
     def put_manifest(self, raw: RawManifest) -> WriteResult:
-        return self.store.put(layout.blob_key(raw.digest), raw.data, if_absent=True)
+        return self._small.put(layout.blob_key(raw.digest), raw.data, if_absent=True)
 
     def read_blob(self, descriptor: Descriptor) -> bytes:
         data = self.store.read(layout.blob_key(descriptor.digest))
@@ -95,7 +167,7 @@ class ArchiveBucket:
     def _link(self, key: str, digest: str) -> None:
         # A link's body is its key's digest, but for a tag's current link, which a write-once
         # bucket never moves: there, one already written is left as it is.
-        self.store.put(key, layout.link_body(digest), if_absent=self.write_once)
+        self._small.put(key, layout.link_body(digest), if_absent=self.write_once)
 
     def _links(self, links: list[tuple[str, str]]) -> None:
         """Write (key, digest) links, several at a time: an image of 40 layers is 40 small PUTs,
@@ -132,10 +204,10 @@ class ArchiveBucket:
     # -- tars and records ----------------------------------------------------------------
     def start_tar(self, key: str, pieces: Sequence[Piece]) -> Composition:
         """The tar's compose, begun before its blobs are stored (see `Composition`)."""
-        return self.store.start_compose(key, pieces)
+        return self._tars.start_compose(key, pieces)
 
     def write_record(self, record: ImageRecord) -> None:
-        self.store.put(record.record_key, record.to_json())
+        self._small.put(record.record_key, record.to_json())
 
     def read_record(self, ref: Reference) -> ImageRecord | None:
         key = layout.record_key(

@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.archive import layout
+from pipeline.archive.classes import StorageClasses
 from pipeline.archive.tarplan import TarPlan
 from pipeline.errors import InvalidArchive, InvalidReference
 from pipeline.oci import Descriptor, RawManifest, digest_hex
@@ -92,6 +93,8 @@ class ImageRecord:
     `docker-archive:/abs/x.tar`; another store); absent for a registry."""
     pinned: bool = False
     """`bale pin`: `bale prune` never deletes it, whatever its rules say."""
+    storage_class: StorageClasses | None = None
+    """Classes its objects were written in (`--storage-class`); absent: the store's default."""
 
     @property
     def blob_bytes(self) -> int:
@@ -129,6 +132,7 @@ class ImageRecord:
         archived_at: datetime | None = None,
         version: str = __version__,
         origin: str | None = None,
+        storage_class: StorageClasses | None = None,
     ) -> ImageRecord:
         """The record of `ref` archived as `plan`; `stored` adds blobs outside the tar (other
         platforms' manifests and blobs kept in the store)."""
@@ -154,6 +158,7 @@ class ImageRecord:
             stored_platforms=tuple(stored_platforms) if stored_platforms is not None else platforms,
             blobs=tuple(blobs.values()),
             origin=origin,
+            storage_class=storage_class,
         )
 
     def to_json(self) -> bytes:
@@ -178,6 +183,8 @@ class ImageRecord:
             obj["origin"] = self.origin
         if self.pinned:
             obj["pinned"] = True
+        if self.storage_class is not None:
+            obj["storage_class"] = self.storage_class.to_json()
         return json.dumps(obj, indent=2).encode() + b"\n"
 
     @classmethod
@@ -327,4 +334,7 @@ def _from_obj(obj: Any) -> ImageRecord:
         blobs=tuple(blobs),
         origin=origin,
         pinned=pinned,
+        storage_class=StorageClasses.from_json(obj["storage_class"])
+        if "storage_class" in obj
+        else None,
     )

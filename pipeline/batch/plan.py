@@ -44,6 +44,8 @@ class RunPlan:
     """When the run began: tag listing is part of it."""
     immutable: frozenset[Reference] = frozenset()
     """Images whose spec entry says `immutable` (archived as with `--immutable`)."""
+    storage_classes: dict[Reference, str] = field(default_factory=dict)
+    """A spec's `storage-class` per image, over the command line's `--storage-class`."""
 
 
 def registry_options(entry: RegistrySpec | SpecImage, defaults: RegistryOptions) -> RegistryOptions:
@@ -119,4 +121,5 @@ def expand_spec(
         shard=shard,
         started=started,
         immutable=frozenset(i.ref for i in chosen if i.immutable),
+        storage_classes={i.ref: i.storage_class for i in chosen if i.storage_class},
     )

@@ -6,7 +6,7 @@ report = run_plan(plan, Archiver(bucket, session), options)  # or dryrun.Planner
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,8 +25,10 @@ def run_plan(
     *,
     fail_fast: bool = False,
     on_result: Callable[[ImageResult], None] | None = None,
+    overrides: Mapping[Reference, ArchiveOptions] | None = None,
 ) -> RunReport:
     """Archive (or plan) the images in parallel; listing failures lead the report.
+    `overrides`: the options of images a spec entry says more for (its storage class).
 
     With `fail_fast`, a listing failure stops the run before any image starts.
     """
@@ -34,7 +36,9 @@ def run_plan(
     with worker.sizes_ahead([] if stopped else list(plan.images), options):
         return run_batch(
             plan.images,
-            lambda image: worker.archive(*image, _options_of(plan, image[0], options)),
+            lambda image: worker.archive(
+                *image, _options_of(plan, image[0], (overrides or {}).get(image[0], options))
+            ),
             jobs=worker.session.transfer.jobs,
             name=lambda image: str(image[0]),
             fail_fast=fail_fast,

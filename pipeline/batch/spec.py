@@ -14,6 +14,7 @@ The format and its meaning follow skopeo's `cmd/skopeo/sync.go` (and `docs/skope
       tls-verify: true               # absent = leave the command line's setting alone
       cert-dir: /home/john/certs
       immutable: true                # bale's own: or [redis, nginx]; see `bale run --immutable`
+      storage-class: blobs=DEEP_ARCHIVE,tars=GLACIER_IR   # bale's own; as --storage-class
 
 What skopeo does and bale keeps: a repository is `<registry key>/<repository>` normalised the
 docker way (`docker.io/busybox` → `docker.io/library/busybox`); an entry of `images` is tried as
@@ -42,6 +43,7 @@ from typing import Literal
 import re2
 import yaml
 
+from pipeline.archive.classes import StorageClasses
 from pipeline.batch.retention import Retention
 from pipeline.batch.semver import Constraints
 from pipeline.errors import BaleError, InvalidReference, UsageError
@@ -59,6 +61,7 @@ _REGISTRY_KEYS = (
     "cert-dir",
     "immutable",
     "retention",
+    "storage-class",
 )
 _RETENTION_KEYS = (
     "keep-last",
@@ -132,6 +135,8 @@ class RegistrySpec:
     """`bale prune`'s rules for every repository under this registry key."""
     repository_retention: tuple[tuple[Reference, Retention], ...] = ()
     """Rules for single repositories (`retention: repositories:`), instead of `retention`."""
+    storage_class: str | None = None
+    """`--storage-class` for this registry's images (None: the command line's)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,7 @@ class SpecImage:
     tls_verify: bool | None = None
     cert_dir: str | None = None
     immutable: bool = False
+    storage_class: str | None = None
 
 
 ListTags = Callable[[str, str, RegistrySpec], list[str]]
@@ -206,6 +212,7 @@ def expand(
                         registry.tls_verify,
                         registry.cert_dir,
                         registry.is_immutable(ref),
+                        registry.storage_class,
                     )
                 )
     return images
@@ -369,6 +376,7 @@ class _Parser:
         immutable, immutable_repos = False, frozenset[str]()
         retention: Retention | None = None
         per_repo: list[tuple[Reference, Retention]] = []
+        storage_class: str | None = None
         for opt_key, value in self.mapping(node, f"registry {name!r}", "options"):
             option = opt_key.value
             where = f"{name} {option}"
@@ -392,6 +400,12 @@ class _Parser:
                     found = self.retention(rules, f"{name} {repo_key.value} retention", repo_key)
                     if found is not None:
                         per_repo.append((self.repository(name, repo_key), found))
+            elif option == "storage-class":
+                storage_class = self.string(value, f"{name} storage-class")
+                try:
+                    StorageClasses.parse(storage_class)
+                except UsageError as exc:
+                    raise self.error(value, str(exc).replace("--storage-class", option)) from None
             else:
                 raise self.error(
                     opt_key,
@@ -411,6 +425,7 @@ class _Parser:
             immutable_repos=immutable_repos,
             retention=retention,
             repository_retention=tuple(per_repo),
+            storage_class=storage_class,
         )
 
     def immutable(self, registry: str, node: yaml.Node) -> tuple[bool, frozenset[str]]:

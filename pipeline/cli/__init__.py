@@ -19,6 +19,7 @@ from pipeline.cli import (
     restore,
     serve,
     sync,
+    thaw,
     verify,
 )
 from pipeline.cli.group import main
@@ -40,5 +41,6 @@ for _command in (
     verify.verify_command,
 ):
     main.add_command(_command)
+main.add_command(thaw.thaw_command)
 
 __all__ = ["main"]

@@ -55,7 +55,15 @@ class ArchiveFlags(NamedTuple):
     transfer: TransferFlags
     reports: ReportFlags
     immutable: bool = False
+    storage_class: str | None = None
+    prices: str | None = None
 
+
+STORAGE_CLASS_HELP = (
+    "Storage class of what is written: one class for layer blobs and tars, or per kind "
+    "blobs=DEEP_ARCHIVE,tars=GLACIER_IR,small=STANDARD (small: manifests, configs, links, "
+    "records; default the standard class). S3 or OSS names; see docs/lifecycle.md."
+)
 
 archive_options = fold(
     "flags",
@@ -75,6 +83,13 @@ archive_options = fold(
         help="Show what would move (manifests and HEADs only); write nothing.",
     ),
     option("--force", is_flag=True, help="Rewrite the tar and record even if already archived."),
+    option("--storage-class", metavar="CLASS|KIND=CLASS,...", help=STORAGE_CLASS_HELP),
+    option(
+        "--prices",
+        metavar="FILE",
+        help="With --dry-run: class -> price per GiB-month (YAML/JSON) for the monthly "
+        "estimate; default an example table, not real prices (docs/lifecycle.md).",
+    ),
     option(
         "--immutable",
         is_flag=True,
@@ -109,6 +124,10 @@ def archive_images(
     `secrets` are the caller's own (a spec's passwords), scrubbed with --src-creds' from reports;
     `sources` reads the images that do not come from their registry (a tar's).
     """
+    from dataclasses import replace
+
+    from pipeline.archive.classes import StorageClasses, store_scheme
+    from pipeline.archive.costs import load_prices
     from pipeline.batch.run import run_plan
     from pipeline.cli.runtime import open_bucket, open_display, open_session
     from pipeline.ops.archive import ArchiveOptions, Archiver
@@ -116,6 +135,10 @@ def archive_images(
 
     registry = flags.src_registry.options("src")
     flags.reports.check()
+    prices = load_prices(flags.prices) if flags.dry_run else None
+    classes, scheme = None, store_scheme(flags.store_url)
+    if flags.storage_class is not None:  # a class the store lacks: exit 2, nothing written
+        classes = StorageClasses.parse(flags.storage_class).checked(scheme)
     retries, dry_run = flags.transfer.retries, flags.dry_run
     bucket = open_bucket(
         flags.store_url, flags.endpoint_url, retries, existing=False, write=not dry_run
@@ -126,17 +149,24 @@ def archive_images(
         force=flags.force,
         referrers=flags.referrers,
         immutable=flags.immutable,
+        storage_classes=classes,
     )
     credentials = registry.credentials
     secrets = (secrets or []) + ([credentials.password] if credentials else [])
     with open_session(flags.transfer) as session:
         plan = plan_for(session, registry)
+        overrides = {  # a spec's classes, checked before any image: exit 2, nothing written
+            ref: replace(options, storage_classes=StorageClasses.parse(text).checked(scheme))
+            for ref, text in plan.storage_classes.items()
+        }
         with open_display(secrets) as display:
             display.on_run_start(len(plan.images) + len(plan.failures), what=what, dry_run=dry_run)
             for failure in plan.failures:
                 display.on_image_done(failure)
             worker = (Planner if dry_run else Archiver)(bucket, session, display, sources=sources)
-            report = run_plan(plan, worker, options, fail_fast=flags.fail_fast)
+            if isinstance(worker, Planner):
+                worker.prices = prices
+            report = run_plan(plan, worker, options, fail_fast=flags.fail_fast, overrides=overrides)
             display.on_run_done(report)
     finish_run(report, flags.reports, secrets, display.summary)
 
@@ -240,12 +270,16 @@ def archive_command(
 @handles_errors
 def run_command(spec_path: str, shard: str | None, flags: ArchiveFlags) -> None:
     """Archive every image SPEC.yaml selects (skopeo sync's YAML, see manifests/) into STORE."""
+    from pipeline.archive.classes import StorageClasses, store_scheme
     from pipeline.batch.plan import check_cert_dirs, expand_spec, spec_secrets
     from pipeline.batch.shard import parse_shard
     from pipeline.batch.spec import load_spec
 
     spec = load_spec(spec_path)
     check_cert_dirs(spec)  # bad input, before the store is opened (and a local one made)
+    for entry in spec.registries:
+        if entry.storage_class:
+            StorageClasses.parse(entry.storage_class).checked(store_scheme(flags.store_url))
     where = parse_shard(shard) if shard else None
     archive_images(
         flags,

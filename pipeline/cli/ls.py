@@ -26,20 +26,35 @@ from pipeline.cli.output import handles_errors
     is_flag=True,
     help='Every digest each tag was archived with (* marks the current; JSON: "current").',
 )
+@option(
+    "--prices",
+    metavar="FILE",
+    help="YAML/JSON: storage class -> price per GiB-month, for the monthly estimate "
+    "(default: an example table, not real prices; see docs/lifecycle.md).",
+)
 @handles_errors
 def ls_command(
-    store_url: str, pattern: str | None, endpoint_url: str | None, as_json: bool, history: bool
+    store_url: str,
+    pattern: str | None,
+    endpoint_url: str | None,
+    as_json: bool,
+    history: bool,
+    prices: str | None,
 ) -> None:
     """The archived images in STORE: ref, digest, platforms, sizes, tar key, date.
 
     REPO (`host/team/app`, or `team/app`) or REPO:TAG lists only those images. PLATFORMS are
     all the platforms kept in the store; IN TAR those in the image's tar ("all" when the same).
+    CLASS is what --storage-class wrote them in. --json adds each image's bytes per class and
+    an estimated monthly storage figure from --prices.
     """
     import json
 
     from rich.console import Console
     from rich.table import Table
 
+    from pipeline.archive.classes import store_scheme
+    from pipeline.archive.costs import bytes_by_class, load_prices, monthly
     from pipeline.archive.record import format_time, select_records
     from pipeline.cli.runtime import open_bucket
     from pipeline.units import format_size
@@ -55,17 +70,33 @@ def ls_command(
     if pattern is not None:
         records = select_records(records, pattern)
     if as_json:
-        listed = [json.loads(r.to_json()) for r in records]
-        if history:
-            for obj, r in zip(listed, records, strict=True):
+        table_of_prices = load_prices(prices)
+        scheme = store_scheme(store_url)
+        listed = []
+        for r in records:
+            obj = json.loads(r.to_json())
+            obj["bytes_by_class"] = found = bytes_by_class(r, scheme)
+            obj["monthly_estimate"] = monthly(found, table_of_prices)
+            if history:
                 obj["current"] = not r.is_history
+            listed.append(obj)
         click.echo(json.dumps(listed, indent=2))
         return
     if pattern is not None and not records:
         click.echo(f"no archived image matches {pattern}", err=True)
         return
     table = Table(box=None, pad_edge=False)
-    columns = ("IMAGE", "DIGEST", "PLATFORMS", "IN TAR", "BLOBS", "TAR", "TAR KEY", "ARCHIVED")
+    columns = (
+        "IMAGE",
+        "DIGEST",
+        "PLATFORMS",
+        "IN TAR",
+        "BLOBS",
+        "TAR",
+        "TAR KEY",
+        "ARCHIVED",
+        "CLASS",
+    )
     for column in columns:
         table.add_column(column, no_wrap=True, overflow="fold")
     for r in records:
@@ -81,5 +112,6 @@ def ls_command(
             format_size(r.tar_size),
             r.tar_key,
             format_time(r.archived_at),
+            str(r.storage_class or "-"),
         )
     Console(width=None if sys.stdout.isatty() else 400, soft_wrap=True).print(table)

@@ -26,7 +26,10 @@ from pipeline.cli.options import (
 from pipeline.cli.output import echo_done, finish_run, handles_errors
 
 if TYPE_CHECKING:
+    from pipeline.archive.bucket import ArchiveBucket
     from pipeline.oci import Platform
+    from pipeline.ops.thaw import ImageThaw
+    from pipeline.refs import Reference
 
 
 @examples(
@@ -50,6 +53,12 @@ if TYPE_CHECKING:
     "digest, an image archived with --platform is that one manifest."
 )
 @option("--fail-fast/--keep-going", default=False, help="Stop at the first failed image.")
+@option(
+    "--thaw",
+    is_flag=True,
+    help="Ask for the restore of objects in an archive class first (see `bale thaw`).",
+)
+@option("--wait", is_flag=True, help="With --thaw: wait until they are readable, then restore.")
 @authfile_option
 @dest_registry_options
 @referrer_options
@@ -64,6 +73,8 @@ def restore_command(
     all_tags: bool,
     platform: Platform | None,
     fail_fast: bool,
+    thaw: bool,
+    wait: bool,
     authfile: str | None,
     dest_registry: RegistryFlags,
     referrer: ReferrerFlags,
@@ -85,6 +96,7 @@ def restore_command(
     targets = restore_targets(
         bucket, source, target, all_tags=all_tags, referrers=referrer.referrers
     )
+    _check_thawed(bucket, [t.source for t in targets], thaw=thaw, wait=wait)
     secrets = [options.credentials.password] if options.credentials else []
     with open_session(transfer) as session, open_display(secrets) as display:
         display.on_run_start(len(targets), what=str(bucket.url))
@@ -106,3 +118,31 @@ def restore_command(
         )
         display.on_run_done(report)
     finish_run(report, reports, secrets)
+
+
+def _check_thawed(bucket: ArchiveBucket, refs: list[Reference], *, thaw: bool, wait: bool) -> None:
+    """Before the first byte: exit 2 naming `bale thaw` for objects not readable, or with
+    --thaw --wait, thaw and wait (a rerun after Ctrl-C finds its restores under way)."""
+    from pipeline.errors import UsageError
+    from pipeline.ops.thaw import check_thawed, thaw_and_wait
+
+    if wait and not thaw:
+        raise UsageError("--wait goes with --thaw")
+    if thaw:
+
+        def progress(states: list[ImageThaw]) -> None:
+            for s in states:
+                left = sum(o.state.value == "in progress" for o in s.objects)
+                more = f": {left} object(s) to go, expected {s.expected}" if left else ""
+                click.echo(f"thaw {s.image}: {s.state.value}{more}", err=True)
+
+        if wait:
+            from pipeline.transfer.cancel import on_signals
+
+            with on_signals():  # Ctrl-C: exit 130; a rerun finds the restores under way
+                thaw_and_wait(bucket, refs, progress=progress)
+            return
+        from pipeline.ops.thaw import thaw_image
+
+        progress([thaw_image(bucket, r) for r in refs])
+    check_thawed(bucket, refs)

@@ -69,6 +69,9 @@ class ImageResult:
     source_digest: str | None = None
     """The index the reference resolved to at the source, when `digest` (what was stored) is
     one platform's manifest taken from it (`--platform`); None when they are the same."""
+    bytes_by_class: dict[str, int] | None = None
+    """A planned archive: what it would keep, by storage class (docs/lifecycle.md)."""
+    monthly_estimate: float | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -109,10 +112,14 @@ class ImageResult:
             "tar_key": self.tar_key,
             "destination": self.destination,
             "source_digest": self.source_digest,
-        }
+        } | (
+            {"bytes_by_class": self.bytes_by_class, "monthly_estimate": self.monthly_estimate}
+            if self.bytes_by_class is not None
+            else {}
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImageResult:
         names = {"source", "status", "digest", "error", "seconds", "tar_key", *BYTE_FIELDS}
-        names |= {"destination", "source_digest"}
+        names |= {"destination", "source_digest", "bytes_by_class", "monthly_estimate"}
         return cls(**{k: v for k, v in data.items() if k in names})

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket
+from pipeline.archive.classes import StorageClasses
 from pipeline.archive.record import ImageRecord
 from pipeline.archive.tarplan import TarPlan
 from pipeline.archive.tarstream import plan_resolved
@@ -56,6 +57,8 @@ class ArchiveOptions:
     """Also store the image's signatures and attestations (cosign tags, OCI referrers)."""
     immutable: bool = False
     """A tag archived with another digest is refused, never moved (Harbor's, ECR's rule)."""
+    storage_classes: StorageClasses | None = None
+    """Classes to write in, checked against the store already (`StorageClasses.checked`)."""
 
 
 @dataclass
@@ -411,11 +414,13 @@ class Archiver(BucketWorker):
             if kept is not None:
                 counts.add(uploaded=kept.sent, copied=kept.copied)
         dest = BucketDestination(
-            self.bucket,
+            self.bucket.with_classes(options.storage_classes),
             ref,
             tar=plan,
             record=lambda: record.append(
-                self._write_record(ref, resolved, plan, origin, history=history_only)
+                self._write_record(
+                    ref, resolved, plan, origin, options.storage_classes, history=history_only
+                )
             ),
             rewrite=True,
             events=self.events,
@@ -468,6 +473,7 @@ class Archiver(BucketWorker):
         resolved: ResolvedImage,
         plan: TarPlan,
         origin: str | None,
+        classes: StorageClasses | None = None,
         *,
         history: bool = False,
     ) -> ImageRecord:
@@ -480,10 +486,11 @@ class Archiver(BucketWorker):
             stored=stored,
             stored_platforms=resolved.platforms,
             origin=origin,
+            storage_class=classes,
         )
         if history:
             record = record.as_history()
-        self.bucket.write_record(record)
+        self.bucket.with_classes(classes).write_record(record)
         return record
 
 

@@ -147,6 +147,9 @@ def _random_access(
     if parsed.store.scheme == "file":
         return FileSource(os.path.join(parsed.store.prefix, parsed.key))
     store, key = open_location(parsed, endpoint_url=endpoint_url, retry=retry, check="read")
+    from pipeline.ops.thaw import check_object_thawed
+
+    check_object_thawed(store, key)  # a cold tar: exit 2 naming the thaw, nothing read
     return StoreSource(store, key)
 
 

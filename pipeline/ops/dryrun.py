@@ -18,6 +18,9 @@ blob below the part-copy minimum is read and sent instead: a real run may move a
 from __future__ import annotations
 
 from pipeline.archive import layout
+from pipeline.archive.classes import store_scheme
+from pipeline.archive.costs import bytes_by_class, monthly
+from pipeline.archive.record import ImageRecord
 from pipeline.archive.tarplan import to_compose_pieces
 from pipeline.archive.tarstream import plan_resolved
 from pipeline.copy.engine import CopyPlan, copy_image
@@ -32,7 +35,11 @@ from pipeline.transports.dryrun import DryRunDestination
 
 
 class Planner(BucketWorker):
-    """Plans images into one bucket; `Archiver`'s signature, for `archive_many` and `run_plan`."""
+    """Plans images into one bucket; `Archiver`'s signature, for `archive_many` and `run_plan`.
+    `prices` (class -> price per GiB-month) makes each result carry bytes per class and a
+    monthly estimate (archive/costs.py)."""
+
+    prices: dict[str, float] | None = None
 
     def _image(
         self, ref: Reference, registry: RegistryOptions | None, options: ArchiveOptions
@@ -65,7 +72,7 @@ class Planner(BucketWorker):
         pieces = to_compose_pieces(plan, layout.blob_key_for)
         copied = sum(p.size for p in pieces if isinstance(p, CopyRange))
         inline = sum(p.size for p in pieces if not isinstance(p, CopyRange))
-        return self._done(
+        result = self._done(
             ref,
             "planned",
             top,
@@ -75,3 +82,12 @@ class Planner(BucketWorker):
             bytes_already_stored=already,
             bytes_copied_server_side=copied,
         )
+        if self.prices is not None:
+            stored = [*resolved.blobs(), *(i.raw.descriptor() for i in resolved.images)]
+            record = ImageRecord.build(
+                ref, resolved.top, plan, stored=stored, storage_class=options.storage_classes
+            )
+            scheme = store_scheme(self.bucket.url)
+            result.bytes_by_class = found = bytes_by_class(record, scheme)
+            result.monthly_estimate = monthly(found, self.prices)
+        return result

@@ -12,16 +12,18 @@ destination is the same minus the compose and the record.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket
 from pipeline.archive.tarplan import TarPlan, to_compose_pieces
 from pipeline.copy.engine import CopyPlan
 from pipeline.copy.events import ImageEvents
+from pipeline.errors import NotFound, ObjectFrozen, StoreNotFound
 from pipeline.image import BlobWrite
 from pipeline.oci import Descriptor, RawManifest
 from pipeline.refs import Reference
-from pipeline.store.base import Composition, Readable, WriteResult
+from pipeline.store.base import Composition, ObjectInfo, Readable, WriteResult
 
 
 class BucketDestination:
@@ -58,6 +60,13 @@ class BucketDestination:
         self._tar: Composition | None = None
         self._linked = False
         self._pending: list[str] = []
+        self._uploaded: list[Descriptor] = []
+        self._entered = False
+        self._heads: dict[str, ObjectInfo | None] = {}
+        """The tar's blobs as `begin` found them (remote stores)."""
+        self._staged: dict[str, str] = {}
+        """Digest → staging key of each blob stored cold that the tar copies from a hot copy
+        streamed from the source instead (docs/lifecycle.md)."""
         self.written: WriteResult | None = None
         """What finishing the tar sent and copied server-side (after `commit`)."""
 
@@ -71,8 +80,10 @@ class BucketDestination:
 
     @property
     def blob_scope(self) -> str:
-        """The whole bucket: a blob shared by two repositories is stored once."""
-        return self.bucket.url
+        """The whole bucket: a blob shared by two repositories is stored once. Not when this
+        tar stages cold blobs: each image streams those into its own staging copy, so another
+        image of the run moving the same digest must not stand in for it."""
+        return f"{self.bucket.url}#{id(self)}" if self._staged else self.bucket.url
 
     def _phase(self, phase: str) -> None:
         if self._events is not None:
@@ -82,9 +93,21 @@ class BucketDestination:
     def begin(self, plan: CopyPlan) -> None:
         self._plan = plan
         if self._tar_plan is not None:
-            pieces = to_compose_pieces(self._tar_plan, layout.blob_key_for)
-            key = self._tar_key or layout.tar_key_for(self._reference)
-            tar = self.bucket.start_tar(key, pieces)
+            self.bucket.gate.enter(d.digest for d in self._tar_plan.blobs)
+            self._entered = True
+            self._heads = self.bucket.blob_heads(self._tar_plan.blobs)
+            frozen = sorted(
+                {d.digest for d in self._tar_plan.blobs if self._stored(d, frozen=True)}
+            )
+            self._staged = {d: self.bucket.staging_key(d) for d in frozen}
+
+            def key_for(desc: Descriptor) -> str:
+                return self._staged.get(desc.digest) or layout.blob_key_for(desc)
+
+            pieces = to_compose_pieces(self._tar_plan, key_for)
+            tar = self.bucket.start_tar(
+                self._tar_key or layout.tar_key_for(self._reference), pieces
+            )
             self._tar = tar.__enter__()
 
     def commit(self) -> None:
@@ -95,8 +118,21 @@ class BucketDestination:
                 self.written = tar.finish()
             except BaseException as exc:
                 tar.__exit__(type(exc), exc, exc.__traceback__)
+                self._unstage()
+                self._leave()
                 raise
             tar.__exit__(None, None, None)
+            self._unstage()
+        due = self._leave()
+        classes = self.bucket.classes
+        if due or (self._uploaded and classes is not None and classes.blobs):
+            # Before the record: a crash here leaves at worst a blob in the hot class. A blob
+            # another tar of the run still copies from is moved when that tar is done.
+            self._phase(f"moving blobs to {classes.blobs if classes else 'their class'}")
+            for descriptor in self._uploaded:
+                self.bucket.gate.move(descriptor.digest, partial(self.bucket.chill, descriptor))
+            for move in due:
+                move()
         if self._record is not None:
             self._phase("writing the record")
             self._record()
@@ -107,6 +143,19 @@ class BucketDestination:
         tar, self._tar = self._tar, None
         if tar is not None:
             tar.__exit__(type(error), error, error.__traceback__)
+        self._unstage()
+        self._leave()  # moves left to this tar stay undone: those blobs stay hot
+
+    def _leave(self) -> list[Callable[[], object]]:
+        if not self._entered or self._tar_plan is None:
+            return []
+        self._entered = False
+        return self.bucket.gate.leave(d.digest for d in self._tar_plan.blobs)
+
+    def _unstage(self) -> None:
+        staged, self._staged = self._staged, {}
+        for key in staged.values():
+            self.bucket.store.delete(key)
 
     # -- blobs --------------------------------------------------------------------------
     def put_blob(
@@ -119,7 +168,9 @@ class BucketDestination:
         """Stream a blob in unless the bucket has it (verified before it becomes visible);
         the stream passes through the tar's compose, which keeps the bytes its own parts need
         and hears at once that the blob is stored."""
-        if self.bucket.has_blob(descriptor):
+        if descriptor.digest in self._staged:
+            result = self._stage(descriptor, open_stream)
+        elif self._stored(descriptor):
             result = BlobWrite("exists")
         else:
             key = layout.blob_key_for(descriptor)
@@ -135,15 +186,53 @@ class BucketDestination:
                 if close is not None:
                     close()
             result = BlobWrite("uploaded" if written.written else "exists", written.sent)
+            if written.written:
+                self._uploaded.append(descriptor)
         if self._plan is None:  # outside a copy: link at once
             self.bucket.link_layers(self.repo, [descriptor.digest])
         return result
+
+    def _stored(self, descriptor: Descriptor, *, frozen: bool = False) -> bool:
+        """The bucket has the blob (and with `frozen`, only in an archive class, unrestored),
+        from the HEADs `begin` made where it made them."""
+        if descriptor.digest not in self._heads:
+            return not frozen and self.bucket.has_blob(descriptor)
+        info = self._heads[descriptor.digest]
+        if info is None or info.size != descriptor.size:
+            return False
+        return info.frozen or not frozen
+
+    def _stage(self, descriptor: Descriptor, open_stream: Callable[[], Readable]) -> BlobWrite:
+        """A blob the store keeps cold, streamed from the source into a hot copy the tar is
+        composed from (the stored blob stays as it is); a source that cannot give it (an
+        archive that has it cold too) fails the image naming the thaw that unblocks it."""
+        assert self._tar is not None
+        key = self._staged[descriptor.digest]
+        stream: Readable | None = None
+        try:
+            stream = self._tar.capture(key, open_stream())
+            written = self.bucket.store.put_stream(key, stream, descriptor.size)
+            self._tar.stored(key, stream)
+        except (ObjectFrozen, StoreNotFound, NotFound) as exc:
+            holder = self.bucket.holder(descriptor.digest)
+            thaw = f"bale thaw {holder.source if holder else 'IMAGE'} --from {self.bucket.url}"
+            raise ObjectFrozen(
+                f"blob {descriptor.digest} is stored in an archive class in {self.bucket.url} "
+                f"and the source cannot give it ({str(exc).splitlines()[0]}): run `{thaw}` "
+                "first",
+                key=layout.blob_key(descriptor.digest),
+            ) from exc
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        return BlobWrite("exists", written.sent)
 
     def has_blob(self, descriptor: Descriptor) -> bool:
         return self.bucket.has_blob(descriptor)
 
     def blob_ready(self, descriptor: Descriptor) -> None:
-        if self._tar is not None:
+        if self._tar is not None and descriptor.digest not in self._staged:
             self._tar.stored(layout.blob_key_for(descriptor))
 
     # -- manifests ----------------------------------------------------------------------
