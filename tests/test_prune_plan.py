@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 from pipeline.archive import layout
 from pipeline.archive.bucket import ArchivedImage
 from pipeline.archive.record import BlobEntry, ImageRecord
-from pipeline.batch.retention import Retention
 from pipeline.ops.prune import plan_prune, rules_from
 from pipeline.refs import Reference
+from pipeline.retention import Retention
 from pipeline.store.base import ObjectInfo
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -44,7 +44,7 @@ def test_history_entries_are_pruned_by_the_same_rules() -> None:
         image("2.0", 10, pinned=True),
     ]
     rules = Retention.build(keep_last=2)
-    plan = plan_prune(images, rules_from(None, rules), now=NOW)
+    plan = plan_prune(images, rules_from([], rules), now=NOW)
     got = {(d.image.record.tag, d.image.key.count("@")): d.kept_by for d in plan.decisions}
     assert got[("1.0", 0)] == ("keep-last 2",)
     assert got[("2.0", 0)] == ("pinned", "keep-last 2")
@@ -57,7 +57,7 @@ def test_history_entries_are_pruned_by_the_same_rules() -> None:
 def test_exceptions_semver_and_early_deletion() -> None:
     images = [image("1.0", 200), image("2.3", 300), image("latest", 400), image("x", 20, storage_class="GLACIER_IR")]  # fmt: skip
     rules = Retention.build(keep_semver="^2", exclude_tags=("latest",))
-    plan = plan_prune(images, rules_from(None, rules), now=NOW)
+    plan = plan_prune(images, rules_from([], rules), now=NOW)
     kept = {d.image.record.tag: d.kept_by for d in plan.kept}
     assert kept == {"2.3": ("keep-semver ^2",), "latest": ("exclude-tags latest",)}
     (early,) = plan.early

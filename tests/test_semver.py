@@ -12,8 +12,8 @@ import itertools
 
 import pytest
 
-from pipeline.batch.semver import Constraints, Version
 from pipeline.errors import UsageError
+from pipeline.semver import Constraints, Version
 
 # (constraint, version, matches) from Masterminds/semver's TestConstraintsCheck; re-run
 # against v3.5.0 (the copy vendored in skopeo), which agrees with every row.

@@ -40,15 +40,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import re2
 import yaml
 
 from pipeline.archive.classes import StorageClasses
-from pipeline.batch.retention import Retention
-from pipeline.batch.semver import Constraints
 from pipeline.errors import BaleError, InvalidReference, UsageError
 from pipeline.refs import Reference, is_valid_digest, parse_repository
 from pipeline.registry.credentials import Credentials
+from pipeline.retention import Retention
+from pipeline.semver import Constraints
+from pipeline.tagmatch import compile_tag_regex
 
 SelectorKind = Literal["images", "images-by-tag-regex", "images-by-semver"]
 
@@ -82,8 +82,6 @@ _FALSE_PLAIN = frozenset({"false", "False", "FALSE"})
 _TRUE_WORDS = frozenset({"y", "Y", "yes", "Yes", "YES", "on", "On", "ON"})
 _FALSE_WORDS = frozenset({"n", "N", "no", "No", "NO", "off", "Off", "OFF"})
 
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False
 
 _MERGER = yaml.constructor.SafeConstructor()  # only its stateless `flatten_mapping` is used
 
@@ -237,33 +235,6 @@ def _select(
             continue  # skopeo logs "Error creating a tagged reference" and skips the tag
         if selector.matches(tag):
             yield ref
-
-
-def compile_tag_regex(pattern: str) -> Callable[[str], bool]:
-    """A Go `regexp.MustCompile(pattern).MatchString`: RE2 syntax, unanchored search."""
-    if _has_escape_c(pattern):
-        raise UsageError("invalid escape sequence: \\C")
-    try:
-        compiled = re2.compile(pattern, _RE2_OPTIONS)
-    except re2.error as exc:
-        message = exc.args[0] if exc.args else "invalid regular expression"
-        if isinstance(message, bytes):
-            message = message.decode("utf-8", "replace")
-        raise UsageError(str(message)) from None
-    return lambda tag: compiled.search(tag) is not None
-
-
-def _has_escape_c(pattern: str) -> bool:
-    """`\\C` (any byte) is valid RE2 but rejected by Go's regexp."""
-    i = 0
-    while i < len(pattern) - 1:
-        if pattern[i] == "\\":
-            if pattern[i + 1] == "C":
-                return True
-            i += 2
-        else:
-            i += 1
-    return False
 
 
 class _Parser:
@@ -553,3 +524,16 @@ class _Parser:
         if not any(values.values()):
             return None  # skopeo: an all-empty block means "use the auth files"
         return Credentials(values["username"], values["password"], values["identitytoken"] or None)
+
+
+def retention_scopes(spec: Spec) -> list[tuple[str, Retention]]:
+    """`bale prune`'s rule sets by scope, most specific first: a repository's full name, then
+    a registry key with a trailing `/` (every repository under it)."""
+    scoped: list[tuple[str, Retention]] = []
+    for registry in spec.registries:
+        for repo, rules in registry.repository_retention:
+            scoped.append((repo.name, rules))
+    for registry in spec.registries:
+        if registry.retention is not None:
+            scoped.append((registry.name.rstrip("/") + "/", registry.retention))
+    return scoped

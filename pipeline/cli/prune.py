@@ -65,11 +65,11 @@ def prune_command(
     """
     import json
 
-    from pipeline.batch.retention import Retention
-    from pipeline.batch.spec import load_spec
+    from pipeline.batch.spec import load_spec, retention_scopes
     from pipeline.cli.runtime import open_bucket
     from pipeline.errors import UsageError
     from pipeline.ops.prune import apply_prune, plan_prune, rules_from
+    from pipeline.retention import Retention
 
     spec = load_spec(spec_path) if spec_path else None
     given = (keep_last, keep_tags, keep_semver, keep_within, exclude_tags)
@@ -88,7 +88,10 @@ def prune_command(
             "or a --spec file with a retention: block"
         )
     bucket = open_bucket(store_url, endpoint_url, retries)
-    plan = plan_prune(bucket.archived(jobs=max(jobs, 8)), rules_from(spec, default))
+    plan = plan_prune(
+        bucket.archived(jobs=max(jobs, 8)),
+        rules_from(retention_scopes(spec) if spec else [], default),
+    )
     if apply:
         apply_prune(bucket, plan, allow_early_delete=allow_early_delete, jobs=jobs)
     if as_json:

@@ -28,9 +28,8 @@ from typing import Any
 from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket, ArchivedImage
 from pipeline.archive.record import ImageRecord, format_time
-from pipeline.batch.retention import Retention
-from pipeline.batch.spec import Spec
 from pipeline.errors import StoreNotFound, UsageError
+from pipeline.retention import Retention
 from pipeline.store.base import ObjectInfo
 from pipeline.store.classes import MINIMUM_STORAGE_DAYS
 
@@ -142,17 +141,10 @@ class PrunePlan:
         }
 
 
-def rules_from(spec: Spec | None, default: Retention | None) -> RulesFor:
-    """Each image's rule set: its repository's in the spec, else its registry entry's, else
-    `default` (the command line's); None when nothing applies (the image is kept)."""
-    scoped: list[tuple[str, Retention]] = []
-    if spec is not None:
-        for registry in spec.registries:
-            for repo, rules in registry.repository_retention:
-                scoped.append((repo.name, rules))
-        for registry in spec.registries:
-            if registry.retention is not None:
-                scoped.append((registry.name.rstrip("/") + "/", registry.retention))
+def rules_from(scoped: Sequence[tuple[str, Retention]], default: Retention | None) -> RulesFor:
+    """Each image's rule set: the first scope (a repository's full name, or a registry key
+    ending in `/`) that names it, else `default` (the command line's); None when nothing
+    applies (the image is kept). `batch.spec.retention_scopes` gives a spec's scopes."""
 
     def rules_for(record: ImageRecord) -> Retention | None:
         name = record.reference.name

@@ -44,8 +44,8 @@ class Retention:
         where: str = "command line",
     ) -> Retention:
         """Validated rules; every problem is a UsageError (exit 2) naming the rule."""
-        from pipeline.batch.semver import Constraints
-        from pipeline.batch.spec import compile_tag_regex
+        from pipeline.semver import Constraints
+        from pipeline.tagmatch import compile_tag_regex
         from pipeline.units import parse_duration
 
         if keep_last is not None and keep_last < 1:
