@@ -90,6 +90,12 @@ class ImageRecord:
     origin: str | None = None
     """What the image was read from when not the registry `source` names (a tar,
     `docker-archive:/abs/x.tar`; another store); absent for a registry."""
+    encryption: dict[str, str] = field(default_factory=dict, hash=False)
+    """How the store encrypts the tar (`Encryption.describe()`: the mode, a KMS key id, an
+    SSE-C key's MD5, never the key); empty when bale asked for none."""
+    lock: dict[str, str] = field(default_factory=dict, hash=False)
+    """The tar's write-once protection when written: mode (GOVERNANCE, COMPLIANCE, WORM),
+    retain_until, legal_hold; empty on an unprotected store."""
 
     @property
     def blob_bytes(self) -> int:
@@ -163,6 +169,10 @@ class ImageRecord:
         }
         if self.origin is not None:
             obj["origin"] = self.origin
+        if self.encryption:
+            obj["encryption"] = self.encryption
+        if self.lock:
+            obj["lock"] = self.lock
         return json.dumps(obj, indent=2).encode() + b"\n"
 
     @classmethod
@@ -298,4 +308,15 @@ def _from_obj(obj: Any) -> ImageRecord:
         stored_platforms=_platforms(obj, "stored_platforms"),
         blobs=tuple(blobs),
         origin=origin,
+        encryption=_strings(obj, "encryption"),
+        lock=_strings(obj, "lock"),
     )
+
+
+def _strings(obj: dict[str, Any], name: str) -> dict[str, str]:
+    value = obj.get(name, {})
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise TypeError(f"{name} must be an object of strings")
+    return dict(value)

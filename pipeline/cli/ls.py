@@ -36,14 +36,18 @@ def ls_command(
     from rich.table import Table
 
     from pipeline.archive.record import format_time, select_records
+    from pipeline.cli.protected import store_facts, store_line
     from pipeline.cli.runtime import open_bucket
     from pipeline.units import format_size
 
-    records = sorted(open_bucket(store_url, endpoint_url).records(), key=lambda r: r.source)
+    bucket = open_bucket(store_url, endpoint_url)
+    records = sorted(bucket.records(), key=lambda r: r.source)
     if pattern is not None:
         records = select_records(records, pattern)
     if as_json:
-        click.echo(json.dumps([json.loads(r.to_json()) for r in records], indent=2))
+        facts = store_facts(bucket.store)  # the store's protection, with each record
+        said = [json.loads(r.to_json()) | ({"store": facts} if facts else {}) for r in records]
+        click.echo(json.dumps(said, indent=2))
         return
     if pattern is not None and not records:
         click.echo(f"no archived image matches {pattern}", err=True)
@@ -66,3 +70,6 @@ def ls_command(
             format_time(r.archived_at),
         )
     Console(width=None if sys.stdout.isatty() else 400, soft_wrap=True).print(table)
+    footer = store_line(bucket.store, (r.lock for r in records))
+    if footer is not None:
+        click.echo(footer)

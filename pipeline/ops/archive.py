@@ -36,6 +36,7 @@ from pipeline.ops.copy import archive_image, open_archive
 from pipeline.ops.readahead import ReadAhead
 from pipeline.refs import Reference
 from pipeline.registry.source import RegistrySource
+from pipeline.store.encryption import NONE, Encryption
 from pipeline.store.url import parse_location
 from pipeline.transfer.progress import TransferEvents
 from pipeline.transfer.retry import RetryPolicy
@@ -90,6 +91,7 @@ def tar_sources(
     *,
     endpoint_url: str | None = None,
     retry: RetryPolicy | None = None,
+    encryption: Encryption = NONE,
 ) -> dict[Reference, NamedSource]:
     """The images of a tar to archive, by the names they are archived under.
 
@@ -98,7 +100,9 @@ def tar_sources(
     command's `--name`) names the one image of a tar instead. An image with no name, or
     `name` with several images, is bad input: said here, before anything is written.
     """
-    archive = open_archive(transport.location, endpoint_url=endpoint_url, retry=retry)
+    archive = open_archive(
+        transport.location, endpoint_url=endpoint_url, retry=retry, encryption=encryption
+    )
     origin = transport.location
     if not transport.is_stdio:
         origin = str(parse_location(transport.location))  # in full: s3://…, /abs/path
@@ -437,8 +441,19 @@ class Archiver(BucketWorker):
             stored_platforms=resolved.platforms,
             origin=origin,
         )
+        record = replace(
+            record, encryption=self.bucket.store.encryption.describe(), lock=self._lock_of(record)
+        )
         self.bucket.write_record(record)
         return record
+
+    def _lock_of(self, record: ImageRecord) -> dict[str, str]:
+        """The tar's retention as the store keeps it (its HEAD: exact, whether it came from
+        --retain or the bucket's default); no request on an unprotected store."""
+        if not self.bucket.store.protection().protected:
+            return {}
+        info = self.bucket.store.head(record.tar_key)
+        return info.retention.describe() if info is not None and info.retention else {}
 
 
 class ImageWorker(Protocol):
