@@ -298,3 +298,38 @@ def test_sse_c_round_trip_and_wrong_key_on_rgw(
         proc = run_bale("restore", ref, dest, "--from", store, DEST_TLS, *wrong, env=env)
         assert proc.returncode == 2, show(proc)
         assert len(proc.stderr.strip().splitlines()) == 1, show(proc)
+
+
+def test_gc_on_an_oss_worm_bucket_reports_what_is_retained(
+    oss_server: OssServer, tmp_path: Path
+) -> None:
+    """A stray blob (what a crashed archive leaves) on a bucket whose WORM policy keeps it:
+    gc lists it as retained, with its size and date, exits 0 and sends no DELETE."""
+    import hashlib
+
+    from pipeline.archive import layout
+    from pipeline.store.oss import OSSStore
+    from tests.bed.fixtures_store import OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET, OSS_REGION
+
+    bucket = oss_server.create_bucket()
+    store = OSSStore(
+        bucket,
+        "arch",
+        endpoint=oss_server.endpoint,
+        access_key_id=OSS_ACCESS_KEY_ID,
+        access_key_secret=OSS_ACCESS_KEY_SECRET,
+        region=OSS_REGION,
+    )
+    data = b"stray blob " * 100
+    key = layout.blob_key("sha256:" + hashlib.sha256(data).hexdigest())
+    store.put(key, data)
+    store.bucket.complete_bucket_worm(store.bucket.init_bucket_worm(2).worm_id)
+    env = oss_cli_env(tmp_path, oss_server)
+    sent = len(oss_server.requests(bucket))
+    swept = run_bale("gc", f"oss://{bucket}/arch", "--older-than", "0s", env=env)
+    assert swept.returncode == 0, show(swept)
+    assert f"retained {key} 1.1 KiB (until " in swept.stdout, show(swept)
+    assert "1 object(s) (1.1 KiB) retained by the bucket, all deletable by" in swept.stderr
+    assert "gc: 0 blob(s)" in swept.stderr
+    assert [r for r in oss_server.requests(bucket)[sent:] if r.method == "DELETE"] == []
+    assert store.read(key) == data

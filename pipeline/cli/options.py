@@ -249,6 +249,7 @@ def lock_options(func: F) -> F:
             option(
                 "--lock-mode",
                 type=click.Choice(["GOVERNANCE", "COMPLIANCE"], case_sensitive=False),
+                metavar="GOVERNANCE|COMPLIANCE",
                 default="GOVERNANCE",
                 expose_value=False,
                 callback=_store_flag,
