@@ -274,15 +274,17 @@ def test_sse_c_round_trip_and_wrong_key_on_rgw(
     store = f"s3://{bucket}/c"
     ref = f"{registry.host}/{unique_repo}:c"
     pushed = image_factory.push(
-        image_factory.image(layers=(LayerSpec(7 * MiB, seed=6),)), ref, registry
+        image_factory.image(layers=(LayerSpec(12 * MiB, seed=6),)), ref, registry
     )
     with_key = ("--sse-c-key-file", str(key))
     report = tmp_path / "r.json"
     archive = ("archive", f"docker://{ref}", "--to", store, TLS, "--report", str(report))
     done = run_bale(*archive, *with_key, env=env)
     assert done.returncode == 0, show(done)
+    again = run_bale(*archive, "--force", *with_key, env=env)  # the tar from stored blobs
+    assert again.returncode == 0, show(again)
     totals = json.loads(report.read_text())["totals"]
-    assert totals["bytes_copied_server_side"] > 5 * MiB  # the tar, composed with the key
+    assert totals["bytes_copied_server_side"] > 5 * MiB  # UploadPartCopy of SSE-C sources
     listed = run_bale("ls", store, "--json", *with_key, env=env)
     assert listed.returncode == 0, show(listed)
     (record,) = json.loads(listed.stdout)
@@ -294,10 +296,15 @@ def test_sse_c_round_trip_and_wrong_key_on_rgw(
     back = run_bale("restore", ref, dest, "--from", store, DEST_TLS, *with_key, env=env)
     assert back.returncode == 0, show(back)
     assert pushed.digest in back.stdout + back.stderr
-    for wrong in (("--sse-c-key-file", str(other)), ()):
-        proc = run_bale("restore", ref, dest, "--from", store, DEST_TLS, *wrong, env=env)
+    wrong = ("--sse-c-key-file", str(other))
+    for command in (("restore", ref, dest, "--from", store, DEST_TLS), ("ls", store)):
+        proc = run_bale(*command, *wrong, env=env)
         assert proc.returncode == 2, show(proc)
         assert len(proc.stderr.strip().splitlines()) == 1, show(proc)
+        assert "SSE-C key does not match" in error_line(proc)
+    # Without a key, each image fails on its first read, saying why.
+    missing = run_bale("restore", ref, dest, "--from", store, DEST_TLS, env=env)
+    assert missing.returncode == 1 and "SSE-C" in missing.stderr, show(missing)
 
 
 def test_gc_on_an_oss_worm_bucket_reports_what_is_retained(

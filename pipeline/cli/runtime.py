@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from pipeline.cli.options import TransferFlags
     from pipeline.copy.session import Session
     from pipeline.display import Display
+    from pipeline.store.base import ObjectStore
     from pipeline.store.encryption import Encryption
     from pipeline.store.protection import Lock, LockMode
 
@@ -71,7 +72,22 @@ def open_bucket(
     if existing and root is not None and not Path(root).is_dir():
         raise UsageError(f"no archive at {url}: {root} is not a directory")
     store.protection()  # asked once, now: kept for every write, ls and the report
+    if encryption.customer:
+        _prove_key(store)
     return ArchiveBucket(store)
+
+
+def _prove_key(store: ObjectStore) -> None:
+    """A wrong SSE-C key would fail every image, one by one: the HEAD of the first object
+    under the prefix (records first: what every reader opens) says it once,
+    WrongEncryptionKey, exit 2, before any. Two requests, with a key only; none on an
+    empty store."""
+    from pipeline.archive import layout
+
+    for prefix in (layout.IMAGES_PREFIX, ""):
+        for info in store.list(prefix):
+            store.head(info.key)
+            return
 
 
 def store_encryption(url: str) -> Encryption:
