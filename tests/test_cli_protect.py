@@ -38,19 +38,31 @@ def moto_proxy(moto_server: MotoServer) -> Iterator[FaultProxy]:
         proxy.stop()
 
 
-@pytest.fixture
-def locked_bucket(moto_server: MotoServer) -> Iterator[str]:
-    """A bucket with Object Lock and a default retention (GOVERNANCE, one day), emptied after."""
-    name = moto_server.create_bucket(object_lock=True)
-    moto_server.client().put_object_lock_configuration(
+@pytest.fixture(params=["moto", pytest.param("rgw", marks=pytest.mark.slow)])
+def locked_s3(request: pytest.FixtureRequest) -> Iterator[tuple[FaultProxy, str, dict[str, str]]]:
+    """A bucket with Object Lock and a default retention (GOVERNANCE, one day) on moto_server
+    or Ceph RGW, behind a recording proxy; the CLI's keys for it. Emptied after."""
+    server = request.getfixturevalue(f"{request.param}_server")
+    name = server.create_bucket(object_lock=True)
+    server.client().put_object_lock_configuration(
         Bucket=name,
         ObjectLockConfiguration={
             "ObjectLockEnabled": "Enabled",
             "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}},
         },
     )
-    yield name
-    empty_locked_bucket(moto_server.client(), name)
+    proxy = FaultProxy(server.endpoint_url.removeprefix("http://")).start()
+    keys = {
+        "AWS_ACCESS_KEY_ID": server.access_key,
+        "AWS_SECRET_ACCESS_KEY": server.secret_key,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": proxy.url,
+    }
+    try:
+        yield proxy, name, keys
+    finally:
+        proxy.stop()
+        empty_locked_bucket(server.client(), name)
 
 
 def moto_env(tmp_path: Path, endpoint: str) -> dict[str, str]:
@@ -62,13 +74,14 @@ def refused(proxy: FaultProxy) -> list[str]:
 
 
 def test_moved_tag_on_object_lock_bucket_keeps_both_digests(
-    registry, image_factory, unique_repo, moto_proxy, locked_bucket, tmp_path: Path
+    registry, image_factory, unique_repo, locked_s3, tmp_path: Path
 ) -> None:
     """Issue 17's done-when: archive -> moved tag -> archive again on an Object Lock bucket:
     both digests restorable, nothing refused by the store; records, ls and the report say
     how the tars are kept; gc reports what the bucket retains and sends it no DELETE."""
-    env = moto_env(tmp_path, moto_proxy.url)
-    store = f"s3://{locked_bucket}/arch"
+    proxy, bucket, keys = locked_s3
+    env = isolated_env(tmp_path, **keys)
+    store = f"s3://{bucket}/arch"
     ref = f"{registry.host}/{unique_repo}:1"
     first = image_factory.push(
         image_factory.image(layers=(LayerSpec(6 * MiB, seed=1),)), ref, registry
@@ -87,7 +100,7 @@ def test_moved_tag_on_object_lock_bucket_keeps_both_digests(
     assert said["lock"]["mode"] == "GOVERNANCE"
     locked_writes = [
         r
-        for r in moto_proxy.requests
+        for r in proxy.requests
         if r.method in ("PUT", "POST") and "arch/" in r.path and "/.bale-" not in r.path
     ]  # (the write check's scratch object is written unlocked, and deleted)
     assert locked_writes and all(
@@ -102,7 +115,7 @@ def test_moved_tag_on_object_lock_bucket_keeps_both_digests(
     assert second.digest != first.digest
     again = run_bale(*archive, env=env)  # the bucket's default retention this time
     assert again.returncode == 0, show(again)
-    assert refused(moto_proxy) == []  # the tar and tag link overwritten: new versions
+    assert refused(proxy) == []  # the tar and tag link overwritten: new versions
 
     listed = run_bale("ls", store, "--json", env=env)
     assert listed.returncode == 0, show(listed)
@@ -126,14 +139,14 @@ def test_moved_tag_on_object_lock_bucket_keeps_both_digests(
 
     # The first image's blobs are reached by no tag or record now: gc would sweep them, but
     # the bucket retains them (and the old versions of the tar and tag link).
-    sent = len(moto_proxy.requests)
+    sent = len(proxy.requests)
     swept = run_bale("gc", store, "--older-than", "0s", env=env)
     assert swept.returncode == 0, show(swept)
     assert "retained by the bucket" in swept.stderr, show(swept)
     assert f"retained docker/registry/v2/blobs/sha256/{first.digest[7:9]}" in swept.stdout
-    gc_requests = moto_proxy.requests[sent:]
+    gc_requests = proxy.requests[sent:]
     assert [r for r in gc_requests if r.method == "DELETE"] == []
-    assert refused(moto_proxy) == []
+    assert refused(proxy) == []
     back = run_bale(
         "restore", f"{registry.host}/{unique_repo}@{first.digest}",
         f"docker://{registry.host}/{unique_repo}-again:1", "--from", store, DEST_TLS, env=env,
