@@ -29,15 +29,6 @@ TLS = "--src-tls-verify=false"
 DEST_TLS = "--dest-tls-verify=false"
 
 
-@pytest.fixture
-def moto_proxy(moto_server: MotoServer) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(moto_server.endpoint_url.removeprefix("http://")).start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
-
-
 @pytest.fixture(params=["moto", pytest.param("rgw", marks=pytest.mark.slow)])
 def locked_s3(request: pytest.FixtureRequest) -> Iterator[tuple[FaultProxy, str, dict[str, str]]]:
     """A bucket with Object Lock and a default retention (GOVERNANCE, one day) on moto_server
@@ -67,6 +58,20 @@ def locked_s3(request: pytest.FixtureRequest) -> Iterator[tuple[FaultProxy, str,
 
 def moto_env(tmp_path: Path, endpoint: str) -> dict[str, str]:
     return isolated_env(tmp_path, **MOTO_KEYS, AWS_ENDPOINT_URL=endpoint)
+
+
+def verify_and_restore(
+    store: str, ref: str, digest: str, env: dict[str, str], *store_flags: str
+) -> None:
+    """`verify --deep` of `ref` in `store`, then `restore` of it to a new repository: the
+    digest it was archived with comes back."""
+    deep = run_bale("verify", store, ref, "--deep", *store_flags, env=env)
+    assert deep.returncode == 0, show(deep)
+    host, _, rest = ref.partition("/")
+    dest = f"docker://{host}/{rest.replace(':', '-back:')}"
+    back = run_bale("restore", ref, dest, "--from", store, DEST_TLS, *store_flags, env=env)
+    assert back.returncode == 0, show(back)
+    assert digest in back.stdout + back.stderr
 
 
 def refused(proxy: FaultProxy) -> list[str]:
@@ -186,6 +191,11 @@ def test_retain_on_a_bucket_without_object_lock_writes_nothing(
     )  # fmt: skip
     assert proc.returncode == 2, show(proc)
     assert "no Object Lock" in error_line(proc)
+    planned = run_bale(
+        "archive", "docker://127.0.0.1:9/x:1", "--to", f"s3://{bucket}/a", "--legal-hold",
+        "--dry-run", env=env,
+    )  # fmt: skip
+    assert planned.returncode == 2 and "no Object Lock" in error_line(planned), show(planned)
     assert moto_server.client().list_objects_v2(Bucket=bucket).get("KeyCount") == 0
     env_only = run_bale(
         "archive", "docker://127.0.0.1:9/x:1", "--to", f"s3://{bucket}/a",
@@ -222,14 +232,7 @@ def test_sse_kms_round_trip_on_moto(
     (record,) = json.loads(run_bale("ls", store, "--json", env=env).stdout)
     assert record["encryption"] == {"sse": "aws:kms", "kms_key_id": "arn:aws:kms:bale-test"}
     assert "lock" not in record and "store" not in record  # reading asks for no encryption
-    deep = run_bale("verify", store, ref, "--deep", env=env)
-    assert deep.returncode == 0, show(deep)
-    back = run_bale(
-        "restore", ref, f"docker://{registry.host}/{unique_repo}-back:k", "--from", store,
-        DEST_TLS, env=env,
-    )  # fmt: skip
-    assert back.returncode == 0, show(back)
-    assert pushed.digest in back.stdout + back.stderr
+    verify_and_restore(store, ref, pushed.digest, env)
     tar = f"s3://{bucket}/copied/k.tar"
     copied = run_bale("copy", f"docker://{ref}", f"oci-archive:{tar}", TLS, *sse, env=env)
     assert copied.returncode == 0, show(copied)
@@ -256,13 +259,7 @@ def test_oss_kms_round_trip(
     assert writes and all(r.headers["x-oss-server-side-encryption"] == "KMS" for r in writes)
     (record,) = json.loads(run_bale("ls", store, "--json", env=env).stdout)
     assert record["encryption"] == {"sse": "KMS"}
-    assert run_bale("verify", store, "--deep", env=env).returncode == 0
-    back = run_bale(
-        "restore", ref, f"docker://{registry.host}/{unique_repo}-back:o", "--from", store,
-        DEST_TLS, env=env,
-    )  # fmt: skip
-    assert back.returncode == 0, show(back)
-    assert pushed.digest in back.stdout + back.stderr
+    verify_and_restore(store, ref, pushed.digest, env)
     wrong = run_bale("ls", store, "--sse", "aws:kms", "--sse-c-key-file", "k", env=env)
     assert wrong.returncode == 2 and "exclude each other" in error_line(wrong)
 
@@ -303,12 +300,8 @@ def test_sse_c_round_trip_and_wrong_key_on_rgw(
     (record,) = json.loads(listed.stdout)
     assert record["encryption"]["sse"] == "SSE-C" and "sse_c_key_md5" in record["encryption"]
     assert base64.b64encode(bytes(range(32))).decode() not in listed.stdout
-    deep = run_bale("verify", store, ref, "--deep", *with_key, env=env)
-    assert deep.returncode == 0, show(deep)
+    verify_and_restore(store, ref, pushed.digest, env, *with_key)
     dest = f"docker://{registry.host}/{unique_repo}-back:c"
-    back = run_bale("restore", ref, dest, "--from", store, DEST_TLS, *with_key, env=env)
-    assert back.returncode == 0, show(back)
-    assert pushed.digest in back.stdout + back.stderr
     wrong = ("--sse-c-key-file", str(other))
     for command in (("restore", ref, dest, "--from", store, DEST_TLS), ("ls", store)):
         proc = run_bale(*command, *wrong, env=env)

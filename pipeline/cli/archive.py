@@ -113,7 +113,12 @@ def archive_images(
     flags.reports.check()
     retries, dry_run = flags.transfer.retries, flags.dry_run
     bucket = open_bucket(
-        flags.store_url, flags.endpoint_url, retries, existing=False, write=not dry_run
+        flags.store_url,
+        flags.endpoint_url,
+        retries,
+        existing=False,
+        write=not dry_run,
+        written_to=True,
     )
     options = ArchiveOptions(
         platform=flags.platform,

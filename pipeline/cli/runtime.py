@@ -48,12 +48,15 @@ def open_bucket(
     existing: bool = True,
     write: bool = False,
     encryption: Encryption | None = None,
+    written_to: bool | None = None,
 ) -> ArchiveBucket:
     """The archive at `url`, checked once for reading (or `write`) before any image; with
     `existing`, a local directory that is not there is bad input (a typo must not read as an
     empty, clean archive). The store flags (`options.StoreFlags`) apply: the encryption to
-    every request (unless `encryption` is given), a write's Object Lock to every object
-    written; the bucket's protection is asked here, once."""
+    every request (unless `encryption` is given), the Object Lock to every object written
+    to the store a command writes (`written_to`, default `write`: also a dry run's, so that
+    a lock the bucket cannot keep is said then too); the bucket's protection is asked here,
+    once."""
     from pathlib import Path
 
     from pipeline.archive.bucket import ArchiveBucket
@@ -65,8 +68,9 @@ def open_bucket(
     if encryption is None:
         encryption = store_encryption(url)
     store = open_store(url, endpoint_url=endpoint_url, retry=retry, encryption=encryption)
-    if write and (flags.retain is not None or flags.legal_hold):
-        store = store.with_lock(_lock(flags))  # refused (exit 2) before the write check
+    locking = flags.retain is not None or flags.legal_hold
+    if locking and (write if written_to is None else written_to):
+        store = store.with_lock(_lock(flags))  # refused, exit 2, before the write check
     store.check(write=write)
     root = getattr(store, "root", None)
     if existing and root is not None and not Path(root).is_dir():
