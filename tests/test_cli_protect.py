@@ -103,6 +103,9 @@ def test_moved_tag_on_object_lock_bucket_keeps_both_digests(
         "retention_days": 1,
     }
     assert said["lock"]["mode"] == "GOVERNANCE"
+    ((tar, kept),) = said["tars"].items()  # the tar this run wrote, as the store keeps it
+    assert tar.endswith("/1.tar") and kept["retain_until"] == said["lock"]["retain_until"]
+    assert "1 tar(s) retained until" in done.stderr
     locked_writes = [
         r
         for r in proxy.requests

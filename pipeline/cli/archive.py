@@ -136,9 +136,10 @@ def archive_images(
                 display.on_image_done(failure)
             worker = (Planner if dry_run else Archiver)(bucket, session, display, sources=sources)
             report = run_plan(plan, worker, options, fail_fast=flags.fail_fast)
-            report.store = store_facts(bucket.store)
+            locks = getattr(worker, "locks", {})  # (none on a dry run)
+            report.store = store_facts(bucket.store) | ({"tars": locks} if locks else {})
             display.on_run_done(report)
-    said = store_line(bucket.store)
+    said = store_line(bucket.store, locks.values())
     quiet = click.get_current_context().find_root().params.get("quiet")
     if said is not None and not dry_run and not quiet:
         echo_result(f"bale: {said}", err=True, event="store", **report.store)

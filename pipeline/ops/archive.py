@@ -279,6 +279,9 @@ class Archiver(BucketWorker):
     ) -> None:
         super().__init__(bucket, session, events, sources=sources)
         self._ahead: ReadAhead[tuple[Reference, RegistryOptions | None], _Ahead] | None = None
+        self.locks: dict[str, dict[str, str]] = {}
+        """The retention of each tar this run wrote (tar key: the record's `lock`), for the
+        run's report on a write-once bucket."""
 
     @contextmanager
     def sizes_ahead(
@@ -445,6 +448,8 @@ class Archiver(BucketWorker):
             record, encryption=self.bucket.store.encryption.describe(), lock=self._lock_of(record)
         )
         self.bucket.write_record(record)
+        if record.lock:
+            self.locks[record.tar_key] = record.lock
         return record
 
     def _lock_of(self, record: ImageRecord) -> dict[str, str]:
