@@ -25,10 +25,11 @@ _DURATION_UNITS: dict[str, Decimal | int] = {
     "h": 3600,
     "d": 86400,
     "w": 604800,
+    "y": 365 * 86400,
 }
 _NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
-_DURATION_PART_RE = re.compile(rf"({_NUMBER})\s*(ms|[smhdw])", re.IGNORECASE)
-_DURATION_RE = re.compile(rf"^(?:{_NUMBER}\s*(?:ms|[smhdw])\s*)+$", re.IGNORECASE)
+_DURATION_PART_RE = re.compile(rf"({_NUMBER})\s*(ms|[smhdwy])", re.IGNORECASE)
+_DURATION_RE = re.compile(rf"^(?:{_NUMBER}\s*(?:ms|[smhdwy])\s*)+$", re.IGNORECASE)
 _PLAIN_RE = re.compile(rf"^{_NUMBER}$")
 
 _SIZE_NAMES = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
@@ -50,7 +51,8 @@ def parse_size(text: str) -> int:
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from `30`, `0s`, `90m`, `24h`, `7d`, `1.5h` or a sum such as `1h30m`."""
+    """Seconds from `30`, `0s`, `90m`, `24h`, `7d`, `1.5h`, `7y` (365 days each, as S3 Object
+    Lock counts years) or a sum such as `1h30m`."""
     if not isinstance(text, str):
         raise UsageError(f"invalid duration {text!r}")
     stripped = text.strip()
@@ -58,7 +60,7 @@ def parse_duration(text: str) -> float:
         return float(stripped)
     if not stripped or not _DURATION_RE.match(stripped):
         raise UsageError(
-            f"invalid duration {text!r}: expected a number with an optional s/m/h/d suffix"
+            f"invalid duration {text!r}: expected a number with an optional s/m/h/d/y suffix"
         )
     total = Decimal(0)
     for number, unit in _DURATION_PART_RE.findall(stripped):

@@ -146,15 +146,6 @@ def test_local_store_refuses_encryption_and_locks(tmp_path: Path) -> None:
 # -- S3 on moto_server, seen through a recording proxy ----------------------------------------
 
 
-@pytest.fixture
-def moto_proxy(moto_server: MotoServer) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(moto_server.endpoint_url.removeprefix("http://")).start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
-
-
 def s3_stores(
     server: MotoServer | RgwServer, endpoint: str, **defaults: Any
 ) -> Iterator[Callable[..., S3Store]]:

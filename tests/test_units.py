@@ -67,6 +67,7 @@ def test_parse_size_rejects(text: str) -> None:
         ("90m", 5400.0),
         ("24h", 86400.0),
         ("7d", 604800.0),
+        ("7y", 7 * 365 * 86400.0),
         ("1.5h", 5400.0),
         ("1H", 3600.0),
         ("1h30m", 5400.0),
@@ -79,7 +80,7 @@ def test_parse_duration(text: str, expected: float) -> None:
     assert parse_duration(text) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("text", ["", "s", "h1", "-1s", "5x", "1y", "abc", "1h-30m", "inf"])
+@pytest.mark.parametrize("text", ["", "s", "h1", "-1s", "5x", "1yr", "abc", "1h-30m", "inf"])
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(UsageError) as info:
         parse_duration(text)

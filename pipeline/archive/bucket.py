@@ -249,10 +249,13 @@ class ArchiveBucket:
     # -- history: the earlier images of a moved tag (docs/layout.md) ---------------------
     @property
     def write_once(self) -> bool:
-        """The store refuses to overwrite (OSS WORM, S3 Object Lock): a moved tag's new image
-        then goes to its history path only and the tag's current keys stay. Read from the
-        store's `write_once` flag (set by backends that know their protection)."""
-        return bool(getattr(self.store, "write_once", False))
+        """The store refuses to overwrite: a moved tag's new image then goes to its history
+        path only and the tag's current keys stay. OSS WORM refuses overwrites; S3 Object Lock
+        does not (an overwrite is a new version, the old one stays retained), so it is not
+        write-once here. A store may also say so itself (`write_once`, as tests' do)."""
+        if getattr(self.store, "write_once", False):
+            return True
+        return self.store.protection().kind == "worm"
 
     def read_history(self, repo: str, tag: str, digest: str) -> ImageRecord | None:
         """The tag's kept image of `digest`, when its record (written after its tar) is there."""

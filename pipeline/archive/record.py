@@ -95,6 +95,12 @@ class ImageRecord:
     """`bale pin`: `bale prune` never deletes it, whatever its rules say."""
     storage_class: StorageClasses | None = None
     """Classes its objects were written in (`--storage-class`); absent: the store's default."""
+    encryption: dict[str, str] = field(default_factory=dict, hash=False)
+    """How the store encrypts the tar (`Encryption.describe()`: the mode, a KMS key id, an
+    SSE-C key's MD5, never the key); empty when bale asked for none."""
+    lock: dict[str, str] = field(default_factory=dict, hash=False)
+    """The tar's write-once protection when written: mode (GOVERNANCE, COMPLIANCE, WORM),
+    retain_until, legal_hold; empty on an unprotected store."""
 
     @property
     def blob_bytes(self) -> int:
@@ -185,6 +191,10 @@ class ImageRecord:
             obj["pinned"] = True
         if self.storage_class is not None:
             obj["storage_class"] = self.storage_class.to_json()
+        if self.encryption:
+            obj["encryption"] = self.encryption
+        if self.lock:
+            obj["lock"] = self.lock
         return json.dumps(obj, indent=2).encode() + b"\n"
 
     @classmethod
@@ -337,4 +347,15 @@ def _from_obj(obj: Any) -> ImageRecord:
         storage_class=StorageClasses.from_json(obj["storage_class"])
         if "storage_class" in obj
         else None,
+        encryption=_strings(obj, "encryption"),
+        lock=_strings(obj, "lock"),
     )
+
+
+def _strings(obj: dict[str, Any], name: str) -> dict[str, str]:
+    value = obj.get(name, {})
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise TypeError(f"{name} must be an object of strings")
+    return dict(value)

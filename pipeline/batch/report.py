@@ -59,6 +59,8 @@ class RunReport:
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     finished: datetime | None = None
     results: list[ImageResult] = field(default_factory=list)
+    store: dict[str, Any] = field(default_factory=dict)
+    """What protects the store written to (`cli/protected.py`); {} when nothing does."""
 
     def add(self, result: ImageResult) -> None:
         self.results.append(result)
@@ -101,7 +103,7 @@ class RunReport:
             "finished": _iso(self.finished) if self.finished else None,
             "totals": self.totals(),
             "images": [r.to_dict(secrets) for r in self.results],
-        }
+        } | ({"store": self.store} if self.store else {})
 
     def to_json(self, secrets: Iterable[str | None] = ()) -> str:
         return json.dumps(self.to_dict(secrets), indent=2) + "\n"

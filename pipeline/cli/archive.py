@@ -15,6 +15,7 @@ from pipeline.cli.options import (
     endpoint_option,
     examples,
     fold,
+    lock_options,
     option,
     platform_options,
     referrers_option,
@@ -23,7 +24,7 @@ from pipeline.cli.options import (
     store_options,
     transfer_options,
 )
-from pipeline.cli.output import finish_run, handles_errors
+from pipeline.cli.output import echo_result, finish_run, handles_errors
 
 if TYPE_CHECKING:
     from pipeline.batch.plan import RunPlan
@@ -77,6 +78,7 @@ archive_options = fold(
     ),
     endpoint_option(),
     store_options,
+    lock_options,
     option(
         "--dry-run",
         is_flag=True,
@@ -129,6 +131,7 @@ def archive_images(
     from pipeline.archive.classes import StorageClasses, store_scheme
     from pipeline.archive.costs import load_prices
     from pipeline.batch.run import run_plan
+    from pipeline.cli.protected import store_facts, store_line
     from pipeline.cli.runtime import open_bucket, open_display, open_session
     from pipeline.ops.archive import ArchiveOptions, Archiver
     from pipeline.ops.dryrun import Planner
@@ -141,7 +144,12 @@ def archive_images(
         classes = StorageClasses.parse(flags.storage_class).checked(scheme)
     retries, dry_run = flags.transfer.retries, flags.dry_run
     bucket = open_bucket(
-        flags.store_url, flags.endpoint_url, retries, existing=False, write=not dry_run
+        flags.store_url,
+        flags.endpoint_url,
+        retries,
+        existing=False,
+        write=not dry_run,
+        written_to=True,
     )
     options = ArchiveOptions(
         platform=flags.platform,
@@ -167,7 +175,13 @@ def archive_images(
             if isinstance(worker, Planner):
                 worker.prices = prices
             report = run_plan(plan, worker, options, fail_fast=flags.fail_fast, overrides=overrides)
+            locks = getattr(worker, "locks", {})  # (none on a dry run)
+            report.store = store_facts(bucket.store) | ({"tars": locks} if locks else {})
             display.on_run_done(report)
+    said = store_line(bucket.store, locks.values())
+    quiet = click.get_current_context().find_root().params.get("quiet")
+    if said is not None and not dry_run and not quiet:
+        echo_result(f"bale: {said}", err=True, event="store", **report.store)
     finish_run(report, flags.reports, secrets, display.summary)
 
 
@@ -207,7 +221,7 @@ def archive_command(
     """
     from pipeline.batch.imagelist import read_image_list
     from pipeline.batch.plan import RunPlan
-    from pipeline.cli.runtime import open_bucket
+    from pipeline.cli.runtime import open_bucket, read_encryption, store_encryption
     from pipeline.errors import UsageError
     from pipeline.ops.archive import NamedSource, bucket_sources, tar_sources
     from pipeline.refs import Reference
@@ -221,6 +235,7 @@ def archive_command(
         refs += read_image_list(from_file)
     if name is not None and (len(tars) != 1 or refs):
         raise UsageError("--name names the image of one docker-archive: or oci-archive: tar")
+    encryption = store_encryption(flags.store_url)  # bad --sse: exit 2 before any read
     found: dict[Reference, NamedSource] = {}
     for text in tars:  # read (headers only) before the store is opened: bad input writes nothing
         transport = parse_transport(text)
@@ -230,13 +245,17 @@ def archive_command(
             Reference.parse(name) if name is not None else None,
             endpoint_url=flags.endpoint_url,
             retry=RetryPolicy(retries=flags.transfer.retries),
+            encryption=read_encryption(transport.location, encryption),
         )
     stored: SourceFinder | None = None
     if from_store is not None:
         if from_store == flags.store_url:
             raise UsageError("--from and --to name the same store")
         retries = flags.transfer.retries
-        stored = bucket_sources(open_bucket(from_store, flags.endpoint_url, retries))
+        read = read_encryption(from_store, encryption)
+        stored = bucket_sources(
+            open_bucket(from_store, flags.endpoint_url, retries, encryption=read)
+        )
     refs += list(found)
     if not refs:
         raise UsageError("no images given (IMAGE... or --from-file)")

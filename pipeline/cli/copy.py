@@ -78,11 +78,14 @@ def copy_command(
     streamed, never staged on disk. Into a registry, an index is copied whole (digest kept)
     unless --platform picks one image.
     """
-    from pipeline.cli.runtime import open_session
+    from pipeline.cli.runtime import locations_encryption, open_session
     from pipeline.ops.copy import copy_transports
     from pipeline.transports import parse_transport
+    from pipeline.transports.names import ArchiveTransport
 
     source, dest = parse_transport(src), parse_transport(dst)
+    tars = [t.location for t in (source, dest) if isinstance(t, ArchiveTransport)]
+    encryption = locations_encryption([loc for loc in tars if loc != "-"])
     with open_session(transfer) as session, naming(f"{source} -> {dest}"):
         result = copy_transports(
             source,
@@ -97,6 +100,7 @@ def copy_command(
             referrers=referrer.referrers,
             compress=referrer.compress,
             force=force,
+            encryption=encryption,
         )
     echo_result(
         f"copied {source} -> {result.destination} ({result.digest}, {result.size} bytes)",

@@ -60,7 +60,8 @@ def gc_command(
         bucket, older_than=timedelta(seconds=older_than), dry_run=dry_run, jobs=jobs
     )
     verb = "would remove" if dry_run else "removed"
-    for blob in report.blobs:
+    kept = {r.key for r in report.retained}
+    for blob in (b for b in report.blobs if b.key not in kept):
         echo_result(
             f"{verb} blob {blob.digest} {format_size(blob.size)} {blob.key}",
             event="gc",
@@ -70,8 +71,20 @@ def gc_command(
             digest=blob.digest,
             bytes=blob.size,
         )
-    for key in report.links:
+    for key in (k for k in report.links if k not in kept):
         echo_result(f"{verb} link {key}", event="gc", action=verb, kind="link", key=key)
+    for held in report.retained:
+        until = held.until.isoformat() if held.until else None
+        why = "under legal hold" if held.legal_hold else f"until {until or 'unknown'}"
+        echo_result(
+            f"retained {held.key} {format_size(held.size)} ({why})",
+            event="gc",
+            action="retained",
+            key=held.key,
+            bytes=held.size,
+            retain_until=until,
+            legal_hold=held.legal_hold,
+        )
     for upload in report.uploads:
         when = upload.initiated.isoformat() if upload.initiated else "unknown time"
         verb_upload = "would abort" if dry_run else "aborted"

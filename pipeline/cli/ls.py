@@ -56,6 +56,7 @@ def ls_command(
     from pipeline.archive.classes import store_scheme
     from pipeline.archive.costs import bytes_by_class, load_prices, monthly
     from pipeline.archive.record import format_time, select_records
+    from pipeline.cli.protected import store_facts, store_line
     from pipeline.cli.runtime import open_bucket
     from pipeline.units import format_size
 
@@ -70,6 +71,7 @@ def ls_command(
     if pattern is not None:
         records = select_records(records, pattern)
     if as_json:
+        facts = store_facts(bucket.store)  # the store's protection, with each record
         table_of_prices = load_prices(prices)
         scheme = store_scheme(store_url)
         listed = []
@@ -77,6 +79,8 @@ def ls_command(
             obj = json.loads(r.to_json())
             obj["bytes_by_class"] = found = bytes_by_class(r, scheme)
             obj["monthly_estimate"] = monthly(found, table_of_prices)
+            if facts:
+                obj["store"] = facts
             if history:
                 obj["current"] = not r.is_history
             listed.append(obj)
@@ -115,3 +119,6 @@ def ls_command(
             str(r.storage_class or "-"),
         )
     Console(width=None if sys.stdout.isatty() else 400, soft_wrap=True).print(table)
+    footer = store_line(bucket.store, (r.lock for r in records))
+    if footer is not None:
+        click.echo(footer)

@@ -140,7 +140,8 @@ def _store_setting(variable: str) -> Callable[[click.Context, click.Parameter, s
 
 
 def store_options(func: F) -> F:
-    """--s3-addressing, --region, --store-ca-bundle: how to reach an s3:// store."""
+    """--s3-addressing, --region, --store-ca-bundle: how to reach an s3:// store; the
+    encryption options (`encryption_options`)."""
     addressing = option(
         "--s3-addressing",
         type=click.Choice(["path", "virtual", "auto"]),
@@ -162,7 +163,108 @@ def store_options(func: F) -> F:
         callback=_store_setting("AWS_CA_BUNDLE"),
         help="CA certificates to trust for an https store endpoint (AWS_CA_BUNDLE).",
     )
-    return addressing(region(ca_bundle(func)))
+    return addressing(region(ca_bundle(encryption_options(func))))
+
+
+STORE_FLAGS = "bale.store"
+"""Where the encryption and lock options leave their values (`click.Context.meta`): every
+command that opens a store takes them, and `runtime.open_bucket` is the one place that reads
+them, so no command signature carries them."""
+
+
+class StoreFlags(NamedTuple):
+    """--sse, --sse-kms-key-id, --sse-c-key-file (every command that opens a store) and
+    --retain, --lock-mode, --legal-hold (archive, run)."""
+
+    sse: str | None = None
+    sse_kms_key_id: str | None = None
+    sse_c_key_file: str | None = None
+    retain: float | None = None
+    """Seconds to keep every object written (Object Lock); None: the bucket's default."""
+    lock_mode: str = "GOVERNANCE"
+    legal_hold: bool = False
+
+
+def store_flags() -> StoreFlags:
+    """The running command's store flags (the defaults outside a command)."""
+    ctx = click.get_current_context(silent=True)
+    given = ctx.find_root().meta.get(STORE_FLAGS, {}) if ctx is not None else {}
+    return StoreFlags(**given)
+
+
+def _store_flag(_ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    if value is not None and param.name is not None:
+        _ctx.find_root().meta.setdefault(STORE_FLAGS, {})[param.name] = value
+
+
+def encryption_options(func: F) -> F:
+    """--sse, --sse-kms-key-id, --sse-c-key-file: what every write asks the store to encrypt
+    with (and, for SSE-C, every read too)."""
+    return _apply(
+        func,
+        [
+            option(
+                "--sse",
+                metavar="AES256|aws:kms|KMS",
+                expose_value=False,
+                callback=_store_flag,
+                help="Server-side encryption of every object written: AES256, aws:kms (S3) "
+                "or KMS (OSS).",
+            ),
+            option(
+                "--sse-kms-key-id",
+                metavar="ID",
+                expose_value=False,
+                callback=_store_flag,
+                help="The KMS key for --sse aws:kms / KMS (default: the account's).",
+            ),
+            option(
+                "--sse-c-key-file",
+                metavar="FILE",
+                expose_value=False,
+                callback=_store_flag,
+                help="S3 SSE-C: the customer key (32 bytes, raw or base64), needed again to "
+                "read; never stored or shown.",
+            ),
+        ],
+    )
+
+
+def lock_options(func: F) -> F:
+    """--retain, --lock-mode, --legal-hold: the Object Lock every object written carries."""
+    from pipeline.units import DURATION
+
+    return _apply(
+        func,
+        [
+            option(
+                "--retain",
+                type=DURATION,
+                metavar="DURATION",
+                expose_value=False,
+                callback=_store_flag,
+                help="S3 Object Lock: keep every object written this long (7y, 90d); "
+                "default: the bucket's default retention.",
+            ),
+            option(
+                "--lock-mode",
+                type=click.Choice(["GOVERNANCE", "COMPLIANCE"], case_sensitive=False),
+                metavar="GOVERNANCE|COMPLIANCE",
+                default="GOVERNANCE",
+                expose_value=False,
+                callback=_store_flag,
+                help="The Object Lock mode of --retain.",
+            ),
+            option(
+                "--legal-hold",
+                is_flag=True,
+                default=None,
+                expose_value=False,
+                callback=_store_flag,
+                help="S3 Object Lock: put a legal hold on every object written.",
+            ),
+        ],
+    )
 
 
 def endpoint_option(help: str = "S3-compatible or OSS endpoint.") -> Callable[[F], F]:

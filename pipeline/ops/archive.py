@@ -37,6 +37,7 @@ from pipeline.ops.copy import archive_image, open_archive
 from pipeline.ops.readahead import ReadAhead
 from pipeline.refs import Reference
 from pipeline.registry.source import RegistrySource
+from pipeline.store.encryption import NONE, Encryption
 from pipeline.store.url import parse_location
 from pipeline.transfer.progress import TransferEvents
 from pipeline.transfer.retry import RetryPolicy
@@ -95,6 +96,7 @@ def tar_sources(
     *,
     endpoint_url: str | None = None,
     retry: RetryPolicy | None = None,
+    encryption: Encryption = NONE,
 ) -> dict[Reference, NamedSource]:
     """The images of a tar to archive, by the names they are archived under.
 
@@ -103,7 +105,9 @@ def tar_sources(
     command's `--name`) names the one image of a tar instead. An image with no name, or
     `name` with several images, is bad input: said here, before anything is written.
     """
-    archive = open_archive(transport.location, endpoint_url=endpoint_url, retry=retry)
+    archive = open_archive(
+        transport.location, endpoint_url=endpoint_url, retry=retry, encryption=encryption
+    )
     origin = transport.location
     if not transport.is_stdio:
         origin = str(parse_location(transport.location))  # in full: s3://…, /abs/path
@@ -301,6 +305,9 @@ class Archiver(BucketWorker):
     ) -> None:
         super().__init__(bucket, session, events, sources=sources)
         self._ahead: ReadAhead[tuple[Reference, RegistryOptions | None], _Ahead] | None = None
+        self.locks: dict[str, dict[str, str]] = {}
+        """The retention of each tar this run wrote (tar key: the record's `lock`), for the
+        run's report on a write-once bucket."""
 
     @contextmanager
     def sizes_ahead(
@@ -490,8 +497,21 @@ class Archiver(BucketWorker):
         )
         if history:
             record = record.as_history()
+        record = replace(
+            record, encryption=self.bucket.store.encryption.describe(), lock=self._lock_of(record)
+        )
         self.bucket.with_classes(classes).write_record(record)
+        if record.lock:
+            self.locks[record.tar_key] = record.lock
         return record
+
+    def _lock_of(self, record: ImageRecord) -> dict[str, str]:
+        """The tar's retention as the store keeps it (its HEAD: exact, whether it came from
+        --retain or the bucket's default); no request on an unprotected store."""
+        if not self.bucket.store.protection().protected:
+            return {}
+        info = self.bucket.store.head(record.tar_key)
+        return info.retention.describe() if info is not None and info.retention else {}
 
 
 class ImageWorker(Protocol):

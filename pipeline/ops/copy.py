@@ -51,7 +51,8 @@ from pipeline.oci import (
 from pipeline.registry.destination import RegistryDestination
 from pipeline.registry.source import RegistrySource
 from pipeline.store.base import ObjectStore, Readable
-from pipeline.store.url import open_location, parse_location
+from pipeline.store.encryption import NONE, Encryption
+from pipeline.store.url import ObjectLocation, open_location, parse_location
 from pipeline.transfer.digest_stream import VerifyingReader
 from pipeline.transfer.progress import TransferEvents
 from pipeline.transfer.recompress import CompressOptions
@@ -88,6 +89,7 @@ def copy_to_archive(
     all_platforms: bool = False,
     endpoint_url: str | None = None,
     events: TransferEvents | None = None,
+    encryption: Encryption = NONE,
 ) -> CopyResult:
     """Stream `source` as a dual-format tar to `dest` (a path, `-`, s3:// or oss://): the one
     engine into a `TarDestination`."""
@@ -98,7 +100,12 @@ def copy_to_archive(
     if not dest.is_stdio:  # (checked for writing by check_archive_destination)
         where = parse_location(dest.location)
         shown = str(replace(dest, location=str(where)))  # in full: s3://, /abs
-        store, key = open_location(where, endpoint_url=endpoint_url, retry=session.transfer.retry)
+        store, key = open_location(
+            where,
+            endpoint_url=endpoint_url,
+            retry=session.transfer.retry,
+            encryption=_remote(where, encryption),
+        )
     resolved = resolve_image(
         source, platform=platform, all_platforms=all_platforms, store_all=all_platforms
     )
@@ -120,8 +127,10 @@ def open_archive(
     retry: RetryPolicy | None = None,
     stdin: io.RawIOBase | io.BufferedIOBase | None = None,
     stdin_limit: int = DEFAULT_STDIN_LIMIT,
+    encryption: Encryption = NONE,
 ) -> ImageArchive:
-    """The tar at LOCATION (a path, `-`, s3://, oss://, file://), read by its headers."""
+    """The tar at LOCATION (a path, `-`, s3://, oss://, file://), read by its headers;
+    `encryption` for a store's (SSE-C: its key), none for a file."""
     return ImageArchive(
         _random_access(
             location,
@@ -129,6 +138,7 @@ def open_archive(
             retry=retry,
             stdin=stdin,
             stdin_limit=stdin_limit,
+            encryption=encryption,
         )
     )
 
@@ -140,13 +150,16 @@ def _random_access(
     retry: RetryPolicy | None,
     stdin: io.RawIOBase | io.BufferedIOBase | None,
     stdin_limit: int,
+    encryption: Encryption = NONE,
 ) -> RandomAccess:
     if location == "-":
         return stdin_source(stdin if stdin is not None else sys.stdin.buffer, stdin_limit)
     parsed = parse_location(location)
     if parsed.store.scheme == "file":
         return FileSource(os.path.join(parsed.store.prefix, parsed.key))
-    store, key = open_location(parsed, endpoint_url=endpoint_url, retry=retry, check="read")
+    store, key = open_location(
+        parsed, endpoint_url=endpoint_url, retry=retry, check="read", encryption=encryption
+    )
     from pipeline.ops.thaw import check_object_thawed
 
     check_object_thawed(store, key)  # a cold tar: exit 2 naming the thaw, nothing read
@@ -221,6 +234,7 @@ def open_source(
     registry: RegistryOptions | None = None,
     endpoint_url: str | None = None,
     stdin_limit: int = DEFAULT_STDIN_LIMIT,
+    encryption: Encryption = NONE,
 ) -> ImageSource:
     """The image a `docker://`, `docker-archive:` or `oci-archive:` source names."""
     if isinstance(transport, RegistryTransport):
@@ -231,12 +245,23 @@ def open_source(
         endpoint_url=endpoint_url,
         retry=session.transfer.retry,
         stdin_limit=stdin_limit,
+        encryption=encryption,
     )
     return archive_image(archive, transport.name)
 
 
+def _remote(where: ObjectLocation, encryption: Encryption) -> Encryption:
+    """`encryption` for a store's object, none for a local file (a copy between a file and a
+    bucket encrypts the bucket's side)."""
+    return NONE if where.store.scheme == "file" else encryption
+
+
 def check_archive_destination(
-    dest: ArchiveTransport, *, force: bool = False, endpoint_url: str | None = None
+    dest: ArchiveTransport,
+    *,
+    force: bool = False,
+    endpoint_url: str | None = None,
+    encryption: Encryption = NONE,
 ) -> None:
     """Refuse, as skopeo and `docker save` do, to replace an existing tar (unless `force`) or
     to write one to a terminal: either is a typo that costs a file or floods a screen. A
@@ -245,7 +270,10 @@ def check_archive_destination(
         if sys.stdout.isatty():
             raise UsageError("refusing to write a tar to a terminal; redirect stdout")
         return
-    store, key = open_location(dest.location, endpoint_url=endpoint_url, check="write")
+    where = parse_location(dest.location)
+    store, key = open_location(
+        where, endpoint_url=endpoint_url, check="write", encryption=_remote(where, encryption)
+    )
     if not force and store.head(key) is not None:
         raise UsageError(f"{dest.location} already exists: give --force to replace it")
 
@@ -265,6 +293,7 @@ def copy_transports(
     referrers: bool = True,
     compress: CompressOptions | None = None,
     force: bool = False,
+    encryption: Encryption = NONE,
 ) -> CopyResult:
     """`bale copy SRC DST` for any pair of transports. Bad input (a malformed or incomplete
     tar, a digest as the destination, an existing tar without `force`, a tar to a terminal)
@@ -278,13 +307,16 @@ def copy_transports(
     if len(stdio) == 2:
         raise UsageError("copy cannot read and write standard input/output at once")
     if isinstance(dst, ArchiveTransport):
-        check_archive_destination(dst, force=force, endpoint_url=endpoint_url)
+        check_archive_destination(
+            dst, force=force, endpoint_url=endpoint_url, encryption=encryption
+        )
     original = source = open_source(
         src,
         session=session,
         registry=src_registry,
         endpoint_url=endpoint_url,
         stdin_limit=stdin_limit,
+        encryption=encryption,
     )
     if compress is not None:
         source = compress.wrap(
@@ -307,6 +339,7 @@ def copy_transports(
             platform=platform,
             all_platforms=all_platforms,
             endpoint_url=endpoint_url,
+            encryption=encryption,
         )
     started = time.monotonic()
     ref = dst.reference

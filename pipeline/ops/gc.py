@@ -14,6 +14,10 @@ roots and sweeps the rest, as distribution's own garbage collector does:
 - aborted: multipart uploads (and the local store's temporary files) initiated more than
   `older_than` ago.
 
+On a write-once bucket (S3 Object Lock, OSS WORM) what would be swept is HEADed first: what
+the bucket still retains is reported (`retained`, with the date it becomes deletable) and
+never sent a DELETE the bucket would refuse.
+
 Links that already point at missing blobs are reported, not removed: that is damage for
 `bale verify` to explain, not garbage.
 
@@ -45,7 +49,13 @@ from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket
 from pipeline.archive.links import LinkKey, parse_link_key
 from pipeline.archive.record import ImageRecord
-from pipeline.errors import InvalidArchive, ManifestError, StoreError, StoreNotFound
+from pipeline.errors import (
+    InvalidArchive,
+    ManifestError,
+    ObjectRetained,
+    StoreError,
+    StoreNotFound,
+)
 from pipeline.oci import (
     MANIFEST_TYPES,
     MAX_MANIFEST_BYTES,
@@ -87,6 +97,17 @@ class DanglingLink:
     """How the link is described: `layer link in docker.io/library/nginx`."""
 
 
+@dataclass(frozen=True)
+class RetainedObject:
+    """Garbage the bucket keeps under retention (Object Lock, legal hold, OSS WORM): not
+    deleted, said with when it becomes deletable (None: a legal hold or unknown)."""
+
+    key: str
+    size: int
+    until: datetime | None
+    legal_hold: bool = False
+
+
 @dataclass
 class GcReport:
     """What gc removed (or, with `dry_run`, would remove)."""
@@ -100,21 +121,40 @@ class GcReport:
     live_blobs: int = 0
     young_blobs: int = 0
     """Unreferenced blobs spared because they are younger than `older_than`."""
+    retained: list[RetainedObject] = field(default_factory=list)
+    """Blobs and links of `blobs`/`links` the bucket's retention keeps: not deleted."""
     seconds: float = 0.0
 
     @property
     def bytes_freed(self) -> int:
-        return sum(b.size for b in self.blobs)
+        kept = {r.key for r in self.retained}
+        return sum(b.size for b in self.blobs if b.key not in kept)
+
+    @property
+    def retained_bytes(self) -> int:
+        return sum(r.size for r in self.retained)
 
     def summary(self) -> str:
         from pipeline.units import format_size
 
         verb = "would be removed" if self.dry_run else "removed"
+        kept = {r.key for r in self.retained}
+        blobs = sum(1 for b in self.blobs if b.key not in kept)
+        links = sum(1 for key in self.links if key not in kept)
         text = (
-            f"gc: {len(self.blobs)} blob(s) ({format_size(self.bytes_freed)}), "
-            f"{len(self.links)} link(s), {len(self.uploads)} upload(s) {verb}; "
+            f"gc: {blobs} blob(s) ({format_size(self.bytes_freed)}), "
+            f"{links} link(s), {len(self.uploads)} upload(s) {verb}; "
             f"{self.live_blobs} blob(s) in use"
         )
+        if self.retained:
+            dates = [r.until for r in self.retained if r.until is not None]
+            when = f", all deletable by {max(dates):%Y-%m-%d}" if dates else ""
+            held = sum(1 for r in self.retained if r.legal_hold)
+            when += f", {held} under legal hold" if held else ""
+            text += (
+                f"; {len(self.retained)} object(s) ({format_size(self.retained_bytes)}) "
+                f"retained by the bucket{when}"
+            )
         if self.young_blobs:
             text += f", {self.young_blobs} unreferenced but recent blob(s) kept"
         if self.dangling:
@@ -184,10 +224,14 @@ def collect_garbage(
         )
         report.uploads = list(store.list_uploads(older_than=older_than))
 
+        if store.protection().protected:
+            sizes = {b.key: b.size for b in report.blobs}
+            report.retained = _retained(store, pool, [*report.links, *sizes], sizes)
+        kept = {r.key for r in report.retained}
         if not dry_run:
             seen = {info.key: info for _, info in links}
             seen.update(_record_infos(store))
-            _sweep(report, marker, seen, targets, pool, batch)
+            _sweep(report, marker, seen, targets, pool, batch, _deleter(store, report), kept)
             _each(pool, store.abort_upload, report.uploads)
     log.info("gc of %s: %s", bucket.url, report.summary())
     report.seconds = time.monotonic() - started
@@ -201,12 +245,14 @@ def _sweep(
     targets: dict[str, str],
     pool: ThreadPoolExecutor,
     batch: int,
+    delete: Callable[[str], None],
+    kept: set[str],
 ) -> None:
     """Delete the planned blobs (their links first) a batch at a time, each batch only after
     reading again every link and record written or rewritten since the plan (or since the
     previous batch) and marking what they reach: an archive that linked a planned blob in the
-    meantime keeps it. What was spared leaves the report."""
-    store = marker.store
+    meantime keeps it. What was spared leaves the report; what the bucket retains (`kept`)
+    is not even tried."""
     planned, report.blobs = report.blobs, []
     links_of: dict[str, list[str]] = {}
     for key in report.links:
@@ -225,8 +271,8 @@ def _sweep(
         if spared:
             log.info("gc: %d blob(s) referenced since the plan, kept", spared)
         links = [key for b in chunk for key in links_of.get(b.digest, [])]
-        _each(pool, store.delete, links)
-        _each(pool, store.delete, [b.key for b in chunk])
+        _each(pool, delete, [key for key in links if key not in kept])
+        _each(pool, delete, [b.key for b in chunk if b.key not in kept])
         report.blobs += chunk
         report.links += links
         report.live_blobs += spared
@@ -264,6 +310,37 @@ def _changed(before: ObjectInfo | None, now: ObjectInfo) -> bool:
     if before is None:
         return True
     return (before.modified, before.etag, before.size) != (now.modified, now.etag, now.size)
+
+
+def _retained(
+    store: ObjectStore, pool: ThreadPoolExecutor, keys: list[str], sizes: dict[str, int]
+) -> list[RetainedObject]:
+    """The `keys` the bucket would refuse to delete, from their HEADs: one HEAD for a retained
+    object instead of the HEAD and refused DELETE a delete costs; no refusal is ever sent."""
+    now = datetime.now(UTC)
+
+    def retention(key: str) -> RetainedObject | None:
+        info = store.head(key)
+        held = info.retention if info is not None else None
+        if info is None or held is None or not held.active(now):
+            return None
+        return RetainedObject(key, sizes.get(key, info.size), held.until, held.legal_hold)
+
+    return [r for r in pool.map(retention, keys) if r is not None]
+
+
+def _deleter(store: ObjectStore, report: GcReport) -> Callable[[str], None]:
+    """`store.delete`, with a refusal the HEAD did not foresee (a legal hold put on since)
+    reported as retained, not failing the run."""
+
+    def delete(key: str) -> None:
+        try:
+            store.delete(key)
+        except ObjectRetained as exc:
+            size = next((b.size for b in report.blobs if b.key == key), 0)
+            report.retained.append(RetainedObject(key, size, exc.until, exc.legal_hold))
+
+    return delete
 
 
 def _is_young(modified: datetime | None, cutoff: datetime) -> bool:

@@ -20,7 +20,8 @@ import base64
 import hashlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import boto3
 import botocore.config
@@ -50,7 +51,7 @@ from pipeline.store.multipart import (
     Part,
     PartLimits,
 )
-from pipeline.store.protection import UNPROTECTED, Lock, Protection, Retention
+from pipeline.store.protection import UNPROTECTED, Lock, LockMode, Protection, Retention
 from pipeline.store.remote import (
     DENIED,
     NO_BUCKET,
@@ -717,20 +718,26 @@ class S3Store(RemoteStore):
             # AWS wants an SSE-C upload's key again where the parts carry checksums.
             **(self._key() if self._integrity() == "sha256" else {}),
         )
-        if written and self.lock.any:
+        known = self._known_protection()
+        if written and (self.lock.any or (known is not None and known.default_retention)):
             self._keep_lock(name)
         return written
 
     def _keep_lock(self, name: str) -> None:
         """Make sure an object completed from a multipart upload carries the lock asked at its
-        creation: Ceph RGW 16 and moto_server drop it (AWS keeps it), so what the HEAD does not
-        show is set with PutObjectRetention / PutObjectLegalHold on that version."""
+        creation, or the bucket's default retention: Ceph RGW 16 and moto_server drop the one
+        and do not apply the other (AWS does both), so what the HEAD does not show is set with
+        PutObjectRetention / PutObjectLegalHold on that version."""
         r = self._head(name)
         if r is None:
             return
         held = _retention_of(r)
         version = {"VersionId": r["VersionId"]} if r.get("VersionId") else {}
         lock = self.lock
+        known = self._known_protection()
+        if lock.mode is None and known is not None and known.default_retention:
+            until = known.retained_until(datetime.now(UTC))
+            lock = Lock(cast(LockMode, known.mode), until, lock.legal_hold)
         if lock.mode is not None and (held is None or held.until is None):
             self.client.put_object_retention(
                 Bucket=self.bucket,

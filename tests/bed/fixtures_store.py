@@ -5,6 +5,8 @@ local dirs.
     rgw_server       session: a single-node Ceph cluster with radosgw (tests/bed/rgw.py)
     oss_server       session: the OSS protocol server (tests/bed/oss_server.py)
     s3_bucket        a fresh, empty bucket on moto_server
+    moto_proxy       a recording proxy (tests/bed/proxy.py) in front of moto_server: what
+                     reached the server, headers and answers
     fresh_probe      the S3 probe's per-endpoint memory emptied for the test, restored after
     oss_bucket       a fresh, empty bucket on oss_server
     store_bed        factory: a fresh store of one kind ("local", "s3", "rgw", "oss") with a prefix,
@@ -162,6 +164,17 @@ def fresh_probe() -> Iterator[None]:
 @pytest.fixture
 def s3_bucket(moto_server: MotoServer) -> str:
     return moto_server.create_bucket()
+
+
+@pytest.fixture
+def moto_proxy(moto_server: MotoServer) -> Iterator[Any]:
+    from tests.bed.proxy import FaultProxy
+
+    proxy = FaultProxy(moto_server.endpoint_url.removeprefix("http://")).start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
 
 
 @pytest.fixture
