@@ -145,15 +145,25 @@ def test_moved_tag_on_object_lock_bucket_keeps_both_digests(
         assert back.returncode == 0, show(back)
         assert digest in back.stdout + back.stderr
 
-    # The first image's blobs are reached by no tag or record now: gc would sweep them, but
-    # the bucket retains them (and the old versions of the tar and tag link).
+    # The moved tag kept its first image as a history entry (docs/layout.md): nothing to sweep.
+    history = run_bale("ls", store, "--history", "--json", env=env)
+    assert history.returncode == 0, show(history)
+    assert {(r["digest"], r["current"]) for r in json.loads(history.stdout)} == {
+        (first.digest, False),
+        (second.digest, True),
+    }
+    kept = run_bale("gc", store, "--older-than", "0s", env=env)
+    assert kept.returncode == 0, show(kept)
+    assert "0 blob(s) (0 B)" in kept.stderr, show(kept)
+
+    # prune plans the history entry away but the bucket retains its record and tar: reported,
+    # never a refused DELETE.
     sent = len(proxy.requests)
-    swept = run_bale("gc", store, "--older-than", "0s", env=env)
-    assert swept.returncode == 0, show(swept)
-    assert "retained by the bucket" in swept.stderr, show(swept)
-    assert f"retained docker/registry/v2/blobs/sha256/{first.digest[7:9]}" in swept.stdout
-    gc_requests = proxy.requests[sent:]
-    assert [r for r in gc_requests if r.method == "DELETE"] == []
+    pruned = run_bale("prune", store, "--keep-last", "1", "--apply", "--json", env=env)
+    assert pruned.returncode == 0, show(pruned)
+    ((_, why),) = [(s["record_key"], s["reason"]) for s in json.loads(pruned.stdout)["skipped"]]
+    assert why.startswith("retained by the bucket until"), why
+    assert [r for r in proxy.requests[sent:] if r.method == "DELETE"] == []
     assert refused(proxy) == []
     back = run_bale(
         "restore", f"{registry.host}/{unique_repo}@{first.digest}",

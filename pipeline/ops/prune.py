@@ -28,9 +28,9 @@ from typing import Any
 from pipeline.archive import layout
 from pipeline.archive.bucket import ArchiveBucket, ArchivedImage
 from pipeline.archive.record import ImageRecord, format_time
-from pipeline.errors import StoreNotFound, UsageError
+from pipeline.errors import ObjectRetained, StoreNotFound, UsageError
 from pipeline.retention import Retention
-from pipeline.store.base import ObjectInfo
+from pipeline.store.base import ObjectInfo, ObjectStore
 from pipeline.store.classes import MINIMUM_STORAGE_DAYS
 
 log = logging.getLogger(__name__)
@@ -250,6 +250,7 @@ def apply_prune(
             "rerun with --allow-early-delete to delete them"
         )
     store = bucket.store
+    protected = store.protection().protected  # a write-once bucket: retained images are kept
 
     def delete(decision: Decision) -> tuple[Decision, str | None]:
         image = decision.image
@@ -262,7 +263,13 @@ def apply_prune(
             return decision, "pinned since the plan"
         if (now.digest, now.archived_at) != (planned.digest, planned.archived_at):
             return decision, "archived again since the plan"
-        store.delete(image.key)
+        held = retained_until(store, (image.key, planned.tar_key)) if protected else None
+        if held is not None:
+            return decision, f"retained by the bucket until {held}"
+        try:
+            store.delete(image.key)
+        except ObjectRetained as exc:  # a hold put on since the HEAD: nothing deleted yet
+            return decision, f"retained by the bucket until {exc.until or 'released'}"
         store.delete(planned.tar_key)
         if planned.tag is not None and decision.unlink_tag:
             store.delete(layout.tag_index_link_key(planned.repo, planned.tag, planned.digest))
@@ -280,6 +287,19 @@ def apply_prune(
     plan.applied = True
     log.info("prune of %s: %d image(s) deleted", bucket.url, len(deleted) - len(plan.skipped))
     return plan
+
+
+def retained_until(store: ObjectStore, keys: Sequence[str]) -> str | None:
+    """When the last of `keys` the bucket still retains may go ("legal hold" for a hold
+    without a date); None when none is retained. One HEAD each: no refused DELETE is sent."""
+    now = datetime.now(UTC)
+    held: list[str] = []
+    for key in keys:
+        info = store.head(key)
+        retention = info.retention if info is not None else None
+        if retention is not None and retention.active(now):
+            held.append(retention.until.isoformat() if retention.until else "a legal hold ends")
+    return max(held) if held else None
 
 
 def pin_image(bucket: ArchiveBucket, image: str, *, pinned: bool = True) -> list[tuple[str, bool]]:
