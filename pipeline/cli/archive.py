@@ -135,10 +135,7 @@ def archive_images(
 @examples(
     "bale archive docker.io/library/alpine:3.20 --to s3://my-archive/images",
     "bale archive --from-file images.txt --to oss://my-archive/images --jobs 8 --report r.json",
-    "bale archive registry.example.com/team/app:1.0 --platform linux/arm64 --to ./archive",
     "bale archive docker-archive:s3://drop/app.tar --to s3://my-archive/images",
-    "bale archive oci-archive:app.tar --name registry.example.com/team/app:1.0 --to ./archive",
-    "bale archive registry.example.com/team/app:1.0 --from ./archive --to s3://my-archive/images",
 )
 @click.command("archive", cls=SkopeoCommand)
 @click.argument("images", nargs=-1)
