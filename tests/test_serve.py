@@ -8,8 +8,13 @@ real redis-server for two replicas.
 
 from __future__ import annotations
 
+import html
 import itertools
 import json
+import re
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -239,6 +244,112 @@ def test_failures_are_parked_then_retried_from_the_api(
         queue_files = [p for p in (tmp_path / "serve").glob("queue.db*") if p.is_file()]
         assert queue_files and not any(b"sekrit" in p.read_bytes() for p in queue_files)
     finally:
+        serve.stop()
+
+
+class _StubRegistry(BaseHTTPRequestHandler):
+    """Answers `/v2/`; holds requests for `slow/` images until `release` is set; says any
+    other image is unknown, in words that are HTML."""
+
+    release = threading.Event()
+    words = "<script>alert(1)</script> not here"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/") == "/v2":
+            self._answer(200, b"{}")
+            return
+        if "/slow/" in self.path:
+            self.release.wait(120)
+        errors = {"errors": [{"code": "MANIFEST_UNKNOWN", "message": self.words}]}
+        self._answer(404, json.dumps(errors).encode())
+
+    do_HEAD = do_GET
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+
+@pytest.fixture
+def stub_registry() -> Iterator[str]:
+    _StubRegistry.release.clear()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StubRegistry)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        _StubRegistry.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_queue_page_lists_waiting_running_parked_and_guards_like_the_catalog(
+    tmp_path: Path,
+    make_registry: RegistryFactory,
+    image_factory: ImageFactory,
+    stub_registry: str,
+) -> None:
+    registry = make_registry()
+    tokens = tmp_path / "tokens"
+    tokens.write_text("page-token\n")
+    serve = BaleServe(
+        tmp_path / "serve",
+        store=str(tmp_path / "archive"),
+        allow=[registry.host, stub_registry],
+        args=[
+            *("--max-attempts", "2", "--retry-delay", "0.2s", "--retries", "0"),
+            *("--registry-token-file", str(tokens)),
+        ],
+    )
+    serve.start()
+    try:
+        image_factory.build_and_push("page/done:1", registry, layers=[LayerSpec(1024, seed=81)])
+        assert serve.post("/events/generic", {"image": f"{registry.host}/page/done:1"})[0] == 202
+        serve.wait_idle(1)
+        assert serve.post("/events/generic", {"image": f"{stub_registry}/page/bad:1"})[0] == 202
+        serve.wait_for(lambda: serve.counts()["parked"] == 1, what="the job parked")
+        # Both workers (the default two) held by the stub, so the next job waits.
+        for name in ("slow/a:1", "slow/b:1", "page/next:1"):
+            assert serve.post("/events/generic", {"image": f"{stub_registry}/{name}"})[0] == 202
+        serve.wait_for(lambda: serve.counts()["running"] == 2, what="two jobs running")
+        (parked,) = serve.jobs("parked")
+        assert "<script>" in parked["error"]
+
+        # The catalog's rules: without the registry token, no page.
+        assert serve.request("GET", "/queue")[0] == 401
+        status, body = serve.request(
+            "GET", "/queue", headers={"Authorization": "Bearer page-token"}
+        )
+        assert status == 200, body
+        page = body.decode()
+        counts = dict(re.findall(r'<div id="count-(\w+)"><b>(\d+)</b>', page))
+        assert counts == {"pending": "1", "running": "2", "parked": "1", "done": "1"}
+        assert '<a href="/queue">queue</a>' in page
+
+        def section(state: str) -> str:
+            return page.split(f'<table id="{state}">')[1].split("</table>")[0]
+
+        assert f"{stub_registry}/page/next:1" in section("pending")
+        assert f"{stub_registry}/slow/a:1" in section("running")
+        assert f"{stub_registry}/slow/b:1" in section("running")
+        row = section("parked").split(f'<tr id="job-{parked["id"]}">')[1].split("</tr>")[0]
+        assert f"{stub_registry}/page/bad:1" in row
+        assert '<td class="num">2</td>' in row  # attempts
+        # The error is text on the page, never markup.
+        assert "<script>" not in page
+        assert html.escape(parked["error"], quote=False) in row
+        assert f"{serve.url}/api/queue/{parked['id']}/retry" in row
+        assert f"{registry.host}/page/done:1" not in page  # done jobs are counted only
+    finally:
+        _StubRegistry.release.set()
         serve.stop()
 
 

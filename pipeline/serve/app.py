@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -26,11 +26,14 @@ from pipeline.copy.session import Session
 from pipeline.serve import intake
 from pipeline.serve.config import ServeConfig
 from pipeline.serve.metrics import Metrics
-from pipeline.serve.queue import STATES, JobQueue, Target
+from pipeline.serve.queue import STATES, JobQueue, State, Target
 from pipeline.serve.worker import Workers
 
 log = logging.getLogger("bale.serve")
 EVENT_KINDS = ("distribution", "harbor", "generic")
+QUEUE_PAGE_STATES: tuple[State, ...] = ("pending", "running", "parked")
+"""What `/queue` lists job by job; done jobs are only counted there (`/api/queue?state=done`)."""
+QUEUE_PAGE_LIMIT = 200
 
 
 class TooLarge(Exception):
@@ -155,15 +158,26 @@ class Service:
             limit = min(1000, max(1, int(request.query_params.get("limit", "100"))))
         except ValueError:
             return _error(400, "offset and limit must be integers")
-        counts = await run_in_threadpool(self.queue.counts)
-        jobs = await run_in_threadpool(self.queue.jobs, state, offset, limit)
-        return JSONResponse(
-            {
-                "counts": counts,
-                "running_here": dict(self.workers.running) if self.workers else {},
-                "jobs": [j.public() for j in jobs],
-            }
-        )
+        view = await run_in_threadpool(self.queue_view, (state,), offset, limit)
+        return JSONResponse(view)
+
+    def queue_view(self, states: Sequence[State | None], offset: int, limit: int) -> dict[str, Any]:
+        """What `/api/queue` answers and `/queue` renders: the counts, what this process's
+        workers run, and the jobs of each of `states` (None: of every state)."""
+        return {
+            "counts": self.queue.counts(),
+            "running_here": dict(self.workers.running) if self.workers else {},
+            "jobs": [j.public() for s in states for j in self.queue.jobs(s, offset, limit)],
+        }
+
+    def queue_page(self, request: Request) -> tuple[str, dict[str, Any]]:
+        """The queue for people. Retrying needs the shared secret, which a browser's form
+        cannot send (its Authorization header carries the catalog's credentials), so the page
+        shows the command that can."""
+        view = self.queue_view(QUEUE_PAGE_STATES, 0, QUEUE_PAGE_LIMIT)
+        view["states"] = QUEUE_PAGE_STATES
+        view["retry_url"] = f"{str(request.base_url).rstrip('/')}/api/queue"
+        return "queue.html", view
 
     async def queue_job(self, request: Request) -> Response:
         job = await run_in_threadpool(self.queue.get, request.path_params["id"])
@@ -240,7 +254,7 @@ class Service:
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
         ]
-        from pipeline.serve.catalog import catalog_routes
+        from pipeline.serve.catalog import Catalog
         from pipeline.serve.catalog_index import CatalogIndex
         from pipeline.serve.registry_api import registry_routes
         from pipeline.serve.registry_auth import RegistryAuth
@@ -250,7 +264,9 @@ class Service:
         index.warm()
         auth = RegistryAuth.from_files(**self.config.registry_auth)
         routes += registry_routes(store, auth, index=index)
-        routes += catalog_routes(store, index=index, auth=auth)
+        catalog = Catalog(store, index, auth)
+        routes += catalog.routes()
+        routes.append(Route("/queue", catalog.page(self.queue_page)))
         return routes
 
 

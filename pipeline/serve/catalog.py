@@ -20,6 +20,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -130,6 +131,11 @@ class ListQuery:
             "order": "desc" if self.descending else "asc",
             "items": found[start : start + self.per_page],
         }
+
+
+def _epoch_time(when: float) -> str:
+    """A queue time (seconds since the epoch, 0 for never) as the catalog writes times."""
+    return format_time(datetime.fromtimestamp(when, UTC)) if when else "-"
 
 
 def _int(text: str | None, default: int) -> int:
@@ -276,6 +282,7 @@ class Catalog:
             loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"])
         )
         self.templates.filters["size"] = format_size
+        self.templates.filters["epoch"] = _epoch_time
 
     def routes(self) -> list[BaseRoute]:
         guard = self._guarded
@@ -305,6 +312,13 @@ class Catalog:
             return handler(request)
 
         return endpoint
+
+    def page(
+        self, handler: Callable[[Request], tuple[str, dict[str, Any]]]
+    ) -> Callable[[Request], Response]:
+        """A page of another module (the queue's) in the catalog's look and behind its guard:
+        `handler` names the template and gives its data."""
+        return self._guarded(lambda request: self._render(request, *handler(request)))
 
     def _render(
         self,
