@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -28,6 +28,9 @@ from pipeline.serve.config import ServeConfig
 from pipeline.serve.metrics import Metrics
 from pipeline.serve.queue import STATES, JobQueue, State, Target
 from pipeline.serve.worker import Workers
+
+if TYPE_CHECKING:
+    from pipeline.serve.catalog import Catalog
 
 log = logging.getLogger("bale.serve")
 EVENT_KINDS = ("distribution", "harbor", "generic")
@@ -247,8 +250,6 @@ class Service:
     def routes(self) -> list[BaseRoute]:
         routes: list[BaseRoute] = [
             Route("/events/{kind}", self.event, methods=["POST"]),
-            Route("/api/queue", self.queue_list, methods=["GET"]),
-            Route("/api/queue/{id}", self.queue_job, methods=["GET"]),
             Route("/api/queue/{id}/retry", self.queue_retry, methods=["POST"]),
             Route("/metrics", self.metrics_page, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
@@ -267,7 +268,29 @@ class Service:
         catalog = Catalog(store, index, auth)
         routes += catalog.routes()
         routes.append(Route("/queue", catalog.page(self.queue_page)))
+        readable = self._readable(catalog)
+        routes.append(Route("/api/queue", readable(self.queue_list), methods=["GET"]))
+        routes.append(Route("/api/queue/{id}", readable(self.queue_job), methods=["GET"]))
         return routes
+
+    def _readable(
+        self, catalog: Catalog
+    ) -> Callable[[Callable[[Request], Awaitable[Response]]], Callable[..., Awaitable[Response]]]:
+        """The queue's JSON for whoever may read the catalog (its credentials) and for scripts
+        holding the shared secret: job errors name images and registries."""
+
+        def wrap(
+            handler: Callable[[Request], Awaitable[Response]],
+        ) -> Callable[[Request], Awaitable[Response]]:
+            async def endpoint(request: Request) -> Response:
+                header = request.headers.get("authorization")
+                if not (self.config.authorised(header) or catalog.authenticator.allows(header)):
+                    return _error(401, "the queue needs the catalog's credentials or the secret")
+                return await handler(request)
+
+            return endpoint
+
+        return wrap
 
 
 def _peer(request: Request) -> str:
