@@ -16,8 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.store.oss import OSSStore
 from tests.bed.cli import error_line, isolated_env, run_bale, show
-from tests.bed.fixtures_store import empty_locked_bucket, oss_cli_env
+from tests.bed.fixtures_store import (
+    OSS_ACCESS_KEY_ID,
+    OSS_ACCESS_KEY_SECRET,
+    OSS_REGION,
+    empty_locked_bucket,
+    oss_cli_env,
+)
 from tests.bed.images import LayerSpec
 from tests.bed.moto import MOTO_KEYS, MotoServer
 from tests.bed.oss_server import OssServer
@@ -321,9 +328,11 @@ def test_sse_c_round_trip_and_wrong_key_on_rgw(
         assert proc.returncode == 2, show(proc)
         assert len(proc.stderr.strip().splitlines()) == 1, show(proc)
         assert "SSE-C key does not match" in error_line(proc)
-    # Without a key, each image fails on its first read, saying why.
-    missing = run_bale("restore", ref, dest, "--from", store, DEST_TLS, env=env)
-    assert missing.returncode == 1 and "SSE-C" in missing.stderr, show(missing)
+    # Without a key: the first record read says so, one line, exit 2, before any image starts.
+    for command in (("restore", ref, dest, "--from", store, DEST_TLS), ("ls", store)):
+        missing = run_bale(*command, env=env)
+        assert missing.returncode == 2, show(missing)
+        assert "encrypted with a customer key (SSE-C) and read without one" in error_line(missing)
 
 
 def test_gc_on_an_oss_worm_bucket_reports_what_is_retained(
@@ -334,22 +343,13 @@ def test_gc_on_an_oss_worm_bucket_reports_what_is_retained(
     import hashlib
 
     from pipeline.archive import layout
-    from pipeline.store.oss import OSSStore
-    from tests.bed.fixtures_store import OSS_ACCESS_KEY_ID, OSS_ACCESS_KEY_SECRET, OSS_REGION
 
     bucket = oss_server.create_bucket()
-    store = OSSStore(
-        bucket,
-        "arch",
-        endpoint=oss_server.endpoint,
-        access_key_id=OSS_ACCESS_KEY_ID,
-        access_key_secret=OSS_ACCESS_KEY_SECRET,
-        region=OSS_REGION,
-    )
+    store = oss_store(oss_server, bucket)
     data = b"stray blob " * 100
     key = layout.blob_key("sha256:" + hashlib.sha256(data).hexdigest())
     store.put(key, data)
-    store.bucket.complete_bucket_worm(store.bucket.init_bucket_worm(2).worm_id)
+    lock_worm(store)
     env = oss_cli_env(tmp_path, oss_server)
     sent = len(oss_server.requests(bucket))
     swept = run_bale("gc", f"oss://{bucket}/arch", "--older-than", "0s", env=env)
@@ -359,3 +359,87 @@ def test_gc_on_an_oss_worm_bucket_reports_what_is_retained(
     assert "gc: 0 blob(s)" in swept.stderr
     assert [r for r in oss_server.requests(bucket)[sent:] if r.method == "DELETE"] == []
     assert store.read(key) == data
+
+
+def oss_store(server: OssServer, bucket: str) -> OSSStore:
+    """The library's store on `bucket` under `arch/`, as the bucket's owner (oss2 in it sets
+    the WORM policy)."""
+    return OSSStore(
+        bucket,
+        "arch",
+        endpoint=server.endpoint,
+        access_key_id=OSS_ACCESS_KEY_ID,
+        access_key_secret=OSS_ACCESS_KEY_SECRET,
+        region=OSS_REGION,
+    )
+
+
+def lock_worm(store: OSSStore, days: int = 2) -> None:
+    """A WORM retention policy on the store's bucket, initiated and locked."""
+    store.bucket.complete_bucket_worm(store.bucket.init_bucket_worm(days).worm_id)
+
+
+def test_moved_tag_on_an_oss_worm_bucket_goes_to_its_history_path(
+    registry, image_factory, unique_repo, oss_server: OssServer, skopeo, tmp_path: Path
+) -> None:
+    """Issue 17 on OSS WORM (docs/layout.md): the bucket refuses every overwrite, so the moved
+    tag's new image is written at its history path only and the tag's current keys stay with
+    the first image. Nothing is refused by the server; both digests restore; gc sweeps
+    nothing either keeps and asks no DELETE of what the bucket retains."""
+    bucket = oss_server.create_bucket()
+    lock_worm(oss_store(oss_server, bucket))
+    env = oss_cli_env(tmp_path, oss_server)
+    store = f"oss://{bucket}/arch"
+    ref = f"{registry.host}/{unique_repo}:1"
+    first = image_factory.push(
+        image_factory.image(layers=(LayerSpec(6 * MiB, seed=11),)), ref, registry
+    )
+    archive = ("archive", f"docker://{ref}", "--to", store, TLS)
+    done = run_bale(*archive, env=env)
+    assert done.returncode == 0, show(done)
+    assert "protected: OSS WORM (Locked), 2 days from each write" in done.stderr, show(done)
+    second = image_factory.push(
+        image_factory.image(layers=(LayerSpec(6 * MiB, seed=12),)), ref, registry
+    )
+    assert second.digest != first.digest
+    again = run_bale(*archive, env=env)
+    assert again.returncode == 0, show(again)
+
+    def immutable_refusals() -> list[str]:
+        """409 FileImmutable: a 409 to a write that may overwrite, or to a DELETE (a 409 to an
+        if-absent write is FileAlreadyExists, a blob already there)."""
+        return [
+            f"{r.method} {r.key}"
+            for r in oss_server.requests(bucket)
+            if r.status == 409 and r.headers.get("x-oss-forbid-overwrite", "").lower() != "true"
+        ]
+
+    assert immutable_refusals() == []
+    tag_dir = f"arch/images/{registry.host.replace(':', '-')}/{unique_repo}"
+    objects = oss_server.objects(bucket)
+    assert f"{tag_dir}/1@sha256-{second.digest[7:]}.tar" in objects
+    assert f"{tag_dir}/1@sha256-{second.digest[7:]}.json" in objects
+
+    # The first image stays current (its keys could not be overwritten); the second is kept.
+    history = run_bale("ls", store, "--history", "--json", env=env)
+    assert history.returncode == 0, show(history)
+    assert {(r["digest"], r["current"]) for r in json.loads(history.stdout)} == {
+        (first.digest, True),
+        (second.digest, False),
+    }
+    for source, digest in ((ref, first.digest), (f"{ref}@{second.digest}", second.digest)):
+        dest = f"{registry.host}/{unique_repo}-back:{digest[7:15]}"
+        back = run_bale("restore", source, f"docker://{dest}", "--from", store, DEST_TLS, env=env)
+        assert back.returncode == 0, show(back)
+        assert skopeo.inspect(f"docker://{dest}")["Digest"] == digest
+
+    kept = run_bale("gc", store, "--grace", "0s", env=env)
+    assert kept.returncode == 0, show(kept)
+    assert "gc: 0 blob(s) (0 B)" in kept.stderr, show(kept)
+    deleted = [
+        r.key
+        for r in oss_server.requests(bucket)
+        if r.method == "DELETE" and "uploadId" not in r.query  # (aborts: the write check's)
+    ]
+    assert deleted == []
+    assert immutable_refusals() == []
