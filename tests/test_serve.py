@@ -325,6 +325,7 @@ def test_queue_page_lists_waiting_running_parked_and_guards_like_the_catalog(
 
         # The catalog's rules: without the registry token, no page.
         assert serve.request("GET", "/queue")[0] == 401
+        assert serve.get("/api/queue", raw=True, secret=None)[0] == 401  # job errors name images
         status, body = serve.request(
             "GET", "/queue", headers={"Authorization": "Bearer page-token"}
         )

@@ -114,8 +114,14 @@ class BaleServe:
         except ValueError:
             return status, data
 
-    def get(self, path: str, *, raw: bool = False) -> tuple[int, Any]:
-        status, data = self.request("GET", path)
+    def get(self, path: str, *, raw: bool = False, secret: str | None = SECRET) -> tuple[int, Any]:
+        """GET `path`; the queue's JSON with the shared secret (as a script would read it)."""
+        headers = (
+            {"Authorization": f"Bearer {secret}"}
+            if secret and path.startswith("/api/queue")
+            else {}
+        )
+        status, data = self.request("GET", path, headers=headers)
         return status, (data if raw else json.loads(data))
 
     def jobs(self, state: str | None = None) -> list[dict[str, Any]]:
