@@ -382,3 +382,44 @@ def test_images_sharing_a_new_layer_in_one_run(
         )
         tar = client.get_object(Bucket=bucket, Key=key)["Body"].read()
         assert _members(tar)[f"blobs/sha256/{big.split(':')[1]}"] == big
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_gc_removes_leftover_staging_copies(
+    kind: str, moto_server: MotoServer, tmp_path: Path
+) -> None:
+    """A staging copy a crashed archive left is never referenced: gc removes it once it is
+    older than --grace, lists it with --dry-run, and leaves a young one (a running archive's)."""
+    key = "staging/0123456789ab/" + "ab" * 32
+    data = b"x" * 4096
+    env = isolated_env(tmp_path, **MOTO_KEYS, AWS_ENDPOINT_URL=moto_server.endpoint_url)
+    if kind == "s3":
+        bucket = moto_server.create_bucket()
+        client = moto_server.client()
+        store = f"s3://{bucket}/arch"
+        client.put_object(Bucket=bucket, Key=f"arch/{key}", Body=data)
+
+        def present() -> bool:
+            found = client.list_objects_v2(Bucket=bucket, Prefix="arch/staging/")
+            return bool(found.get("Contents"))
+    else:
+        root = tmp_path / "archive"
+        (root / key).parent.mkdir(parents=True)
+        (root / key).write_bytes(data)
+        store = str(root)
+
+        def present() -> bool:
+            return (root / key).exists()
+
+    young = _ok(run_bale("gc", store, env=env))
+    assert "1 recent staging copy(ies) kept" in young.stderr, show(young)
+    assert key not in young.stdout and present()
+    dry = _ok(run_bale("gc", store, "--grace", "0s", "--dry-run", env=env))
+    assert f"would remove staging copy {key} 4.0 KiB" in dry.stdout, show(dry)
+    assert "1 staging copy(ies) (4.0 KiB) would be removed" in dry.stderr, show(dry)
+    assert present()
+    swept = _ok(run_bale("gc", store, "--grace", "0s", env=env))
+    assert f"removed staging copy {key}" in swept.stdout, show(swept)
+    assert "1 staging copy(ies) (4.0 KiB) removed" in swept.stderr, show(swept)
+    assert not present()
+
