@@ -423,3 +423,39 @@ def test_gc_removes_leftover_staging_copies(
     assert "1 staging copy(ies) (4.0 KiB) removed" in swept.stderr, show(swept)
     assert not present()
 
+
+def test_verify_reports_cold_objects_unchecked_until_thawed(
+    pair: tuple[BuiltImage, BuiltImage], moto_server: MotoServer, tmp_path: Path
+) -> None:
+    """Blobs in GLACIER cannot be read: verify lists them as not checked, with the thaw that
+    makes them readable, and exits 0; thawed, they are hashed like any other."""
+    first, ref = pair[0], pair[0].reference
+    assert ref is not None
+    bucket = moto_server.create_bucket()
+    env = isolated_env(tmp_path, **MOTO_KEYS, AWS_ENDPOINT_URL=moto_server.endpoint_url)
+    store = f"s3://{bucket}"
+    _ok(run_bale("archive", ref, "--to", store, "--storage-class", "blobs=GLACIER",
+                 "--src-tls-verify=false", env=env))  # fmt: skip
+    layers = sorted(_blob_key(d.digest) for d in first.layers)
+    thaw = f"bale thaw {ref} --from {store}"
+    for args in ((), ("--deep",), (ref,), (ref, "--deep")):
+        proc = run_bale("verify", store, *args, env=env)
+        assert proc.returncode == 0, show(proc)
+        assert proc.stdout == "", show(proc)
+        assert f"no faults; 2 object(s) in archive classes not checked: run `{thaw}`" in (
+            proc.stderr
+        ), show(proc)
+    report = json.loads(_ok(run_bale("verify", store, "--json", env=env)).stdout)
+    assert report["ok"] and report["faults"] == [] and report["cold"] == layers, report
+    assert report["thaw"] == thaw
+    assert report["blobs"] == 2  # the manifest and the config, in the standard class
+
+    _ok(run_bale("thaw", ref, "--from", store, env=env))
+    deadline = time.monotonic() + 60
+    while json.loads(_ok(run_bale("thaw", ref, "--from", store, "--json",
+                                  env=env)).stdout)[0]["state"] != "ready":  # fmt: skip
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    report = json.loads(_ok(run_bale("verify", store, "--deep", "--json", env=env)).stdout)
+    assert report["ok"] and report["cold"] == [] and report["thaw"] is None, report
+    assert report["blobs"] == 4 and report["bytes_decompressed"] > 0, report
