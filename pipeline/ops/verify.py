@@ -41,7 +41,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shlex
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -203,6 +202,8 @@ def verify_store(
 def _thaw_command(bucket: ArchiveBucket, records: list[ImageRecord], cold: set[str]) -> str:
     """`bale thaw` for the verified images that keep a cold key (IMAGE... for cold blobs no
     verified record lists: the whole-store check reads unreferenced blobs too)."""
+    from pipeline.ops.thaw import thaw_command
+
     images: dict[str, None] = {}
     covered: set[str] = set()
     for record in records:
@@ -211,7 +212,7 @@ def _thaw_command(bucket: ArchiveBucket, records: list[ImageRecord], cold: set[s
             images[record.source] = None
             covered |= keys & cold
     more = [] if images and covered >= cold else ["IMAGE..."]
-    return shlex.join(["bale", "thaw", *images, *more, "--from", bucket.url])
+    return thaw_command([*images, *more], bucket)
 
 
 def _blob_key(digest: str) -> str | None:
