@@ -318,6 +318,17 @@ def test_archive_from_a_store_where_the_shared_layer_is_cold_too(
                      tls, env=env))  # fmt: skip
     _ok(run_bale("archive", second.reference, "--to", source, tls, env=env))
 
+    # The dry run says so first, naming the cold blob and the thaw (nothing is written).
+    proc = run_bale("archive", second.reference, "--from", source, "--to", dest, "--dry-run",
+                    env=env)  # fmt: skip
+    assert proc.returncode == 1, show(proc)
+    assert f"1 blob(s) the tar copies are stored in an archive class in {dest}" in proc.stderr
+    assert first.layers[0].digest in proc.stderr, show(proc)
+    assert f"run `bale thaw {first.reference} --from {dest}` first" in proc.stderr, show(proc)
+    proc = run_bale("archive", second.reference, "--to", dest, "--dry-run", tls, env=env)
+    assert proc.returncode == 0, show(proc)  # from the registry, the real run stages it
+    assert "bale thaw" not in proc.stderr, show(proc)
+
     proc = run_bale("archive", second.reference, "--from", source, "--to", dest, env=env)
     assert proc.returncode == 1, show(proc)
     assert f"run `bale thaw {first.reference} --from {dest}` first" in proc.stderr, show(proc)
