@@ -318,6 +318,17 @@ def test_archive_from_a_store_where_the_shared_layer_is_cold_too(
                      tls, env=env))  # fmt: skip
     _ok(run_bale("archive", second.reference, "--to", source, tls, env=env))
 
+    # The dry run says so first, naming the cold blob and the thaw (nothing is written).
+    proc = run_bale("archive", second.reference, "--from", source, "--to", dest, "--dry-run",
+                    env=env)  # fmt: skip
+    assert proc.returncode == 1, show(proc)
+    assert f"1 blob(s) the tar copies are stored in an archive class in {dest}" in proc.stderr
+    assert first.layers[0].digest in proc.stderr, show(proc)
+    assert f"run `bale thaw {first.reference} --from {dest}` first" in proc.stderr, show(proc)
+    proc = run_bale("archive", second.reference, "--to", dest, "--dry-run", tls, env=env)
+    assert proc.returncode == 0, show(proc)  # from the registry, the real run stages it
+    assert "bale thaw" not in proc.stderr, show(proc)
+
     proc = run_bale("archive", second.reference, "--from", source, "--to", dest, env=env)
     assert proc.returncode == 1, show(proc)
     assert f"run `bale thaw {first.reference} --from {dest}` first" in proc.stderr, show(proc)
@@ -382,3 +393,80 @@ def test_images_sharing_a_new_layer_in_one_run(
         )
         tar = client.get_object(Bucket=bucket, Key=key)["Body"].read()
         assert _members(tar)[f"blobs/sha256/{big.split(':')[1]}"] == big
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_gc_removes_leftover_staging_copies(
+    kind: str, moto_server: MotoServer, tmp_path: Path
+) -> None:
+    """A staging copy a crashed archive left is never referenced: gc removes it once it is
+    older than --grace, lists it with --dry-run, and leaves a young one (a running archive's)."""
+    key = "staging/0123456789ab/" + "ab" * 32
+    data = b"x" * 4096
+    env = isolated_env(tmp_path, **MOTO_KEYS, AWS_ENDPOINT_URL=moto_server.endpoint_url)
+    if kind == "s3":
+        bucket = moto_server.create_bucket()
+        client = moto_server.client()
+        store = f"s3://{bucket}/arch"
+        client.put_object(Bucket=bucket, Key=f"arch/{key}", Body=data)
+
+        def present() -> bool:
+            found = client.list_objects_v2(Bucket=bucket, Prefix="arch/staging/")
+            return bool(found.get("Contents"))
+    else:
+        root = tmp_path / "archive"
+        (root / key).parent.mkdir(parents=True)
+        (root / key).write_bytes(data)
+        store = str(root)
+
+        def present() -> bool:
+            return (root / key).exists()
+
+    young = _ok(run_bale("gc", store, env=env))
+    assert "1 recent staging copy(ies) kept" in young.stderr, show(young)
+    assert key not in young.stdout and present()
+    dry = _ok(run_bale("gc", store, "--grace", "0s", "--dry-run", env=env))
+    assert f"would remove staging copy {key} 4.0 KiB" in dry.stdout, show(dry)
+    assert "1 staging copy(ies) (4.0 KiB) would be removed" in dry.stderr, show(dry)
+    assert present()
+    swept = _ok(run_bale("gc", store, "--grace", "0s", env=env))
+    assert f"removed staging copy {key}" in swept.stdout, show(swept)
+    assert "1 staging copy(ies) (4.0 KiB) removed" in swept.stderr, show(swept)
+    assert not present()
+
+
+def test_verify_reports_cold_objects_unchecked_until_thawed(
+    pair: tuple[BuiltImage, BuiltImage], moto_server: MotoServer, tmp_path: Path
+) -> None:
+    """Blobs in GLACIER cannot be read: verify lists them as not checked, with the thaw that
+    makes them readable, and exits 0; thawed, they are hashed like any other."""
+    first, ref = pair[0], pair[0].reference
+    assert ref is not None
+    bucket = moto_server.create_bucket()
+    env = isolated_env(tmp_path, **MOTO_KEYS, AWS_ENDPOINT_URL=moto_server.endpoint_url)
+    store = f"s3://{bucket}"
+    _ok(run_bale("archive", ref, "--to", store, "--storage-class", "blobs=GLACIER",
+                 "--src-tls-verify=false", env=env))  # fmt: skip
+    layers = sorted(_blob_key(d.digest) for d in first.layers)
+    thaw = f"bale thaw {ref} --from {store}"
+    for args in ((), ("--deep",), (ref,), (ref, "--deep")):
+        proc = run_bale("verify", store, *args, env=env)
+        assert proc.returncode == 0, show(proc)
+        assert proc.stdout == "", show(proc)
+        assert f"no faults; 2 object(s) in archive classes not checked: run `{thaw}`" in (
+            proc.stderr
+        ), show(proc)
+    report = json.loads(_ok(run_bale("verify", store, "--json", env=env)).stdout)
+    assert report["ok"] and report["faults"] == [] and report["cold"] == layers, report
+    assert report["thaw"] == thaw
+    assert report["blobs"] == 2  # the manifest and the config, in the standard class
+
+    _ok(run_bale("thaw", ref, "--from", store, env=env))
+    deadline = time.monotonic() + 60
+    while json.loads(_ok(run_bale("thaw", ref, "--from", store, "--json",
+                                  env=env)).stdout)[0]["state"] != "ready":  # fmt: skip
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    report = json.loads(_ok(run_bale("verify", store, "--deep", "--json", env=env)).stdout)
+    assert report["ok"] and report["cold"] == [] and report["thaw"] is None, report
+    assert report["blobs"] == 4 and report["bytes_decompressed"] > 0, report

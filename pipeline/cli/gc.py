@@ -22,8 +22,9 @@ from pipeline.units import DURATION
     type=DURATION,
     default="24h",
     show_default=True,
-    help="Only remove blobs, links and uploads older than this (0s, 90m, 24h). A concurrent "
-    "archive may be writing links for a younger blob right now, so it is never removed.",
+    help="Only remove blobs, links, uploads and staging copies older than this (0s, 90m, "
+    "24h). A concurrent archive may be writing links for a younger blob right now, so it is "
+    "never removed.",
 )
 @option("--jobs", type=click.IntRange(min=1), default=4, help="Parallel reads and deletes.")
 @option(
@@ -43,7 +44,7 @@ def gc_command(
     jobs: int,
     retries: int,
 ) -> None:
-    """Remove blobs no tag or record reaches, and multipart uploads older than --grace.
+    """Remove blobs no tag or record reaches, stale multipart uploads and staging copies.
 
     Marks from every tag, every record and every link younger than --grace; never removes
     anything younger than --grace (a concurrent archive may be linking it right now), and reads
@@ -73,6 +74,15 @@ def gc_command(
         )
     for key in (k for k in report.links if k not in kept):
         echo_result(f"{verb} link {key}", event="gc", action=verb, kind="link", key=key)
+    for staged in (o for o in report.staging if o.key not in kept):
+        echo_result(
+            f"{verb} staging copy {staged.key} {format_size(staged.size)}",
+            event="gc",
+            action=verb,
+            kind="staging",
+            key=staged.key,
+            bytes=staged.size,
+        )
     for held in report.retained:
         until = held.until.isoformat() if held.until else None
         why = "under legal hold" if held.legal_hold else f"until {until or 'unknown'}"

@@ -43,6 +43,8 @@ def verify_command(
     """Re-hash blobs and tars in STORE and check links, tags and records (all, or IMAGE...).
 
     Prints one line per fault (kind, key, detail) and exits 1 on any fault, 0 when clean.
+    Objects in an archive storage class and not restored cannot be read: they are counted as
+    not checked (no fault), with the `bale thaw` command that makes them readable.
     """
     from pipeline.cli.runtime import open_bucket
     from pipeline.ops.verify import verify_store

@@ -13,11 +13,19 @@ would skip it: already archived with the same digest) and these byte counts:
 
 The tar figures assume the store composes ranges in place (local files, S3, OSS). On S3/OSS a
 blob below the part-copy minimum is read and sent instead: a real run may move a little more.
+
+A blob the store keeps in an archive class (not restored) cannot be copied into the tar: the
+real run streams it from the source into a staging copy. Where the source is another store
+that keeps it cold too, the real run would fail: the plan fails the image the
+same way, naming the blobs and the `bale thaw` that unblocks it (docs/lifecycle.md).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pipeline.archive import layout
+from pipeline.archive.bucket import BucketImage
 from pipeline.archive.classes import store_scheme
 from pipeline.archive.costs import bytes_by_class, monthly
 from pipeline.archive.record import ImageRecord
@@ -26,7 +34,9 @@ from pipeline.archive.tarstream import plan_resolved
 from pipeline.copy.engine import CopyPlan, copy_image
 from pipeline.copy.result import ImageResult
 from pipeline.copy.session import RegistryOptions
-from pipeline.errors import BaleError
+from pipeline.errors import BaleError, ObjectFrozen
+from pipeline.image import ImageSource
+from pipeline.oci import Descriptor
 from pipeline.ops.archive import ArchiveOptions, BucketWorker
 from pipeline.refs import Reference
 from pipeline.store.base import CopyRange
@@ -69,6 +79,7 @@ class Planner(BucketWorker):
         )
         to_move, already = stats.bytes_uploaded, stats.bytes_skipped
         plan = plan_resolved(resolved, all_platforms=options.all_platforms, name=ref)
+        self._check_suppliable(source, plan.blobs)
         pieces = to_compose_pieces(plan, layout.blob_key_for)
         copied = sum(p.size for p in pieces if isinstance(p, CopyRange))
         inline = sum(p.size for p in pieces if not isinstance(p, CopyRange))
@@ -91,3 +102,25 @@ class Planner(BucketWorker):
             result.bytes_by_class = found = bytes_by_class(record, scheme)
             result.monthly_estimate = monthly(found, self.prices)
         return result
+
+    def _check_suppliable(self, source: ImageSource, blobs: Sequence[Descriptor]) -> None:
+        """ObjectFrozen when the tar would copy from blobs stored here in an archive class that
+        the source (another store) cannot give either: the real run fails on them."""
+        if not isinstance(source, BucketImage):
+            return  # a registry or a tar gives its blobs: the real run stages them
+        heads = self.bucket.blob_heads(blobs)
+        frozen = [d for d in blobs if (info := heads.get(d.digest)) and info.frozen]
+        there = source.bucket.blob_heads(frozen)
+        stuck = {d.digest for d in frozen if (info := there.get(d.digest)) and info.frozen}
+        if not stuck:
+            return
+        from pipeline.ops.thaw import thaw_command
+
+        holders = [r.source for r in self.bucket.records() if stuck & {b.digest for b in r.blobs}]
+        raise ObjectFrozen(
+            f"{len(stuck)} blob(s) the tar copies are stored in an archive class in "
+            f"{self.bucket.url} and {source.bucket.url} cannot give them "
+            f"({', '.join(sorted(stuck))}): run `{thaw_command(holders or ['IMAGE'], self.bucket)}`"
+            " first",
+            key=layout.blob_key(min(stuck)),
+        )

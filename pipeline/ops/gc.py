@@ -12,7 +12,10 @@ roots and sweeps the rest, as distribution's own garbage collector does:
   `older_than`, together with the layer, revision and tag-history links that point at them
   (links first, so a crash in between leaves an unreferenced blob, never a dangling link);
 - aborted: multipart uploads (and the local store's temporary files) initiated more than
-  `older_than` ago.
+  `older_than` ago;
+- staging copies (`staging/<id>/<hex>`, hot copies of cold blobs a tar is composed from) older
+  than `older_than`: nothing ever references one, an archive deletes its own once its tar is
+  complete, so one older than the grace was left by a crash.
 
 On a write-once bucket (S3 Object Lock, OSS WORM) what would be swept is HEADed first: what
 the bucket still retains is reported (`retained`, with the date it becomes deletable) and
@@ -46,7 +49,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pipeline.archive import layout
-from pipeline.archive.bucket import ArchiveBucket
+from pipeline.archive.bucket import STAGING_PREFIX, ArchiveBucket
 from pipeline.archive.links import LinkKey, parse_link_key
 from pipeline.archive.record import ImageRecord
 from pipeline.errors import (
@@ -123,6 +126,10 @@ class GcReport:
     """Unreferenced blobs spared because they are younger than `older_than`."""
     retained: list[RetainedObject] = field(default_factory=list)
     """Blobs and links of `blobs`/`links` the bucket's retention keeps: not deleted."""
+    staging: list[ObjectInfo] = field(default_factory=list)
+    """Staging copies older than `older_than`, left by a crashed archive."""
+    young_staging: int = 0
+    """Staging copies spared because they are younger than `older_than` (an archive running)."""
     seconds: float = 0.0
 
     @property
@@ -141,9 +148,15 @@ class GcReport:
         kept = {r.key for r in self.retained}
         blobs = sum(1 for b in self.blobs if b.key not in kept)
         links = sum(1 for key in self.links if key not in kept)
+        staged = [o for o in self.staging if o.key not in kept]
+        staging = (
+            f", {len(staged)} staging copy(ies) ({format_size(sum(o.size for o in staged))})"
+            if staged
+            else ""
+        )
         text = (
             f"gc: {blobs} blob(s) ({format_size(self.bytes_freed)}), "
-            f"{links} link(s), {len(self.uploads)} upload(s) {verb}; "
+            f"{links} link(s), {len(self.uploads)} upload(s){staging} {verb}; "
             f"{self.live_blobs} blob(s) in use"
         )
         if self.retained:
@@ -157,6 +170,8 @@ class GcReport:
             )
         if self.young_blobs:
             text += f", {self.young_blobs} unreferenced but recent blob(s) kept"
+        if self.young_staging:
+            text += f", {self.young_staging} recent staging copy(ies) kept"
         if self.dangling:
             text += f"; {len(self.dangling)} dangling link(s)"
         return text + f" in {self.seconds:.1f}s"
@@ -223,16 +238,24 @@ def collect_garbage(
             if link.kind != "tag-current" and targets.get(link.key) in swept
         )
         report.uploads = list(store.list_uploads(older_than=older_than))
+        for info in store.list(STAGING_PREFIX):
+            if _is_young(info.modified, cutoff):
+                report.young_staging += 1
+            else:
+                report.staging.append(info)
 
         if store.protection().protected:
             sizes = {b.key: b.size for b in report.blobs}
+            sizes.update((o.key, o.size) for o in report.staging)
             report.retained = _retained(store, pool, [*report.links, *sizes], sizes)
         kept = {r.key for r in report.retained}
         if not dry_run:
             seen = {info.key: info for _, info in links}
             seen.update(_record_infos(store))
-            _sweep(report, marker, seen, targets, pool, batch, _deleter(store, report), kept)
+            delete = _deleter(store, report)
+            _sweep(report, marker, seen, targets, pool, batch, delete, kept)
             _each(pool, store.abort_upload, report.uploads)
+            _each(pool, delete, [o.key for o in report.staging if o.key not in kept])
     log.info("gc of %s: %s", bucket.url, report.summary())
     report.seconds = time.monotonic() - started
     return report
@@ -337,7 +360,9 @@ def _deleter(store: ObjectStore, report: GcReport) -> Callable[[str], None]:
         try:
             store.delete(key)
         except ObjectRetained as exc:
-            size = next((b.size for b in report.blobs if b.key == key), 0)
+            sizes = {b.key: b.size for b in report.blobs}
+            sizes.update((o.key, o.size) for o in report.staging)
+            size = sizes.get(key, 0)
             report.retained.append(RetainedObject(key, size, exc.until, exc.legal_hold))
 
     return delete

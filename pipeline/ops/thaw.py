@@ -108,7 +108,7 @@ def frozen_keys(bucket: ArchiveBucket, ref: Reference) -> list[str]:
     return [k for k, info in zip(keys, infos, strict=True) if info is not None and info.frozen]
 
 
-def thaw_command(refs: Iterable[Reference], bucket: ArchiveBucket) -> str:
+def thaw_command(refs: Iterable[Reference | str], bucket: ArchiveBucket) -> str:
     return shlex.join(["bale", "thaw", *(str(r) for r in refs), "--from", bucket.url])
 
 

@@ -26,7 +26,12 @@ restore would fail far from the cause. verify reads everything back and names ea
 A missing blob is one fault however many links, manifests and records point at it; its detail
 names the first of them. An index child that is absent is not a fault by itself: bale stores
 only the platforms it was asked for, and the record lists what it stored, so a missing child
-the record needs is still found. Reads go through the store's ranged reads: a tar is indexed
+the record needs is still found.
+
+An object in an archive storage class (S3 GLACIER/DEEP_ARCHIVE, OSS Archive and colder) that
+is not restored cannot be read: it is no fault, it is listed as cold (`cold`, with the `bale
+thaw` command for the images that keep it) and left unchecked; once thawed it is read and
+hashed like any other. Reads go through the store's ranged reads: a tar is indexed
 by its headers, never downloaded whole, and each blob is streamed and hashed off the reading
 thread, `jobs` at a time.
 """
@@ -58,6 +63,7 @@ from pipeline.errors import (
     InvalidArchive,
     InvalidReference,
     ManifestError,
+    ObjectFrozen,
     StoreNotFound,
     TransferError,
 )
@@ -117,6 +123,10 @@ class VerifyReport:
     """Bytes read from the store and hashed: blobs and tar entries."""
     bytes_decompressed: int = 0
     """Bytes of uncompressed layer data hashed for diff_ids (--deep)."""
+    cold: list[str] = field(default_factory=list)
+    """Keys in an archive class and not restored: not read, so not checked (no fault)."""
+    thaw: str | None = None
+    """The `bale thaw` command that makes `cold` readable (IMAGE... when no record keeps it)."""
     seconds: float = 0.0
 
     @property
@@ -126,12 +136,18 @@ class VerifyReport:
     def summary(self) -> str:
         from pipeline.units import format_size
 
-        return (
+        text = (
             f"verified {self.records} record(s), {self.links} link(s), {self.blobs} blob(s), "
             f"{self.tars} tar(s) ({self.tar_entries} entries), "
             f"{format_size(self.bytes_hashed)} hashed in {self.seconds:.1f}s: "
             + (f"{len(self.faults)} fault(s)" if self.faults else "no faults")
         )
+        if self.cold:
+            text += (
+                f"; {len(self.cold)} object(s) in archive classes not checked: "
+                f"run `{self.thaw}` to verify them"
+            )
+        return text
 
     def to_json(self) -> str:
         counts = {
@@ -151,6 +167,8 @@ class VerifyReport:
             "ok": self.ok,
             "faults": [f.to_json() for f in self.faults],
             **counts,
+            "cold": self.cold,
+            "thaw": self.thaw,
             "seconds": round(self.seconds, 3),
         }
         return json.dumps(obj, indent=2) + "\n"
@@ -174,7 +192,27 @@ def verify_store(
     """
     if jobs < 1:
         raise ValueError("jobs must be at least 1")
-    return _Verifier(bucket.store, jobs=jobs, deep=deep, limiter=limiter).run(list(images))
+    verifier = _Verifier(bucket.store, jobs=jobs, deep=deep, limiter=limiter)
+    report = verifier.run(list(images))
+    if report.cold:
+        report.thaw = _thaw_command(bucket, verifier.records, set(report.cold))
+    return report
+
+
+def _thaw_command(bucket: ArchiveBucket, records: list[ImageRecord], cold: set[str]) -> str:
+    """`bale thaw` for the verified images that keep a cold key (IMAGE... for cold blobs no
+    verified record lists: the whole-store check reads unreferenced blobs too)."""
+    from pipeline.ops.thaw import thaw_command
+
+    images: dict[str, None] = {}
+    covered: set[str] = set()
+    for record in records:
+        keys = {record.tar_key} | {k for b in record.blobs if (k := _blob_key(b.digest))}
+        if keys & cold:
+            images[record.source] = None
+            covered |= keys & cold
+    more = [] if images and covered >= cold else ["IMAGE..."]
+    return thaw_command([*images, *more], bucket)
 
 
 def _blob_key(digest: str) -> str | None:
@@ -268,12 +306,19 @@ class _Verifier:
         self._diff_ids: dict[str, dict[str, str]] = {}
         """(--deep) layer digest -> {diff_id: config digest that lists it}."""
         self._pending_configs: list[tuple[Descriptor, tuple[Descriptor, ...]]] = []
+        self._cold: set[str] = set()
+        self.records: list[ImageRecord] = []
 
     # -- bookkeeping -------------------------------------------------------------------------
 
     def fault(self, kind: str, key: str, detail: str) -> None:
         with self._lock:
             self._faults.setdefault((kind, key, detail), Fault(kind, key, detail))
+
+    def cold(self, key: str) -> None:
+        """`key` is in an archive class and not restored: not checked, and no fault."""
+        with self._lock:
+            self._cold.add(key)
 
     def _count(self, **amounts: int) -> None:
         with self._lock:
@@ -327,6 +372,8 @@ class _Verifier:
                 self._read_configs(pool)
             self._check_needed()
             self._hash(pool, records)
+        self.records = records
+        self.report.cold = sorted(self._cold)
         self.report.faults = sorted(self._faults.values(), key=lambda f: (f.key, f.kind, f.detail))
         self.report.seconds = time.monotonic() - started
         return self.report
@@ -481,6 +528,9 @@ class _Verifier:
             return digest, self.store.read(key)
         except StoreNotFound:
             return digest, None
+        except ObjectFrozen:
+            self.cold(key)
+            return digest, None
 
     def _walk_manifests(self, pool: ThreadPoolExecutor, roots: list[str]) -> None:
         """Read every manifest the roots reach, once; an absent child is no fault by itself
@@ -567,9 +617,13 @@ class _Verifier:
         size = self.stored_size(config.digest)
         if size is None or size != config.size or size > MAX_MANIFEST_BYTES:
             return config, layers, None
+        key = layout.blob_key(config.digest)
         try:
-            return config, layers, self.store.read(layout.blob_key(config.digest))
+            return config, layers, self.store.read(key)
         except StoreNotFound:
+            return config, layers, None
+        except ObjectFrozen:
+            self.cold(key)
             return config, layers, None
 
     def _note_diff_ids(
@@ -665,6 +719,9 @@ class _Verifier:
             if digest in self._needed:
                 self.fault("blob-missing", key, "deleted while verify ran")
             return
+        except ObjectFrozen:
+            self.cold(key)
+            return
         self._count(blobs=1, bytes_hashed=read)
         if read != size:
             self.fault("blob-size", key, f"listed as {size} bytes, {read} read")
@@ -710,6 +767,9 @@ class _Verifier:
         if info is None:
             self.fault("tar-missing", key, f"record {record.record_key} names it")
             return []
+        if info.frozen and info.size == record.tar_size:
+            self.cold(key)
+            return []
         self._count(tars=1)
         if info.size != record.tar_size:
             self.fault("tar-size", key, f"is {info.size} bytes, the record says {record.tar_size}")
@@ -718,6 +778,9 @@ class _Verifier:
             tar = TarIndex(StoreSource(self.store, key, info.size))
         except InvalidArchive as exc:
             self.fault("tar-invalid", key, str(exc))
+            return []
+        except ObjectFrozen:  # moved to an archive class since its HEAD
+            self.cold(key)
             return []
         blobs: dict[str, TarMember] = {}
         for member in tar.members.values():
@@ -815,11 +878,18 @@ class _Verifier:
                     self.fault("tar-entry-missing", key, f"{path} (named by manifest.json)")
 
     def _hash_range(self, entry: _Range) -> None:
-        stream = self._open(entry.key, entry.offset, entry.size)
+        try:
+            stream = self._open(entry.key, entry.offset, entry.size)
+        except ObjectFrozen:
+            self.cold(entry.key)
+            return
         try:
             actual, read = sha256_stream(stream)
         except (StoreNotFound, TransferError) as exc:
             self.fault("tar-invalid", entry.key, f"{entry.name}: {exc}")
+            return
+        except ObjectFrozen:  # moved to an archive class since the tar's headers were read
+            self.cold(entry.key)
             return
         finally:
             _close(stream)
