@@ -157,6 +157,27 @@ def test_prune_pin_apply(
     assert kept <= blobs and not (set(gone) - kept) & blobs
 
 
+def test_pin_survives_a_forced_rearchive(
+    store_bed: Any,
+    registry: Any,
+    image_factory: Any,
+    unique_repo: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """`--force` rewrites the record of the same image: its pin is kept, nothing else moves."""
+    t = target("local", store_bed, tmp_path, request)
+    name = f"{registry.host}/{unique_repo}/app:1"
+    image_factory.build_and_push(name, registry, layers=(BASE,))
+    archive = ("archive", name, "--to", t.url, "--src-tls-verify=false")
+    assert t.bale(*archive).returncode == 0
+    assert t.bale("pin", name, "--from", t.url).returncode == 0
+    forced = t.bale(*archive, "--force")
+    assert forced.returncode == 0, forced.stderr
+    (record,) = t.bucket.records()
+    assert record.pinned
+
+
 def test_prune_rules_from_spec(
     store_bed: Any,
     registry: Any,

@@ -270,6 +270,12 @@ class BucketWorker:
             )
         return previous
 
+    def _pinned(self, ref: Reference, digest: str) -> bool:
+        """Whether `--force` rewrites a pinned record of this same image: the pin stays (it
+        names the image, which has not changed)."""
+        current = self.bucket.read_record(ref)
+        return current is not None and current.digest == digest and current.pinned
+
     def _resolve(self, source: ImageSource, options: ArchiveOptions) -> ResolvedImage:
         """The bucket keeps a whole index unless `--platform` alone narrows it."""
         return resolve_image(
@@ -402,6 +408,7 @@ class Archiver(BucketWorker):
             return None
         previous = self._moved_from(ref, digest, options)
         history_only = previous is not None and self.bucket.write_once
+        pinned = options.force and self._pinned(ref, digest)
         if ahead is not None and ahead.resolved is not None:
             resolved = ahead.resolved
         else:
@@ -426,7 +433,13 @@ class Archiver(BucketWorker):
             tar=plan,
             record=lambda: record.append(
                 self._write_record(
-                    ref, resolved, plan, origin, options.storage_classes, history=history_only
+                    ref,
+                    resolved,
+                    plan,
+                    origin,
+                    options.storage_classes,
+                    history=history_only,
+                    pinned=pinned,
                 )
             ),
             rewrite=True,
@@ -483,6 +496,7 @@ class Archiver(BucketWorker):
         classes: StorageClasses | None = None,
         *,
         history: bool = False,
+        pinned: bool = False,
     ) -> ImageRecord:
         stored = [*resolved.blobs(), *(i.raw.descriptor() for i in resolved.images)]
         stored += [m.descriptor() for m in resolved.extra_manifests]
@@ -498,7 +512,10 @@ class Archiver(BucketWorker):
         if history:
             record = record.as_history()
         record = replace(
-            record, encryption=self.bucket.store.encryption.describe(), lock=self._lock_of(record)
+            record,
+            encryption=self.bucket.store.encryption.describe(),
+            lock=self._lock_of(record),
+            pinned=pinned,
         )
         self.bucket.with_classes(classes).write_record(record)
         if record.lock:
