@@ -14,7 +14,7 @@ from pipeline.errors import UsageError
 if TYPE_CHECKING:
     from pipeline.archive.bucket import ArchiveBucket
     from pipeline.cli.options import TransferFlags
-    from pipeline.copy.session import Session
+    from pipeline.copy.session import Session, TransferOptions
     from pipeline.display import Display
     from pipeline.store.base import ObjectStore
     from pipeline.store.encryption import Encryption
@@ -25,19 +25,26 @@ if TYPE_CHECKING:
 def open_session(transfer: TransferFlags) -> Iterator[Session]:
     """The command's session. While it is open, Ctrl-C and SIGTERM stop the work cleanly (the
     first signal cancels, see `pipeline/transfer/cancel.py`; the second exits at once)."""
-    from pipeline.copy.session import Session, TransferOptions
-    from pipeline.registry.client import READ_TIMEOUT
+    from pipeline.copy.session import Session
     from pipeline.transfer.cancel import on_signals
+
+    with on_signals(), Session(session_options(transfer)) as session:
+        yield session
+
+
+def session_options(transfer: TransferFlags) -> TransferOptions:
+    """What the transfer flags say a session does (`bale serve` opens its own session: uvicorn
+    owns the signals there)."""
+    from pipeline.copy.session import TransferOptions
+    from pipeline.registry.client import READ_TIMEOUT
     from pipeline.transfer.retry import RetryPolicy
 
-    options = TransferOptions(
+    return TransferOptions(
         jobs=transfer.jobs,
         retry=RetryPolicy(retries=transfer.retries),
         limit_rate=transfer.limit_rate,
         read_timeout=transfer.read_timeout or READ_TIMEOUT,
     )
-    with on_signals(), Session(options) as session:
-        yield session
 
 
 def open_bucket(

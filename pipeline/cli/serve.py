@@ -213,15 +213,13 @@ def serve_command(
     import uvicorn
 
     from pipeline.batch.spec import load_spec
-    from pipeline.cli.runtime import open_bucket
-    from pipeline.copy.session import Session, TransferOptions
+    from pipeline.cli.runtime import open_bucket, session_options
+    from pipeline.copy.session import Session
     from pipeline.errors import UsageError
-    from pipeline.registry.client import READ_TIMEOUT
     from pipeline.serve.app import Service, build_app
     from pipeline.serve.config import ServeConfig, normalise_host
     from pipeline.serve.queue import open_queue
     from pipeline.serve.reconcile import spec_registries
-    from pipeline.transfer.retry import RetryPolicy
 
     host, port = _listen(listen)
     if reconcile_every and not spec_path:
@@ -252,13 +250,7 @@ def serve_command(
     )
     queue = open_queue(queue_url, make_policy(max_attempts, retry_delay, lease, digest_grace))
     bucket = open_bucket(store_url, endpoint_url, transfer.retries, existing=False, write=True)
-    options = TransferOptions(
-        jobs=transfer.jobs,
-        retry=RetryPolicy(retries=transfer.retries),
-        limit_rate=transfer.limit_rate,
-        read_timeout=transfer.read_timeout or READ_TIMEOUT,
-    )
-    with Session(options) as session:
+    with Session(session_options(transfer)) as session:
         service = Service(config, queue, bucket, session, run_workers=workers > 0)
         server = uvicorn.Server(
             uvicorn.Config(
