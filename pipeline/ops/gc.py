@@ -344,8 +344,8 @@ def _retained(
 
     def retention(key: str) -> RetainedObject | None:
         info = store.head(key)
-        held = info.retention if info is not None else None
-        if info is None or held is None or not held.active(now):
+        held = info.held(now) if info is not None else None
+        if info is None or held is None:
             return None
         return RetainedObject(key, sizes.get(key, info.size), held.until, held.legal_hold)
 

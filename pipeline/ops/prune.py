@@ -296,8 +296,8 @@ def retained_until(store: ObjectStore, keys: Sequence[str]) -> str | None:
     held: list[str] = []
     for key in keys:
         info = store.head(key)
-        retention = info.retention if info is not None else None
-        if retention is not None and retention.active(now):
+        retention = info.held(now) if info is not None else None
+        if retention is not None:
             held.append(retention.until.isoformat() if retention.until else "a legal hold ends")
     return max(held) if held else None
 

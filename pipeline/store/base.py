@@ -45,6 +45,10 @@ class ObjectInfo:
         """Reads fail (ObjectFrozen) until a restore completes."""
         return self.archived and (self.restore is None or self.restore.ongoing)
 
+    def held(self, now: datetime) -> Retention | None:
+        """The retention that makes the bucket refuse a delete at `now`; None: deletable."""
+        return self.retention if self.retention is not None and self.retention.active(now) else None
+
 
 @dataclass(frozen=True)
 class Inline:
